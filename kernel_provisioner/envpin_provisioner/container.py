@@ -1,0 +1,358 @@
+"""Start one ipykernel in a container, wait until it answers, and explain when it does not.
+
+This module is synchronous and knows nothing of jupyter_client: the
+provisioner calls it from worker threads (so the server's event loop never
+waits on Docker), and ``envpin launch`` (the fallback for clients that ignore
+provisioners) calls it directly.
+
+How the kernel is reached, without a port and without leaking the key:
+
+* ``ipc`` (default with a local engine): the connection file and the five ZMQ
+  unix sockets live in a private 0700 directory that is bind-mounted into the
+  container at the same path, so host and kernel name the same sockets.  The
+  container needs no network for the channels at all.
+* ``tcp``: the kernel binds inside the container and each port is published on
+  127.0.0.1 only; the in-container connection file is copied into the created
+  (not yet started) container with ``put_archive``, readable by the kernel's
+  user alone.
+
+Either way the key travels only in a file: never in the command line, the
+environment or the labels, all of which ``docker inspect`` shows to anyone
+with engine access.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import zmq
+from docker.types import DeviceRequest, Mount
+
+from . import ownership
+from .errors import ConfigError, KernelStartFailed
+from .images import ResolvedImage
+
+#: Where envpin's kernel-side package is mounted (read-only) inside containers.
+ENVPIN_PYTHONPATH = "/opt/envpin/python"
+#: A tmpfs HOME: the kernel's uid may have no home (or no passwd entry) in the image,
+#: and IPython writes under $HOME.
+CONTAINER_HOME = "/tmp/envpin-home"
+#: Where the connection file goes inside the container with the tcp transport.
+TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
+#: Never forwarded: ipykernel's parent poller would watch a pid that means nothing in the container.
+NEVER_FORWARDED = frozenset({"JPY_PARENT_PID", "PYTHONEXECUTABLE", "PYTHONPATH", "HOME", "PATH"})
+
+
+@dataclass
+class KernelLaunch:
+    """Everything needed to start one kernel container; built by the provisioner or the CLI."""
+
+    image: ResolvedImage
+    kernel_id: str
+    connection_info: dict[str, Any]  #: as the host side sees it
+    connection_file: str  #: host path of the connection file
+    python: str = "python3"
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    user: str = ""
+    network_mode: str = "bridge"
+    extra_mounts: list[Mount] = field(default_factory=list)
+    mem_limit: str | int | None = None
+    cpu_limit: float | None = None
+    gpus: str = ""
+    extra_options: dict[str, Any] = field(default_factory=dict)
+    role: str = "kernel"
+    owner_pid: int | None = None
+    mount_envpin: bool = True
+
+    @property
+    def transport(self) -> str:
+        return self.connection_info.get("transport", "tcp")
+
+    @property
+    def channel_dir(self) -> str:
+        return os.path.dirname(self.connection_file)
+
+    def in_container_connection_file(self) -> str:
+        return self.connection_file if self.transport == "ipc" else TCP_CONNECTION_FILE
+
+
+def envpin_package_dir() -> str:
+    """The directory of the kernel-side ``envpin`` package, to mount read-only."""
+    import envpin
+
+    return os.path.dirname(os.path.abspath(envpin.__file__))
+
+
+def parse_gpus(value: str) -> list[DeviceRequest]:
+    """``docker run --gpus`` syntax: ``all``, a count, or ``device=0,1``."""
+    value = (value or "").strip()
+    if not value:
+        return []
+    if value == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if value.isdigit():
+        return [DeviceRequest(count=int(value), capabilities=[["gpu"]])]
+    if value.startswith("device="):
+        ids = [d for d in value[len("device=") :].split(",") if d]
+        return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+    raise ConfigError(f"gpus='{value}' is not understood: use 'all', a count like '2', or 'device=0,1'.")
+
+
+def container_options(launch: KernelLaunch) -> dict[str, Any]:
+    """The keyword arguments of ``client.containers.create`` for ``launch``.
+
+    Pure: no engine calls, so it is unit-testable and reviewable in one place.
+    """
+    env = dict(launch.env)
+    env.update(
+        ENVPIN_IMAGE=launch.image.reference,
+        ENVPIN_IMAGE_ID=launch.image.immutable,
+        YT_JOB_DOCKER_IMAGE=launch.image.reference,
+        HOME=CONTAINER_HOME,
+    )
+    mounts: list[Mount] = []
+    if launch.transport == "ipc":
+        mounts.append(Mount(target=launch.channel_dir, source=launch.channel_dir, type="bind"))
+    if launch.mount_envpin:
+        mounts.append(
+            Mount(
+                target=f"{ENVPIN_PYTHONPATH}/envpin", source=envpin_package_dir(), type="bind", read_only=True
+            )
+        )
+        image_path = launch.image.image_env("PYTHONPATH")
+        env["PYTHONPATH"] = ENVPIN_PYTHONPATH + (f":{image_path}" if image_path else "")
+    if launch.cwd:
+        mounts.append(Mount(target=launch.cwd, source=launch.cwd, type="bind"))
+    mounts.extend(launch.extra_mounts)
+
+    uid, _, gid = (launch.user or f"{os.getuid()}:{os.getgid()}").partition(":")
+    labels = {
+        ownership.ROLE: launch.role,
+        ownership.KERNEL_ID: launch.kernel_id,
+        ownership.IMAGE_REF: launch.image.reference,
+        **ownership.owner_labels(launch.owner_pid),
+    }
+    options: dict[str, Any] = dict(
+        image=launch.image.id,
+        entrypoint=[launch.python],
+        command=["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file()],
+        environment=env,
+        labels=labels,
+        mounts=mounts,
+        working_dir=launch.cwd or None,
+        user=launch.user or f"{uid}:{gid}",
+        init=True,  # docker-init reaps zombies and forwards SIGINT to the kernel
+        network_mode=launch.network_mode,
+        tmpfs={CONTAINER_HOME: f"rw,exec,mode=0700,uid={uid},gid={gid or uid}"},
+        security_opt=["no-new-privileges"],
+        privileged=False,
+        stdin_open=False,
+        tty=False,
+        detach=True,
+    )
+    if launch.transport == "tcp" and launch.network_mode != "host":
+        ports = [launch.connection_info[f"{ch}_port"] for ch in ("shell", "iopub", "stdin", "control", "hb")]
+        options["ports"] = {f"{p}/tcp": ("127.0.0.1", p) for p in ports}
+    if launch.mem_limit:
+        options["mem_limit"] = launch.mem_limit
+    if launch.cpu_limit:
+        options["nano_cpus"] = int(launch.cpu_limit * 1e9)
+    if launch.gpus:
+        options["device_requests"] = parse_gpus(launch.gpus)
+    options.update(launch.extra_options)
+    return options
+
+
+def _connection_tar(launch: KernelLaunch, uid: int, gid: int) -> bytes:
+    info = dict(launch.connection_info)
+    info["ip"] = "127.0.0.1" if launch.network_mode == "host" else "0.0.0.0"
+    for k, v in list(info.items()):
+        if isinstance(v, bytes):
+            info[k] = v.decode()
+    data = json.dumps(info, indent=1).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        ti = tarfile.TarInfo(os.path.basename(TCP_CONNECTION_FILE))
+        ti.size, ti.mode, ti.uid, ti.gid, ti.mtime = len(data), 0o600, uid, gid, int(time.time())
+        tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger | logging.LoggerAdapter):
+    """Create and start the kernel container; remove it again if starting fails."""
+    options = container_options(launch)
+    try:
+        container = client.containers.create(**options)
+    except docker.errors.APIError as exc:
+        raise KernelStartFailed(
+            f"The Docker engine refused to create a kernel container from image '{launch.image.reference}': "
+            f"{exc.explanation or exc}. Check the kernel's options (mounts, network, limits, extra options)."
+        ) from exc
+    try:
+        if launch.transport == "tcp":
+            uid, _, gid = options["user"].partition(":")
+            container.put_archive(os.path.dirname(TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid)))
+        container.start()
+    except docker.errors.APIError as exc:
+        remove(container)
+        raise KernelStartFailed(_start_error(launch, exc)) from exc
+    except BaseException:
+        remove(container)
+        raise
+    log.info(
+        "envpin: kernel %s started in container %s of image %s (%s)",
+        launch.kernel_id,
+        container.short_id,
+        launch.image.reference,
+        launch.image.immutable,
+    )
+    return container
+
+
+def _start_error(launch: KernelLaunch, exc: docker.errors.APIError) -> str:
+    text = str(exc.explanation or exc)
+    ref = launch.image.reference
+    if "executable file not found" in text or "no such file or directory" in text and launch.python in text:
+        return (
+            f"Image '{ref}' has no '{launch.python}' on its PATH, so no Python kernel can run in it. "
+            "Use an image with Python and ipykernel installed, or set the provisioner's python option "
+            "to the interpreter's path inside the image."
+        )
+    if "/tmp" in text and launch.transport == "tcp":
+        return f"Could not copy the connection file into a container of '{ref}' (it has no /tmp): {text}."
+    return f"The Docker engine could not start a kernel container of image '{ref}': {text}."
+
+
+def logs_tail(container, lines: int = 15) -> str:
+    try:
+        return container.logs(tail=lines).decode(errors="replace").strip()
+    except docker.errors.APIError:
+        return ""
+
+
+def _died_message(launch: KernelLaunch, exit_code: int, logs: str) -> str:
+    ref = launch.image.reference
+    if "No module named ipykernel" in logs or "No module named 'ipykernel" in logs:
+        lead = (
+            f"Image '{ref}' has Python but not ipykernel, so the kernel could not start. "
+            "Install it in the image (pip install ipykernel, plus cloudpickle for jobs) or pick an image that has it."
+        )
+    elif exit_code in (126, 127):
+        lead = (
+            f"Image '{ref}' cannot run '{launch.python}' (exit code {exit_code}). "
+            "Use an image with Python and ipykernel, or set the python option to the interpreter inside the image."
+        )
+    elif exit_code == 137:
+        lead = f"The kernel container of '{ref}' was killed (exit code 137: out of memory or killed from outside)."
+    else:
+        lead = f"The kernel in image '{ref}' exited with code {exit_code} before it was ready."
+    tail = f" Its last output:\n{logs}" if logs else ""
+    return lead + tail
+
+
+def _heartbeat_url(launch: KernelLaunch) -> str:
+    info = launch.connection_info
+    if launch.transport == "ipc":
+        return f"ipc://{info['ip']}-{info['hb_port']}"
+    return f"tcp://127.0.0.1:{info['hb_port']}"
+
+
+def wait_ready(container, launch: KernelLaunch, timeout: float, log: logging.Logger | logging.LoggerAdapter) -> None:
+    """Return when the kernel answers its heartbeat; raise with its logs if it dies or times out.
+
+    A container that exits (no ipykernel, a crash) is reported at once with its
+    last log lines instead of after the timeout.  The heartbeat is a REQ/REP
+    echo that ipykernel answers from a thread as soon as its sockets are bound,
+    so it works the same for both transports and costs a millisecond.
+    """
+    ctx = zmq.Context.instance()
+    deadline = time.monotonic() + timeout
+    next_state_check = 0.0
+    sock = None
+    try:
+        while True:
+            now = time.monotonic()
+            if sock is None:
+                sock = ctx.socket(zmq.REQ)
+                sock.linger = 0
+                sock.setsockopt(zmq.RECONNECT_IVL, 10)
+                sock.connect(_heartbeat_url(launch))
+                sock.send(b"envpin-ready?")
+                sent = now
+            if sock.poll(20):
+                sock.recv()
+                return
+            if now - sent > 1.0:  # a reply lost to a half-open connection: start over
+                sock.close()
+                sock = None
+            if now >= next_state_check:
+                next_state_check = now + 0.15
+                container.reload()
+                if container.status in ("exited", "dead"):
+                    code = container.attrs.get("State", {}).get("ExitCode", -1)
+                    raise KernelStartFailed(_died_message(launch, code, logs_tail(container)))
+            if now >= deadline:
+                logs = logs_tail(container)
+                raise KernelStartFailed(
+                    f"The kernel in image '{launch.image.reference}' did not answer within {timeout:.0f}s "
+                    "(launch_timeout). Raise launch_timeout if the image is slow to start."
+                    + (f" Its last output:\n{logs}" if logs else "")
+                )
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def remove(container) -> None:
+    """Remove ``container`` whatever its state; a container already gone is fine."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # removal already in progress
+            raise
+
+
+def state(container) -> tuple[str, int | None]:
+    """``(status, exit code or None while running)``; a vanished container counts as exited (-1)."""
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return "removed", -1
+    if container.status in ("created", "running", "restarting", "paused"):
+        return container.status, None
+    return container.status, container.attrs.get("State", {}).get("ExitCode", -1)
+
+
+def make_channel_dir() -> str:
+    """A fresh private (0700) directory for one kernel's connection file and ipc sockets.
+
+    Short on purpose: a unix socket path may not exceed 107 bytes.
+    """
+    import tempfile
+
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.access(base, os.W_OK):
+        base = None
+    path = tempfile.mkdtemp(prefix="envpin-", dir=base)  # mkdtemp creates it 0700
+    os.chmod(path, 0o700)
+    return path
+
+
+def remove_channel_dir(path: str) -> None:
+    import shutil
+
+    if path and Path(path).name.startswith("envpin-"):
+        shutil.rmtree(path, ignore_errors=True)

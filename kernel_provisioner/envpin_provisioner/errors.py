@@ -1,0 +1,35 @@
+"""The errors a user can meet, each a single paragraph naming the thing and the fix.
+
+Everything envpin raises on purpose derives from :class:`EnvpinError`.  Jupyter
+shows the message of an exception raised while a kernel starts (the REST reply
+of ``POST /api/kernels`` carries it), so the message is the whole user
+interface of a failure: it names the image, says what happened in plain words,
+and ends with what to do.  Library exceptions are chained (``raise ... from``)
+for the server log, never shown instead.
+"""
+
+from __future__ import annotations
+
+
+class EnvpinError(RuntimeError):
+    """Base of every error envpin raises deliberately."""
+
+
+class EngineUnavailable(EnvpinError):
+    """No Docker engine answers, or this user may not talk to it."""
+
+
+class InvalidImageReference(EnvpinError):
+    """The image reference is not a valid Docker reference."""
+
+
+class ImageUnavailable(EnvpinError):
+    """The image is not on the engine and cannot (or may not) be pulled."""
+
+
+class KernelStartFailed(EnvpinError):
+    """The container started but the kernel did not come up (no Python, no ipykernel, crash)."""
+
+
+class ConfigError(EnvpinError):
+    """An option is unknown or has the wrong type."""

@@ -1,0 +1,92 @@
+"""``envpin launch``: run a containerized kernel in the foreground, for clients without provisioners.
+
+VS Code and old Jupyter clients ignore ``metadata.kernel_provisioner`` and
+simply run a kernelspec's ``argv`` as a local process, then talk to the ports
+of the connection file they wrote.  This process stands in for the kernel: it
+starts the same container the provisioner would (same image resolution, same
+labels, the key only in a file), forwards SIGINT (interrupt) and SIGTERM
+(shutdown) to it, exits with the kernel's exit code and removes the container
+on the way out.  If it is killed with SIGKILL, ``envpin gc`` (run by every
+provisioner's first start, too) removes the orphan because this process is
+recorded as its owner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+
+from . import container as kc
+from . import engine, images
+from .errors import ConfigError
+
+log = logging.getLogger("envpin.launch")
+
+
+def run(
+    connection_file: str,
+    image: str | None = None,
+    pull_policy: str = "if-missing",
+    network_mode: str = "bridge",
+    python: str = "python3",
+    launch_timeout: float = 60.0,
+) -> int:
+    image = image or os.environ.get("ENVPIN_IMAGE") or "ubuntu-22.04-py3"
+    with open(connection_file) as fh:
+        info = json.load(fh)
+    connection_file = os.path.abspath(connection_file)
+    if info.get("transport", "tcp") == "ipc" and os.path.dirname(info["ip"]) != os.path.dirname(connection_file):
+        raise ConfigError(
+            "envpin launch with the ipc transport needs the sockets (ip) in the connection file's folder."
+        )
+    client = engine.connect()
+    resolved = images.resolve(client, image, pull_policy, log)
+    launch = kc.KernelLaunch(
+        image=resolved,
+        kernel_id=info.get("kernel_name") or f"launch-{uuid.uuid4().hex[:12]}",
+        connection_info=info,
+        connection_file=connection_file,
+        python=python,
+        cwd=os.getcwd(),
+        env={k: v for k, v in os.environ.items() if k in ("JPY_SESSION_NAME", "LANG", "TZ")},
+        network_mode=network_mode,
+    )
+    container = kc.start(client, launch, log)
+    stopping = threading.Event()
+
+    def forward(signum, _frame):
+        if signum != signal.SIGINT:
+            stopping.set()
+        try:
+            container.kill(signal=int(signum))
+        except Exception:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        kc.wait_ready(container, launch, launch_timeout, log)
+        while True:
+            status, code = kc.state(container)
+            if code is not None:
+                return code
+            stopping.wait(0.5)
+    finally:
+        kc.remove(container)
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return run(
+        args.connection_file,
+        image=args.image,
+        pull_policy=args.pull_policy,
+        network_mode=args.network,
+        python=args.python,
+        launch_timeout=args.launch_timeout,
+    )

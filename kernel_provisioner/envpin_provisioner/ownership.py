@@ -1,0 +1,145 @@
+"""Who owns an envpin container, and garbage collection of orphans.
+
+A kernel container outlives its server when the server dies hard (SIGKILL, a
+crash, a closed laptop): the ipykernel inside has no way to notice.  So every
+container envpin starts is labelled with its owner, a process identified by
+
+* ``envpin.owner-host``: the host name,
+* ``envpin.owner-boot``: the kernel's boot id (a reboot ends every owner),
+* ``envpin.owner-pid`` and ``envpin.owner-start``: the pid and its start time
+  in clock ticks since boot, so a recycled pid is not mistaken for the owner.
+
+:func:`collect_garbage` removes containers whose owner is provably gone.  An
+owner on another host (a shared remote engine) cannot be checked from here and
+is left alone unless asked.  A server that adopts a container of a previous
+server (``load_provisioner_info``) records itself as the new owner in an
+adoption file, since a container's labels cannot change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import docker
+import docker.errors
+
+ROLE = "envpin.role"
+KERNEL_ID = "envpin.kernel-id"
+OWNER_HOST = "envpin.owner-host"
+OWNER_BOOT = "envpin.owner-boot"
+OWNER_PID = "envpin.owner-pid"
+OWNER_START = "envpin.owner-start"
+OWNER_UID = "envpin.owner-uid"
+IMAGE_REF = "envpin.image"
+
+log = logging.getLogger("envpin")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """Start time of ``pid`` (field 22 of /proc/PID/stat), '' when it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_labels(pid: int | None = None) -> dict[str, str]:
+    """Labels naming ``pid`` (this process by default) as a container's owner."""
+    pid = pid or os.getpid()
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_BOOT: _boot_id(),
+        OWNER_PID: str(pid),
+        OWNER_START: _start_ticks(pid),
+        OWNER_UID: str(os.getuid()),
+    }
+
+
+def _adoption_dir() -> Path:
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return Path(jupyter_runtime_dir()) / "envpin-adopted"
+
+
+def adopt(container_id: str) -> None:
+    """Record this process as the owner of ``container_id`` (which another process started)."""
+    d = _adoption_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (d / f"{container_id}.json").write_text(json.dumps(owner_labels()))
+
+
+def _owner(container: docker.models.containers.Container) -> dict[str, str]:
+    labels = dict(container.labels or {})
+    try:
+        labels.update(json.loads((_adoption_dir() / f"{container.id}.json").read_text()))
+    except (OSError, ValueError):
+        pass
+    return labels
+
+
+def owner_state(labels: dict[str, str]) -> str:
+    """``alive``, ``gone`` or ``unknown`` (owned by a process on another host)."""
+    if labels.get(OWNER_HOST) != socket.gethostname():
+        return "unknown"
+    if labels.get(OWNER_BOOT) and labels[OWNER_BOOT] != _boot_id():
+        return "gone"
+    try:
+        pid = int(labels.get(OWNER_PID, ""))
+    except ValueError:
+        return "gone"
+    start = _start_ticks(pid)
+    if not start or (labels.get(OWNER_START) and start != labels[OWNER_START]):
+        return "gone"
+    return "alive"
+
+
+def envpin_containers(client: docker.DockerClient) -> list:
+    return client.containers.list(all=True, filters={"label": ROLE})
+
+
+def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False) -> list[str]:
+    """Remove envpin containers whose owner is gone; return their short ids.
+
+    With ``other_hosts`` also those owned by processes on other hosts (whose
+    liveness cannot be checked from here): only for a single-user engine.
+    """
+    removed = []
+    for container in envpin_containers(client):
+        state = owner_state(_owner(container))
+        if state == "alive" or (state == "unknown" and not other_hosts):
+            continue
+        removed.append(container.short_id)
+        if dry_run:
+            continue
+        try:
+            container.remove(force=True)
+            log.info(
+                "envpin: removed orphaned %s container %s (kernel %s, owner pid %s gone)",
+                container.labels.get(ROLE),
+                container.short_id,
+                container.labels.get(KERNEL_ID, "?"),
+                container.labels.get(OWNER_PID, "?"),
+            )
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+        try:
+            (_adoption_dir() / f"{container.id}.json").unlink()
+        except OSError:
+            pass
+    return removed

@@ -1,0 +1,435 @@
+"""``EnvpinProvisioner``: a jupyter_client kernel provisioner that runs ipykernel in a container.
+
+Registered as ``envpin-docker`` in the ``jupyter_client.kernel_provisioners``
+entry point group.  A kernelspec selects it with::
+
+    "metadata": {"kernel_provisioner": {"provisioner_name": "envpin-docker",
+                                        "config": {"image": "python-ml:3.11"}}}
+
+Configuration precedence, highest first (the same for every option):
+
+1. the image pinned for this notebook by ``%use_image`` (image only);
+2. the kernelspec's ``metadata.kernel_provisioner.config``;
+3. ``c.EnvpinProvisioner.<option>`` in a Jupyter config file
+   (``jupyter_server_config.py``, ``jupyter_client_config.py``);
+4. ``ENVPIN_<OPTION>`` environment variables of the server;
+5. the defaults below.
+
+Every Docker call runs in a worker thread (``asyncio.to_thread``), so the
+server's event loop keeps serving other notebooks while an image is pulled or
+a container starts.  The provisioner extends ``LocalProvisioner`` only to
+reuse its ``pre_launch`` (ports, connection file, CurveZMQ keys); every hook
+that touches the kernel process is replaced by its container equivalent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import os
+import signal
+from typing import Any
+
+from docker.types import Mount
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, TraitError, Unicode, Union, default
+
+from . import container as kc
+from . import engine, images, ownership
+from .errors import ConfigError, EnvpinError
+
+_gc_done = False
+
+
+def _env(name: str, fallback: Any = None) -> Any:
+    return os.environ.get(f"ENVPIN_{name.upper()}", fallback)
+
+
+class EnvpinProvisioner(LocalProvisioner):
+    """Starts ipykernel inside a Docker container of the configured image."""
+
+    # ---- options (every one a documented, configurable traitlet) -------------------
+
+    image = Unicode(
+        config=True,
+        help="""Image the kernel runs in (NAME[:TAG] or NAME@sha256:DIGEST).
+        Default: $ENVPIN_IMAGE, else 'ubuntu-22.04-py3'.""",
+    )
+
+    @default("image")
+    def _image_default(self) -> str:
+        return _env("image", "ubuntu-22.04-py3")
+
+    pull_policy = CaselessStrEnum(
+        images.PULL_POLICIES,
+        config=True,
+        help="""When to pull the image: 'if-missing' (default), 'always' or 'never'.
+        Pull time does not count against launch_timeout; progress goes to the server log.""",
+    )
+
+    @default("pull_policy")
+    def _pull_policy_default(self) -> str:
+        return _env("pull_policy", "if-missing")
+
+    network_mode = Unicode(
+        config=True,
+        help="""Docker network of the kernel container: 'bridge' (default, so the kernel can reach
+        clusters), 'none' (no network; the ipc channels still work), 'host', or a network name.""",
+    )
+
+    @default("network_mode")
+    def _network_mode_default(self) -> str:
+        return _env("network_mode", "bridge")
+
+    transport = CaselessStrEnum(
+        ("auto", "ipc", "tcp"),
+        config=True,
+        help="""How the server reaches the kernel. 'ipc': unix sockets in a private 0700 directory
+        mounted into the container (no port at all). 'tcp': ports published on 127.0.0.1 only.
+        'auto' (default): ipc with a local engine, tcp with a remote one (DOCKER_HOST=tcp://...).""",
+    )
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return _env("transport", "auto")
+
+    mounts = List(
+        Unicode(),
+        config=True,
+        help="""Extra bind mounts, each 'HOST_PATH:CONTAINER_PATH[:ro]'. The notebook's folder is
+        always mounted at its own path and is the working directory.""",
+    )
+
+    env_passthrough = List(
+        Unicode(),
+        default_value=["JPY_SESSION_NAME", "LANG", "LC_*", "TZ"],
+        config=True,
+        help="""Names (fnmatch patterns) of server environment variables passed into the container.
+        Everything else in the server's environment stays out, so the image's own PATH, HOME
+        and PYTHONPATH are not overwritten. The kernelspec's 'env' is always passed.""",
+    )
+
+    environment = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="Fixed environment variables set in the kernel container.",
+    )
+
+    mem_limit = Union(
+        [Integer(), Unicode()],
+        allow_none=True,
+        default_value=None,
+        config=True,
+        help="Memory limit of the kernel container, bytes or a string like '4g'. None: no limit.",
+    )
+
+    cpu_limit = Float(
+        0.0, config=True, help="CPU limit of the kernel container in cores (e.g. 1.5). 0: no limit."
+    )
+
+    gpus = Unicode(
+        "",
+        config=True,
+        help="""GPUs for the kernel, as `docker run --gpus`: 'all', a count like '2', or 'device=0,1'.
+        Empty (default): none. Needs the NVIDIA container toolkit on the engine.""",
+    )
+
+    user = Unicode(
+        config=True,
+        help="""uid:gid the kernel runs as. Default: the uid:gid of the server process, so files
+        written to the notebook folder belong to the person running Jupyter.""",
+    )
+
+    @default("user")
+    def _user_default(self) -> str:
+        return _env("user", f"{os.getuid()}:{os.getgid()}")
+
+    python = Unicode(
+        config=True,
+        help="The Python interpreter inside the image (name on its PATH, or absolute path). Default 'python3'.",
+    )
+
+    @default("python")
+    def _python_default(self) -> str:
+        return _env("python", "python3")
+
+    launch_timeout = Float(
+        config=True,
+        help="""Seconds from container start until the kernel must answer (image pulls not
+        included). A container that exits earlier is reported at once with its last log lines.""",
+    )
+
+    @default("launch_timeout")
+    def _launch_timeout_default(self) -> float:
+        return float(_env("launch_timeout", 60))
+
+    mount_envpin = Bool(
+        True,
+        config=True,
+        help="""Mount envpin's kernel-side package read-only into the container (and put it on
+        PYTHONPATH) so `%load_ext envpin` works without installing anything into the image.""",
+    )
+
+    extra_container_options = Dict(
+        config=True,
+        help="""Escape hatch: keyword arguments merged last into docker's containers.create()
+        (e.g. {"shm_size": "2g", "cap_add": ["SYS_PTRACE"]}). Use with care: they override envpin's.""",
+    )
+
+    # ---- state -------------------------------------------------------------------------
+
+    _container = None
+    _client = None
+    _channel_dir: str | None = None
+    _resolved: images.ResolvedImage | None = None
+    _launch: kc.KernelLaunch | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        _check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        super().__init__(**kwargs)
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    async def _docker(self):
+        if self._client is None:
+            self._client = await asyncio.to_thread(engine.connect)
+        return self._client
+
+    def _extra_mounts(self) -> list[Mount]:
+        out = []
+        for spec in self.mounts:
+            parts = spec.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise ConfigError(
+                    f"Mount '{spec}' is not 'HOST_PATH:CONTAINER_PATH[:ro]'; fix the mounts option of this kernel."
+                )
+            src = os.path.abspath(os.path.expanduser(parts[0]))
+            if not os.path.exists(src):
+                raise ConfigError(f"Mount source '{src}' (from mounts option '{spec}') does not exist.")
+            out.append(Mount(target=parts[1], source=src, type="bind", read_only=len(parts) == 3 and parts[2] == "ro"))
+        return out
+
+    def _container_env(self, env: dict[str, str]) -> dict[str, str]:
+        import fnmatch
+
+        out = {
+            k: v
+            for k, v in env.items()
+            if any(fnmatch.fnmatchcase(k, pat) for pat in self.env_passthrough) and k not in kc.NEVER_FORWARDED
+        }
+        for k in (self.kernel_spec.env or {}) if self.kernel_spec else {}:
+            if k in env and k not in kc.NEVER_FORWARDED:
+                out[k] = env[k]
+        out.update(self.environment)
+        return out
+
+    def _transport(self) -> str:
+        if self.transport != "auto":
+            return self.transport
+        return "ipc" if engine.is_local_engine() else "tcp"
+
+    # ---- jupyter_client hooks ----------------------------------------------------------
+
+    @property
+    def has_process(self) -> bool:
+        return self._container is not None
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Resolve the image, prepare the private channel directory, write the connection file.
+
+        Runs before every start, restarts included.  The image is resolved again
+        on restart so a moved tag is noticed; the pull (if any) happens here, before
+        the launch timeout starts counting.
+        """
+        global _gc_done
+        km = self.parent
+        client = await self._docker()
+        if not _gc_done:
+            _gc_done = True
+            removed = await asyncio.to_thread(ownership.collect_garbage, client)
+            if removed:
+                self.log.info("envpin: removed %d orphaned container(s): %s", len(removed), ", ".join(removed))
+
+        reference = self.image
+        self._resolved = await asyncio.to_thread(images.resolve, client, reference, self.pull_policy, self.log)
+
+        transport = self._transport()
+        if transport == "tcp" and self.network_mode == "none":
+            raise ConfigError(
+                f"transport='tcp' cannot work with network_mode='none' (image '{reference}'): "
+                "use transport='ipc' with a local engine, or another network mode."
+            )
+        if km is not None:
+            if self._channel_dir is None:
+                self._channel_dir = kc.make_channel_dir()
+                km.connection_file = os.path.join(self._channel_dir, "kernel.json")
+                km.transport = transport
+                if transport == "ipc":
+                    km.ip = os.path.join(self._channel_dir, "kernel")
+                else:
+                    km.ip = "127.0.0.1"
+        kwargs = await super().pre_launch(**kwargs)
+        self._chown_channel_dir()
+        return kwargs
+
+    def _chown_channel_dir(self) -> None:
+        """When root starts a kernel as another uid, that uid must read the connection file."""
+        if os.getuid() != 0 or not self._channel_dir:
+            return
+        uid, _, gid = self.user.partition(":")
+        uid_i, gid_i = int(uid), int(gid or uid)
+        if uid_i == 0:
+            return
+        for path in [self._channel_dir] + [os.path.join(self._channel_dir, f) for f in os.listdir(self._channel_dir)]:
+            os.chown(path, uid_i, gid_i)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Start the container and return once the kernel answers its heartbeat."""
+        env = kwargs.get("env") or {}
+        cwd = kwargs.get("cwd")
+        cwd = os.path.abspath(cwd) if cwd else os.getcwd()
+        km = self.parent
+        launch = kc.KernelLaunch(
+            image=self._resolved,
+            kernel_id=self.kernel_id,
+            connection_info=dict(self.connection_info),
+            connection_file=km.connection_file if km else "",
+            python=self.python,
+            cwd=cwd,
+            env=self._container_env(env),
+            user=self.user,
+            network_mode=self.network_mode,
+            extra_mounts=self._extra_mounts(),
+            mem_limit=self.mem_limit,
+            cpu_limit=self.cpu_limit or None,
+            gpus=self.gpus,
+            extra_options=dict(self.extra_container_options),
+            mount_envpin=self.mount_envpin,
+        )
+        client = await self._docker()
+        container = await asyncio.to_thread(kc.start, client, launch, self.log)
+        try:
+            await asyncio.to_thread(kc.wait_ready, container, launch, self.launch_timeout, self.log)
+        except BaseException:
+            await asyncio.to_thread(kc.remove, container)
+            raise
+        self._container, self._launch = container, launch
+        self.cwd = cwd
+        return self.connection_info
+
+    async def poll(self) -> int | None:
+        """``None`` while the container runs, else its exit code (-1 if it vanished)."""
+        if self._container is None:
+            return 0
+        _, code = await asyncio.to_thread(kc.state, self._container)
+        return code
+
+    async def wait(self) -> int | None:
+        """Wait until the container stops (callers bound this with a timeout)."""
+        if self._container is None:
+            return 0
+        while (code := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        return code
+
+    async def send_signal(self, signum: int) -> None:
+        """Deliver ``signum`` to the kernel: docker-init (PID 1) forwards it to ipykernel."""
+        if self._container is None:
+            return
+        try:
+            await asyncio.to_thread(self._container.kill, signal=int(signum))
+        except Exception as exc:  # container already stopped: nothing to signal
+            self.log.debug("envpin: signal %s to %s failed: %s", signum, self._container.short_id, exc)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Remove the container; keep the channel directory only across a restart."""
+        if self._container is not None:
+            container, self._container = self._container, None
+            await asyncio.to_thread(kc.remove, container)
+            self.log.info("envpin: removed kernel container %s", container.short_id)
+        if not restart and self._channel_dir:
+            kc.remove_channel_dir(self._channel_dir)
+            self._channel_dir = None
+        await super().cleanup(restart=restart)
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 5.0)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return recommended
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        """What a restarted server needs to find this kernel's container again."""
+        info = await super().get_provisioner_info()
+        info.update(
+            container_id=self._container.id if self._container is not None else None,
+            channel_dir=self._channel_dir,
+            image=self._resolved.reference if self._resolved else self.image,
+            image_id=self._resolved.immutable if self._resolved else None,
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        """Re-attach to the container named in ``provisioner_info`` and take ownership of it."""
+        await super().load_provisioner_info(provisioner_info)
+        self._channel_dir = provisioner_info.get("channel_dir")
+        cid = provisioner_info.get("container_id")
+        if not cid:
+            return
+        client = await self._docker()
+        import docker.errors
+
+        try:
+            self._container = await asyncio.to_thread(client.containers.get, cid)
+        except docker.errors.NotFound:
+            self.log.warning("envpin: container %s of kernel %s is gone", cid[:12], self.kernel_id)
+            self._container = None
+            return
+        await asyncio.to_thread(ownership.adopt, self._container.id)
+
+
+def _check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
+    """Refuse unknown or ill-typed kernelspec options with one readable message.
+
+    Without this, jupyter_client passes unknown keys on and traitlets drops them
+    with a deprecation warning nobody sees, and a wrong type surfaces as a
+    TraitError from deep inside traitlets.
+    """
+    base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
+    traits = cls.class_traits(config=True)
+    problems = []
+    for key, value in kwargs.items():
+        if key in base:
+            continue
+        if key not in traits:
+            close = difflib.get_close_matches(key, traits, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"unknown option '{key}'{hint}")
+            continue
+        try:
+            traits[key].validate(_Dummy(), value)
+        except TraitError:
+            problems.append(f"option '{key}' has the wrong type or value {value!r} ({traits[key].info()} expected)")
+    if problems:
+        name = getattr(kernel_spec, "display_name", None) or "this kernel"
+        image = kwargs.get("image") or "the default image"
+        raise ConfigError(
+            f"The kernelspec '{name}' (image {image}) has bad envpin settings in "
+            f"metadata.kernel_provisioner.config: {'; '.join(problems)}. "
+            f"Known options: {', '.join(sorted(traits))}. Fix the kernelspec's kernel.json "
+            "(jupyter kernelspec list shows where it is) or reinstall it with envpin kernelspec install."
+        )
+
+
+class _Dummy:
+    """Stand-in object for trait validators that look at their owner."""
+
+
+__all__ = ["EnvpinProvisioner", "EnvpinError"]

@@ -1,0 +1,94 @@
+"""Make sure a Docker engine answers, starting one when this machine has none.
+
+Used by the quickstart, the test suite and CI.  The machines envpin is developed
+on ship the docker *client* but no engine, so a fresh machine needs Debian's
+``docker.io`` installed and ``dockerd`` started in the background.  Everything
+here is idempotent: an engine that already answers is left alone.
+
+Run as ``python -m tools.engine`` to do it from a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+DOCKERD_LOG = "/var/log/envpin-dockerd.log"
+
+
+def engine_answers(timeout: float = 3.0) -> bool:
+    """True when the engine named by the environment (``DOCKER_HOST``) answers a ping."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _say(msg: str) -> None:
+    print(f"[envpin] {msg}", file=sys.stderr, flush=True)
+
+
+def _install_docker_io() -> None:
+    _say("installing Debian's docker.io (the Docker engine) with apt-get ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
+
+
+def ensure_engine(wait: float = 60.0) -> None:
+    """Return once an engine answers; install and start one if we are root and none does."""
+    if engine_answers():
+        return
+    if os.environ.get("DOCKER_HOST"):
+        raise SystemExit(
+            f"The Docker engine at DOCKER_HOST={os.environ['DOCKER_HOST']} does not answer. "
+            "Start it, or unset DOCKER_HOST to use a local engine."
+        )
+    if os.geteuid() != 0:
+        raise SystemExit(
+            "No Docker engine answers on /var/run/docker.sock and this is not root, so envpin cannot "
+            "start one. Start the engine (sudo systemctl start docker, or sudo dockerd &) or re-run as root."
+        )
+    if not shutil.which("dockerd"):
+        _install_docker_io()
+    _say(f"starting dockerd in the background (log: {DOCKERD_LOG}) ...")
+    log = open(DOCKERD_LOG, "ab")
+    subprocess.Popen(
+        ["dockerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+    )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if engine_answers():
+            _say("Docker engine is up")
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"dockerd did not answer within {wait:.0f}s; see {DOCKERD_LOG}")
+
+
+def ensure_debootstrap() -> None:
+    """The offline image builder needs Debian's debootstrap."""
+    if shutil.which("debootstrap"):
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("debootstrap is missing and this is not root: sudo apt-get install debootstrap")
+    _say("installing debootstrap with apt-get ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "debootstrap"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
+
+
+if __name__ == "__main__":
+    ensure_engine()

@@ -1,0 +1,245 @@
+"""Build the images envpin's tests and quickstart run in, offline, and cache them.
+
+No container registry is reachable from the machines envpin is developed and
+tested on, so ``docker pull`` is not an option.  Instead:
+
+1. ``debootstrap --variant=minbase --include=python3,python3-venv SUITE`` builds a
+   Debian root filesystem from Debian's package mirror (bookworm gives Python
+   3.11, trixie gives 3.13) and ``import_image`` turns it into a base image;
+2. the wheels the image needs (ipykernel, cloudpickle and their dependencies)
+   are fetched on the host with ``pip download`` for the image's Python and
+   platform, because containers cannot reach the package index themselves;
+3. a two-line Dockerfile ``FROM`` the base copies the wheels in and installs
+   them into a venv with ``--no-index``.
+
+Every image carries a label with a hash of its recipe; an image whose label
+matches is reused, so a second run costs a few Docker API calls.  Run as
+``python -m tools.images [NAME ...]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from tools.engine import ensure_debootstrap, ensure_engine
+
+CACHE_DIR = Path(os.environ.get("ENVPIN_DEV_CACHE", Path.home() / ".cache" / "envpin-dev"))
+RECIPE_LABEL = "envpin.test-recipe"
+
+#: Debian suite -> the Python minor version it ships.
+SUITES = {"bookworm": "3.11", "trixie": "3.13"}
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """One image: a Debian suite, the wheels to install into /opt/python, and its tags."""
+
+    tag: str
+    suite: str
+    packages: tuple[str, ...] = ()
+    extra_tags: tuple[str, ...] = ()
+    python: bool = True  # False: an image with no Python at all (for the error paths)
+    notes: str = field(default="", compare=False)
+
+    def digest(self) -> str:
+        text = repr((self.suite, self.packages, self.python, _DOCKERFILE, _BASE_VERSION))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_BASE_VERSION = "1"
+_DOCKERFILE = """\
+FROM {base}
+COPY wheels /tmp/wheels
+RUN python3 -m venv /opt/python \\
+ && /opt/python/bin/python -m pip install -q --no-index --no-compile --find-links /tmp/wheels {packages} \\
+ && rm -rf /tmp/wheels /root/.cache
+ENV PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LABEL {label}={digest}
+"""
+
+RECIPES: dict[str, ImageRecipe] = {
+    r.tag: r
+    for r in (
+        ImageRecipe(
+            "envpin-test/py311:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle"),
+            extra_tags=("ubuntu-22.04-py3:latest",),
+            notes="Python 3.11 with ipykernel and cloudpickle; also the demo image ubuntu-22.04-py3",
+        ),
+        ImageRecipe(
+            "envpin-test/py313:latest",
+            "trixie",
+            ("ipykernel", "cloudpickle"),
+            notes="Python 3.13 with ipykernel and cloudpickle",
+        ),
+        ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
+        ImageRecipe("envpin-test/no-python:latest", "none", (), python=False, notes="no Python at all"),
+    )
+}
+
+_locks: dict[str, threading.Lock] = {s: threading.Lock() for s in SUITES}
+
+
+def _say(msg: str) -> None:
+    print(f"[envpin images] {msg}", file=sys.stderr, flush=True)
+
+
+def _image_recipe_digest(client: docker.DockerClient, tag: str) -> str | None:
+    try:
+        return (client.images.get(tag).labels or {}).get(RECIPE_LABEL)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _base_image(client: docker.DockerClient, suite: str) -> str:
+    """A Debian ``suite`` rootfs with python3 and python3-venv, imported as an image."""
+    tag = f"envpin-base/{suite}:{_BASE_VERSION}"
+    with _locks[suite]:
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        ensure_debootstrap()
+        _say(f"debootstrap {suite} (Debian minbase + python3): a few minutes, once ...")
+        with tempfile.TemporaryDirectory(prefix=f"envpin-rootfs-{suite}-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            log = CACHE_DIR / f"debootstrap-{suite}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "wb") as fh:
+                subprocess.run(
+                    ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", suite, str(rootfs)],
+                    check=True,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                )
+            # Trim what a kernel never needs: apt lists and caches, docs.
+            for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+                shutil.rmtree(rootfs / sub, ignore_errors=True)
+            tarball = Path(tmp) / "rootfs.tar"
+            subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+            repo, _, version = tag.partition(":")
+            client.api.import_image_from_file(str(tarball), repository=repo, tag=version)
+        _say(f"imported {tag}")
+        return tag
+
+
+def _wheels(python_version: str, packages: tuple[str, ...]) -> Path:
+    """``pip download`` the wheels for ``packages`` for a Linux CPython ``python_version``."""
+    key = hashlib.sha256(repr((python_version, packages)).encode()).hexdigest()[:12]
+    dest = CACHE_DIR / f"wheels-py{python_version}-{key}"
+    if (dest / ".complete").exists():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    machine = platform.machine()
+    platforms = [f"manylinux_2_{n}_{machine}" for n in (36, 34, 31, 28, 27, 26, 24, 17, 12, 5)]
+    platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(dest)]
+    cmd += ["--python-version", python_version, "--implementation", "cp"]
+    for p in platforms:
+        cmd += ["--platform", p]
+    _say(f"pip download {' '.join(packages)} for Python {python_version} ...")
+    subprocess.run(cmd + list(packages), check=True)
+    (dest / ".complete").touch()
+    return dest
+
+
+def _build_no_python(client: docker.DockerClient, recipe: ImageRecipe, digest: str) -> None:
+    """An image holding a single file: starting Python in it fails like a typo'd image would."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"envpin test image without Python\n"
+        info = tarfile.TarInfo("etc/envpin-no-python")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    repo, _, version = recipe.tag.partition(":")
+    client.api.import_image_from_data(
+        buf.getvalue(), repository=repo, tag=version, changes=[f"LABEL {RECIPE_LABEL}={digest}"]
+    )
+
+
+def build(name: str, client: docker.DockerClient | None = None) -> str:
+    """Build (or reuse) the image ``name``; return its tag."""
+    recipe = RECIPES[name]
+    client = client or docker.from_env(timeout=600)
+    digest = recipe.digest()
+    if _image_recipe_digest(client, recipe.tag) == digest:
+        _tag_extras(client, recipe)
+        return recipe.tag
+    if not recipe.python:
+        _build_no_python(client, recipe, digest)
+        return recipe.tag
+    base = _base_image(client, recipe.suite)
+    with tempfile.TemporaryDirectory(prefix="envpin-build-") as ctx:
+        if recipe.packages:
+            shutil.copytree(_wheels(SUITES[recipe.suite], recipe.packages), Path(ctx) / "wheels")
+        else:
+            (Path(ctx) / "wheels").mkdir()
+        dockerfile = _DOCKERFILE.format(
+            base=base, packages=" ".join(recipe.packages) or "--upgrade pip", label=RECIPE_LABEL, digest=digest
+        )
+        if not recipe.packages:
+            # A venv only: Python is there, ipykernel is not.
+            dockerfile = dockerfile.replace(
+                "/opt/python/bin/python -m pip install -q --no-index --no-compile --find-links /tmp/wheels --upgrade pip \\\n && ",
+                "",
+            )
+        (Path(ctx) / "Dockerfile").write_text(dockerfile)
+        _say(f"building {recipe.tag} ({recipe.notes}) ...")
+        client.images.build(path=ctx, tag=recipe.tag, rm=True, forcerm=True)
+    _tag_extras(client, recipe)
+    _say(f"built {recipe.tag}")
+    return recipe.tag
+
+
+def _tag_extras(client: docker.DockerClient, recipe: ImageRecipe) -> None:
+    image = client.images.get(recipe.tag)
+    for extra in recipe.extra_tags:
+        repo, _, version = extra.partition(":")
+        try:
+            if client.images.get(extra).id == image.id:
+                continue
+        except docker.errors.ImageNotFound:
+            pass
+        image.tag(repo, version)
+
+
+def build_all(names: list[str] | None = None) -> list[str]:
+    """Build the named images (all by default), the two Debian suites in parallel."""
+    ensure_engine()
+    names = names or list(RECIPES)
+    errors: list[BaseException] = []
+
+    def run(n: str) -> None:
+        try:
+            build(n)
+        except BaseException as exc:  # reported below, after the other builds finish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return names
+
+
+if __name__ == "__main__":
+    build_all(sys.argv[1:] or None)
