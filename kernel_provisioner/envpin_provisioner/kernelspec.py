@@ -82,4 +82,4 @@ def install(
         for png in ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg"):
             if (logo / png).exists():
                 shutil.copy(logo / png, src / png)
-        return KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix, replace=True)
+        return KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)

@@ -33,7 +33,7 @@ from typing import Any
 from docker.types import Mount
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, TraitError, Unicode, Union, default
+from traitlets import Bool, HasTraits, CaselessStrEnum, Dict, Float, Integer, List, TraitError, Unicode, Union, default
 
 from . import container as kc
 from . import engine, images, ownership
@@ -428,8 +428,8 @@ def _check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
         )
 
 
-class _Dummy:
-    """Stand-in object for trait validators that look at their owner."""
+class _Dummy(HasTraits):
+    """Stand-in owner for trait validators, which look at the object they validate for."""
 
 
 __all__ = ["EnvpinProvisioner", "EnvpinError"]

@@ -1,0 +1,100 @@
+"""Test harness: a real Docker engine, the offline-built images, isolated Jupyter paths.
+
+Nothing here fakes the engine.  When no engine answers, the session starts one
+(installing Debian's docker.io first when root and it is missing) and builds
+the test images from Debian packages (see tools/images.py); both are cached,
+so a second run costs seconds.
+
+After every test no envpin container may remain: that is asserted, then
+cleaned up so one failure does not cascade.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools import engine as dev_engine  # noqa: E402
+from tools import images as dev_images  # noqa: E402
+
+PY311 = "envpin-test/py311:latest"
+PY313 = "envpin-test/py313:latest"
+NO_IPYKERNEL = "envpin-test/no-ipykernel:latest"
+NO_PYTHON = "envpin-test/no-python:latest"
+DEMO = "ubuntu-22.04-py3"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    dev_engine.ensure_engine()
+    dev_images.build_all()
+    import docker
+
+    client = docker.from_env(timeout=120)
+    yield client
+    client.close()
+
+
+def envpin_containers(client):
+    return client.containers.list(all=True, filters={"label": "envpin.role"})
+
+
+@pytest.fixture(autouse=True)
+def no_container_left_behind(request, docker_client):
+    before = {c.id for c in envpin_containers(docker_client)}
+    yield
+    left = [c for c in envpin_containers(docker_client) if c.id not in before]
+    for c in left:
+        c.remove(force=True)
+    if left and not getattr(request.node, "_envpin_failed", False):
+        pytest.fail(f"envpin containers left behind: {[c.short_id + ' ' + str(c.labels) for c in left]}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        item._envpin_failed = True
+
+
+@pytest.fixture
+def jupyter_env(tmp_path, monkeypatch):
+    """Private JUPYTER_PATH / runtime / config dirs, so tests see only the kernelspecs they install."""
+    data = tmp_path / "jupyter-data"
+    runtime = tmp_path / "jupyter-runtime"
+    config = tmp_path / "jupyter-config"
+    for d in (data, runtime, config):
+        d.mkdir()
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    monkeypatch.delenv("ENVPIN_IMAGE", raising=False)
+    return {"data": data, "runtime": runtime, "config": config}
+
+
+@pytest.fixture
+def install_kernelspec(jupyter_env):
+    """``install_kernelspec(image, name=..., **config)`` writes a kernelspec under the private JUPYTER_PATH."""
+    from envpin_provisioner import kernelspec
+
+    def install(image, name=None, **config):
+        path = kernelspec.install(image, name=name, user=True, config=config)
+        return Path(path).name
+
+    return install
+
+
+@pytest.fixture
+def notebook_dir(tmp_path):
+    d = tmp_path / "notebooks" / "project one"  # a space: paths are passed through, not split
+    d.mkdir(parents=True)
+    return d
