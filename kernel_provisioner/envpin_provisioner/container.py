@@ -250,8 +250,9 @@ def _died_message(launch: KernelLaunch, exit_code: int, logs: str) -> str:
         )
     elif exit_code in (126, 127):
         lead = (
-            f"Image '{ref}' cannot run '{launch.python}' (exit code {exit_code}). "
-            "Use an image with Python and ipykernel, or set the python option to the interpreter inside the image."
+            f"Image '{ref}' has no '{launch.python}' on its PATH (exit code {exit_code}), so no Python kernel "
+            "can run in it. Use an image with Python and ipykernel installed, or set the provisioner's python "
+            "option to the interpreter's path inside the image."
         )
     elif exit_code == 137:
         lead = f"The kernel container of '{ref}' was killed (exit code 137: out of memory or killed from outside)."

@@ -1,0 +1,73 @@
+"""Kernelspecs: the shipped "Containerized Python" one, `envpin kernelspec install`, and the argv fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+
+from conftest import PY311, PY313, ROOT
+from kernels import PROBE, kernel, run_json
+
+
+def test_shipped_kernelspec_names_the_provisioner():
+    spec = json.loads((ROOT / "kernelspecs" / "containerized-python" / "kernel.json").read_text())
+    assert spec["display_name"] == "Containerized Python"
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "envpin-docker"
+    assert spec["argv"][1:4] == ["-m", "envpin_provisioner", "launch"]
+    # The provisioner is registered under the entry point jupyter_client looks in.
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="jupyter_client.kernel_provisioners") if e.name == "envpin-docker"]
+    assert ep.load().__name__ == "EnvpinProvisioner"
+
+
+def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--image", PY313,
+         "--display-name", "Py 3.13 jobs", "--prefix", str(tmp_path / "venv"), "--config", "network_mode=none"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    path = Path(out.stdout.strip().split(" in ", 1)[1])
+    assert path == tmp_path / "venv" / "share" / "jupyter" / "kernels" / "envpin-envpin-test-py313-latest"
+    spec = json.loads((path / "kernel.json").read_text())
+    assert spec["display_name"] == "Py 3.13 jobs"
+    assert spec["metadata"]["kernel_provisioner"] == {
+        "provisioner_name": "envpin-docker",
+        "config": {"network_mode": "none", "image": PY313},
+    }
+    assert spec["argv"] == [sys.executable, "-m", "envpin_provisioner", "launch", "--image", PY313, "-f", "{connection_file}"]
+
+
+async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, docker_client, notebook_dir):
+    """VS Code runs argv itself: the kernel must still land in the image, answer interrupts, and clean up."""
+    from envpin_provisioner import kernelspec
+
+    spec = kernelspec.kernelspec_dict(PY313, "no provisioner")
+    del spec["metadata"]["kernel_provisioner"]  # what such a client effectively sees
+    d = jupyter_env["data"] / "kernels" / "argv-only"
+    d.mkdir(parents=True)
+    (d / "kernel.json").write_text(json.dumps(spec))
+    assert KernelSpecManager().get_kernel_spec("argv-only").metadata.get("kernel_provisioner") is None
+
+    async with kernel("argv-only", cwd=notebook_dir) as (km, kc):
+        assert type(km.provisioner).__name__ == "LocalProvisioner"
+        probe = await run_json(kc, PROBE)
+        assert probe["dockerenv"] is True and probe["python"] == [3, 13]
+        assert probe["image"] == PY313
+        (container,) = docker_client.containers.list(filters={"label": "envpin.role=kernel"})
+        # The launcher process is the recorded owner, so `envpin gc` can clean up if it is SIGKILLed.
+        assert container.labels["envpin.owner-pid"] == str(km.provisioner.pid)
+        msg_id = kc.execute("import time; time.sleep(30)")
+        await asyncio.sleep(1)
+        await km.interrupt_kernel()
+        reply = await kc.get_shell_msg(timeout=10)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = await kc.get_shell_msg(timeout=10)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # The autouse fixture asserts the container is gone after shutdown.
