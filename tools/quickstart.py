@@ -1,0 +1,47 @@
+"""Run notebooks/quickstart.ipynb headless in the Containerized Python kernel and summarise it.
+
+Called by ``scripts/quickstart`` after the engine and the demo image exist.
+The executed copy is written to ``build/quickstart.ipynb``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    notebook = ROOT / "notebooks" / "quickstart.ipynb"
+    out = ROOT / "build" / "quickstart.ipynb"
+    subprocess.run(
+        [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--user"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    print("[envpin] installed the 'Containerized Python' kernelspec for this user", file=sys.stderr)
+    nb = nbformat.read(notebook, as_version=4)
+    started = time.monotonic()
+    print(f"[envpin] executing {notebook.relative_to(ROOT)} in the Containerized Python kernel ...", file=sys.stderr)
+    client = NotebookClient(
+        nb, kernel_name="containerized-python", timeout=120, resources={"metadata": {"path": str(notebook.parent)}}
+    )
+    client.execute()
+    out.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, out)
+    print(f"\nquickstart.ipynb ran in {time.monotonic() - started:.1f}s; executed copy: {out.relative_to(ROOT)}\n")
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                print(output["text"], end="")
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
