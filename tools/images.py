@@ -65,7 +65,7 @@ _DOCKERFILE = """\
 FROM {base}
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/python \\
- && /opt/python/bin/python -m pip install -q --no-index --no-compile --find-links /tmp/wheels {packages} \\
+ && /opt/python/bin/python -m pip install -q --no-index --find-links /tmp/wheels {packages} \\
  && rm -rf /tmp/wheels /root/.cache
 ENV PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LABEL {label}={digest}
@@ -196,7 +196,7 @@ def build(name: str, client: docker.DockerClient | None = None) -> str:
         if not recipe.packages:
             # A venv only: Python is there, ipykernel is not.
             dockerfile = dockerfile.replace(
-                "/opt/python/bin/python -m pip install -q --no-index --no-compile --find-links /tmp/wheels --upgrade pip \\\n && ",
+                "/opt/python/bin/python -m pip install -q --no-index --find-links /tmp/wheels --upgrade pip \\\n && ",
                 "",
             )
         (Path(ctx) / "Dockerfile").write_text(dockerfile)

@@ -1,0 +1,89 @@
+"""Kernel start time: Containerized Python vs a local ipykernel of the same Python, same run.
+
+Measures, for each kernel, the time from the start request
+(``AsyncKernelManager.start_kernel``) to the first ``kernel_info`` reply
+(``wait_for_ready``), alternating the two kinds so machine noise hits both
+alike.  Prints p50/p90 of each and their ratio; asserts nothing (these
+machines are noisy).
+
+    python benchmarks/kernel_start.py [--runs 15] [--image envpin-test/py311:latest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+async def one_start(kernel_name: str, cwd: str) -> float:
+    from jupyter_client.manager import AsyncKernelManager
+
+    km = AsyncKernelManager(kernel_name=kernel_name)
+    started = time.perf_counter()
+    await km.start_kernel(cwd=cwd)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        return time.perf_counter() - started
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--image", default="envpin-test/py311:latest")
+    args = parser.parse_args()
+
+    from tools.engine import ensure_engine
+    from tools.images import build
+
+    ensure_engine()
+    build(args.image)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["JUPYTER_DATA_DIR"] = tmp
+        os.environ["JUPYTER_PATH"] = tmp
+        from envpin_provisioner import kernelspec
+
+        kernelspec.install(args.image, name="bench-container", user=True)
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        local = KernelSpecManager().get_kernel_spec("python3")
+        print(f"local ipykernel: {local.argv[0]} (Python {sys.version.split()[0]})")
+        print(f"containerized  : image {args.image}")
+        cwd = tmp
+        # Warm both paths once (imports, page cache, gc), untimed.
+        await one_start("python3", cwd)
+        await one_start("bench-container", cwd)
+        times: dict[str, list[float]] = {"local": [], "container": []}
+        for _ in range(args.runs):
+            times["local"].append(await one_start("python3", cwd))
+            times["container"].append(await one_start("bench-container", cwd))
+
+    for kind, values in times.items():
+        print(f"{kind:10s} p50 {pct(values, 0.5) * 1000:7.0f} ms   p90 {pct(values, 0.9) * 1000:7.0f} ms   (n={len(values)})")
+    r50 = pct(times["container"], 0.5) / pct(times["local"], 0.5)
+    r90 = pct(times["container"], 0.9) / pct(times["local"], 0.9)
+    print(f"ratio container/local: p50 {r50:.2f}x   p90 {r90:.2f}x   (target p50 <= 1.15x)")
+    print(f"mean container overhead: {(statistics.mean(times['container']) - statistics.mean(times['local'])) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
