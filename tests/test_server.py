@@ -179,3 +179,49 @@ def test_a_new_server_collects_orphans_on_its_first_kernel(server, install_kerne
     assert not docker_client.containers.list(all=True, filters={"label": f"envpin.kernel-id={old}"})
     assert docker_client.containers.list(filters={"label": f"envpin.kernel-id={new}"})
     requests.delete(second.api(f"kernels/{new}"), timeout=60)
+
+
+def test_a_container_killed_from_outside_is_restarted_in_the_same_image(server, install_kernelspec, docker_client):
+    name = install_kernelspec(PY313)
+    srv = server()
+    kid = srv.start_kernel(name, "a.ipynb")
+    (old,) = docker_client.containers.list(filters={"label": f"envpin.kernel-id={kid}"})
+    old.kill()
+    deadline = time.monotonic() + 60
+    new = []
+    while time.monotonic() < deadline:
+        new = [c for c in docker_client.containers.list(filters={"label": f"envpin.kernel-id={kid}"}) if c.id != old.id]
+        if new:
+            break
+        time.sleep(0.5)
+    assert new, "the server's restarter did not bring a new container"
+    assert new[0].attrs["Image"] == old.attrs["Image"]
+    status, out = srv.execute(kid, "import sys; print(sys.version_info[:2])")
+    assert (status, out.strip()) == ("ok", "(3, 13)")
+    assert not docker_client.containers.list(all=True, filters={"id": old.id})  # the dead one was removed
+    requests.delete(srv.api(f"kernels/{kid}"), timeout=60)
+
+
+def test_a_slow_kernel_start_does_not_block_the_server(server, install_kernelspec, docker_client):
+    """Docker calls and the readiness wait run off the event loop: other requests are served meanwhile."""
+    import threading
+
+    # The escape hatch delays the kernel by 4 s inside the container (an image with a slow entrypoint).
+    name = install_kernelspec(
+        PY311, extra_container_options={"entrypoint": ["sh", "-c", 'sleep 4; exec python3 "$@"', "sh"]}
+    )
+    srv = server()
+    result = {}
+    starter = threading.Thread(target=lambda: result.update(kid=srv.start_kernel(name, "slow.ipynb")))
+    t0 = time.monotonic()
+    starter.start()
+    latencies = []
+    while starter.is_alive():
+        t = time.monotonic()
+        assert requests.get(srv.api("status"), timeout=5).ok
+        latencies.append(time.monotonic() - t)
+        time.sleep(0.1)
+    starter.join()
+    assert time.monotonic() - t0 >= 4  # the start really was slow ...
+    assert len(latencies) >= 10 and max(latencies) < 1.0  # ... and the server answered all along
+    requests.delete(srv.api(f"kernels/{result['kid']}"), timeout=60)
