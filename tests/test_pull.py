@@ -1,0 +1,78 @@
+"""Pulling: a real registry server (Debian's docker-registry) on 127.0.0.1 behind a slow link.
+
+Nothing is faked: the engine pulls a freshly pushed image through a throttling
+proxy, so the pull takes seconds and reports real progress events.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+
+import pytest
+
+from conftest import PY311
+from kernels import PROBE, kernel, run_json
+from tools.registry import LocalRegistry
+
+import slow_proxy
+
+
+@pytest.fixture(scope="module")
+def registry(docker_client, tmp_path_factory):
+    with LocalRegistry(root=tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture
+def pushed_image(docker_client, registry):
+    """A new image (py311 plus a 16 MB random layer) in the registry, absent from the engine."""
+    tag = uuid.uuid4().hex[:8]
+    repo = f"{registry.address}/envpin/pulltest"
+    dockerfile = f"FROM {PY311}\nRUN head -c 16000000 /dev/urandom > /opt/random.bin\n"
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{repo}:{tag}", rm=True)
+    for line in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
+        assert "error" not in line, line
+    docker_client.images.remove(image.id, force=True)
+    yield "envpin/pulltest", tag
+    for img in docker_client.images.list(name="*/envpin/pulltest"):
+        docker_client.images.remove(img.id, force=True)
+
+
+async def test_missing_image_is_pulled_with_progress_outside_the_launch_timeout(
+    docker_client, registry, pushed_image, install_kernelspec, notebook_dir, caplog
+):
+    proxy, proxy_address = slow_proxy.start(registry.address, rate=4_000_000)  # 4 MB/s: about 4 s
+    try:
+        repo, tag = pushed_image
+        reference = f"{proxy_address}/{repo}:{tag}"
+        name = install_kernelspec(reference, launch_timeout=2)
+        caplog.set_level(logging.INFO)
+        started = time.monotonic()
+        async with kernel(name, cwd=notebook_dir) as (km, kc):
+            elapsed = time.monotonic() - started
+            probe = await run_json(kc, PROBE)
+        assert elapsed > 3, "the pull was meant to take longer than launch_timeout"
+        assert probe["dockerenv"] and probe["image"] == reference
+        # ENVPIN_IMAGE_ID is the registry digest, the immutable name of what was pulled.
+        digest = docker_client.images.get(reference).attrs["RepoDigests"]
+        assert probe["image_id"] in digest and probe["image_id"].startswith(f"{proxy_address}/{repo}@sha256:")
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith(f"envpin: pulling image {reference}") for m in messages), messages
+        assert any("MiB" in m and "layers" in m for m in messages), "no progress was reported"
+        assert any(m == f"envpin: pulled {reference}" for m in messages)
+    finally:
+        proxy.shutdown()
+
+
+async def test_pull_policy_always_checks_the_registry(docker_client, registry, pushed_image, install_kernelspec, notebook_dir, caplog):
+    repo, tag = pushed_image
+    reference = f"{registry.address}/{repo}:{tag}"
+    docker_client.images.pull(f"{registry.address}/{repo}", tag=tag)
+    name = install_kernelspec(reference, pull_policy="always")
+    caplog.set_level(logging.INFO)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        assert (await run_json(kc, PROBE))["image"] == reference
+    assert any(r.getMessage().startswith(f"envpin: pulling image {reference}") for r in caplog.records)
