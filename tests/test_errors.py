@@ -22,6 +22,20 @@ from envpin_provisioner.errors import (
 )
 
 
+def hand_edited_kernelspec(install_kernelspec, name, **config):
+    """A kernelspec whose provisioner config was edited by hand, past the CLI's checks."""
+    import json
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    install_kernelspec(PY311, name=name)
+    path = KernelSpecManager().get_kernel_spec(name).resource_dir + "/kernel.json"
+    spec = json.load(open(path))
+    spec["metadata"]["kernel_provisioner"]["config"].update(config)
+    json.dump(spec, open(path, "w"))
+    return name
+
+
 async def start_fails(name, notebook_dir, exc_type):
     km = AsyncKernelManager(kernel_name=name)
     started = time.monotonic()
@@ -85,14 +99,7 @@ async def test_invalid_reference(install_kernelspec, notebook_dir):
     with pytest.raises(InvalidImageReference):
         kernelspec.kernelspec_dict("Bad Image!", "x")
     # ... and a hand-edited kernelspec is refused at start.
-    name = install_kernelspec(PY311, name="handmade")
-    import json
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    path = KernelSpecManager().get_kernel_spec(name).resource_dir + "/kernel.json"
-    spec = json.load(open(path))
-    spec["metadata"]["kernel_provisioner"]["config"]["image"] = "MyImage:latest"
-    json.dump(spec, open(path, "w"))
+    name = hand_edited_kernelspec(install_kernelspec, "handmade", image="MyImage:latest")
     msg = await start_fails(name, notebook_dir, InvalidImageReference)
     assert "'MyImage:latest' is not a valid Docker image reference" in msg
     assert "did you mean 'myimage:latest'" in msg
@@ -114,27 +121,13 @@ async def test_image_without_ipykernel(install_kernelspec, notebook_dir):
 
 
 async def test_unknown_config_key(install_kernelspec, notebook_dir):
-    name = install_kernelspec(PY311, name="typo")
-    import json
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    path = KernelSpecManager().get_kernel_spec(name).resource_dir + "/kernel.json"
-    spec = json.load(open(path))
-    spec["metadata"]["kernel_provisioner"]["config"]["netwrok_mode"] = "none"
-    json.dump(spec, open(path, "w"))
+    name = hand_edited_kernelspec(install_kernelspec, "typo", netwrok_mode="none")
     msg = await start_fails(name, notebook_dir, ConfigError)
     assert "unknown option 'netwrok_mode' (did you mean 'network_mode'?)" in msg
 
 
 async def test_ill_typed_config_value(install_kernelspec, notebook_dir):
-    name = install_kernelspec(PY311, name="badtype")
-    import json
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    path = KernelSpecManager().get_kernel_spec(name).resource_dir + "/kernel.json"
-    spec = json.load(open(path))
-    spec["metadata"]["kernel_provisioner"]["config"].update(launch_timeout="soon", pull_policy="sometimes")
-    json.dump(spec, open(path, "w"))
+    name = hand_edited_kernelspec(install_kernelspec, "badtype", launch_timeout="soon", pull_policy="sometimes")
     msg = await start_fails(name, notebook_dir, ConfigError)
     assert "option 'launch_timeout' has the wrong type or value 'soon'" in msg
     assert "option 'pull_policy'" in msg

@@ -37,13 +37,18 @@ def _say(msg: str) -> None:
     print(f"[envpin] {msg}", file=sys.stderr, flush=True)
 
 
-def _install_docker_io() -> None:
-    _say("installing Debian's docker.io (the Docker engine) with apt-get ...")
+def apt_install(package: str, command: str) -> str:
+    """Install Debian's ``package`` unless ``command`` is on PATH already; return its path."""
+    path = shutil.which(command)
+    if path:
+        return path
+    if os.geteuid() != 0:
+        raise SystemExit(f"{command} is missing and this is not root: sudo apt-get install {package}")
+    _say(f"installing Debian's {package} with apt-get ...")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "docker.io"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, env=env, stdout=subprocess.DEVNULL)
+    return shutil.which(command) or command
 
 
 def ensure_engine(wait: float = 60.0) -> None:
@@ -60,8 +65,7 @@ def ensure_engine(wait: float = 60.0) -> None:
             "No Docker engine answers on /var/run/docker.sock and this is not root, so envpin cannot "
             "start one. Start the engine (sudo systemctl start docker, or sudo dockerd &) or re-run as root."
         )
-    if not shutil.which("dockerd"):
-        _install_docker_io()
+    apt_install("docker.io", "dockerd")
     _say(f"starting dockerd in the background (log: {DOCKERD_LOG}) ...")
     log = open(DOCKERD_LOG, "ab")
     subprocess.Popen(
@@ -78,16 +82,7 @@ def ensure_engine(wait: float = 60.0) -> None:
 
 def ensure_debootstrap() -> None:
     """The offline image builder needs Debian's debootstrap."""
-    if shutil.which("debootstrap"):
-        return
-    if os.geteuid() != 0:
-        raise SystemExit("debootstrap is missing and this is not root: sudo apt-get install debootstrap")
-    _say("installing debootstrap with apt-get ...")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "debootstrap"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
+    apt_install("debootstrap", "debootstrap")
 
 
 if __name__ == "__main__":

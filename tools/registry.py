@@ -10,15 +10,13 @@ insecure (plain HTTP) by default, so no TLS setup is needed.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from tools.engine import _say
+from tools.engine import apt_install
 from tools.images import CACHE_DIR
 
 _CONFIG = """\
@@ -41,26 +39,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_registry_binary() -> str:
-    path = shutil.which("docker-registry")
-    if path:
-        return path
-    if os.geteuid() != 0:
-        raise SystemExit("docker-registry is missing and this is not root: sudo apt-get install docker-registry")
-    _say("installing Debian's docker-registry with apt-get ...")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "docker-registry"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
-    return shutil.which("docker-registry") or "/usr/bin/docker-registry"
-
-
 class LocalRegistry:
     """``with LocalRegistry() as reg: reg.address`` -> ``127.0.0.1:PORT``."""
 
     def __init__(self, root: Path | None = None):
-        self.binary = ensure_registry_binary()
+        self.binary = apt_install("docker-registry", "docker-registry")
         self.root = root or CACHE_DIR / "registry"
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
