@@ -41,12 +41,8 @@ from docker.types import DeviceRequest, Mount
 from . import ownership
 from .errors import ConfigError, KernelStartFailed
 from .images import ResolvedImage
+from envpin.container_spec import base_options
 
-#: Where envpin's kernel-side package is mounted (read-only) inside containers.
-ENVPIN_PYTHONPATH = "/opt/envpin/python"
-#: A tmpfs HOME: the kernel's uid may have no home (or no passwd entry) in the image,
-#: and IPython writes under $HOME.
-CONTAINER_HOME = "/tmp/envpin-home"
 #: Where the connection file goes inside the container with the tcp transport.
 TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
 #: Never forwarded: ipykernel's parent poller would watch a pid that means nothing in the container.
@@ -74,6 +70,10 @@ class KernelLaunch:
     role: str = "kernel"
     owner_pid: int | None = None
     mount_envpin: bool = True
+    #: Variables envpin itself sets for this kernel (they win over passed-through ones).
+    extra_env: dict[str, str] = field(default_factory=dict)
+    #: Extra ipykernel arguments, e.g. ``["--ext", "envpin"]`` for a pinned notebook.
+    kernel_args: list[str] = field(default_factory=list)
 
     @property
     def transport(self) -> str:
@@ -85,13 +85,6 @@ class KernelLaunch:
 
     def in_container_connection_file(self) -> str:
         return self.connection_file if self.transport == "ipc" else TCP_CONNECTION_FILE
-
-
-def envpin_package_dir() -> str:
-    """The directory of the kernel-side ``envpin`` package, to mount read-only."""
-    import envpin
-
-    return os.path.dirname(os.path.abspath(envpin.__file__))
 
 
 def parse_gpus(value: str) -> list[DeviceRequest]:
@@ -113,50 +106,32 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
     """The keyword arguments of ``client.containers.create`` for ``launch``.
 
     Pure: no engine calls, so it is unit-testable and reviewable in one place.
+    What all envpin containers share comes from ``envpin.container_spec``.
     """
-    env = dict(launch.env)
-    env.update(
-        ENVPIN_IMAGE=launch.image.reference,
-        ENVPIN_IMAGE_ID=launch.image.immutable,
-        YT_JOB_DOCKER_IMAGE=launch.image.reference,
-        HOME=CONTAINER_HOME,
+    options = base_options(
+        image_id=launch.image.id,
+        reference=launch.image.reference,
+        immutable=launch.image.immutable,
+        role=launch.role,
+        image_env=launch.image.env,
+        user=launch.user,
+        cwd=launch.cwd,
+        mount_envpin=launch.mount_envpin,
+        owner_pid=launch.owner_pid,
+        extra_labels={ownership.KERNEL_ID: launch.kernel_id},
     )
-    mounts: list[Mount] = []
+    env = {**launch.env, **options["environment"]}
+    env.update(launch.extra_env)
+    mounts = options["mounts"]
     if launch.transport == "ipc":
-        mounts.append(Mount(target=launch.channel_dir, source=launch.channel_dir, type="bind"))
-    if launch.mount_envpin:
-        mounts.append(
-            Mount(
-                target=f"{ENVPIN_PYTHONPATH}/envpin", source=envpin_package_dir(), type="bind", read_only=True
-            )
-        )
-        image_path = launch.image.image_env("PYTHONPATH")
-        env["PYTHONPATH"] = ENVPIN_PYTHONPATH + (f":{image_path}" if image_path else "")
-    if launch.cwd:
-        mounts.append(Mount(target=launch.cwd, source=launch.cwd, type="bind"))
+        mounts.insert(0, Mount(target=launch.channel_dir, source=launch.channel_dir, type="bind"))
     mounts.extend(launch.extra_mounts)
-
-    uid, _, gid = (launch.user or f"{os.getuid()}:{os.getgid()}").partition(":")
-    labels = {
-        ownership.ROLE: launch.role,
-        ownership.KERNEL_ID: launch.kernel_id,
-        ownership.IMAGE_REF: launch.image.reference,
-        **ownership.owner_labels(launch.owner_pid),
-    }
-    options: dict[str, Any] = dict(
-        image=launch.image.id,
+    command = ["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file()]
+    options.update(
         entrypoint=[launch.python],
-        command=["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file()],
+        command=command + list(launch.kernel_args),
         environment=env,
-        labels=labels,
-        mounts=mounts,
-        working_dir=launch.cwd or None,
-        user=launch.user or f"{uid}:{gid}",
-        init=True,  # docker-init reaps zombies and forwards SIGINT to the kernel
         network_mode=launch.network_mode,
-        tmpfs={CONTAINER_HOME: f"rw,exec,mode=0700,uid={uid},gid={gid or uid}"},
-        security_opt=["no-new-privileges"],
-        privileged=False,
         stdin_open=False,
         tty=False,
         detach=True,

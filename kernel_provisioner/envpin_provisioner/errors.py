@@ -11,8 +11,16 @@ for the server log, never shown instead.
 from __future__ import annotations
 
 
-class EnvpinError(RuntimeError):
-    """Base of every error envpin raises deliberately."""
+from envpin.errors import EnvpinError  # the kernel side's base: one hierarchy for both sides
+
+__all__ = [
+    "EnvpinError",
+    "EngineUnavailable",
+    "InvalidImageReference",
+    "ImageUnavailable",
+    "KernelStartFailed",
+    "ConfigError",
+]
 
 
 class EngineUnavailable(EnvpinError):

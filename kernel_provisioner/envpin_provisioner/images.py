@@ -49,13 +49,6 @@ class ResolvedImage:
         """The value of ``ENVPIN_IMAGE_ID``: the digest if known, else the id."""
         return self.digest or self.id
 
-    def image_env(self, name: str) -> str | None:
-        for entry in self.env:
-            key, _, value = entry.partition("=")
-            if key == name:
-                return value
-        return None
-
 
 def check_reference(reference: str) -> None:
     """Raise :class:`InvalidImageReference` unless ``reference`` is a valid Docker reference."""

@@ -20,52 +20,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 from pathlib import Path
 
 import docker
 import docker.errors
 
-ROLE = "envpin.role"
-KERNEL_ID = "envpin.kernel-id"
-OWNER_HOST = "envpin.owner-host"
-OWNER_BOOT = "envpin.owner-boot"
-OWNER_PID = "envpin.owner-pid"
-OWNER_START = "envpin.owner-start"
-OWNER_UID = "envpin.owner-uid"
-IMAGE_REF = "envpin.image"
+from envpin.labels import (  # noqa: F401  (re-exported: the label names are part of this module's interface)
+    IMAGE_REF,
+    KERNEL_ID,
+    OWNER_BOOT,
+    OWNER_HOST,
+    OWNER_PID,
+    OWNER_START,
+    OWNER_UID,
+    ROLE,
+    boot_id,
+    owner_labels,
+    start_ticks,
+)
 
 log = logging.getLogger("envpin")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _start_ticks(pid: int) -> str:
-    """Start time of ``pid`` (field 22 of /proc/PID/stat), '' when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def owner_labels(pid: int | None = None) -> dict[str, str]:
-    """Labels naming ``pid`` (this process by default) as a container's owner."""
-    pid = pid or os.getpid()
-    return {
-        OWNER_HOST: socket.gethostname(),
-        OWNER_BOOT: _boot_id(),
-        OWNER_PID: str(pid),
-        OWNER_START: _start_ticks(pid),
-        OWNER_UID: str(os.getuid()),
-    }
 
 
 def _adoption_dir() -> Path:
@@ -94,13 +69,13 @@ def owner_state(labels: dict[str, str]) -> str:
     """``alive``, ``gone`` or ``unknown`` (owned by a process on another host)."""
     if labels.get(OWNER_HOST) != socket.gethostname():
         return "unknown"
-    if labels.get(OWNER_BOOT) and labels[OWNER_BOOT] != _boot_id():
+    if labels.get(OWNER_BOOT) and labels[OWNER_BOOT] != boot_id():
         return "gone"
     try:
         pid = int(labels.get(OWNER_PID, ""))
     except ValueError:
         return "gone"
-    start = _start_ticks(pid)
+    start = start_ticks(pid)
     if not start or (labels.get(OWNER_START) and start != labels[OWNER_START]):
         return "gone"
     return "alive"
