@@ -2,15 +2,30 @@
 
 This package is mounted read-only into kernel and job containers and put on
 their ``PYTHONPATH`` by the envpin provisioner, so it must import with the
-standard library alone (IPython is there wherever a kernel is).  It never
-imports the server side (``envpin_provisioner``).
+standard library alone (IPython is there wherever a kernel is; the Docker SDK
+is imported lazily, only on hosts).  It never imports the server side
+(``envpin_provisioner``).
+
+Public API::
+
+    %load_ext envpin            # registers %use_image
+    %use_image IMAGE            # pin this session (and move the kernel) to IMAGE
+    envpin.current_pin()        # what is pinned
+    envpin.fingerprint(), envpin.fingerprint(image=...), envpin.compare(a, b)
+    envpin.use_image(IMAGE)     # in a script: re-run it inside IMAGE
 """
 
 from __future__ import annotations
 
 import os
 
+from .errors import EnvpinError
+from .fingerprint import compare, fingerprint
+from .respawn import use_image
+from .session import current_pin
+
 __version__ = "0.1.0"
+__all__ = ["EnvpinError", "compare", "current_pin", "fingerprint", "use_image", "in_container", "kernel_image"]
 
 
 def in_container() -> bool:
@@ -21,16 +36,34 @@ def in_container() -> bool:
 def kernel_image() -> dict:
     """The image this process runs in, as the provisioner declared it.
 
-    ``reference``: as written in the kernelspec/config (``ENVPIN_IMAGE``);
-    ``id``: what it resolved to when the kernel started (``ENVPIN_IMAGE_ID``).
-    Both are ``None`` outside an envpin container.
+    ``name``: as the user wrote it (maybe an alias); ``reference``: the image
+    reference (``ENVPIN_IMAGE``); ``id``: what it resolved to when the kernel
+    started (``ENVPIN_IMAGE_ID``).  All ``None`` outside an envpin container.
     """
-    return {"reference": os.environ.get("ENVPIN_IMAGE"), "id": os.environ.get("ENVPIN_IMAGE_ID")}
+    ref = os.environ.get("ENVPIN_IMAGE")
+    return {"name": os.environ.get("ENVPIN_IMAGE_NAME") or ref, "reference": ref, "id": os.environ.get("ENVPIN_IMAGE_ID")}
 
 
-def load_ipython_extension(ipython) -> None:  # pragma: no cover - filled in by the %use_image work
-    """``%load_ext envpin``: the magics arrive with the %use_image work (issue 6)."""
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext envpin``: register ``%use_image``.
+
+    A kernel the provisioner started for a pinned notebook (or moved into an
+    image) loads this by itself and starts out pinned to its image.
+    """
+    from . import control, handoff, session
+    from .magics import EnvpinMagics
+
+    ipython.register_magics(EnvpinMagics)
+    if os.environ.get("ENVPIN_PINNED") == "1" and session.current_pin() is None:
+        session.set_pin(session.pin_from_environment())
+    folder = control.control_dir()
+    if folder is not None:
+        handoff.expect_handoff(ipython, folder)
 
 
-def unload_ipython_extension(ipython) -> None:  # pragma: no cover
-    pass
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext envpin``: remove the magics and forget the pin."""
+    from . import session
+
+    ipython.magics_manager.magics["line"].pop("use_image", None)
+    session.set_pin(None)

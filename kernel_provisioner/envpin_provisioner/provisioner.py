@@ -28,6 +28,7 @@ import asyncio
 import difflib
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from docker.types import Mount
@@ -36,7 +37,10 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, HasTraits, CaselessStrEnum, Dict, Float, Integer, List, TraitError, Unicode, Union, default
 
 from . import container as kc
-from . import engine, images, ownership
+from envpin import control, pins
+from envpin.handoff import EXPECT_ENV as handoff_env
+
+from . import engine, image_choice, images, ownership
 from .errors import ConfigError, EnvpinError
 
 _gc_done = False
@@ -182,12 +186,18 @@ class EnvpinProvisioner(LocalProvisioner):
     _container = None
     _client = None
     _channel_dir: str | None = None
-    _resolved: images.ResolvedImage | None = None
+    _choice: image_choice.ImageChoice | None = None
     _launch: kc.KernelLaunch | None = None
+    _watcher: asyncio.Task | None = None
+    _moving = False
 
     def __init__(self, **kwargs: Any) -> None:
         _check_options(type(self), kwargs, kwargs.get("kernel_spec"))
         super().__init__(**kwargs)
+
+    @property
+    def _resolved(self) -> images.ResolvedImage | None:
+        return self._choice.resolved if self._choice else None
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -229,6 +239,60 @@ class EnvpinProvisioner(LocalProvisioner):
             return self.transport
         return "ipc" if engine.is_local_engine() else "tcp"
 
+    @property
+    def _control_dir(self) -> str | None:
+        return os.path.join(self._channel_dir, "control") if self._channel_dir else None
+
+    def _build_launch(self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str, moved: bool = False):
+        """The KernelLaunch for ``choice``: everything but the image comes from the options."""
+        km = self.parent
+        extra_env = {"ENVPIN_IMAGE_NAME": choice.name}
+        kernel_args: list[str] = []
+        if self._control_dir and self.transport_supports_control:
+            extra_env["ENVPIN_CONTROL_DIR"] = self._control_dir
+        if choice.pinned or moved:
+            extra_env["ENVPIN_PINNED"] = "1"
+            if self.mount_envpin:
+                kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
+        if moved:
+            extra_env[handoff_env] = "1"
+        if choice.latest_id:
+            extra_env["ENVPIN_IMAGE_LATEST_ID"] = choice.latest_id
+        return kc.KernelLaunch(
+            image=choice.resolved,
+            kernel_id=self.kernel_id,
+            connection_info=dict(self.connection_info),
+            connection_file=km.connection_file if km else "",
+            python=self.python,
+            cwd=cwd,
+            env=self._container_env(env),
+            user=self.user,
+            network_mode=self.network_mode,
+            extra_mounts=self._extra_mounts(),
+            mem_limit=self.mem_limit,
+            cpu_limit=self.cpu_limit or None,
+            gpus=self.gpus,
+            extra_options=dict(self.extra_container_options),
+            mount_envpin=self.mount_envpin,
+            extra_env=extra_env,
+            kernel_args=kernel_args,
+        )
+
+    @property
+    def transport_supports_control(self) -> bool:
+        """The control folder lives in the channel directory, which only ipc mounts into the container."""
+        return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc")
+
+    async def _start_container(self, launch: kc.KernelLaunch):
+        client = await self._docker()
+        container = await asyncio.to_thread(kc.start, client, launch, self.log)
+        try:
+            await asyncio.to_thread(kc.wait_ready, container, launch, self.launch_timeout, self.log)
+        except BaseException:
+            await asyncio.to_thread(kc.remove, container)
+            raise
+        return container
+
     # ---- jupyter_client hooks ----------------------------------------------------------
 
     @property
@@ -236,11 +300,11 @@ class EnvpinProvisioner(LocalProvisioner):
         return self._container is not None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        """Resolve the image, prepare the private channel directory, write the connection file.
+        """Choose and resolve the image, prepare the private channel directory, write the connection file.
 
-        Runs before every start, restarts included.  The image is resolved again
-        on restart so a moved tag is noticed; the pull (if any) happens here, before
-        the launch timeout starts counting.
+        Runs before every start, restarts included: the notebook's pin is read
+        again (a move recorded one) and the image re-resolved, so a moved tag is
+        noticed.  Pulls happen here, before the launch timeout starts counting.
         """
         global _gc_done
         km = self.parent
@@ -251,18 +315,26 @@ class EnvpinProvisioner(LocalProvisioner):
             if removed:
                 self.log.info("envpin: removed %d orphaned container(s): %s", len(removed), ", ".join(removed))
 
-        reference = self.image
-        self._resolved = await asyncio.to_thread(images.resolve, client, reference, self.pull_policy, self.log)
-
+        env = kwargs.get("env") or {}
+        self._choice = await asyncio.to_thread(
+            image_choice.choose,
+            client,
+            self.image,
+            self.pull_policy,
+            env.get("JPY_SESSION_NAME") or None,
+            kwargs.get("cwd"),
+            self.log,
+        )
         transport = self._transport()
         if transport == "tcp" and self.network_mode == "none":
             raise ConfigError(
-                f"transport='tcp' cannot work with network_mode='none' (image '{reference}'): "
+                f"transport='tcp' cannot work with network_mode='none' (image '{self._choice.name}'): "
                 "use transport='ipc' with a local engine, or another network mode."
             )
         if km is not None:
             if self._channel_dir is None:
                 self._channel_dir = kc.make_channel_dir()
+                os.mkdir(self._control_dir, 0o700)
                 km.connection_file = os.path.join(self._channel_dir, "kernel.json")
                 km.transport = transport
                 if transport == "ipc":
@@ -286,44 +358,23 @@ class EnvpinProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel answers its heartbeat."""
-        env = kwargs.get("env") or {}
-        cwd = kwargs.get("cwd")
-        cwd = os.path.abspath(cwd) if cwd else os.getcwd()
-        km = self.parent
-        launch = kc.KernelLaunch(
-            image=self._resolved,
-            kernel_id=self.kernel_id,
-            connection_info=dict(self.connection_info),
-            connection_file=km.connection_file if km else "",
-            python=self.python,
-            cwd=cwd,
-            env=self._container_env(env),
-            user=self.user,
-            network_mode=self.network_mode,
-            extra_mounts=self._extra_mounts(),
-            mem_limit=self.mem_limit,
-            cpu_limit=self.cpu_limit or None,
-            gpus=self.gpus,
-            extra_options=dict(self.extra_container_options),
-            mount_envpin=self.mount_envpin,
-        )
-        client = await self._docker()
-        container = await asyncio.to_thread(kc.start, client, launch, self.log)
-        try:
-            await asyncio.to_thread(kc.wait_ready, container, launch, self.launch_timeout, self.log)
-        except BaseException:
-            await asyncio.to_thread(kc.remove, container)
-            raise
-        self._container, self._launch = container, launch
+        cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
+        launch = self._build_launch(self._choice, kwargs.get("env") or {}, cwd)
+        self._container = await self._start_container(launch)
+        self._launch = launch
         self.cwd = cwd
+        if self.transport_supports_control and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.ensure_future(self._watch_control(kwargs.get("env") or {}))
         return self.connection_info
 
     async def poll(self) -> int | None:
-        """``None`` while the container runs, else its exit code (-1 if it vanished)."""
+        """``None`` while the container runs (or is being replaced by a move), else its exit code."""
+        if self._moving:
+            return None
         if self._container is None:
             return 0
         _, code = await asyncio.to_thread(kc.state, self._container)
-        return code
+        return None if self._moving else code
 
     async def wait(self) -> int | None:
         """Wait until the container stops (callers bound this with a timeout)."""
@@ -348,8 +399,82 @@ class EnvpinProvisioner(LocalProvisioner):
     async def terminate(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGTERM)
 
+    # ---- %use_image: pin requests and moves between images ------------------------------
+
+    async def _watch_control(self, env: dict[str, str]) -> None:
+        """Answer the kernel's ``%use_image`` requests (see ``envpin.control``) until cleanup."""
+        while True:
+            await asyncio.sleep(0.1)
+            folder = self._control_dir
+            if not folder:
+                return
+            request = control.take_json(Path(folder) / control.REQUEST)
+            if request is None:
+                continue
+            try:
+                await self._answer(Path(folder), request, env)
+            except EnvpinError as exc:
+                self._respond(Path(folder), request, status="error", message=str(exc))
+            except Exception as exc:  # never let a bad request kill the watcher
+                self.log.exception("envpin: %%use_image request failed")
+                self._respond(Path(folder), request, status="error", message=f"envpin failed: {exc}")
+
+    def _respond(self, folder: Path, request: dict, **answer: Any) -> None:
+        control.write_json(control.response_path(folder, request["id"]), {"id": request["id"], **answer})
+
+    async def _answer(self, folder: Path, request: dict, env: dict[str, str]) -> None:
+        name = str(request.get("image") or "")
+        self._respond(folder, request, status="working", message=f"envpin: resolving {name} ...")
+        client = await self._docker()
+        policy = "always" if request.get("pull") else self.pull_policy
+        resolved = await asyncio.to_thread(image_choice.resolve_name, client, name, policy, self.log)
+        current = self._choice.resolved
+        notes = []
+        if self._choice.latest_id and resolved.immutable == self._choice.latest_id:
+            notes = list(self._choice.notes)
+        answer = {"name": name, "reference": resolved.reference, "image_id": resolved.immutable, "notes": notes}
+        record = {"image": name, "reference": resolved.reference, "image_id": resolved.immutable}
+        pin_folder = image_choice.notebook_folder(request.get("notebook"), request.get("cwd") or self.cwd)
+        if resolved.id == current.id:
+            if request.get("python"):
+                record["python"] = request["python"]
+            await asyncio.to_thread(pins.record, pin_folder, request.get("notebook"), record)
+            self._choice = image_choice.ImageChoice(name, current, pinned=True)
+            self._respond(folder, request, status="same", **answer)
+            return
+        if not request.get("allow_restart"):
+            self._respond(folder, request, status="refused", **answer)
+            return
+        await asyncio.to_thread(pins.read, pin_folder)  # a damaged pin file stops the move before it starts
+        await self._move(folder, request, image_choice.ImageChoice(name, resolved, pinned=True), env, answer)
+        await asyncio.to_thread(pins.record, pin_folder, request.get("notebook"), record)
+
+    async def _move(self, folder: Path, request: dict, choice, env: dict[str, str], answer: dict) -> None:
+        """Start the kernel in the new image on the same channels, then let the old one hand over and go.
+
+        The new kernel binds the same unix socket paths while the old one still
+        runs (clients stay connected to the old one until it exits), so a new
+        image that cannot run a kernel is reported while the old kernel is still
+        there to report it.
+        """
+        launch = self._build_launch(choice, env, self.cwd, moved=True)
+        old = self._container
+        self._moving = True
+        try:
+            new = await self._start_container(launch)
+            self._respond(folder, request, status="moving", **answer)
+            await asyncio.to_thread(_wait_exit, old, 15.0)
+            await asyncio.to_thread(kc.remove, old)
+            self._container, self._launch, self._choice = new, launch, choice
+            self.log.info("envpin: kernel %s moved into %s (%s)", self.kernel_id, choice.name, choice.resolved.immutable)
+        finally:
+            self._moving = False
+
     async def cleanup(self, restart: bool = False) -> None:
         """Remove the container; keep the channel directory only across a restart."""
+        if self._watcher is not None and not restart:
+            self._watcher.cancel()
+            self._watcher = None
         if self._container is not None:
             container, self._container = self._container, None
             await asyncio.to_thread(kc.remove, container)
@@ -426,6 +551,21 @@ def _check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
             f"Known options: {', '.join(sorted(traits))}. Fix the kernelspec's kernel.json "
             "(jupyter kernelspec list shows where it is) or reinstall it with envpin kernelspec install."
         )
+
+
+def _wait_exit(container, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``container`` to stop by itself, then kill it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if kc.state(container)[1] is not None:
+            return
+        time.sleep(0.05)
+    try:
+        container.kill()
+    except Exception:
+        pass
 
 
 class _Dummy(HasTraits):

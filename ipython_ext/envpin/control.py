@@ -1,0 +1,110 @@
+"""The kernel <-> provisioner conversation that moves a kernel into another image.
+
+A containerized kernel cannot start containers (it has no engine access), so
+``%use_image`` asks the provisioner that started it.  They share the
+kernel's private channel directory (mounted into the container, 0700), and
+talk through small JSON files in its ``control/`` folder, named by
+``$ENVPIN_CONTROL_DIR``:
+
+``request.json`` (kernel -> provisioner)
+    ``{"id", "image", "allow_restart", "notebook"}``: please pin/move to ``image``.
+``response-<id>.json`` (provisioner -> kernel)
+    ``{"id", "status", "message", "name", "reference", "image_id", ...}`` where
+    ``status`` is ``working`` (resolving or pulling; more follows), ``same``
+    (already in that image: pinned), ``moving`` (a kernel in the new image is up
+    and waiting: hand over and exit), ``refused`` or ``error``.
+``handoff.json`` (old kernel -> new kernel)
+    the ``%use_image`` request's header and routing identity, so the new kernel
+    sends that cell's reply: to the client the cell simply finishes, and the
+    next cell runs in the new image.
+
+Files are written atomically (write, then rename), so a reader never sees half
+of one.  Polling files is crude but needs nothing from the image and works
+the same for every engine where the directory is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import EnvpinError
+
+REQUEST = "request.json"
+HANDOFF = "handoff.json"
+CONTROL_DIR_ENV = "ENVPIN_CONTROL_DIR"
+
+
+def control_dir() -> Path | None:
+    """The control folder when this kernel runs under the envpin provisioner, else None."""
+    d = os.environ.get(CONTROL_DIR_ENV)
+    return Path(d) if d and os.path.isdir(d) else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def take_json(path: Path) -> dict[str, Any] | None:
+    """Read and delete ``path``; None when it does not exist (or is not JSON)."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return data
+
+
+def response_path(folder: Path, request_id: str) -> Path:
+    return folder / f"response-{request_id}.json"
+
+
+def ask(
+    folder: Path,
+    request: dict[str, Any],
+    on_progress: Callable[[str], None] | None = None,
+    first_answer_within: float = 10.0,
+    idle_timeout: float = 600.0,
+) -> dict[str, Any]:
+    """Send ``request`` to the provisioner and wait for its final answer.
+
+    ``working`` answers (resolving, pulling) keep the wait alive and are shown
+    through ``on_progress``.  No answer at all within ``first_answer_within``
+    seconds means no provisioner is listening: say so instead of hanging.
+    """
+    request = dict(request, id=uuid.uuid4().hex)
+    path = response_path(folder, request["id"])
+    write_json(folder / REQUEST, request)
+    started = last = time.monotonic()
+    answered = False
+    while True:
+        data = take_json(path)
+        if data is not None:
+            answered, last = True, time.monotonic()
+            if data.get("status") != "working":
+                return data
+            if on_progress and data.get("message"):
+                on_progress(data["message"])
+        now = time.monotonic()
+        if not answered and now - started > first_answer_within:
+            try:
+                (folder / REQUEST).unlink()
+            except FileNotFoundError:
+                pass
+            raise EnvpinError(
+                "The envpin provisioner that started this kernel did not answer within "
+                f"{first_answer_within:.0f}s, so the kernel cannot move to another image. Is the Jupyter server "
+                "running an envpin older than this kernel's? Restart the kernel and try again."
+            )
+        if answered and now - last > idle_timeout:
+            raise EnvpinError("The envpin provisioner stopped answering while preparing the image.")
+        time.sleep(0.05)

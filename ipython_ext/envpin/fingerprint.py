@@ -1,0 +1,139 @@
+"""Environment fingerprints: what must match for a pickle to load where it was made.
+
+``fingerprint()`` describes this process; ``fingerprint(image=...)`` describes
+an image, computed by running this same module inside a short-lived container
+of it (so both sides are measured by the same code) and cached by image id.
+``compare(a, b)`` lists the differences and marks the ones that break pickles:
+
+* Python implementation or minor version: code objects change shape between
+  minors (3.10 -> 3.11 ``TypeError: code() argument 13 must be str, not int``,
+  3.11/3.12 -> 3.13 loads and then segfaults);
+* cloudpickle (or dill) version: private reconstructors move between releases
+  (``AttributeError: Can't get attribute '_make_function'``).
+
+A different patch release or set of installed distributions is reported but
+not marked: it breaks pickles only when a pickled class changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FINGERPRINT_VERSION = 1
+
+
+def _version_of(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _distributions() -> list[str]:
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():  # first on sys.path wins, as for imports
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name:
+            found.setdefault(name, dist.version)
+    return sorted(f"{n}=={v}" for n, v in found.items())
+
+
+def local_fingerprint() -> dict[str, Any]:
+    dists = _distributions()
+    return {
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "python_implementation": platform.python_implementation(),
+        "python_version": platform.python_version(),
+        "python_minor": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "platform": f"{sys.platform}-{platform.machine()}",
+        "cloudpickle": _version_of("cloudpickle"),
+        "dill": _version_of("dill"),
+        "distributions": len(dists),
+        "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
+        "image": os.environ.get("ENVPIN_IMAGE"),
+        "image_id": os.environ.get("ENVPIN_IMAGE_ID"),
+    }
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "envpin" / "fingerprints"
+
+
+def image_fingerprint(name: str) -> dict[str, Any]:
+    """The fingerprint of image ``name`` (an alias, reference or id), cached by image id."""
+    from . import host_docker
+
+    client = host_docker.client()
+    image = host_docker.resolve(client, name)
+    cache = _cache_dir() / (image.id.replace(":", "_") + ".json")
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("fingerprint_version") == FINGERPRINT_VERSION:
+            return cached
+    except (OSError, ValueError):
+        pass
+    out = host_docker.run_python(client, image, "import envpin.fingerprint as f; f._print()")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(image=name, image_id=image.immutable)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result))
+    except OSError:
+        pass  # a read-only home only costs a container run next time
+    return result
+
+
+def fingerprint(image: str | None = None) -> dict[str, Any]:
+    """This process's environment fingerprint, or image ``image``'s (see the module doc)."""
+    return image_fingerprint(image) if image else local_fingerprint()
+
+
+@dataclass(frozen=True)
+class Difference:
+    key: str
+    here: Any
+    there: Any
+    breaks_pickles: bool
+
+    def __str__(self) -> str:
+        mark = "  <- breaks pickles" if self.breaks_pickles else ""
+        return f"{self.key}: {self.here} vs {self.there}{mark}"
+
+
+_COMPARED = (
+    ("python_implementation", True),
+    ("python_minor", True),
+    ("cloudpickle", True),
+    ("dill", True),
+    ("python_version", False),
+    ("platform", False),
+    ("distributions_digest", False),
+)
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:
+    """Differences between fingerprints ``a`` and ``b``, pickle-breaking ones first."""
+    diffs = [Difference(k, a.get(k), b.get(k), breaks) for k, breaks in _COMPARED if a.get(k) != b.get(k)]
+    if any(d.key == "python_minor" for d in diffs):
+        diffs = [d for d in diffs if d.key != "python_version"]  # already said
+    return sorted(diffs, key=lambda d: not d.breaks_pickles)
+
+
+def _print() -> None:
+    print(json.dumps(local_fingerprint()))
+
+
+if __name__ == "__main__":
+    _print()

@@ -1,0 +1,170 @@
+"""``%use_image``: pin this session's jobs to an image, moving the kernel into it when it can.
+
+Three situations, told apart by what the kernel sees around it:
+
+* under the envpin provisioner (``$ENVPIN_CONTROL_DIR`` exists): the
+  provisioner resolves the image; if it is the kernel's own, the session is
+  pinned; otherwise the kernel is moved into it (see ``handoff``), unless it
+  holds user state and ``--restart`` was not given;
+* in some other container that names its image (``envpin run``, a job): only
+  that image can be pinned;
+* on a host (plain ipykernel, IPython in a terminal): jobs are pinned, and the
+  image's fingerprint is compared with this process's; differences that break
+  pickles are a warning, or an error with ``--strict``.
+
+Errors are shown as IPython usage errors: one paragraph, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from . import aliases, control, fingerprint, handoff, pins
+from .errors import EnvironmentMismatch, EnvpinError
+from .session import Pin, Status, current_pin, pin_from_environment, set_pin
+
+#: Names a fresh kernel already has; anything else in the namespace is the user's state.
+_FRESH_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+def user_state(shell) -> list[str]:
+    hidden = getattr(shell, "user_ns_hidden", {})
+    return sorted(
+        k for k in shell.user_ns if not k.startswith("_") and k not in hidden and k not in _FRESH_NAMES
+    )
+
+
+def _in_foreign_container() -> bool:
+    return (os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")) and control.control_dir() is None
+
+
+@magics_class
+class EnvpinMagics(Magics):
+    @line_magic
+    @magic_arguments()
+    @argument("image", nargs="?", help="image to pin (reference, id or alias); omit to show the current pin")
+    @argument("--restart", action="store_true", help="move the kernel even though it holds state (which is lost)")
+    @argument("--strict", action="store_true", help="refuse, instead of warning, when the environments differ")
+    @argument("--pull", action="store_true", help="pull the image first even if it is present")
+    def use_image(self, line: str):
+        """Run this notebook and the jobs it submits in IMAGE.
+
+        %use_image IMAGE [--restart] [--strict] [--pull]
+        %use_image                      show what is pinned
+        """
+        args = parse_argstring(self.use_image, line)
+        try:
+            if args.image is None:
+                display(Status(current_pin(), "envpin: current pin"))
+                return
+            if control.control_dir() is not None:
+                return self._through_provisioner(args)
+            if _in_foreign_container():
+                return self._in_foreign_container(args)
+            return self._on_host(args)
+        except EnvpinError as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- kernel started by the envpin provisioner -----------------------------------
+
+    def _through_provisioner(self, args):
+        folder = control.control_dir()
+        state = user_state(self.shell)
+        answer = control.ask(
+            folder,
+            {
+                "image": args.image,
+                "allow_restart": bool(args.restart or not state),
+                "pull": bool(args.pull),
+                "notebook": os.environ.get("JPY_SESSION_NAME"),
+                "cwd": os.getcwd(),
+                "python": platform.python_version(),
+            },
+            on_progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+        status = answer.get("status")
+        if status == "same":
+            pin = pin_from_environment()
+            pin.name = args.image
+            pin.notes += answer.get("notes", [])
+            set_pin(pin)
+            display(Status(pin, f"envpin: pinned to {args.image}"))
+            return
+        if status == "refused":
+            shown = ", ".join(state[:8]) + (", ..." if len(state) > 8 else "")
+            raise EnvpinError(
+                f"Moving to '{args.image}' ({answer.get('image_id')}) restarts this kernel, which holds state "
+                f"({shown}) that would be lost. Re-run as %use_image {args.image} --restart to move anyway, "
+                "or put %use_image at the top of the notebook and restart the kernel."
+            )
+        if status == "moving":
+            print(
+                f"envpin: moving this kernel into {args.image} ({answer.get('image_id')}); "
+                "the rest of the notebook runs there.",
+                flush=True,
+            )
+            for note in answer.get("notes", []):
+                print(f"envpin: {note}", flush=True)
+            handoff.hand_over_and_exit(self.shell, folder)
+        raise EnvpinError(answer.get("message") or f"The envpin provisioner answered {answer!r}.")
+
+    # -- a container envpin cannot restart ------------------------------------------
+
+    def _in_foreign_container(self, args):
+        here = os.environ.get("ENVPIN_IMAGE")
+        if here and args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME"), aliases.expand(args.image)):
+            pin = pin_from_environment("container")
+            pin.name = args.image
+            set_pin(pin)
+            display(Status(pin, f"envpin: pinned to {args.image}"))
+            return
+        raise EnvpinError(
+            f"This kernel runs inside a container{f' of {here}' if here else ''} that envpin did not start, "
+            f"so it cannot move into '{args.image}'. Start the notebook with the Containerized Python kernel "
+            f"(envpin kernelspec install --image {args.image}) instead."
+        )
+
+    # -- a kernel on the host --------------------------------------------------------
+
+    def _on_host(self, args):
+        theirs = fingerprint.fingerprint(image=args.image)
+        ours = fingerprint.fingerprint()
+        diffs = fingerprint.compare(ours, theirs)
+        breaking = [d for d in diffs if d.breaks_pickles]
+        pin = Pin(
+            name=args.image,
+            reference=aliases.expand(args.image),
+            image_id=theirs.get("image_id"),
+            python=theirs.get("python_version"),
+            cloudpickle=theirs.get("cloudpickle"),
+            mode="host",
+        )
+        if breaking:
+            text = (
+                f"This kernel (Python {platform.python_version()}) is not in '{args.image}' and differs from it in "
+                f"ways that break pickles: {'; '.join(str(d) for d in breaking)}. Jobs pickled here may fail to "
+                f"load there. Run the notebook in the image instead (envpin kernelspec install --image "
+                f"{args.image}, then pick that kernel)."
+            )
+            if args.strict:
+                raise EnvironmentMismatch(text)
+            pin.notes.append("environment differs: see the warning above")
+            print(f"envpin warning: {text}", file=sys.stderr, flush=True)
+        elif diffs:
+            pin.notes.append("minor differences: " + "; ".join(str(d) for d in diffs))
+        notebook = os.environ.get("JPY_SESSION_NAME")
+        if notebook:
+            pins.record(os.path.dirname(notebook), notebook, _pin_record(pin))
+        set_pin(pin)
+        display(Status(pin, f"envpin: jobs pinned to {args.image}"))
+
+
+def _pin_record(pin: Pin) -> dict:
+    return {"image": pin.name, "reference": pin.reference, "image_id": pin.image_id, "python": pin.python}
