@@ -108,13 +108,10 @@ def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str]
     The working directory is mounted at the same path; SIGINT/SIGTERM/SIGHUP
     are forwarded; the container is removed afterwards; returns its exit code.
     """
-    from docker.models.containers import _create_container_args
-
-    opts = _options(image, role, cwd, env)
-    create = _create_container_args(dict(opts, entrypoint=[argv[0]], command=argv[1:], stdin_open=True, tty=False))
-    # StdinOnce: when our stdin ends, the program's stdin ends (containers.create cannot say it).
-    create["stdin_once"] = True
-    container = c.containers.get(c.api.create_container(**create)["Id"])
+    # stdin_open without detach also sets StdinOnce: when our stdin ends, the program's does.
+    container = c.containers.create(
+        entrypoint=[argv[0]], command=argv[1:], stdin_open=True, tty=False, **_options(image, role, cwd, env)
+    )
     previous = {}
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})

@@ -3,6 +3,7 @@
     envpin kernelspec install --image IMAGE [--name NAME] [--display-name TEXT] [--user | --prefix PATH]
     envpin kernelspec install            # the generic "Containerized Python" kernel
     envpin gc [--other-hosts] [--dry-run]
+    envpin run --image IMAGE -- python script.py ARGS   # the script runs inside IMAGE
     envpin launch [--image IMAGE] -f CONNECTION_FILE   # what a kernelspec's argv runs
 
 Errors envpin raises on purpose are printed as their one-paragraph message,
@@ -59,6 +60,15 @@ def _gc(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from envpin import respawn
+
+    argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise EnvpinError("envpin run needs a command: envpin run --image IMAGE -- python script.py ARGS")
+    return respawn.run(args.image, argv)
+
+
 def _launch(args) -> int:
     from . import launcher
 
@@ -91,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--other-hosts", action="store_true", help="also remove those owned by other hosts")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.set_defaults(func=_gc)
+
+    run = sub.add_parser("run", help="run a command inside a container of IMAGE, wired to this terminal")
+    run.add_argument("--image", required=True, help="image reference, id or alias")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    run.set_defaults(func=_run)
 
     la = sub.add_parser("launch", help="run a containerized kernel in the foreground (kernelspec argv)")
     la.add_argument("-f", dest="connection_file", required=True, help="connection file written by the client")
