@@ -61,7 +61,7 @@ class Server:
     def start_kernel(self, name, path):
         r = requests.post(
             self.api("sessions"),
-            json={"path": path, "type": "notebook", "name": path, "kernel": {"name": name}},
+            json={"path": path, "type": "notebook", "name": os.path.basename(path), "kernel": {"name": name}},
             timeout=120,
         )
         assert r.status_code == 201, r.text
@@ -225,3 +225,26 @@ def test_a_slow_kernel_start_does_not_block_the_server(server, install_kernelspe
     assert time.monotonic() - t0 >= 4  # the start really was slow ...
     assert len(latencies) >= 10 and max(latencies) < 1.0  # ... and the server answered all along
     requests.delete(srv.api(f"kernels/{result['kid']}"), timeout=60)
+
+
+def test_use_image_through_jupyter_server_pins_the_notebook(server, install_kernelspec, docker_client):
+    """What JupyterLab does: a session for sub/analysis.ipynb, cells over the websocket, a restart over REST."""
+    name = install_kernelspec(PY313)
+    srv = server()
+    (srv.root / "sub").mkdir()
+    kid = srv.start_kernel(name, "sub/analysis.ipynb")
+    status, out = srv.execute(kid, f"%load_ext envpin\n%use_image {PY311}")
+    assert status == "ok" and f"moving this kernel into {PY311}" in out, (status, out)
+    status, out = srv.execute(kid, "import sys; print(sys.version_info[:2])")
+    assert (status, out.strip()) == ("ok", "(3, 11)")  # the same websocket now talks to the new kernel
+    pins = json.loads((srv.root / "sub" / ".envpin.json").read_text())["notebooks"]
+    assert list(pins) == ["analysis.ipynb"]  # keyed by the notebook jupyter_server names
+    assert pins["analysis.ipynb"]["image_id"] == docker_client.images.get(PY311).id
+    assert len(docker_client.containers.list(all=True, filters={"label": f"envpin.kernel-id={kid}"})) == 1
+
+    r = requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120)
+    assert r.status_code == 200, r.text
+    status, out = srv.execute(kid, "import sys; print(sys.version_info[:2])")
+    assert out.strip() == "(3, 11)"  # the restart read the pin
+    requests.delete(srv.api(f"kernels/{kid}"), timeout=60)
+    assert not docker_client.containers.list(all=True, filters={"label": f"envpin.kernel-id={kid}"})

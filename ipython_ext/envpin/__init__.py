@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from .errors import EnvpinError
-from .fingerprint import compare, fingerprint
+from .fingerprints import compare, fingerprint
 from .respawn import use_image
 from .session import current_pin
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import types
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from . import aliases, control, fingerprint, handoff, pins
+from . import aliases, control, fingerprints, handoff, pins
 from .errors import EnvironmentMismatch, EnvpinError
 from .session import Pin, Status, current_pin, pin_from_environment, set_pin
 
@@ -35,14 +36,27 @@ _FRESH_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
 
 def user_state(shell) -> list[str]:
+    """Names the user defined: what a restart would lose.
+
+    Imported modules do not count: re-running the import costs nothing, and
+    ``import`` lines commonly sit above ``%use_image``.
+    """
     hidden = getattr(shell, "user_ns_hidden", {})
     return sorted(
-        k for k in shell.user_ns if not k.startswith("_") and k not in hidden and k not in _FRESH_NAMES
+        k
+        for k, v in shell.user_ns.items()
+        if not k.startswith("_") and k not in hidden and k not in _FRESH_NAMES and not isinstance(v, types.ModuleType)
     )
 
 
 def _in_foreign_container() -> bool:
-    return (os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")) and control.control_dir() is None
+    """In a container that declares its image (``envpin run``, a job) but that envpin cannot restart.
+
+    A container that declares nothing (a dev machine that is itself a
+    container) is treated like a host: all we can do there is compare.
+    """
+    inside = os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+    return inside and bool(os.environ.get("ENVPIN_IMAGE")) and control.control_dir() is None
 
 
 @magics_class
@@ -59,7 +73,13 @@ class EnvpinMagics(Magics):
         %use_image IMAGE [--restart] [--strict] [--pull]
         %use_image                      show what is pinned
         """
-        args = parse_argstring(self.use_image, line)
+        try:
+            args = parse_argstring(self.use_image, line)
+        except UsageError as exc:
+            raise UsageError(
+                f"%use_image takes one image and options, not '{line.strip()}' ({exc}). "
+                "Usage: %use_image IMAGE [--restart] [--strict] [--pull]; %use_image alone shows the pin."
+            ) from None
         try:
             if args.image is None:
                 display(Status(current_pin(), "envpin: current pin"))
@@ -126,7 +146,7 @@ class EnvpinMagics(Magics):
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         raise EnvpinError(
-            f"This kernel runs inside a container{f' of {here}' if here else ''} that envpin did not start, "
+            f"This kernel runs inside a container of {here} that envpin did not start, "
             f"so it cannot move into '{args.image}'. Start the notebook with the Containerized Python kernel "
             f"(envpin kernelspec install --image {args.image}) instead."
         )
@@ -134,9 +154,9 @@ class EnvpinMagics(Magics):
     # -- a kernel on the host --------------------------------------------------------
 
     def _on_host(self, args):
-        theirs = fingerprint.fingerprint(image=args.image)
-        ours = fingerprint.fingerprint()
-        diffs = fingerprint.compare(ours, theirs)
+        theirs = fingerprints.fingerprint(image=args.image)
+        ours = fingerprints.fingerprint()
+        diffs = fingerprints.compare(ours, theirs)
         breaking = [d for d in diffs if d.breaks_pickles]
         pin = Pin(
             name=args.image,

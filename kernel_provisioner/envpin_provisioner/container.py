@@ -244,13 +244,35 @@ def _heartbeat_url(launch: KernelLaunch) -> str:
     return f"tcp://127.0.0.1:{info['hb_port']}"
 
 
-def wait_ready(container, launch: KernelLaunch, timeout: float, log: logging.Logger | logging.LoggerAdapter) -> None:
+def socket_inodes(launch: KernelLaunch) -> dict[str, int]:
+    """Inodes of the ipc socket files now: a kernel that binds them anew replaces them."""
+    info, out = launch.connection_info, {}
+    for ch in ("shell", "iopub", "stdin", "control", "hb"):
+        path = f"{info['ip']}-{info[f'{ch}_port']}"
+        try:
+            out[path] = os.stat(path).st_ino
+        except OSError:
+            pass
+    return out
+
+
+def wait_ready(
+    container,
+    launch: KernelLaunch,
+    timeout: float,
+    log: logging.Logger | logging.LoggerAdapter,
+    replacing: dict[str, int] | None = None,
+) -> None:
     """Return when the kernel answers its heartbeat; raise with its logs if it dies or times out.
 
     A container that exits (no ipykernel, a crash) is reported at once with its
     last log lines instead of after the timeout.  The heartbeat is a REQ/REP
     echo that ipykernel answers from a thread as soon as its sockets are bound,
     so it works the same for both transports and costs a millisecond.
+
+    ``replacing`` (ipc only): the socket inodes of a kernel still running on
+    the same paths (a move).  Its heartbeat would answer for the new one, so
+    the new kernel counts as ready only once it has bound every path anew.
     """
     ctx = zmq.Context.instance()
     deadline = time.monotonic() + timeout
@@ -259,17 +281,21 @@ def wait_ready(container, launch: KernelLaunch, timeout: float, log: logging.Log
     try:
         while True:
             now = time.monotonic()
-            if sock is None:
+            if replacing and any(socket_inodes(launch).get(p) == ino for p, ino in replacing.items()):
+                pass  # the old kernel still owns a path: not our heartbeat yet
+            elif sock is None:
                 sock = ctx.socket(zmq.REQ)
                 sock.linger = 0
                 sock.setsockopt(zmq.RECONNECT_IVL, 10)
                 sock.connect(_heartbeat_url(launch))
                 sock.send(b"envpin-ready?")
                 sent = now
-            if sock.poll(20):
+            if sock is None:
+                time.sleep(0.02)
+            elif sock.poll(20):
                 sock.recv()
                 return
-            if now - sent > 1.0:  # a reply lost to a half-open connection: start over
+            elif now - sent > 1.0:  # a reply lost to a half-open connection: start over
                 sock.close()
                 sock = None
             if now >= next_state_check:

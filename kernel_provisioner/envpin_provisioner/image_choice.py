@@ -39,7 +39,7 @@ class ImageChoice:
 
 def notebook_folder(notebook: str | None, cwd: str | None) -> str:
     """Where a notebook's pin file lives: beside the notebook, else the kernel's working directory."""
-    if notebook and os.path.isabs(notebook):
+    if notebook and os.path.isabs(notebook) and os.path.isdir(os.path.dirname(notebook)):
         return os.path.dirname(notebook)
     return os.path.abspath(cwd or os.getcwd())
 

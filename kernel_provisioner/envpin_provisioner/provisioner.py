@@ -283,11 +283,11 @@ class EnvpinProvisioner(LocalProvisioner):
         """The control folder lives in the channel directory, which only ipc mounts into the container."""
         return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc")
 
-    async def _start_container(self, launch: kc.KernelLaunch):
+    async def _start_container(self, launch: kc.KernelLaunch, replacing: dict[str, int] | None = None):
         client = await self._docker()
         container = await asyncio.to_thread(kc.start, client, launch, self.log)
         try:
-            await asyncio.to_thread(kc.wait_ready, container, launch, self.launch_timeout, self.log)
+            await asyncio.to_thread(kc.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
         except BaseException:
             await asyncio.to_thread(kc.remove, container)
             raise
@@ -446,10 +446,13 @@ class EnvpinProvisioner(LocalProvisioner):
             self._respond(folder, request, status="refused", **answer)
             return
         await asyncio.to_thread(pins.read, pin_folder)  # a damaged pin file stops the move before it starts
-        await self._move(folder, request, image_choice.ImageChoice(name, resolved, pinned=True), env, answer)
-        await asyncio.to_thread(pins.record, pin_folder, request.get("notebook"), record)
 
-    async def _move(self, folder: Path, request: dict, choice, env: dict[str, str], answer: dict) -> None:
+        def record_pin() -> None:
+            pins.record(pin_folder, request.get("notebook"), record)
+
+        await self._move(folder, request, image_choice.ImageChoice(name, resolved, pinned=True), env, answer, record_pin)
+
+    async def _move(self, folder: Path, request: dict, choice, env: dict[str, str], answer: dict, record_pin) -> None:
         """Start the kernel in the new image on the same channels, then let the old one hand over and go.
 
         The new kernel binds the same unix socket paths while the old one still
@@ -461,7 +464,12 @@ class EnvpinProvisioner(LocalProvisioner):
         old = self._container
         self._moving = True
         try:
-            new = await self._start_container(launch)
+            new = await self._start_container(launch, replacing=kc.socket_inodes(launch))
+            try:
+                await asyncio.to_thread(record_pin)  # before the hand-over: a restart must find it
+            except BaseException:
+                await asyncio.to_thread(kc.remove, new)
+                raise
             self._respond(folder, request, status="moving", **answer)
             await asyncio.to_thread(_wait_exit, old, 15.0)
             await asyncio.to_thread(kc.remove, old)

@@ -84,7 +84,7 @@ def image_fingerprint(name: str) -> dict[str, Any]:
             return cached
     except (OSError, ValueError):
         pass
-    out = host_docker.run_python(client, image, "import envpin.fingerprint as f; f._print()")
+    out = host_docker.run_python(client, image, "import envpin.fingerprints as f; f._print()")
     result = json.loads(out.strip().splitlines()[-1])
     result.update(image=name, image_id=image.immutable)
     try:
