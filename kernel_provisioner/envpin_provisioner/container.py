@@ -244,13 +244,17 @@ def _heartbeat_url(launch: KernelLaunch) -> str:
     return f"tcp://127.0.0.1:{info['hb_port']}"
 
 
-def socket_inodes(launch: KernelLaunch) -> dict[str, int]:
-    """Inodes of the ipc socket files now: a kernel that binds them anew replaces them."""
+def socket_inodes(launch: KernelLaunch) -> dict[str, tuple[int, int]]:
+    """Identity (inode, change time) of the ipc socket files now: a kernel that binds them anew replaces them.
+
+    The change time is part of it because a freed inode number is often reused at once.
+    """
     info, out = launch.connection_info, {}
     for ch in ("shell", "iopub", "stdin", "control", "hb"):
         path = f"{info['ip']}-{info[f'{ch}_port']}"
         try:
-            out[path] = os.stat(path).st_ino
+            st = os.stat(path)
+            out[path] = (st.st_ino, st.st_ctime_ns)
         except OSError:
             pass
     return out
@@ -261,7 +265,7 @@ def wait_ready(
     launch: KernelLaunch,
     timeout: float,
     log: logging.Logger | logging.LoggerAdapter,
-    replacing: dict[str, int] | None = None,
+    replacing: dict[str, tuple[int, int]] | None = None,
 ) -> None:
     """Return when the kernel answers its heartbeat; raise with its logs if it dies or times out.
 

@@ -283,7 +283,7 @@ class EnvpinProvisioner(LocalProvisioner):
         """The control folder lives in the channel directory, which only ipc mounts into the container."""
         return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc")
 
-    async def _start_container(self, launch: kc.KernelLaunch, replacing: dict[str, int] | None = None):
+    async def _start_container(self, launch: kc.KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None):
         client = await self._docker()
         container = await asyncio.to_thread(kc.start, client, launch, self.log)
         try:
