@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     notebook = ROOT / "notebooks" / "quickstart.ipynb"
-    out = ROOT / "build" / "quickstart.ipynb"
+    # Run a copy in build/quickstart/: the pin file %use_image writes lands there, not in the repo.
+    workdir = ROOT / "build" / "quickstart"
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "quickstart.ipynb"
     subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--user"],
         check=True, stdout=subprocess.DEVNULL,
@@ -29,16 +32,17 @@ def main() -> int:
     started = time.monotonic()
     print(f"[envpin] executing {notebook.relative_to(ROOT)} in the Containerized Python kernel ...", file=sys.stderr)
     client = NotebookClient(
-        nb, kernel_name="containerized-python", timeout=120, resources={"metadata": {"path": str(notebook.parent)}}
+        nb, kernel_name="containerized-python", timeout=120, resources={"metadata": {"path": str(workdir)}}
     )
     client.execute()
-    out.parent.mkdir(exist_ok=True)
     nbformat.write(nb, out)
     print(f"\nquickstart.ipynb ran in {time.monotonic() - started:.1f}s; executed copy: {out.relative_to(ROOT)}\n")
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 print(output["text"], end="")
+            elif "text/plain" in output.get("data", {}):
+                print(output["data"]["text/plain"])
     print()
     return 0
 

@@ -1,0 +1,30 @@
+"""The notebooks in notebooks/ run, headless, in the Containerized Python kernel, with outputs checked."""
+
+from __future__ import annotations
+
+import shutil
+
+import nbformat
+from nbclient import NotebookClient
+
+from conftest import ROOT
+
+
+def test_quickstart_runs_in_the_demo_image(install_kernelspec, tmp_path, docker_client):
+    name = install_kernelspec(None, name="containerized-python")  # the generic kernel: default image
+    work = tmp_path / "quickstart"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work)
+    nb = nbformat.read(work / "quickstart.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name=name, timeout=120, resources={"metadata": {"path": str(work)}}).execute()
+    text = "\n".join(
+        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
+    )
+    demo_id = docker_client.images.get("ubuntu-22.04-py3").id
+    assert "envpin: pinned to ubuntu-22.04-py3" in text
+    assert "in a container: True" in text
+    assert f"image id      : {demo_id}" in text
+    assert "python        : 3.11." in text
+    assert f"working dir   : {work}" in text
+    assert "cloudpickle 3." in text and "pickled a function" in text
+    assert (work / ".envpin.json").exists()
