@@ -76,3 +76,28 @@ async def test_pull_policy_always_checks_the_registry(docker_client, registry, p
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         assert (await run_json(kc, PROBE))["image"] == reference
     assert any(r.getMessage().startswith(f"envpin: pulling image {reference}") for r in caplog.records)
+
+
+async def test_use_image_shows_pull_progress_in_the_cell(docker_client, registry, pushed_image, install_kernelspec, notebook_dir):
+    from kernels import run
+
+    proxy, proxy_address = slow_proxy.start(registry.address, rate=4_000_000)
+    try:
+        repo, tag = pushed_image
+        reference = f"{proxy_address}/{repo}:{tag}"
+        name = install_kernelspec(PY311)
+        async with kernel(name, cwd=notebook_dir) as (km, kc):
+            await run(kc, "%load_ext envpin")
+            out = []
+            reply = await kc.execute_interactive(
+                f"%use_image {reference}",
+                timeout=120,
+                output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
+            )
+            assert reply["content"]["status"] == "ok"
+            text = "".join(out)
+            assert f"envpin: pulling {reference}:" in text and "MiB" in text  # progress, while it pulled
+            assert f"envpin: moving this kernel into {reference}" in text
+            assert (await run_json(kc, PROBE))["image"] == reference
+    finally:
+        proxy.shutdown()

@@ -221,3 +221,36 @@ def test_envpin_run_from_the_shell(notebook_dir):
     )  # fmt: skip
     assert out.returncode == 5, out.stderr
     assert out.stdout.strip() == f"(3, 11) {notebook_dir}"
+
+
+async def test_kernel_side_reports_what_the_image_lacks_in_one_line(install_kernelspec, notebook_dir):
+    """The image has no Docker SDK (and the kernel no engine): fingerprinting another image says so plainly."""
+    name = install_kernelspec(PY311)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        res = await run(kc, f"import envpin; envpin.fingerprint(image={PY313!r})")
+        assert res["ename"] == "MissingDependency"
+        assert res["evalue"].startswith("This needs the Docker SDK for Python") and "\n" not in res["evalue"]
+        # envpin itself imported fine from the read-only mount, with nothing installed into the image.
+        where = await run_json(kc, "[__import__('envpin').__file__, __import__('importlib.util').util.find_spec('docker') is None]")
+        assert where == ["/opt/envpin/python/envpin/__init__.py", True]
+
+
+async def test_use_image_pull_goes_to_the_registry(install_kernelspec, notebook_dir):
+    """--pull pulls even a present image (progress lines show under the cell while it runs)."""
+    name = install_kernelspec(PY311)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        await run(kc, "%load_ext envpin")
+        out = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        reply = await kc.execute_interactive(f"%use_image {PY311} --pull", timeout=30, output_hook=hook)
+        text = "".join(out)
+        # No registry is reachable here, so the pull fails: the message says which image and why.
+        assert reply["content"]["status"] == "error"
+        evalue = reply["content"]["evalue"]
+        assert f"Image '{PY311}' could not be pulled (pull policy 'always' or --pull)" in evalue
+        assert "The local copy was not used" in evalue
+        assert (await run_json(kc, PROBE))["python"] == [3, 11]  # the kernel is still there

@@ -25,7 +25,6 @@ import docker.errors
 from envpin import aliases, pins
 
 from . import images
-from .errors import EnvpinError
 
 
 @dataclass
@@ -44,13 +43,9 @@ def notebook_folder(notebook: str | None, cwd: str | None) -> str:
     return os.path.abspath(cwd or os.getcwd())
 
 
-def resolve_name(client: docker.DockerClient, name: str, pull_policy: str, log) -> images.ResolvedImage:
-    """Resolve a user-written name (alias, reference or id)."""
-    try:
-        reference = aliases.expand(name)
-    except EnvpinError:
-        raise
-    return images.resolve(client, reference, pull_policy, log)
+def resolve_name(client: docker.DockerClient, name: str, pull_policy: str, log, progress=None) -> images.ResolvedImage:
+    """Resolve a user-written name (alias, reference or id); ``progress`` hears about pulls."""
+    return images.resolve(client, aliases.expand(name), pull_policy, log, progress)
 
 
 def choose(

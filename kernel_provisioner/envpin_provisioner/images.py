@@ -101,6 +101,7 @@ def pull(
     log: logging.Logger | logging.LoggerAdapter,
     progress: Callable[[str], None] | None = None,
     interval: float = 2.0,
+    present: bool = False,
 ) -> None:
     """Pull ``reference``, reporting progress to ``log`` every ``interval`` seconds.
 
@@ -129,6 +130,12 @@ def pull(
                     progress(msg)
     except docker.errors.APIError as exc:
         reason = getattr(exc, "explanation", None) or str(exc)
+        if present:
+            raise ImageUnavailable(
+                f"Image '{reference}' could not be pulled (pull policy 'always' or --pull): {reason}. "
+                "The local copy was not used. Check the registry and your login (docker login), or use "
+                "pull_policy='if-missing' (without --pull) to run the local copy."
+            ) from exc
         raise ImageUnavailable(
             f"Image '{reference}' is not on the Docker engine and could not be pulled: {reason}. "
             "Check the name and tag, log in to its registry (docker login), or build/load the image "
@@ -142,6 +149,7 @@ def resolve(
     reference: str,
     pull_policy: str,
     log: logging.Logger | logging.LoggerAdapter,
+    progress: Callable[[str], None] | None = None,
 ) -> ResolvedImage:
     """Resolve ``reference`` on the engine, pulling it as ``pull_policy`` says.
 
@@ -149,7 +157,12 @@ def resolve(
     """
     check_reference(reference)
     if pull_policy == "always" and not _IMAGE_ID.match(reference):
-        pull(client, reference, log)
+        try:
+            client.images.get(reference)
+            present = True
+        except docker.errors.DockerException:
+            present = False
+        pull(client, reference, log, progress, present=present)
     try:
         return _resolved(reference, client.images.get(reference))
     except docker.errors.ImageNotFound:
@@ -165,7 +178,7 @@ def resolve(
             f"'{pull_policy}', so envpin will not pull it. Build or load it locally "
             "(docker build -t / docker load), or allow pulling with pull_policy='if-missing'."
         )
-    pull(client, reference, log)
+    pull(client, reference, log, progress)
     try:
         return _resolved(reference, client.images.get(reference))
     except docker.errors.ImageNotFound as exc:

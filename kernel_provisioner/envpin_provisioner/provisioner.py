@@ -427,7 +427,10 @@ class EnvpinProvisioner(LocalProvisioner):
         self._respond(folder, request, status="working", message=f"envpin: resolving {name} ...")
         client = await self._docker()
         policy = "always" if request.get("pull") else self.pull_policy
-        resolved = await asyncio.to_thread(image_choice.resolve_name, client, name, policy, self.log)
+        def progress(message: str) -> None:  # pull progress, shown under the %use_image cell
+            self._respond(folder, request, status="working", message=message)
+
+        resolved = await asyncio.to_thread(image_choice.resolve_name, client, name, policy, self.log, progress)
         current = self._choice.resolved
         notes = []
         if self._choice.latest_id and resolved.immutable == self._choice.latest_id:
