@@ -13,6 +13,9 @@ Public API::
     envpin.current_pin()        # what is pinned
     envpin.fingerprint(), envpin.fingerprint(image=...), envpin.compare(a, b)
     envpin.use_image(IMAGE)     # in a script: re-run it inside IMAGE
+    envpin.submit(fn, *args)    # run fn in the pinned image (a concurrent.futures Future)
+    envpin.ContainerExecutor()  # the executor behind it
+    envpin.stamp(job)           # the pin, for job systems without an adapter
 """
 
 from __future__ import annotations
@@ -20,12 +23,25 @@ from __future__ import annotations
 import os
 
 from .errors import EnvpinError
+from .executor import ContainerExecutor, submit
 from .fingerprints import compare, fingerprint
+from .hooks import stamp
 from .respawn import use_image
 from .session import current_pin
 
 __version__ = "0.1.0"
-__all__ = ["EnvpinError", "compare", "current_pin", "fingerprint", "use_image", "in_container", "kernel_image"]
+__all__ = [
+    "ContainerExecutor",
+    "EnvpinError",
+    "compare",
+    "current_pin",
+    "fingerprint",
+    "in_container",
+    "kernel_image",
+    "stamp",
+    "submit",
+    "use_image",
+]
 
 
 def in_container() -> bool:
@@ -53,17 +69,24 @@ def load_ipython_extension(ipython) -> None:
     from . import control, handoff, session
     from .magics import EnvpinMagics
 
+    from . import hooks
+    from .executor import ExecutorAdapter
+
     ipython.register_magics(EnvpinMagics)
+    hooks.register(ExecutorAdapter())
     if os.environ.get("ENVPIN_PINNED") == "1" and session.current_pin() is None:
         session.set_pin(session.pin_from_environment())
+        hooks.activate_all(hooks.current_stamp())
     folder = control.control_dir()
     if folder is not None:
         handoff.expect_handoff(ipython, folder)
 
 
 def unload_ipython_extension(ipython) -> None:
-    """``%unload_ext envpin``: remove the magics and forget the pin."""
-    from . import session
+    """``%unload_ext envpin``: remove the magic and the submission hooks, forget the pin."""
+    from . import executor, hooks, session
 
     ipython.magics_manager.magics["line"].pop("use_image", None)
+    hooks.deactivate_all()
+    executor.shutdown_shared()
     session.set_pin(None)

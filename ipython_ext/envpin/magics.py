@@ -27,9 +27,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from . import aliases, control, fingerprints, handoff, pins
+from . import aliases, control, fingerprints, handoff, hooks, pins
 from .errors import EnvironmentMismatch, EnvpinError
-from .session import Pin, Status, current_pin, pin_from_environment, set_pin
+from .session import Pin, Status, current_pin, pin_from_environment
+from .session import set_pin as _set_pin
 
 #: Names a fresh kernel already has; anything else in the namespace is the user's state.
 _FRESH_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
@@ -114,7 +115,7 @@ class EnvpinMagics(Magics):
             pin = pin_from_environment()
             pin.name = args.image
             pin.notes += answer.get("notes", [])
-            set_pin(pin)
+            set_pin(pin, args.strict)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         if status == "refused":
@@ -142,7 +143,7 @@ class EnvpinMagics(Magics):
         if here and args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME"), aliases.expand(args.image)):
             pin = pin_from_environment("container")
             pin.name = args.image
-            set_pin(pin)
+            set_pin(pin, args.strict)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         raise EnvpinError(
@@ -182,8 +183,15 @@ class EnvpinMagics(Magics):
         notebook = os.environ.get("JPY_SESSION_NAME")
         if notebook:
             pins.record(os.path.dirname(notebook), notebook, _pin_record(pin))
-        set_pin(pin)
+        set_pin(pin, args.strict)
         display(Status(pin, f"envpin: jobs pinned to {args.image}"))
+
+
+def set_pin(pin: Pin, strict: bool = False) -> None:
+    """Pin the session and (re)activate the submission hooks with it."""
+    pin.strict = strict
+    _set_pin(pin)
+    hooks.activate_all(hooks.current_stamp())
 
 
 def _pin_record(pin: Pin) -> dict:

@@ -32,6 +32,7 @@ class Pin:
     #: "host" (the kernel does not; differences were checked), "container" (a container not ours)
     mode: str
     notes: list[str] = field(default_factory=list)
+    strict: bool = False  #: jobs naming another image are refused instead of warned about
 
 
 _current: Pin | None = None
@@ -62,6 +63,15 @@ def pin_from_environment(mode: str = "kernel in image") -> Pin | None:
     )
 
 
+def _executor_mode(pin: Pin) -> str:
+    from . import aliases
+
+    here = {os.environ.get("ENVPIN_IMAGE"), os.environ.get("ENVPIN_IMAGE_NAME"), os.environ.get("ENVPIN_IMAGE_ID")}
+    if here & {pin.name, pin.reference, aliases.expand(pin.name)}:
+        return "worker processes in this kernel's container (envpin.submit)"
+    return f"worker containers of {pin.name} (envpin.submit)"
+
+
 class Status:
     """What ``%use_image`` shows: a table in a notebook, aligned text in a terminal."""
 
@@ -85,7 +95,12 @@ class Status:
             ("Python", p.python or "?"),
             ("cloudpickle", p.cloudpickle or "not installed"),
             ("kernel runs in", kernel_image if p.mode != "host" else f"this host (Python {platform.python_version()})"),
+            ("jobs run as", _executor_mode(p)),
         ]
+        from . import hooks
+
+        if hooks.active():
+            rows.append(("stamping", ", ".join(hooks.active())))
         rows += [("note", n) for n in p.notes]
         return rows
 

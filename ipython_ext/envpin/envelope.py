@@ -1,0 +1,101 @@
+"""The pickle envelope: check where a pickle was made before loading it.
+
+A cloudpickle payload only loads safely under the Python and cloudpickle it
+was made with (see ``fingerprints``): loading it elsewhere fails deep inside
+``pickle`` (``TypeError: code() argument 13 must be str, not int``) or, worse,
+loads and crashes later.  So every payload travels in an envelope whose
+header is plain JSON, readable by any Python, and names the sender's
+environment.  The receiver compares before it calls ``loads`` and, on a
+mismatch, refuses in plain words naming both sides and the fix.
+
+Wire format of one message (all lengths big-endian u64)::
+
+    len(header) | header (UTF-8 JSON) | len(payload) | payload | n buffers | (len | bytes) ...
+
+The payload is pickled with protocol 5 and large buffers (NumPy arrays, ...)
+travel out of band, as separate frames, without being copied into the pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import struct
+import sys
+from typing import Any, Callable
+
+from .errors import EnvpinError
+
+_U64 = struct.Struct(">Q")
+PICKLE_PROTOCOL = 5
+
+
+class EnvelopeMismatch(EnvpinError):
+    """A payload was made under a Python or pickler this side cannot safely load."""
+
+
+def sender_environment() -> dict[str, Any]:
+    import cloudpickle
+
+    return {
+        "python": platform.python_version(),
+        "python_minor": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "implementation": platform.python_implementation(),
+        "pickler": "cloudpickle",
+        "pickler_version": cloudpickle.__version__,
+        "image": os.environ.get("ENVPIN_IMAGE"),
+        "image_id": os.environ.get("ENVPIN_IMAGE_ID"),
+    }
+
+
+def _describe(env: dict[str, Any]) -> str:
+    where = f"image {env.get('image')} ({env.get('image_id')})" if env.get("image") else "a process outside any envpin image"
+    return f"{env.get('implementation')} {env.get('python')} with {env.get('pickler')} {env.get('pickler_version')} in {where}"
+
+
+def check(sent: dict[str, Any], here: dict[str, Any], what: str) -> None:
+    """Raise EnvelopeMismatch if a ``what`` made under ``sent`` cannot be loaded ``here``."""
+    problems = []
+    if sent.get("implementation") != here.get("implementation") or sent.get("python_minor") != here.get("python_minor"):
+        problems.append(f"Python {sent.get('python_minor')} vs {here.get('python_minor')}")
+    if sent.get("pickler") != here.get("pickler") or sent.get("pickler_version") != here.get("pickler_version"):
+        problems.append(f"{sent.get('pickler')} {sent.get('pickler_version')} vs {here.get('pickler')} {here.get('pickler_version')}")
+    if problems:
+        raise EnvelopeMismatch(
+            f"Refusing to unpickle a {what} made under {_describe(sent)} here, under {_describe(here)}: "
+            f"{' and '.join(problems)} differ, and pickles do not survive that. Run both sides in the same "
+            "image: pin the notebook with %use_image IMAGE (or start it in the Containerized Python kernel "
+            "of that image) so jobs and kernel share one Python."
+        )
+
+
+def dumps(obj: Any, kind: str, dumper: Callable | None = None) -> list:
+    """Frames of one envelope holding ``obj`` (a list of bytes-like objects, ready for sendmsg)."""
+    import cloudpickle
+
+    buffers: list = []
+    payload = (dumper or cloudpickle.dumps)(obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append)
+    header = json.dumps({"kind": kind, "env": sender_environment()}).encode()
+    frames: list = [_U64.pack(len(header)), header, _U64.pack(len(payload)), payload, _U64.pack(len(buffers))]
+    for buf in buffers:
+        raw = buf.raw()
+        frames += [_U64.pack(raw.nbytes), raw]
+    return frames
+
+
+def read_frames(recv_exact: Callable[[int], Any]) -> tuple[dict, Any, list]:
+    """Read one envelope with ``recv_exact(n)``; return (header, payload, buffers) without unpickling."""
+    header = json.loads(bytes(recv_exact(_U64.unpack(recv_exact(8))[0])))
+    payload = recv_exact(_U64.unpack(recv_exact(8))[0])
+    count = _U64.unpack(recv_exact(8))[0]
+    buffers = [recv_exact(_U64.unpack(recv_exact(8))[0]) for _ in range(count)]
+    return header, payload, buffers
+
+
+def loads(header: dict, payload: Any, buffers: list, what: str) -> Any:
+    """Check the envelope against this process, then unpickle."""
+    import pickle
+
+    check(header.get("env") or {}, sender_environment(), what)
+    return pickle.loads(payload, buffers=buffers)

@@ -1,0 +1,143 @@
+"""The submission-hook registry: how job systems get stamped with the session's pin.
+
+An *adapter* teaches one job system (envpin's own executor, YTsaurus, Ray,
+Flyte, ...) to carry the pinned image.  ``%use_image`` activates every
+registered adapter whose library is importable; ``%unload_ext envpin``
+deactivates them.  An adapter is any object with::
+
+    name: str
+    def available(self) -> bool: ...          # is its library importable here?
+    def activate(self, stamp: Stamp) -> None: ...
+    def deactivate(self) -> None: ...
+
+For systems without an adapter, ``envpin.stamp(job)`` returns (or fills in)
+what to put on a job: the image, its id, the fingerprint and the environment
+variables ``ENVPIN_IMAGE``, ``ENVPIN_IMAGE_ID`` and ``YT_JOB_DOCKER_IMAGE``.
+A job that already names another image keeps it, with an
+``ImageConflictWarning`` naming both (an error in strict mode).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import EnvpinError
+
+
+class ImageConflictWarning(UserWarning):
+    """A job names an image other than the session's pin."""
+
+
+class ImageConflict(EnvpinError):
+    """Strict mode: a job names an image other than the session's pin."""
+
+
+@dataclass(frozen=True)
+class Stamp:
+    image: str  #: the reference jobs run in (aliases expanded: clusters cannot resolve them)
+    image_id: str | None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {"ENVPIN_IMAGE": self.image, "YT_JOB_DOCKER_IMAGE": self.image}
+        if self.image_id:
+            env["ENVPIN_IMAGE_ID"] = self.image_id
+        return env
+
+    def check_explicit(self, named: str | None, what: str = "This job") -> bool:
+        """True when ``named`` (a job's own image) differs from the pin; warns, or raises when strict."""
+        if not named or named in (self.image, self.image_id):
+            return False
+        text = (
+            f"{what} names image '{named}' but this session is pinned to '{self.image}' ({self.image_id}); "
+            f"it keeps '{named}'. Pickles made here may not load there."
+        )
+        if self.strict:
+            raise ImageConflict(text + " Remove the job's own image, or pin the session to it.")
+        warnings.warn(text, ImageConflictWarning, stacklevel=3)
+        return True
+
+
+class Adapter(Protocol):
+    name: str
+
+    def available(self) -> bool: ...
+
+    def activate(self, stamp: Stamp) -> None: ...
+
+    def deactivate(self) -> None: ...
+
+
+_registry: dict[str, Adapter] = {}
+_active: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter) -> None:
+    """Add ``adapter``; activated at once if the session is already pinned."""
+    _registry[adapter.name] = adapter
+    current = current_stamp()
+    if current is not None and adapter.available():
+        adapter.activate(current)
+        _active[adapter.name] = adapter
+
+
+def unregister(name: str) -> None:
+    adapter = _active.pop(name, None)
+    if adapter is not None:
+        adapter.deactivate()
+    _registry.pop(name, None)
+
+
+def active() -> list[str]:
+    return sorted(_active)
+
+
+def activate_all(stamp: Stamp) -> list[str]:
+    """Activate every available adapter with ``stamp``; return their names."""
+    deactivate_all()
+    for name, adapter in _registry.items():
+        if adapter.available():
+            adapter.activate(stamp)
+            _active[name] = adapter
+    return active()
+
+
+def deactivate_all() -> None:
+    for adapter in list(_active.values()):
+        adapter.deactivate()
+    _active.clear()
+
+
+def current_stamp(strict: bool = False) -> Stamp | None:
+    """The stamp for the session's pin (None before ``%use_image``)."""
+    from . import aliases
+    from .session import current_pin
+
+    pin = current_pin()
+    if pin is None:
+        return None
+    fp = {"python": pin.python, "cloudpickle": pin.cloudpickle}
+    return Stamp(image=pin.reference or aliases.expand(pin.name), image_id=pin.image_id, fingerprint=fp, strict=strict or pin.strict)
+
+
+def stamp(job: dict[str, Any] | None = None, *, image_key: str = "image", env_key: str = "env", strict: bool = False) -> dict[str, Any]:
+    """What to put on a job for a system without an adapter.
+
+    Without ``job``: ``{"image", "image_id", "fingerprint", "env"}``.  With a
+    job description (a dict), fills in ``job[image_key]`` (kept, with a
+    warning, if it names another image) and merges ``job[env_key]`` (the job's
+    own values win), and returns the job.
+    """
+    s = current_stamp(strict)
+    if s is None:
+        raise EnvpinError("Nothing to stamp: pin the session first with %use_image IMAGE.")
+    if job is None:
+        return {"image": s.image, "image_id": s.image_id, "fingerprint": dict(s.fingerprint), "env": s.env}
+    if not s.check_explicit(job.get(image_key)):
+        job[image_key] = s.image
+    job[env_key] = {**s.env, **(job.get(env_key) or {})}
+    return job

@@ -1,0 +1,120 @@
+"""A job worker: ``python -m envpin.run_worker SOCKET SLOT`` runs jobs sent by a ContainerExecutor.
+
+It runs inside the pinned image (a worker container, or a process of the
+kernel's own container), needs only the standard library and cloudpickle, and
+is never installed: envpin's package is mounted read-only, like in kernels.
+
+It connects to the executor's unix socket, says hello (its environment, as
+JSON), then serves one job at a time until the socket closes.  Every job's
+envelope is checked before anything is unpickled; a job from a different
+Python or cloudpickle is refused with a JSON answer the sender can read
+whatever its own Python.  The job's exception comes back with its traceback
+text, so the notebook shows where it failed remotely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import traceback
+
+from . import envelope
+
+
+def recv_exact(sock: socket.socket, n: int):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("the executor closed the connection")
+        got += k
+    return buf
+
+
+def send_frames(sock: socket.socket, frames: list) -> None:
+    """Send frames, joining the small ones so a tiny job costs one system call."""
+    small: list = []
+    for frame in frames:
+        if len(frame) < 65536:
+            small.append(bytes(frame))
+            continue
+        if small:
+            sock.sendall(b"".join(small))
+            small = []
+        sock.sendall(frame)
+    if small:
+        sock.sendall(b"".join(small))
+
+
+def send_control(sock: socket.socket, header: dict) -> None:
+    """A header-only message (hello, refusal, probe answer): JSON, readable by any Python."""
+    data = json.dumps(header).encode()
+    send_frames(sock, [envelope._U64.pack(len(data)), data, envelope._U64.pack(0), b"", envelope._U64.pack(0)])
+
+
+def _run_one(header: dict, payload, buffers) -> tuple:
+    fn, args, kwargs = envelope.loads(header, payload, buffers, "job")
+    return fn(*args, **kwargs)
+
+
+def _missing_modules(names: list[str]) -> list[str]:
+    import importlib.util
+
+    missing = []
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+def serve(path: str, slot: str) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    here = envelope.sender_environment()
+    send_control(sock, {"kind": "hello", "slot": slot, "pid": os.getpid(), "env": here})
+    read = lambda n: recv_exact(sock, n)  # noqa: E731
+    while True:
+        try:
+            header, payload, buffers = envelope.read_frames(read)
+        except EOFError:
+            return
+        kind = header.get("kind")
+        if kind == "probe":
+            send_control(sock, {"kind": "probe", "missing": _missing_modules(header.get("modules", []))})
+            continue
+        try:
+            value = _run_one(header, payload, buffers)
+        except envelope.EnvelopeMismatch as exc:
+            send_control(sock, {"kind": "refused", "message": str(exc)})
+            continue
+        except BaseException as exc:  # the job's own failure: send it back
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, SystemExit):
+                raise
+            tb = traceback.format_exc()
+            try:
+                frames = envelope.dumps(("error", exc, tb), "result")
+            except Exception:
+                frames = envelope.dumps(("error", None, tb), "result")
+            send_frames(sock, frames)
+            continue
+        try:
+            frames = envelope.dumps(("ok", value, None), "result")
+        except Exception as exc:
+            frames = envelope.dumps(
+                ("unpicklable", None, f"{type(exc).__name__}: {exc} (result of type {type(value).__name__})"), "result"
+            )
+        send_frames(sock, frames)
+
+
+def main(argv: list[str]) -> None:
+    try:
+        serve(argv[1], argv[2])
+    except (ConnectionError, EOFError):
+        pass
