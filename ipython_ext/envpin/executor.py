@@ -87,12 +87,18 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRI
 _NO_PUSH_OPS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "PROTO", "FRAME", "STOP"}
 
 
+def _is_subimport(value: Any) -> bool:
+    return isinstance(value, tuple) and value[2] == "subimport" and str(value[1]).startswith("cloudpickle")
+
+
 def _modules_by_reference(payload: bytes) -> set[str]:
     """Top-level modules a pickle imports by name (its GLOBAL / STACK_GLOBAL opcodes).
 
     STACK_GLOBAL takes its module and name from the two values pushed just
     before it, either as strings or fetched from the memo, so it is enough to
     follow what was pushed last and what the memo holds; nothing is unpickled.
+    A module object a function uses as a global is pickled by cloudpickle as
+    ``subimport("name")``: the string after that call is a module too.
     """
     mods: set[str] = set()
     memo: dict[int, Any] = {}
@@ -100,6 +106,8 @@ def _modules_by_reference(payload: bytes) -> set[str]:
     for op, arg, _ in pickletools.genops(payload):
         name = op.name
         if name in _STRING_OPS:
+            if _is_subimport(pushed[-1]):
+                mods.add(arg.split(".")[0])
             pushed.append(arg)
         elif name in ("BINGET", "LONG_BINGET", "GET"):
             pushed.append(memo.get(int(arg)))
@@ -108,15 +116,19 @@ def _modules_by_reference(payload: bytes) -> set[str]:
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
             memo[int(arg)] = pushed[-1]
         elif name == "STACK_GLOBAL":
-            if isinstance(pushed[-2], str):
-                mods.add(pushed[-2].split(".")[0])
-            pushed.append(None)
+            module, attr = pushed[-2], pushed[-1]
+            if isinstance(module, str):
+                mods.add(module.split(".")[0])
+            pushed.append(("global", module, attr))
         elif name == "GLOBAL":
-            mods.add(str(arg).split(" ")[0].split(".")[0])
-            pushed.append(None)
+            module, _, attr = str(arg).partition(" ")
+            mods.add(module.split(".")[0])
+            pushed.append(("global", module, attr))
         elif name not in _NO_PUSH_OPS:
             pushed.append(None)
         del pushed[:-2]
+    # Only names of modules this process has imported can be modules the pickle refers to.
+    mods &= {m.split(".")[0] for m in sys.modules}
     return mods - {"builtins", "__main__", "copyreg", "cloudpickle", "envpin"}
 
 
