@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import functools
 import itertools
 import os
 import pickletools
@@ -78,9 +79,23 @@ class JobFuture(cf.Future):
         return True
 
 
-def _site_dirs() -> list[str]:
-    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-    return [os.path.realpath(p) for p in paths if p]
+@functools.lru_cache(maxsize=1)
+def _site_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(os.path.realpath(paths[k]) for k in ("purelib", "platlib", "stdlib", "platstdlib") if paths.get(k))
+
+
+_loaded_top: tuple[int, frozenset] = (-1, frozenset())
+
+
+def _loaded_top_level_modules() -> frozenset:
+    """Top-level names of imported non-standard modules (recomputed when sys.modules grows)."""
+    global _loaded_top
+    if _loaded_top[0] != len(sys.modules):
+        names = {m.partition(".")[0] for m in list(sys.modules)}
+        names -= set(sys.stdlib_module_names) | {"__main__", "builtins", "cloudpickle", "envpin", "__mp_main__"}
+        _loaded_top = (len(sys.modules), frozenset(n for n in names if not n.startswith("__")))
+    return _loaded_top[1]
 
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING"}
@@ -128,7 +143,7 @@ def _modules_by_reference(payload: bytes) -> set[str]:
             pushed.append(None)
         del pushed[:-2]
     # Only names of modules this process has imported can be modules the pickle refers to.
-    mods &= {m.split(".")[0] for m in sys.modules}
+    mods &= _loaded_top_level_modules()
     return mods - {"builtins", "__main__", "copyreg", "cloudpickle", "envpin"}
 
 
@@ -284,7 +299,7 @@ class ContainerExecutor(cf.Executor):
         self._slots: list[_Slot] = []
         self._shutdown = False
         self._lock = threading.Lock()
-        self._known_modules: dict[str, bool] = {}
+        self._verdicts: dict[str, str] = {}
         self._docker = None
         self._image = None
         atexit.register(self.shutdown, wait=False)
@@ -385,8 +400,7 @@ class ContainerExecutor(cf.Executor):
     # -- the Executor interface --------------------------------------------------------
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> JobFuture:
-        frames = self._pack(fn, args, kwargs)
-        return self._enqueue(frames, "job")
+        return self._enqueue(self._pack(fn, args, kwargs), "job")
 
     def _enqueue(self, frames: list, kind: str) -> JobFuture:
         with self._lock:
@@ -399,67 +413,77 @@ class ContainerExecutor(cf.Executor):
             return future
 
     def _pack(self, fn: Callable, args: tuple, kwargs: dict) -> list:
-        import cloudpickle
+        """Pickle a job, shipping local modules by value and refusing modules the image lacks.
 
+        Deciding what a pickle refers to means walking its opcodes, which costs
+        more than a tiny job; so each module gets a verdict once ("image": the
+        worker imports it, "ship": pickle by value, "missing") and a pickle is
+        walked only when it mentions a module without one.
+        """
         job = (fn, args, kwargs)
-        try:
-            frames = envelope.dumps(job, "job")
-        except Exception as exc:
-            raise EnvpinError(
-                f"This job cannot be sent to a worker: pickling {getattr(fn, '__qualname__', fn)!s} with its "
-                f"arguments failed ({type(exc).__name__}: {exc}). Jobs must not capture locks, open files, "
-                "sockets or clients; create those inside the job function."
-            ) from None
-        shipped = self._ship_local_modules(frames[3])
-        if shipped:
-            try:
-                frames = envelope.dumps(job, "job")
-            finally:
-                for mod in shipped:
-                    cloudpickle.unregister_pickle_by_value(mod)
-        self._check_importable(frames[3])
-        return frames
+        frames = self._dump(job, fn)
+        payload = bytes(frames[3])
+        mentioned = [m for m in _loaded_top_level_modules() if m.encode() in payload]
+        unknown = [m for m in mentioned if m not in self._verdicts]
+        if unknown:
+            referenced = _modules_by_reference(payload)
+            for m in mentioned:
+                if m not in referenced:
+                    continue  # a mere string: decide when it is really used
+                self._verdicts.setdefault(m, self._local_or_installed(m))
+            probe = sorted(m for m in referenced if self._verdicts.get(m) == "installed")
+            if probe:
+                self._probe(probe)
+        ship = [sys.modules[m] for m in mentioned if self._verdicts.get(m) == "ship" and m in sys.modules]
+        if ship:
+            import cloudpickle
 
-    def _ship_local_modules(self, payload: bytes) -> list:
-        """Register for pickling by value every referenced module that is not installed."""
-        import cloudpickle
-
-        shipped = []
-        site = _site_dirs()
-        for name in _modules_by_reference(payload):
-            mod = sys.modules.get(name)
-            file = getattr(mod, "__file__", None)
-            if mod is None or not file or name in sys.stdlib_module_names or name in ("envpin", "cloudpickle"):
-                continue
-            real = os.path.realpath(file)
-            if not any(real.startswith(d + os.sep) for d in site):
+            for mod in ship:
                 cloudpickle.register_pickle_by_value(mod)
-                shipped.append(mod)
-        return shipped
-
-    def _check_importable(self, payload: bytes) -> None:
-        if self.mode == "process":
-            return  # the workers are this very environment
-        wanted = sorted(
-            n for n in _modules_by_reference(payload)
-            if n not in sys.stdlib_module_names and n not in self._known_modules and n not in ("builtins", "__main__")
-        )  # fmt: skip
-        if wanted:
-            import json
-
-            header = json.dumps({"kind": "probe", "modules": wanted}).encode()
-            u = envelope._U64.pack
-            missing = self._enqueue([u(len(header)), header, u(0), b"", u(0)], "probe").result()
-            for name in wanted:
-                self._known_modules[name] = name not in missing
-        missing = [n for n in _modules_by_reference(payload) if self._known_modules.get(n) is False]
-        if missing:
+            try:
+                frames = self._dump(job, fn)
+            finally:
+                for mod in ship:
+                    cloudpickle.unregister_pickle_by_value(mod)
+        missing = [m for m in mentioned if self._verdicts.get(m) == "missing"]
+        if missing and set(missing) & _modules_by_reference(bytes(frames[3])):
             where = ", ".join(f"{n} (here: {getattr(sys.modules.get(n), '__file__', '?')})" for n in missing)
             raise ModuleNotInImage(
                 f"This job needs {where}, which image {self.image} cannot import, and envpin only ships modules "
                 "that are not installed. Install it in the image, or run the notebook in the image "
                 f"(%use_image {self.image}) so what you import is what the jobs have."
             )
+        return frames
+
+    def _dump(self, job: tuple, fn: Callable) -> list:
+        try:
+            return envelope.dumps(job, "job")
+        except Exception as exc:
+            raise EnvpinError(
+                f"This job cannot be sent to a worker: pickling {getattr(fn, '__qualname__', fn)!s} with its "
+                f"arguments failed ({type(exc).__name__}: {exc}). Jobs must not capture locks, open files, "
+                "sockets or clients; create those inside the job function."
+            ) from None
+
+    def _local_or_installed(self, name: str) -> str:
+        """'ship' for a module outside site-packages (the notebook's own code), else 'installed' (to probe)."""
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if not file:
+            return "image"  # namespace or built-in module: nothing to ship, nothing to check
+        real = os.path.realpath(file)
+        if not any(real.startswith(d + os.sep) for d in _site_dirs()):
+            return "ship"
+        return "image" if self.mode == "process" else "installed"
+
+    def _probe(self, names: list[str]) -> None:
+        """Ask a worker which of ``names`` its image can import; record the verdicts."""
+        import json
+
+        header = json.dumps({"kind": "probe", "modules": names}).encode()
+        u = envelope._U64.pack
+        missing = set(self._enqueue([u(len(header)), header, u(0), b"", u(0)], "probe").result())
+        for name in names:
+            self._verdicts[name] = "missing" if name in missing else "image"
 
     def map(self, fn: Callable, *iterables, timeout: float | None = None, chunksize: int = 1):
         return super().map(fn, *iterables, timeout=timeout)
