@@ -252,3 +252,18 @@ def test_stamp_for_systems_without_an_adapter(monkeypatch):
     assert seen == [("on", PY311)] and "test-adapter" in hooks.active()
     hooks.unregister("test-adapter")
     assert seen[-1] == ("off", None)
+
+
+def test_worker_containers_of_a_killed_caller_are_collected(docker_client, notebook_dir):
+    code = (
+        "import os, signal, envpin\n"
+        f"ex = envpin.ContainerExecutor({PY311!r})\n"
+        "print(ex.submit(abs, -1).result(60), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=notebook_dir, capture_output=True, text=True, timeout=60)
+    assert out.returncode == -9 and out.stdout.strip() == "1"
+    assert docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # left behind ...
+    gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)
+    assert gc.returncode == 0 and "removed 1" in gc.stdout
+    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # ... and collected

@@ -28,3 +28,5 @@ def test_quickstart_runs_in_the_demo_image(install_kernelspec, tmp_path, docker_
     assert f"working dir   : {work}" in text
     assert "cloudpickle 3." in text and "pickled a function" in text
     assert (work / ".envpin.json").exists()
+    assert text.count("job -> (") == 4 and f"'ubuntu-22.04-py3', '{demo_id[:19]}')" in text  # jobs ran in the image
+    assert "'YT_JOB_DOCKER_IMAGE': 'ubuntu-22.04-py3'" in text
