@@ -15,14 +15,12 @@ before or after, interleaved; nothing is asserted (the machines are noisy).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _setup import parse_and_prepare
 
 
 def tiny(x):
@@ -66,15 +64,8 @@ def main() -> None:
     import numpy as np
 
     from envpin.executor import ContainerExecutor
-    from tools.engine import ensure_engine
-    from tools.images import build
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--image", default="envpin-test/py311:latest")
-    args = parser.parse_args()
-    ensure_engine()
-    build(args.image)
+    args = parse_and_prepare({"workers": 2})
     client = docker.from_env()
 
     # Cold: a new executor's first job vs a bare `docker run IMAGE python -c pass`, interleaved.

@@ -11,16 +11,14 @@ machines are noisy).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _setup import parse_and_prepare
 
 
 async def one_start(kernel_name: str, cwd: str) -> float:
@@ -47,16 +45,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--image", default="envpin-test/py311:latest")
-    args = parser.parse_args()
-
-    from tools.engine import ensure_engine
-    from tools.images import build
-
-    ensure_engine()
-    build(args.image)
+    args = parse_and_prepare({"runs": 15})
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["JUPYTER_DATA_DIR"] = tmp
         os.environ["JUPYTER_PATH"] = tmp

@@ -1,0 +1,26 @@
+"""What every benchmark starts with: its arguments, a running engine, and the image it measures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_IMAGE = "envpin-test/py311:latest"
+
+
+def parse_and_prepare(extra: dict[str, int]) -> argparse.Namespace:
+    """Parse ``--image`` plus integer options ``extra`` (name -> default); start the engine, build the image."""
+    from tools.engine import ensure_engine
+    from tools.images import build
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--image", default=DEFAULT_IMAGE)
+    for name, value in extra.items():
+        parser.add_argument(f"--{name}", type=int, default=value)
+    args = parser.parse_args()
+    ensure_engine()
+    build(args.image)
+    return args
