@@ -267,3 +267,21 @@ def test_worker_containers_of_a_killed_caller_are_collected(docker_client, noteb
     gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0 and "removed 1" in gc.stdout
     assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # ... and collected
+
+
+def test_a_host_kernels_worker_containers_go_when_the_kernel_ends(jupyter_env, notebook_dir, docker_client):
+    """A plain ipykernel on the host submits to worker containers; its shutdown removes them."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"%load_ext envpin\n%use_image {PY311}"),
+        nbformat.v4.new_code_cell("import envpin; print(envpin.submit(lambda: __import__('os').path.exists('/.dockerenv')).result(60))"),
+        nbformat.v4.new_code_cell("import docker; print(len(docker.from_env().containers.list(filters={'label': 'envpin.role=job'})))"),
+    ]
+    NotebookClient(nb, kernel_name="python3", timeout=90, resources={"metadata": {"path": str(notebook_dir)}}).execute()
+    assert "worker containers of" in nb.cells[0].outputs[-1]["data"]["text/plain"]
+    assert nb.cells[1].outputs[0]["text"].strip() == "True"
+    assert nb.cells[2].outputs[0]["text"].strip() == "1"  # a warm worker container while the kernel lived
+    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})

@@ -254,3 +254,10 @@ async def test_use_image_pull_goes_to_the_registry(install_kernelspec, notebook_
         assert f"Image '{PY311}' could not be pulled (pull policy 'always' or --pull)" in evalue
         assert "The local copy was not used" in evalue
         assert (await run_json(kc, PROBE))["python"] == [3, 11]  # the kernel is still there
+
+
+async def test_use_image_in_a_script_returns_at_once_inside_the_image(install_kernelspec, notebook_dir):
+    name = install_kernelspec(PY311)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        res = await run(kc, f"import envpin, time; t = time.monotonic(); envpin.use_image({PY311!r}); print(time.monotonic() - t < 0.1)")
+        assert res["stdout"].strip() == "True"  # no respawn: the process is in a container of that image
