@@ -47,13 +47,21 @@ def hand_over_and_exit(shell: Any, folder: Path) -> None:
         {
             "parent_header": json.loads(json.dumps(parent["header"], default=str)),
             "ident": [_as_bytes(i).hex() for i in ident],
-            "execution_count": shell.execution_count,
+            "execution_count": _current_cell_number(shell),
         },
     )
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(0.3)  # let the I/O thread put the last output on the wire
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
+
+
+def _current_cell_number(shell: Any) -> int:
+    """This cell's In[n] number: IPython 8 counts it in execution_count, IPython 9 already the next."""
+    history = shell.user_ns.get("In")
+    if isinstance(history, list) and len(history) > 1:
+        return len(history) - 1
+    return shell.execution_count
 
 
 def _as_bytes(frame: Any) -> bytes:
@@ -74,6 +82,8 @@ def expect_handoff(shell: Any, folder: Path, wait: float = 120.0) -> None:
         while time.monotonic() < deadline:
             data = control.take_json(folder / control.HANDOFF)
             if data:
+                # Go on counting where the old kernel stopped: In [n] numbers stay unique in the notebook.
+                shell.execution_count = int(data["execution_count"]) + 1
                 data["note"] = (
                     f"envpin: this kernel now runs in {os.environ.get('ENVPIN_IMAGE_NAME') or os.environ.get('ENVPIN_IMAGE')}"
                     f" ({os.environ.get('ENVPIN_IMAGE_ID')}), Python {platform.python_version()}"

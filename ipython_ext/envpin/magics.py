@@ -108,7 +108,7 @@ class EnvpinMagics(Magics):
                 "cwd": os.getcwd(),
                 "python": platform.python_version(),
             },
-            on_progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+            on_progress=lambda msg: print(msg, flush=True),  # progress, not an error: stdout
         )
         status = answer.get("status")
         if status == "same":
