@@ -86,8 +86,8 @@ def install_kernelspec(jupyter_env):
     """``install_kernelspec(image, name=..., **config)`` writes a kernelspec under the private JUPYTER_PATH."""
     from envpin_provisioner import kernelspec
 
-    def install(image, name=None, **config):
-        path = kernelspec.install(image, name=name, user=True, config=config)
+    def install(image, name=None, display_name=None, **config):
+        path = kernelspec.install(image, name=name, display_name=display_name, user=True, config=config)
         return Path(path).name
 
     return install
