@@ -1,0 +1,68 @@
+"""Nothing exposed: no listener on a non-loopback address, no key in sight, no privileges, only the configured mounts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from conftest import PY311
+from kernels import kernel, run
+
+_LISTEN = "0A"
+
+
+def listeners(proc_net_dir: str = "/proc/net") -> set[tuple[str, int]]:
+    """(address hex, port) of TCP sockets in LISTEN state, IPv4 and IPv6."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = open(os.path.join(proc_net_dir, name)).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == _LISTEN:
+                addr, port = local.split(":")
+                found.add((addr, int(port, 16)))
+    return found
+
+
+def non_loopback(socks):
+    loopback = {"0100007F", "00000000000000000000000001000000"}
+    return {s for s in socks if s[0] not in loopback and not s[0].endswith("0100007F")}
+
+
+async def test_no_listener_no_key_no_privileges(install_kernelspec, notebook_dir, docker_client, tmp_path):
+    before = non_loopback(listeners())
+    name = install_kernelspec(PY311)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        # A job worker too, so both kinds of process are running.
+        res = await run(kc, "import envpin; print(envpin.submit(abs, -1).result(60))")
+        assert res["stdout"].strip() == "1", res
+        key = km.session.key.decode()
+        # Nothing new listens on a non-loopback address on the host ...
+        assert non_loopback(listeners()) == before
+        (container,) = docker_client.containers.list(filters={"label": f"envpin.kernel-id={km.kernel_id}"})
+        # ... nor anywhere inside the kernel's container (kernel and worker processes).
+        # (ipykernel may listen on the container's own loopback, which nothing outside it can reach.)
+        inside = container.exec_run(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).output.decode().splitlines()
+        socks = {tuple(l.split()[1].split(":")) for l in inside if l.split()[3:4] == [_LISTEN]}
+        assert not non_loopback({(a, int(p, 16)) for a, p in socks})
+        # The key is in no command line, environment or label, on the host or in the container.
+        assert key not in json.dumps(container.attrs)
+        assert key not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert key not in container.exec_run(["sh", "-c", "cat /proc/*/cmdline /proc/*/environ 2>/dev/null"]).output.decode(errors="replace")
+        host = container.attrs["HostConfig"]
+        assert host["Privileged"] is False and "no-new-privileges" in host["SecurityOpt"]
+        assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+        # Only the channel directory, envpin's package (read-only) and the notebook folder: no Docker socket.
+        mounts = {(m["Destination"], m["RW"]) for m in container.attrs["Mounts"]}
+        assert mounts == {
+            (os.path.dirname(km.connection_file), True),
+            ("/opt/envpin/python/envpin", False),
+            (str(notebook_dir), True),
+        }
+        assert not any("docker.sock" in m["Source"] for m in container.attrs["Mounts"])
+        channel = os.path.dirname(km.connection_file)
+        assert os.stat(channel).st_mode & 0o777 == 0o700 and os.stat(km.connection_file).st_mode & 0o777 == 0o600
