@@ -70,4 +70,10 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = await kc.get_shell_msg(timeout=10)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
+        # Without the provisioner nobody can move this kernel: %use_image says so, and how to get there.
+        from kernels import run
+
+        res = await run(kc, f"%load_ext envpin\n%use_image {PY311}")
+        assert res["ename"] == "UsageError" and "the envpin provisioner does not manage" in res["evalue"]
+        assert (await run(kc, f"%use_image {PY313}"))["status"] == "ok"  # its own image: pinned
     # The autouse fixture asserts the container is gone after shutdown.

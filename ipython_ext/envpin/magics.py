@@ -147,9 +147,10 @@ class EnvpinMagics(Magics):
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         raise EnvpinError(
-            f"This kernel runs inside a container of {here} that envpin did not start, "
-            f"so it cannot move into '{args.image}'. Start the notebook with the Containerized Python kernel "
-            f"(envpin kernelspec install --image {args.image}) instead."
+            f"This kernel runs in a container of {here} that the envpin provisioner does not manage (started "
+            "by envpin run, by a client that ignores kernel provisioners such as VS Code, or by another tool), "
+            f"so it cannot move into '{args.image}'. Open the notebook in JupyterLab or Notebook with the "
+            f"Containerized Python kernel, or install one for that image: envpin kernelspec install --image {args.image}."
         )
 
     # -- a kernel on the host --------------------------------------------------------
