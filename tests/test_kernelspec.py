@@ -74,6 +74,6 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
         from kernels import run
 
         res = await run(kc, f"%load_ext envpin\n%use_image {PY311}")
-        assert res["ename"] == "UsageError" and "the envpin provisioner does not manage" in res["evalue"]
+        assert res["ename"] == "UsageError" and "the envpin provisioner does not manage" in res["evalue"], res
         assert (await run(kc, f"%use_image {PY313}"))["status"] == "ok"  # its own image: pinned
     # The autouse fixture asserts the container is gone after shutdown.

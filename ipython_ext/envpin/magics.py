@@ -140,7 +140,7 @@ class EnvpinMagics(Magics):
 
     def _in_foreign_container(self, args):
         here = os.environ.get("ENVPIN_IMAGE")
-        if here and args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME"), aliases.expand(args.image)):
+        if here and (args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME")) or aliases.expand(args.image) == here):
             pin = pin_from_environment("container")
             pin.name = args.image
             set_pin(pin, args.strict)
