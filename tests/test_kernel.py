@@ -155,6 +155,13 @@ async def test_tcp_transport_publishes_on_loopback_only(docker_client, install_k
         assert {b["HostIp"] for v in bindings.values() for b in v} == {"127.0.0.1"}
         assert json.dumps(container.attrs).find(km.session.key.decode()) == -1
         assert (await run_json(kc, PROBE))["dockerenv"] is True
+        # The image's ipykernel reads CurveZMQ keys: the channels are encrypted, keys only in the file.
+        assert km.curve_publickey is not None
+        assert (await run_json(kc, "sorted(k for k in __import__('json').load(open('/tmp/envpin-kernel.json')) if k.startswith('curve'))")) == [
+            "curve_publickey",
+            "curve_secretkey",
+        ]
+        assert km.curve_secretkey.decode() not in json.dumps(container.attrs)
 
 
 async def test_network_none_still_works_over_ipc(docker_client, install_kernelspec, notebook_dir):

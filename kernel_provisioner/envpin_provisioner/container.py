@@ -291,6 +291,10 @@ def wait_ready(
                 sock = ctx.socket(zmq.REQ)
                 sock.linger = 0
                 sock.setsockopt(zmq.RECONNECT_IVL, 10)
+                server_key = launch.connection_info.get("curve_publickey")
+                if server_key:  # the kernel's sockets speak CurveZMQ: so must this probe
+                    sock.curve_serverkey = server_key.encode() if isinstance(server_key, str) else server_key
+                    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
                 sock.connect(_heartbeat_url(launch))
                 sock.send(b"envpin-ready?")
                 sent = now

@@ -183,3 +183,24 @@ def resolve(
         return _resolved(reference, client.images.get(reference))
     except docker.errors.ImageNotFound as exc:
         raise ImageUnavailable(f"Image '{reference}' was pulled but the engine cannot find it.") from exc
+
+
+_curve_support: dict[str, bool] = {}
+
+
+def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: str = "python3") -> bool:
+    """Whether the image's ipykernel reads CurveZMQ keys from its connection file (cached by image id).
+
+    Asked of the image itself, in a short-lived container without network, because the image's
+    ipykernel, not the server's, decides; an image that cannot answer counts as "no".
+    """
+    if image.id not in _curve_support:
+        code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
+        try:
+            out = client.containers.run(
+                image.id, [python, "-c", code], entrypoint=[], network_mode="none", remove=True, stderr=False
+            )
+            _curve_support[image.id] = out.decode().strip().endswith("True")
+        except docker.errors.DockerException:
+            _curve_support[image.id] = False
+    return _curve_support[image.id]

@@ -341,6 +341,10 @@ class EnvpinProvisioner(LocalProvisioner):
                     km.ip = os.path.join(self._channel_dir, "kernel")
                 else:
                     km.ip = "127.0.0.1"
+        if transport == "tcp" and "transport_encryption" not in kwargs:
+            # Ports (even on loopback) are reachable by every local user: encrypt when the image can.
+            if await asyncio.to_thread(images.supports_curve, client, self._choice.resolved, self.python):
+                kwargs["transport_encryption"] = "required"
         kwargs = await super().pre_launch(**kwargs)
         self._chown_channel_dir()
         return kwargs
