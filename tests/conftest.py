@@ -27,6 +27,7 @@ PY311 = "envpin-test/py311:latest"
 PY313 = "envpin-test/py313:latest"
 NO_IPYKERNEL = "envpin-test/no-ipykernel:latest"
 NO_PYTHON = "envpin-test/no-python:latest"
+BROKEN_IPYKERNEL = "envpin-test/broken-ipykernel:latest"
 DEMO = "ubuntu-22.04-py3"
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from conftest import NO_IPYKERNEL, NO_PYTHON, PY311
+from conftest import BROKEN_IPYKERNEL, NO_IPYKERNEL, NO_PYTHON, PY311
 from envpin_provisioner.errors import (
     ConfigError,
     EngineUnavailable,
@@ -118,6 +118,14 @@ async def test_image_without_ipykernel(install_kernelspec, notebook_dir):
     assert f"Image '{NO_IPYKERNEL}' has Python but not ipykernel" in msg
     assert "pip install ipykernel" in msg
     assert "No module named ipykernel" in msg  # the container's own last log lines follow
+
+
+async def test_image_with_a_broken_or_incompatible_ipykernel(install_kernelspec, notebook_dir):
+    name = install_kernelspec(BROKEN_IPYKERNEL)
+    msg = await start_fails(name, notebook_dir, KernelStartFailed)
+    assert f"The ipykernel in image '{BROKEN_IPYKERNEL}' fails to start" in msg
+    assert "pip install -U ipykernel" in msg
+    assert "No module named 'jupyter_client'" in msg  # the real reason, from the container's output
 
 
 async def test_unknown_config_key(install_kernelspec, notebook_dir):

@@ -88,6 +88,12 @@ RECIPES: dict[str, ImageRecipe] = {
             notes="Python 3.13 with ipykernel, cloudpickle and numpy",
         ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
+        ImageRecipe(
+            "envpin-test/broken-ipykernel:latest",
+            "bookworm",
+            ("--no-deps", "ipykernel"),
+            notes="Python 3.11, ipykernel without its dependencies: installed but cannot start",
+        ),
         ImageRecipe("envpin-test/no-python:latest", "none", (), python=False, notes="no Python at all"),
     )
 }

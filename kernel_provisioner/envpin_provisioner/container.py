@@ -223,6 +223,12 @@ def _died_message(launch: KernelLaunch, exit_code: int, logs: str) -> str:
             f"Image '{ref}' has Python but not ipykernel, so the kernel could not start. "
             "Install it in the image (pip install ipykernel, plus cloudpickle for jobs) or pick an image that has it."
         )
+    elif "site-packages/ipykernel" in logs or "ipykernel" in logs and ("Error" in logs or "error" in logs):
+        lead = (
+            f"The ipykernel in image '{ref}' fails to start (exit code {exit_code}): it is broken or incompatible "
+            "with the rest of the image (see its last output below). Reinstall it with its dependencies in the "
+            "image (pip install -U ipykernel), or pick an image whose kernel starts with python -m ipykernel_launcher."
+        )
     elif exit_code in (126, 127):
         lead = (
             f"Image '{ref}' has no '{launch.python}' on its PATH (exit code {exit_code}), so no Python kernel "

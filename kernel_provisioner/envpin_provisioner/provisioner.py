@@ -377,7 +377,15 @@ class EnvpinProvisioner(LocalProvisioner):
             return None
         if self._container is None:
             return 0
-        _, code = await asyncio.to_thread(kc.state, self._container)
+        try:
+            _, code = await asyncio.to_thread(kc.state, self._container)
+        except Exception as exc:  # engine unreachable or restarting: do not declare the kernel dead on a guess
+            self.log.warning(
+                "envpin: cannot reach the Docker engine to check kernel %s (%s: %s); "
+                "it counts as alive until the engine answers again",
+                self.kernel_id, type(exc).__name__, exc,
+            )  # fmt: skip
+            return None
         return None if self._moving else code
 
     async def wait(self) -> int | None:
