@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, root, env):
+    def __init__(self, root, env, extra_args=()):
         self.root = root
         self.port = free_port()
         self.token = uuid.uuid4().hex
@@ -41,7 +41,7 @@ class Server:
                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
                 f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
                 "--ServerApp.open_browser=False", "--ServerApp.port_retries=0",
-            ] + (["--allow-root"] if os.getuid() == 0 else []),
+            ] + (["--allow-root"] if os.getuid() == 0 else []) + list(extra_args),
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -67,7 +67,8 @@ class Server:
         assert r.status_code == 201, r.text
         return r.json()["kernel"]["id"]
 
-    def execute(self, kernel_id, code, timeout=60):
+    def execute(self, kernel_id, code, timeout=60, during=None):
+        """Run ``code``; ``during()`` is called once the request is sent (e.g. to interrupt it)."""
         ws = websocket.create_connection(
             f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}", timeout=timeout
         )
@@ -83,7 +84,9 @@ class Server:
                 }
             )
         )  # fmt: skip
-        out, status = [], None
+        if during is not None:
+            during()
+        out, status, self.last_error = [], None, None
         while status is None or (status == "ok" and not out):
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
@@ -93,6 +96,7 @@ class Server:
             elif msg["msg_type"] == "execute_reply":
                 status = msg["content"]["status"]
                 if status != "ok":
+                    self.last_error = msg["content"].get("ename")
                     break
         ws.close()
         return status, "".join(out)
@@ -113,8 +117,8 @@ def server(jupyter_env, tmp_path):
     root.mkdir()
     servers = []
 
-    def start():
-        s = Server(root, dict(os.environ))
+    def start(*extra_args):
+        s = Server(root, dict(os.environ), extra_args)
         servers.append(s)
         return s
 
