@@ -86,7 +86,7 @@ def envpin_containers(client: docker.DockerClient) -> list:
 
 
 def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False) -> list[str]:
-    """Remove envpin containers whose owner is gone; return their short ids.
+    """Remove envpin containers whose owner is gone, and exited kernel containers; return their short ids.
 
     With ``other_hosts`` also those owned by processes on other hosts (whose
     liveness cannot be checked from here): only for a single-user engine.
@@ -94,7 +94,10 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
     removed = []
     for container in envpin_containers(client):
         state = owner_state(_owner(container))
-        if state == "alive" or (state == "unknown" and not other_hosts):
+        # A kernel container that has exited is never used again (a restart starts a new one): it is
+        # garbage even while its owner lives, e.g. when the engine went away before the owner removed it.
+        finished = container.labels.get(ROLE) == "kernel" and container.status in ("exited", "dead")
+        if not finished and (state == "alive" or (state == "unknown" and not other_hosts)):
             continue
         removed.append(container.short_id)
         if dry_run:
@@ -102,7 +105,7 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         try:
             container.remove(force=True)
             log.info(
-                "envpin: removed orphaned %s container %s (kernel %s, owner pid %s gone)",
+                "envpin: removed orphaned or finished %s container %s (kernel %s, owner pid %s)",
                 container.labels.get(ROLE),
                 container.short_id,
                 container.labels.get(KERNEL_ID, "?"),

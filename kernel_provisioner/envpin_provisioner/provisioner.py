@@ -283,6 +283,20 @@ class EnvpinProvisioner(LocalProvisioner):
         """The control folder lives in the channel directory, which only ipc mounts into the container."""
         return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc")
 
+    def _remove_other_containers(self, keep) -> None:
+        """Remove this kernel's containers other than ``keep``.
+
+        They exist when the engine went away before it could remove them (a
+        restart during an engine restart), or when two restarts overlapped.
+        """
+        try:
+            for other in self._client.containers.list(all=True, filters={"label": f"{ownership.KERNEL_ID}={self.kernel_id}"}):
+                if other.id != keep.id:
+                    kc.remove(other)
+                    self.log.info("envpin: removed stale container %s of kernel %s", other.short_id, self.kernel_id)
+        except Exception as exc:
+            self.log.debug("envpin: could not sweep stale containers: %s", exc)
+
     async def _start_container(self, launch: kc.KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None):
         client = await self._docker()
         container = await asyncio.to_thread(kc.start, client, launch, self.log)
@@ -364,8 +378,12 @@ class EnvpinProvisioner(LocalProvisioner):
         """Start the container and return once the kernel answers its heartbeat."""
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         launch = self._build_launch(self._choice, kwargs.get("env") or {}, cwd)
-        self._container = await self._start_container(launch)
-        self._launch = launch
+        container = await self._start_container(launch)
+        # Two restarts can overlap (the server's auto-restarter and a user's): one kernel, one container.
+        previous, self._container, self._launch = self._container, container, launch
+        if previous is not None and previous.id != container.id:
+            self.log.warning("envpin: kernel %s was started twice at once; removing %s", self.kernel_id, previous.short_id)
+        await asyncio.to_thread(self._remove_other_containers, container)
         self.cwd = cwd
         if self.transport_supports_control and (self._watcher is None or self._watcher.done()):
             self._watcher = asyncio.ensure_future(self._watch_control(kwargs.get("env") or {}))
@@ -500,8 +518,14 @@ class EnvpinProvisioner(LocalProvisioner):
             self._watcher = None
         if self._container is not None:
             container, self._container = self._container, None
-            await asyncio.to_thread(kc.remove, container)
-            self.log.info("envpin: removed kernel container %s", container.short_id)
+            try:
+                await asyncio.to_thread(kc.remove, container)
+                self.log.info("envpin: removed kernel container %s", container.short_id)
+            except Exception as exc:  # the engine is unreachable: do not break the shutdown or restart
+                self.log.warning(
+                    "envpin: could not remove kernel container %s (%s); it goes at this kernel's next "
+                    "start, or with envpin gc, once the engine answers", container.short_id, exc,
+                )  # fmt: skip
         if not restart and self._channel_dir:
             kc.remove_channel_dir(self._channel_dir)
             self._channel_dir = None
