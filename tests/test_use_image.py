@@ -19,13 +19,28 @@ from kernels import PROBE, kernel, run, run_json
 WHERE = "import sys, os; print('where', sys.version_info[:2], os.environ.get('ENVPIN_IMAGE'), os.path.exists('/.dockerenv'))"
 
 
+def _dump_diagnostics(nb) -> None:
+    """On a failure, print what the kernels' containers said (pytest shows it with the failure)."""
+    import docker
+
+    for c in docker.from_env().containers.list(all=True, filters={"label": "envpin.role"}):
+        print(f"--- container {c.short_id} {c.status} {c.labels.get('envpin.image')}\n{c.logs(tail=40).decode(errors='replace')}")
+    for i, cell in enumerate(nb.cells):
+        print(f"--- cell {i}: {cell.source!r} -> {cell.get('outputs')}")
+
+
 def execute(cells: list[str], kernel_name: str, folder, allow_errors=False) -> list[str]:
     """Run ``cells`` as a notebook in ``folder`` with nbclient; return each cell's text output."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-    NotebookClient(
+    client = NotebookClient(
         nb, kernel_name=kernel_name, timeout=90, allow_errors=allow_errors, resources={"metadata": {"path": str(folder)}}
-    ).execute()
+    )
+    try:
+        client.execute()
+    except Exception:
+        _dump_diagnostics(nb)
+        raise
     texts = []
     for cell in nb.cells:
         parts = []
