@@ -164,6 +164,19 @@ def test_unpicklable_jobs_and_results_are_clear_errors(executor):
         ex.submit(lambda: __import__("threading").Lock()).result(timeout=60)
     assert ex.submit(abs, -4).result(timeout=60) == 4  # the worker lives on
 
+    def worker_only_type():
+        import sys, types
+
+        mod = types.ModuleType("only_in_the_worker")
+        exec("class Thing:\n    pass", mod.__dict__)
+        sys.modules["only_in_the_worker"] = mod
+        return mod.Thing()
+
+    started = time.monotonic()
+    with pytest.raises(envpin.EnvpinError, match="its result cannot be loaded here.*only_in_the_worker"):
+        ex.submit(worker_only_type).result(timeout=60)
+    assert time.monotonic() - started < 10
+
 
 def test_nested_submission_inherits_the_pin(executor, docker_client):
     ex = executor(PY311)

@@ -251,7 +251,16 @@ class _Slot:
         if kind == "probe":
             future.set_result(header.get("missing", []))
             return
-        status, value, tb = envelope.loads(header, payload, buffers, "job result")
+        try:
+            status, value, tb = envelope.loads(header, payload, buffers, "job result")
+        except envelope.EnvelopeMismatch:
+            raise
+        except Exception as exc:  # e.g. an object of a class that exists only in the image
+            raise EnvpinError(
+                f"The job ran, but its result cannot be loaded here ({type(exc).__name__}: {exc}): it holds "
+                "objects of a type this process cannot import. Return plain data (numbers, strings, lists, "
+                "dicts, arrays), or types importable on both sides."
+            ) from None
         if status == "ok":
             future.set_result(value)
         elif status == "unpicklable":
