@@ -11,7 +11,6 @@ cleaned up so one failure does not cascade.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

@@ -9,7 +9,6 @@ screenshot is kept in test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time

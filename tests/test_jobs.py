@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import json
 import os
 import platform
 import subprocess
 import sys
 import threading
 import time
-import warnings
 
 import pytest
 

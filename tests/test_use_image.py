@@ -262,7 +262,6 @@ async def test_use_image_pull_goes_to_the_registry(install_kernelspec, notebook_
                 out.append(msg["content"]["text"])
 
         reply = await kc.execute_interactive(f"%use_image {PY311} --pull", timeout=30, output_hook=hook)
-        text = "".join(out)
         # No registry is reachable here, so the pull fails: the message says which image and why.
         assert reply["content"]["status"] == "error"
         evalue = reply["content"]["evalue"]

@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import functools
-import itertools
 import os
-import pickletools
 import queue
 import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
 import uuid
 from typing import Any, Callable
 
-from . import envelope, worker
+from . import envelope, shipping, worker
 from .errors import EnvpinError
 
 
@@ -77,74 +73,6 @@ class JobFuture(cf.Future):
         slot.cancelled = self
         slot.kill_worker()
         return True
-
-
-@functools.lru_cache(maxsize=1)
-def _site_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple(os.path.realpath(paths[k]) for k in ("purelib", "platlib", "stdlib", "platstdlib") if paths.get(k))
-
-
-_loaded_top: tuple[int, frozenset] = (-1, frozenset())
-
-
-def _loaded_top_level_modules() -> frozenset:
-    """Top-level names of imported non-standard modules (recomputed when sys.modules grows)."""
-    global _loaded_top
-    if _loaded_top[0] != len(sys.modules):
-        names = {m.partition(".")[0] for m in list(sys.modules)}
-        names -= set(sys.stdlib_module_names) | {"__main__", "builtins", "cloudpickle", "envpin", "__mp_main__"}
-        _loaded_top = (len(sys.modules), frozenset(n for n in names if not n.startswith("__")))
-    return _loaded_top[1]
-
-
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING"}
-_NO_PUSH_OPS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "PROTO", "FRAME", "STOP"}
-
-
-def _is_subimport(value: Any) -> bool:
-    return isinstance(value, tuple) and value[2] == "subimport" and str(value[1]).startswith("cloudpickle")
-
-
-def _modules_by_reference(payload: bytes) -> set[str]:
-    """Top-level modules a pickle imports by name (its GLOBAL / STACK_GLOBAL opcodes).
-
-    STACK_GLOBAL takes its module and name from the two values pushed just
-    before it, either as strings or fetched from the memo, so it is enough to
-    follow what was pushed last and what the memo holds; nothing is unpickled.
-    A module object a function uses as a global is pickled by cloudpickle as
-    ``subimport("name")``: the string after that call is a module too.
-    """
-    mods: set[str] = set()
-    memo: dict[int, Any] = {}
-    pushed: list[Any] = [None, None]
-    for op, arg, _ in pickletools.genops(payload):
-        name = op.name
-        if name in _STRING_OPS:
-            if _is_subimport(pushed[-1]):
-                mods.add(arg.split(".")[0])
-            pushed.append(arg)
-        elif name in ("BINGET", "LONG_BINGET", "GET"):
-            pushed.append(memo.get(int(arg)))
-        elif name == "MEMOIZE":
-            memo[len(memo)] = pushed[-1]
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = pushed[-1]
-        elif name == "STACK_GLOBAL":
-            module, attr = pushed[-2], pushed[-1]
-            if isinstance(module, str):
-                mods.add(module.split(".")[0])
-            pushed.append(("global", module, attr))
-        elif name == "GLOBAL":
-            module, _, attr = str(arg).partition(" ")
-            mods.add(module.split(".")[0])
-            pushed.append(("global", module, attr))
-        elif name not in _NO_PUSH_OPS:
-            pushed.append(None)
-        del pushed[:-2]
-    # Only names of modules this process has imported can be modules the pickle refers to.
-    mods &= _loaded_top_level_modules()
-    return mods - {"builtins", "__main__", "copyreg", "cloudpickle", "envpin"}
 
 
 class _Slot:
@@ -231,7 +159,7 @@ class _Slot:
                 header, payload, buffers = envelope.read_frames(lambda n: worker.recv_exact(self.conn, n))
                 future._slot = None
                 self._deliver(future, header, payload, buffers, kind)
-            except (EOFError, OSError) as exc:
+            except (EOFError, OSError):
                 future._slot = None
                 handle, self.handle = self.handle, None
                 self.kill_worker()
@@ -432,10 +360,10 @@ class ContainerExecutor(cf.Executor):
         job = (fn, args, kwargs)
         frames = self._dump(job, fn)
         payload = bytes(frames[3])
-        mentioned = [m for m in _loaded_top_level_modules() if m.encode() in payload]
+        mentioned = [m for m in shipping.loaded_top_level_modules() if m.encode() in payload]
         unknown = [m for m in mentioned if m not in self._verdicts]
         if unknown:
-            referenced = _modules_by_reference(payload)
+            referenced = shipping.modules_by_reference(payload)
             for m in mentioned:
                 if m not in referenced:
                     continue  # a mere string: decide when it is really used
@@ -455,7 +383,7 @@ class ContainerExecutor(cf.Executor):
                 for mod in ship:
                     cloudpickle.unregister_pickle_by_value(mod)
         missing = [m for m in mentioned if self._verdicts.get(m) == "missing"]
-        if missing and set(missing) & _modules_by_reference(bytes(frames[3])):
+        if missing and set(missing) & shipping.modules_by_reference(bytes(frames[3])):
             where = ", ".join(f"{n} (here: {getattr(sys.modules.get(n), '__file__', '?')})" for n in missing)
             raise ModuleNotInImage(
                 f"This job needs {where}, which image {self.image} cannot import, and envpin only ships modules "
@@ -480,7 +408,7 @@ class ContainerExecutor(cf.Executor):
         if not file:
             return "image"  # namespace or built-in module: nothing to ship, nothing to check
         real = os.path.realpath(file)
-        if not any(real.startswith(d + os.sep) for d in _site_dirs()):
+        if not any(real.startswith(d + os.sep) for d in shipping.site_dirs()):
             return "ship"
         return "image" if self.mode == "process" else "installed"
 

@@ -34,10 +34,11 @@ def _parse_config(pairs: list[str]) -> dict:
 
 def _kernelspec_install(args) -> int:
     from . import kernelspec
-    from .provisioner import _check_options, EnvpinProvisioner
+    from .options import check_options
+    from .provisioner import EnvpinProvisioner
 
     config = _parse_config(args.config)
-    _check_options(EnvpinProvisioner, dict(config, image=args.image or "x"), None)
+    check_options(EnvpinProvisioner, dict(config, image=args.image or "x"), None)
     path = kernelspec.install(
         args.image,
         name=args.name,

@@ -25,7 +25,6 @@ that touches the kernel process is replaced by its container equivalent.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import os
 import signal
 from pathlib import Path
@@ -34,14 +33,15 @@ from typing import Any
 from docker.types import Mount
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, HasTraits, CaselessStrEnum, Dict, Float, Integer, List, TraitError, Unicode, Union, default
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode, Union, default
 
-from . import container as kc
 from envpin import control, pins
 from envpin.handoff import EXPECT_ENV as handoff_env
 
+from . import container as kc
 from . import engine, image_choice, images, ownership
 from .errors import ConfigError, EnvpinError
+from .options import check_options
 
 _gc_done = False
 
@@ -192,7 +192,7 @@ class EnvpinProvisioner(LocalProvisioner):
     _moving = False
 
     def __init__(self, **kwargs: Any) -> None:
-        _check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        check_options(type(self), kwargs, kwargs.get("kernel_spec"))
         super().__init__(**kwargs)
 
     @property
@@ -567,39 +567,6 @@ class EnvpinProvisioner(LocalProvisioner):
         await asyncio.to_thread(ownership.adopt, self._container.id)
 
 
-def _check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
-    """Refuse unknown or ill-typed kernelspec options with one readable message.
-
-    Without this, jupyter_client passes unknown keys on and traitlets drops them
-    with a deprecation warning nobody sees, and a wrong type surfaces as a
-    TraitError from deep inside traitlets.
-    """
-    base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
-    traits = cls.class_traits(config=True)
-    problems = []
-    for key, value in kwargs.items():
-        if key in base:
-            continue
-        if key not in traits:
-            close = difflib.get_close_matches(key, traits, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"unknown option '{key}'{hint}")
-            continue
-        try:
-            traits[key].validate(_Dummy(), value)
-        except TraitError:
-            problems.append(f"option '{key}' has the wrong type or value {value!r} ({traits[key].info()} expected)")
-    if problems:
-        name = getattr(kernel_spec, "display_name", None) or "this kernel"
-        image = kwargs.get("image") or "the default image"
-        raise ConfigError(
-            f"The kernelspec '{name}' (image {image}) has bad envpin settings in "
-            f"metadata.kernel_provisioner.config: {'; '.join(problems)}. "
-            f"Known options: {', '.join(sorted(traits))}. Fix the kernelspec's kernel.json "
-            "(jupyter kernelspec list shows where it is) or reinstall it with envpin kernelspec install."
-        )
-
-
 def _wait_exit(container, timeout: float) -> None:
     """Wait up to ``timeout`` s for ``container`` to stop by itself, then kill it."""
     import time
@@ -613,10 +580,6 @@ def _wait_exit(container, timeout: float) -> None:
         container.kill()
     except Exception:
         pass
-
-
-class _Dummy(HasTraits):
-    """Stand-in owner for trait validators, which look at the object they validate for."""
 
 
 __all__ = ["EnvpinProvisioner", "EnvpinError"]
