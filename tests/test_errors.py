@@ -7,6 +7,7 @@ offline laptop does.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -69,7 +70,7 @@ async def test_engine_socket_permission_denied(install_kernelspec, notebook_dir,
     monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
     import os
 
-    if os.getuid() == 0:  # root ignores file modes: check the message through the same code path
+    if os.getuid() == 0:  # root ignores file modes (the real socket is tested as nobody, below)
         from envpin_provisioner.engine import explain_engine_failure
 
         msg = str(explain_engine_failure(PermissionError(13, "Permission denied")))
@@ -159,3 +160,31 @@ def test_gpus_option_is_checked():
     assert parse_gpus("device=0,1")[0]["DeviceIDs"] == ["0", "1"]
     with pytest.raises(ConfigError):
         parse_gpus("many")
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root to become nobody")
+def test_engine_socket_permission_denied_for_a_real_user():
+    """`envpin gc` as a user outside the docker group, against the real engine socket."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="envpin-nobody-"))  # pytest's tmp dirs are root-only
+    lib = tmp_path / "lib"
+    for name in ("docker", "requests", "urllib3", "idna", "charset_normalizer", "certifi", "envpin", "envpin_provisioner"):
+        shutil.copytree(importlib.util.find_spec(name).submodule_search_locations[0], lib / name)
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    started = time.monotonic()
+    out = subprocess.run(
+        ["/usr/bin/python3", "-m", "envpin_provisioner", "gc"],
+        env={"PYTHONPATH": str(lib), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        user=65534, group=65534, extra_groups=[], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "permission denied on its socket" in out.stderr and "docker' group" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.monotonic() - started < 10
+    shutil.rmtree(tmp_path)

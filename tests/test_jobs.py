@@ -209,8 +209,11 @@ def test_a_dead_worker_fails_only_its_job(executor, docker_client):
 
 def test_out_of_memory_is_named(executor):
     ex = executor(PY311, max_workers=1, mem_limit="96m")
+    assert ex.submit(abs, -1).result(timeout=60) == 1  # a warm worker
+    started = time.monotonic()
     with pytest.raises(WorkerDied, match="out of memory"):
         ex.submit(lambda: len(bytearray(400 * 2**20))).result(timeout=60)
+    assert time.monotonic() - started < 10
     assert ex.submit(abs, -3).result(timeout=60) == 3
 
 

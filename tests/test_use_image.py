@@ -134,8 +134,10 @@ async def test_a_damaged_pin_file_is_reported_and_kept(install_kernelspec, noteb
     from envpin.errors import PinFileError
 
     km = AsyncKernelManager(kernel_name=name)
+    started = time.monotonic()
     with pytest.raises(PinFileError) as info:
         await km.start_kernel(cwd=str(notebook_dir))
+    assert time.monotonic() - started < 10
     assert ".envpin.json is damaged (line 1)" in str(info.value) and "will not overwrite" in str(info.value)
     assert (notebook_dir / ".envpin.json").read_text() == '{"notebooks": {"a.ipynb": {"image": '
 
@@ -180,7 +182,9 @@ def test_unload_removes_the_magic(install_kernelspec, notebook_dir):
 
 def test_plain_ipykernel_gets_the_fingerprint_warning(notebook_dir, jupyter_env):
     """A kernel on the host cannot move: jobs are pinned and the pickle-breaking differences shown."""
+    started = time.monotonic()
     out = execute(["%load_ext envpin", f"%use_image {PY313}", "%use_image"], "python3", notebook_dir)
+    assert time.monotonic() - started < 10 + 10  # kernel start plus at most 10 s for the warning
     assert "differs from it in ways that break pickles" in out[1]
     assert "python_minor: 3.11 vs 3.13  <- breaks pickles" in out[1]
     assert "jobs pinned to  " + PY313 in out[2] and "this host" in out[2]

@@ -3,10 +3,20 @@
 This package may import the kernel-side ``envpin`` package; the reverse never
 happens, because ``envpin`` is mounted into containers that have none of the
 server's dependencies (Docker SDK, jupyter_client).
+
+``EnvpinProvisioner`` is imported on first use, so that the CLI's small
+commands (``envpin gc``) need only the Docker SDK.
 """
 
 from .errors import EnvpinError
-from .provisioner import EnvpinProvisioner
 
 __all__ = ["EnvpinProvisioner", "EnvpinError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "EnvpinProvisioner":
+        from .provisioner import EnvpinProvisioner
+
+        return EnvpinProvisioner
+    raise AttributeError(f"module 'envpin_provisioner' has no attribute {name!r}")
