@@ -279,3 +279,16 @@ async def test_use_image_in_a_script_returns_at_once_inside_the_image(install_ke
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         res = await run(kc, f"import envpin, time; t = time.monotonic(); envpin.use_image({PY311!r}); print(time.monotonic() - t < 0.1)")
         assert res["stdout"].strip() == "True"  # no respawn: the process is in a container of that image
+
+
+async def test_use_image_reports_a_damaged_pin_file_and_keeps_it(install_kernelspec, notebook_dir):
+    name = install_kernelspec(PY311)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        damaged = '{"notebooks": {"other.ipynb": {"image": "python:3.10"}}'  # hand-edited, a brace short
+        (notebook_dir / ".envpin.json").write_text(damaged)
+        started = time.monotonic()
+        res = await run(kc, f"%load_ext envpin\n%use_image {PY311}")
+        assert res["ename"] == "UsageError" and ".envpin.json is damaged" in res["evalue"]
+        assert "will not overwrite it" in res["evalue"]
+        assert time.monotonic() - started < 10
+        assert (notebook_dir / ".envpin.json").read_text() == damaged  # the other notebook's pin is kept
