@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import subprocess
 import sys
@@ -76,3 +77,23 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
         assert res["ename"] == "UsageError" and "the envpin provisioner does not manage" in res["evalue"], res
         assert (await run(kc, f"%use_image {PY313}"))["status"] == "ok"  # its own image: pinned
     # The autouse fixture asserts the container is gone after shutdown.
+
+
+def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec, tmp_path):
+    from conftest import NO_IPYKERNEL
+
+    install_kernelspec(PY311, name="good")
+    install_kernelspec(PY313, name="newer")
+    install_kernelspec(NO_IPYKERNEL, name="bare")
+    out = subprocess.run([sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert lines[0].startswith("ok    engine: Docker ")
+    assert any(l.startswith(f"ok    kernelspec good ({PY311}): Python 3.11.") for l in lines)
+    assert any(l.startswith(f"warn  kernelspec newer ({PY313})") and "python_minor: 3.11 vs 3.13" in l for l in lines)
+    assert any(l.startswith(f"FAIL  kernelspec bare ({NO_IPYKERNEL}): no ipykernel") for l in lines)
+    down = subprocess.run(
+        [sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"},
+    )  # fmt: skip
+    assert down.returncode == 1 and down.stdout.startswith("FAIL  engine: No Docker engine answers")

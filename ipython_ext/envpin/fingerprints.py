@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 
 
 def _version_of(dist: str) -> str | None:
@@ -59,6 +59,7 @@ def local_fingerprint() -> dict[str, Any]:
         "platform": f"{sys.platform}-{platform.machine()}",
         "cloudpickle": _version_of("cloudpickle"),
         "dill": _version_of("dill"),
+        "ipykernel": _version_of("ipykernel"),
         "distributions": len(dists),
         "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
         "image": os.environ.get("ENVPIN_IMAGE"),

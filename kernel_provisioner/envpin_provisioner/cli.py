@@ -3,6 +3,7 @@
     envpin kernelspec install --image IMAGE [--name NAME] [--display-name TEXT] [--user | --prefix PATH]
     envpin kernelspec install            # the generic "Containerized Python" kernel
     envpin gc [--other-hosts] [--dry-run]
+    envpin doctor                                        # what works, what to fix
     envpin run --image IMAGE -- python script.py ARGS   # the script runs inside IMAGE
     envpin launch [--image IMAGE] -f CONNECTION_FILE   # what a kernelspec's argv runs
 
@@ -61,6 +62,12 @@ def _gc(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    from . import doctor
+
+    return doctor.main()
+
+
 def _run(args) -> int:
     from envpin import respawn
 
@@ -102,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--other-hosts", action="store_true", help="also remove those owned by other hosts")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.set_defaults(func=_gc)
+
+    doc = sub.add_parser("doctor", help="check the engine, the envpin kernelspecs and their images")
+    doc.set_defaults(func=_doctor)
 
     run = sub.add_parser("run", help="run a command inside a container of IMAGE, wired to this terminal")
     run.add_argument("--image", required=True, help="image reference, id or alias")
