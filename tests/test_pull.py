@@ -88,15 +88,21 @@ async def test_use_image_shows_pull_progress_in_the_cell(docker_client, registry
         name = install_kernelspec(PY311)
         async with kernel(name, cwd=notebook_dir) as (km, kc):
             await run(kc, "%load_ext envpin")
-            out = []
-            reply = await kc.execute_interactive(
-                f"%use_image {reference}",
-                timeout=120,
-                output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
-            )
+            out, bars = [], []
+
+            def hook(m):
+                if m["msg_type"] == "stream":
+                    out.append(m["content"]["text"])
+                elif m["msg_type"] in ("display_data", "update_display_data"):
+                    bars.append(m["content"]["data"])
+
+            reply = await kc.execute_interactive(f"%use_image {reference}", timeout=120, output_hook=hook)
             assert reply["content"]["status"] == "ok"
             text = "".join(out)
-            assert f"envpin: pulling {reference}:" in text and "MiB" in text  # progress, while it pulled
+            # A progress bar, updated in place while it pulled (text for terminals, HTML for notebooks).
+            pulling = [b for b in bars if f"envpin: pulling {reference}:" in b.get("text/plain", "")]
+            assert len(pulling) >= 3 and "MiB" in pulling[-1]["text/plain"]
+            assert "<progress value=" in pulling[-1]["text/html"]
             assert f"envpin: moving this kernel into {reference}" in text
             assert (await run_json(kc, PROBE))["image"] == reference
     finally:

@@ -71,14 +71,14 @@ def response_path(folder: Path, request_id: str) -> Path:
 def ask(
     folder: Path,
     request: dict[str, Any],
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
     first_answer_within: float = 10.0,
     idle_timeout: float = 600.0,
 ) -> dict[str, Any]:
     """Send ``request`` to the provisioner and wait for its final answer.
 
-    ``working`` answers (resolving, pulling) keep the wait alive and are shown
-    through ``on_progress``.  No answer at all within ``first_answer_within``
+    ``working`` answers (resolving, pulling: ``message`` and maybe ``fraction``)
+    keep the wait alive and are passed to ``on_progress``.  No answer at all within ``first_answer_within``
     seconds means no provisioner is listening: say so instead of hanging.
     """
     request = dict(request, id=uuid.uuid4().hex)
@@ -93,7 +93,7 @@ def ask(
             if data.get("status") != "working":
                 return data
             if on_progress and data.get("message"):
-                on_progress(data["message"])
+                on_progress(data)
         now = time.monotonic()
         if not answered and now - started > first_answer_within:
             try:

@@ -29,7 +29,7 @@ from IPython.display import display
 
 from . import aliases, control, fingerprints, handoff, hooks, pins
 from .errors import EnvironmentMismatch, EnvpinError
-from .session import Pin, Status, current_pin, pin_from_environment
+from .session import Pin, Progress, Status, current_pin, pin_from_environment
 from .session import set_pin as _set_pin
 
 #: Names a fresh kernel already has; anything else in the namespace is the user's state.
@@ -98,6 +98,7 @@ class EnvpinMagics(Magics):
     def _through_provisioner(self, args):
         folder = control.control_dir()
         state = user_state(self.shell)
+        progress = Progress()
         answer = control.ask(
             folder,
             {
@@ -108,7 +109,7 @@ class EnvpinMagics(Magics):
                 "cwd": os.getcwd(),
                 "python": platform.python_version(),
             },
-            on_progress=lambda msg: print(msg, flush=True),  # progress, not an error: stdout
+            on_progress=lambda answer: progress.update(answer["message"], answer.get("fraction")),
         )
         status = answer.get("status")
         if status == "same":

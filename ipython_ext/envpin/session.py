@@ -116,3 +116,32 @@ class Status:
             for k, v in self.rows()
         )
         return f"<table class='envpin-status'><caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>{body}</table>"
+
+
+class Progress:
+    """A pull's progress under the cell: an HTML progress bar updated in place, or text lines in a terminal."""
+
+    def __init__(self):
+        self.handle = None
+        self.message, self.fraction = "", None
+
+    def update(self, message: str, fraction: float | None = None) -> None:
+        from IPython.display import display
+
+        self.message, self.fraction = message, fraction
+        if self.handle is None:
+            self.handle = display(self, display_id=True)
+        elif self.handle is not None:
+            self.handle.update(self)
+
+    def __repr__(self) -> str:
+        pct = f" ({self.fraction:.0%})" if self.fraction is not None else ""
+        return self.message + pct
+
+    def _repr_html_(self) -> str:
+        bar = (
+            f"<progress value='{self.fraction:.3f}' max='1' style='width:20em'></progress> "
+            if self.fraction is not None
+            else ""
+        )
+        return f"<div class='envpin-progress'>{bar}<code>{html.escape(self.message)}</code></div>"

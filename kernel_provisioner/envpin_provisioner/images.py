@@ -99,7 +99,7 @@ def pull(
     client: docker.DockerClient,
     reference: str,
     log: logging.Logger | logging.LoggerAdapter,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, float | None], None] | None = None,
     interval: float = 2.0,
     present: bool = False,
 ) -> None:
@@ -111,7 +111,7 @@ def pull(
     repo, tag = _split(reference)
     log.info("envpin: pulling image %s ...", reference)
     layers: dict[str, tuple[int, int]] = {}
-    last = 0.0
+    last = last_told = 0.0
     try:
         for event in client.api.pull(repo, tag=tag, stream=True, decode=True):
             if "error" in event:
@@ -120,14 +120,16 @@ def pull(
             if event.get("id") and detail.get("total"):
                 layers[event["id"]] = (detail.get("current", 0), detail["total"])
             now = time.monotonic()
-            if now - last >= interval:
-                last = now
+            if now - last_told >= 0.3 or now - last >= interval:
                 done = sum(c for c, _ in layers.values())
-                total = sum(t for _, t in layers.values()) or 1
+                total = sum(t for _, t in layers.values())
                 msg = f"envpin: pulling {reference}: {len(layers)} layers, {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
-                log.info(msg)
-                if progress:
-                    progress(msg)
+                if now - last >= interval:  # the server log hears less often than a watching person
+                    last = now
+                    log.info(msg)
+                if progress and layers:
+                    last_told = now
+                    progress(msg, done / total if total else None)
     except docker.errors.APIError as exc:
         reason = getattr(exc, "explanation", None) or str(exc)
         if present:
@@ -149,7 +151,7 @@ def resolve(
     reference: str,
     pull_policy: str,
     log: logging.Logger | logging.LoggerAdapter,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, float | None], None] | None = None,
 ) -> ResolvedImage:
     """Resolve ``reference`` on the engine, pulling it as ``pull_policy`` says.
 

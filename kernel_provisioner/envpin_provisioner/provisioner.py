@@ -457,8 +457,8 @@ class EnvpinProvisioner(LocalProvisioner):
         self._respond(folder, request, status="working", message=f"envpin: resolving {name} ...")
         client = await self._docker()
         policy = "always" if request.get("pull") else self.pull_policy
-        def progress(message: str) -> None:  # pull progress, shown under the %use_image cell
-            self._respond(folder, request, status="working", message=message)
+        def progress(message: str, fraction: float | None = None) -> None:  # shown under the %use_image cell
+            self._respond(folder, request, status="working", message=message, fraction=fraction)
 
         resolved = await asyncio.to_thread(image_choice.resolve_name, client, name, policy, self.log, progress)
         current = self._choice.resolved
