@@ -378,12 +378,14 @@ class EnvpinProvisioner(LocalProvisioner):
         """Start the container and return once the kernel answers its heartbeat."""
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         launch = self._build_launch(self._choice, kwargs.get("env") or {}, cwd)
+        restarting = self._launch is not None
         container = await self._start_container(launch)
         # Two restarts can overlap (the server's auto-restarter and a user's): one kernel, one container.
         previous, self._container, self._launch = self._container, container, launch
         if previous is not None and previous.id != container.id:
             self.log.warning("envpin: kernel %s was started twice at once; removing %s", self.kernel_id, previous.short_id)
-        await asyncio.to_thread(self._remove_other_containers, container)
+        if restarting:  # a first start has no earlier containers to sweep: spare it the Docker call
+            await asyncio.to_thread(self._remove_other_containers, container)
         self.cwd = cwd
         if self.transport_supports_control and (self._watcher is None or self._watcher.done()):
             self._watcher = asyncio.ensure_future(self._watch_control(kwargs.get("env") or {}))
