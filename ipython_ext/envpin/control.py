@@ -52,16 +52,27 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def take_json(path: Path) -> dict[str, Any] | None:
-    """Read and delete ``path``; None when it does not exist (or is not JSON)."""
+    """Take ``path`` away and read it; None when there is none (or it is not JSON).
+
+    Taking is a rename first: reading and then deleting would race with a writer
+    replacing the file in between (the "working" answer read, the final one
+    written, then deleted unread: the cell would wait forever).  A rename takes
+    exactly one version; a later one lands at ``path`` again.
+    """
+    taken = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.taken")
     try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        os.rename(path, taken)
+    except FileNotFoundError:
         return None
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    return data
+        return json.loads(taken.read_text())
+    except ValueError:
+        return None
+    finally:
+        try:
+            taken.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def response_path(folder: Path, request_id: str) -> Path:
