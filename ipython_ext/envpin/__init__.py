@@ -69,11 +69,15 @@ def load_ipython_extension(ipython) -> None:
     from . import control, handoff, session
     from .magics import EnvpinMagics
 
-    from . import hooks
+    from . import adapters, hooks, short_errors
     from .executor import ExecutorAdapter
 
     ipython.register_magics(EnvpinMagics)
+    short_errors.install(ipython)
     hooks.register(ExecutorAdapter())
+    for adapter in adapters.builtin():  # YTsaurus, Ray, Flyte: armed by %use_image when installed
+        if adapter.name not in hooks.names():
+            hooks.register(adapter)
     if os.environ.get("ENVPIN_PINNED") == "1" and session.current_pin() is None:
         session.set_pin(session.pin_from_environment())
         hooks.activate_all(hooks.current_stamp())
@@ -84,9 +88,10 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext envpin``: remove the magic and the submission hooks, forget the pin."""
-    from . import executor, hooks, session
+    from . import executor, hooks, session, short_errors
 
     ipython.magics_manager.magics["line"].pop("use_image", None)
+    short_errors.uninstall(ipython)
     hooks.deactivate_all()
     executor.shutdown_shared()
     session.set_pin(None)

@@ -119,3 +119,29 @@ def ask(
         if answered and now - last > idle_timeout:
             raise EnvpinError("The envpin provisioner stopped answering while preparing the image.")
         time.sleep(0.05)
+
+
+#: %use_image options that outlive the kernel process (kept in the pin record, passed to a moved kernel).
+SESSION_OPTIONS = {"strict": "ENVPIN_STRICT", "ray_mode": "ENVPIN_RAY_MODE"}
+
+
+def session_options(raw) -> dict:
+    """The known session options in ``raw`` (from a request or a pin record), set ones only."""
+    raw = raw if isinstance(raw, dict) else {}
+    out = {}
+    if raw.get("strict"):
+        out["strict"] = True
+    if raw.get("ray_mode") in ("image_uri", "env_vars"):
+        out["ray_mode"] = raw["ray_mode"]
+    return out
+
+
+def session_option_env(options) -> dict[str, str]:
+    """The kernel environment that carries ``options`` into a new kernel process."""
+    options = session_options(options)
+    env = {}
+    if options.get("strict"):
+        env["ENVPIN_STRICT"] = "1"
+    if options.get("ray_mode"):
+        env["ENVPIN_RAY_MODE"] = options["ray_mode"]
+    return env

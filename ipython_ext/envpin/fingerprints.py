@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 
 
 def _version_of(dist: str) -> str | None:
@@ -64,6 +64,7 @@ def local_fingerprint() -> dict[str, Any]:
         "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
         "image": os.environ.get("ENVPIN_IMAGE"),
         "image_id": os.environ.get("ENVPIN_IMAGE_ID"),
+        "code_in_image": os.environ.get("ENVPIN_CODE_IN_IMAGE") or None,
     }
 
 

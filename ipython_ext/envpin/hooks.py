@@ -40,6 +40,8 @@ class Stamp:
     image_id: str | None
     fingerprint: dict[str, Any] = field(default_factory=dict)
     strict: bool = False
+    #: where the image keeps the project's code, if it says so (``ENV ENVPIN_CODE_IN_IMAGE=/app``)
+    code_in_image: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -67,6 +69,8 @@ class Adapter(Protocol):
 
     def available(self) -> bool: ...
 
+    # optional: def describe(self) -> str  (one line for the status table)
+
     def activate(self, stamp: Stamp) -> None: ...
 
     def deactivate(self) -> None: ...
@@ -92,8 +96,29 @@ def unregister(name: str) -> None:
     _registry.pop(name, None)
 
 
+def names() -> list[str]:
+    """Every registered adapter's name."""
+    return sorted(_registry)
+
+
 def active() -> list[str]:
     return sorted(_active)
+
+
+def registered(name: str) -> Adapter:
+    """The adapter registered as ``name`` (to set its options, e.g. the Ray adapter's ``mode``)."""
+    try:
+        return _registry[name]
+    except KeyError:
+        raise EnvpinError(
+            f"No envpin adapter is called '{name}'; registered: {', '.join(sorted(_registry)) or 'none'} "
+            "(%load_ext envpin registers the built-in ones)."
+        ) from None
+
+
+def describe() -> list[str]:
+    """A line per active adapter: what it stamps (and whether it waits for its library's import)."""
+    return [getattr(a, "describe", lambda a=a: a.name)() for _, a in sorted(_active.items())]
 
 
 def activate_all(stamp: Stamp) -> list[str]:
@@ -121,7 +146,13 @@ def current_stamp(strict: bool = False) -> Stamp | None:
     if pin is None:
         return None
     fp = {"python": pin.python, "cloudpickle": pin.cloudpickle}
-    return Stamp(image=pin.reference or aliases.expand(pin.name), image_id=pin.image_id, fingerprint=fp, strict=strict or pin.strict)
+    return Stamp(
+        image=pin.reference or aliases.expand(pin.name),
+        image_id=pin.image_id,
+        fingerprint=fp,
+        strict=strict or pin.strict,
+        code_in_image=pin.code_in_image,
+    )
 
 
 def stamp(job: dict[str, Any] | None = None, *, image_key: str = "image", env_key: str = "env", strict: bool = False) -> dict[str, Any]:

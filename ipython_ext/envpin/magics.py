@@ -68,10 +68,17 @@ class EnvpinMagics(Magics):
     @argument("--restart", action="store_true", help="move the kernel even though it holds state (which is lost)")
     @argument("--strict", action="store_true", help="refuse, instead of warning, when the environments differ")
     @argument("--pull", action="store_true", help="pull the image first even if it is present")
+    @argument(
+        "--ray-mode",
+        choices=("image_uri", "env_vars"),
+        default=None,
+        help="Ray jobs: image_uri (Ray starts workers in the image; default, or $ENVPIN_RAY_MODE) "
+        "or env_vars (the cluster's nodes already run the image)",
+    )
     def use_image(self, line: str):
         """Run this notebook and the jobs it submits in IMAGE.
 
-        %use_image IMAGE [--restart] [--strict] [--pull]
+        %use_image IMAGE [--restart] [--strict] [--pull] [--ray-mode image_uri|env_vars]
         %use_image                      show what is pinned
         """
         try:
@@ -79,9 +86,12 @@ class EnvpinMagics(Magics):
         except UsageError as exc:
             raise UsageError(
                 f"%use_image takes one image and options, not '{line.strip()}' ({exc}). "
-                "Usage: %use_image IMAGE [--restart] [--strict] [--pull]; %use_image alone shows the pin."
+                "Usage: %use_image IMAGE [--restart] [--strict] [--pull] [--ray-mode image_uri|env_vars]; "
+                "%use_image alone shows the pin."
             ) from None
         try:
+            if args.ray_mode is not None:
+                _ray_adapter().mode = args.ray_mode
             if args.image is None:
                 display(Status(current_pin(), "envpin: current pin"))
                 return
@@ -91,7 +101,8 @@ class EnvpinMagics(Magics):
                 return self._in_foreign_container(args)
             return self._on_host(args)
         except EnvpinError as exc:
-            raise UsageError(str(exc)) from None
+            # One paragraph under the cell; %tb shows the full traceback (the cause, chained).
+            raise UsageError(f"{exc} (full traceback: %tb)") from exc
 
     # -- kernel started by the envpin provisioner -----------------------------------
 
@@ -108,6 +119,7 @@ class EnvpinMagics(Magics):
                 "notebook": os.environ.get("JPY_SESSION_NAME"),
                 "cwd": os.getcwd(),
                 "python": platform.python_version(),
+                "options": {"strict": bool(args.strict), "ray_mode": args.ray_mode},
             },
             on_progress=lambda answer: progress.update(answer["message"], answer.get("fraction")),
         )
@@ -168,6 +180,7 @@ class EnvpinMagics(Magics):
             python=theirs.get("python_version"),
             cloudpickle=theirs.get("cloudpickle"),
             mode="host",
+            code_in_image=theirs.get("code_in_image"),
         )
         if breaking:
             text = (
@@ -187,6 +200,17 @@ class EnvpinMagics(Magics):
             pins.record(os.path.dirname(notebook), notebook, _pin_record(pin))
         set_pin(pin, args.strict)
         display(Status(pin, f"envpin: jobs pinned to {args.image}"))
+
+
+def _ray_adapter():
+    from .adapters.ray_adapter import RayAdapter
+
+    try:
+        adapter = hooks.registered("ray")
+    except EnvpinError:
+        adapter = RayAdapter()
+        hooks.register(adapter)
+    return adapter
 
 
 def set_pin(pin: Pin, strict: bool = False) -> None:

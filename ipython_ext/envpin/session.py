@@ -33,6 +33,7 @@ class Pin:
     mode: str
     notes: list[str] = field(default_factory=list)
     strict: bool = False  #: jobs naming another image are refused instead of warned about
+    code_in_image: str | None = None  #: the image's ``ENVPIN_CODE_IN_IMAGE`` (where it keeps the project's code)
 
 
 _current: Pin | None = None
@@ -60,6 +61,8 @@ def pin_from_environment(mode: str = "kernel in image") -> Pin | None:
         python=platform.python_version(),
         cloudpickle=_cloudpickle_version(),
         mode=mode,
+        code_in_image=os.environ.get("ENVPIN_CODE_IN_IMAGE") or None,
+        strict=os.environ.get("ENVPIN_STRICT") == "1",  # %use_image --strict, carried across a move or restart
     )
 
 
@@ -99,8 +102,7 @@ class Status:
         ]
         from . import hooks
 
-        if hooks.active():
-            rows.append(("stamping", ", ".join(hooks.active())))
+        rows += [("stamping", line) for line in hooks.describe()]
         rows += [("note", n) for n in p.notes]
         return rows
 

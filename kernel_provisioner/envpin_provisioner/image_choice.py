@@ -34,6 +34,8 @@ class ImageChoice:
     pinned: bool  #: chosen because of a pin
     latest_id: str | None = None  #: what the tag means now, when a pin holds an older id
     notes: list[str] = field(default_factory=list)
+    #: the session's %use_image options (strict, ray_mode), kept in the pin record across restarts and moves
+    options: dict = field(default_factory=dict)
 
 
 def notebook_folder(notebook: str | None, cwd: str | None) -> str:
@@ -61,16 +63,19 @@ def choose(
     if not pin:
         return ImageChoice(configured, resolve_name(client, configured, pull_policy, log), pinned=False)
     name = pin["image"]
+    options = dict(pin.get("options") or {})
     current = resolve_name(client, pin.get("reference") or name, pull_policy, log)
     pinned_id = pin.get("image_id")
     if not pinned_id or pinned_id in (current.id, current.immutable):
-        return ImageChoice(name, current, pinned=True)
+        return ImageChoice(name, current, pinned=True, options=options)
     note = f"'{name}' has moved since this notebook pinned it: pinned {pinned_id}, now {current.immutable}."
     try:
         old = client.images.get(pinned_id)
     except (docker.errors.ImageNotFound, docker.errors.APIError):
         log.warning("envpin: %s The pinned image is gone from the engine; starting the current one.", note)
-        return ImageChoice(name, current, pinned=True, notes=[note + " The pinned image is gone: running the current one."])
+        return ImageChoice(
+            name, current, pinned=True, notes=[note + " The pinned image is gone: running the current one."], options=options
+        )
     log.warning("envpin: %s Starting the pinned one; %%use_image %s moves to the current one.", note, name)
     digest = pinned_id if "@" in pinned_id else None
     env = tuple((old.attrs.get("Config") or {}).get("Env") or ())
@@ -80,4 +85,5 @@ def choose(
         pinned=True,
         latest_id=current.immutable,
         notes=[note + f" This kernel runs the pinned one; %use_image {name} moves to the current one."],
+        options=options,
     )

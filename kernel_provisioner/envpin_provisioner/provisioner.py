@@ -256,6 +256,7 @@ class EnvpinProvisioner(LocalProvisioner):
                 kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
         if moved:
             extra_env[handoff_env] = "1"
+        extra_env.update(control.session_option_env(choice.options))
         if choice.latest_id:
             extra_env["ENVPIN_IMAGE_LATEST_ID"] = choice.latest_id
         return kc.KernelLaunch(
@@ -468,13 +469,16 @@ class EnvpinProvisioner(LocalProvisioner):
         if self._choice.latest_id and resolved.immutable == self._choice.latest_id:
             notes = list(self._choice.notes)
         answer = {"name": name, "reference": resolved.reference, "image_id": resolved.immutable, "notes": notes}
+        options = control.session_options(request.get("options"))
         record = {"image": name, "reference": resolved.reference, "image_id": resolved.immutable}
+        if options:
+            record["options"] = options
         pin_folder = image_choice.notebook_folder(request.get("notebook"), request.get("cwd") or self.cwd)
         if resolved.id == current.id:
             if request.get("python"):
                 record["python"] = request["python"]
             await asyncio.to_thread(pins.record, pin_folder, request.get("notebook"), record)
-            self._choice = image_choice.ImageChoice(name, current, pinned=True)
+            self._choice = image_choice.ImageChoice(name, current, pinned=True, options=options)
             self._respond(folder, request, status="same", **answer)
             return
         if not request.get("allow_restart"):
@@ -485,7 +489,8 @@ class EnvpinProvisioner(LocalProvisioner):
         def record_pin() -> None:
             pins.record(pin_folder, request.get("notebook"), record)
 
-        await self._move(folder, request, image_choice.ImageChoice(name, resolved, pinned=True), env, answer, record_pin)
+        choice = image_choice.ImageChoice(name, resolved, pinned=True, options=options)
+        await self._move(folder, request, choice, env, answer, record_pin)
 
     async def _move(self, folder: Path, request: dict, choice, env: dict[str, str], answer: dict, record_pin) -> None:
         """Start the kernel in the new image on the same channels, then let the old one hand over and go.

@@ -1,0 +1,27 @@
+"""Adapters for real job engines: each makes its engine run jobs in the pinned image.
+
+Registered by ``%load_ext envpin``; armed by ``%use_image`` when their library
+is installed; installed into the library when it is imported (see
+``base.LibraryAdapter``).  One module per engine:
+
+* ``yt_adapter``: YTsaurus (``ytsaurus-client``), through ``user_job_spec_defaults``;
+* ``ray_adapter``: Ray, ``runtime_env`` with ``image_uri`` and ``env_vars``;
+* ``flyte_adapter``: Flyte (``flytekit``), ``container_image`` of tasks.
+"""
+
+from __future__ import annotations
+
+
+def builtin() -> list:
+    from .flyte_adapter import FlyteAdapter
+    from .ray_adapter import RayAdapter
+    from .yt_adapter import YtsaurusAdapter
+
+    return [YtsaurusAdapter(), RayAdapter(), FlyteAdapter()]
+
+
+def get(name: str):
+    """The registered adapter called ``name`` (``"ytsaurus"``, ``"ray"``, ``"flyte"``), for its options."""
+    from .. import hooks
+
+    return hooks.registered(name)

@@ -1,0 +1,119 @@
+"""Flyte: tasks declared after ``%use_image`` run in the pinned image.
+
+Two places, both flytekit's own:
+
+* the ``container_image`` of every Python task declared from now on
+  (``@task``, ``@dynamic``, ``map_task`` bodies, plugin tasks built on
+  ``PythonAutoContainerTask``), filled in when the task does not name one,
+  plus ``ENVPIN_IMAGE``/``ENVPIN_IMAGE_ID``/``YT_JOB_DOCKER_IMAGE`` in its
+  ``environment`` (the task's own values win).  That is what serialization
+  (``pyflyte register``/``package``, ``FlyteRemote.register_*``) writes into
+  the task template, whatever image configuration the command line gives;
+* ``FLYTE_INTERNAL_IMAGE``, the default image flytekit and ``pyflyte`` read
+  (``DefaultImages.find_image_for``), for everything serialized without an
+  explicit image, ``pyflyte`` started from the notebook included.
+
+A task with its own ``container_image`` (a reference or an ``ImageSpec``)
+keeps it, with the ``ImageConflictWarning`` (an error with ``--strict``).
+Tasks declared *before* ``%use_image`` keep what they had: put ``%use_image``
+above the task definitions.  Raw ``ContainerTask(image=...)`` tasks run the
+image they name and are not touched.
+
+Flyte parses images as ``name:tag`` or ``name@digest``; a pinned reference
+without either is written with ``:latest``, which is what it means to Docker.
+
+When the pinned image already contains the project's code, marked by the
+image setting ``ENV ENVPIN_CODE_IN_IMAGE=/path/of/the/code``, fast
+registration (``pyflyte register`` uploading a code bundle on top of the
+image, its default ``--copy all``) is unnecessary: the status table says so,
+and ``pyflyte register --copy none`` is the command to use.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from ..hooks import ImageConflictWarning, Stamp
+from .base import LibraryAdapter
+
+ENV_DEFAULT_IMAGE = "FLYTE_INTERNAL_IMAGE"
+
+
+def with_tag(reference: str) -> str:
+    """``reference`` as Flyte wants it: with a tag or a digest (``:latest`` when it has neither)."""
+    if "@" in reference:
+        return reference
+    last = reference.rsplit("/", 1)[-1]
+    return reference if ":" in last else reference + ":latest"
+
+
+class FlyteAdapter(LibraryAdapter):
+    name = "flyte"
+    module = "flytekit"
+    extra = "flyte"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env_before: str | None = None
+        self._env_set: str | None = None
+
+    def summary(self) -> str:
+        text = "flyte: container_image of new tasks, FLYTE_INTERNAL_IMAGE"
+        if self.stamp is not None and self.stamp.code_in_image:
+            text += (
+                f"; the image contains the code ({self.stamp.code_in_image}): fast registration is unnecessary, "
+                "register with pyflyte register --copy none"
+            )
+        return text
+
+    def install(self, flytekit, stamp: Stamp) -> None:
+        from flytekit.core.python_auto_container import PythonAutoContainerTask
+
+        image = with_tag(stamp.image)
+        self._env_before = os.environ.get(ENV_DEFAULT_IMAGE)
+        if self._env_before and with_tag(self._env_before) != image:
+            warnings.warn(
+                f"{ENV_DEFAULT_IMAGE} is '{self._env_before}' but this session is pinned to '{stamp.image}'; "
+                f"envpin sets it to '{image}' while the pin lasts.",
+                ImageConflictWarning,
+                stacklevel=2,
+            )
+        os.environ[ENV_DEFAULT_IMAGE] = self._env_set = image
+
+        def make_init(original):
+            def __init__(task, *args, **kwargs):
+                name = kwargs.get("name") or (args[0] if args else "this task")
+                if len(args) >= 4:  # container_image passed positionally: (name, task_config, task_type, image)
+                    args = list(args)
+                    args[3] = _image_for(args[3], stamp, image, name)
+                else:
+                    kwargs["container_image"] = _image_for(kwargs.get("container_image"), stamp, image, name)
+                if len(args) < 7:
+                    kwargs["environment"] = {**stamp.env, **(kwargs.get("environment") or {})}
+                original(task, *args, **kwargs)
+
+            return __init__
+
+        self.patches.wrap(PythonAutoContainerTask, "__init__", make_init)
+
+    def uninstall(self) -> None:
+        if os.environ.get(ENV_DEFAULT_IMAGE) == self._env_set:
+            if self._env_before is None:
+                os.environ.pop(ENV_DEFAULT_IMAGE, None)
+            else:
+                os.environ[ENV_DEFAULT_IMAGE] = self._env_before
+        self._env_before = self._env_set = None
+
+
+def _image_for(named, stamp: Stamp, image: str, task_name: str):
+    """The image a task gets: the pin, unless it names its own (kept, with the warning)."""
+    if named is None or named == "":
+        return image
+    if isinstance(named, str):
+        if with_tag(named) != image and named != stamp.image_id:
+            stamp.check_explicit(named, f"Flyte task {task_name}")
+        return named
+    # an ImageSpec (built at registration): never ours
+    stamp.check_explicit(f"ImageSpec({getattr(named, 'name', '?')})", f"Flyte task {task_name}")
+    return named

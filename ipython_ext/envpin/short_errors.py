@@ -1,0 +1,51 @@
+"""envpin's errors in a notebook: one paragraph under the cell, the traceback behind ``%tb``.
+
+An ``EnvpinError`` raised in a cell (a Ray task refused for its runtime_env,
+a job whose result cannot load here, a strict-mode image conflict) is a
+message for the user, not a bug report: its text already names the thing and
+the fix, and twenty frames of Ray or IPython above it only hide that.  IPython
+lets one handler take over the display of chosen exception types
+(``set_custom_exc``); ours prints the error's class and message.  ``%tb``
+displays the same exception again, which is how we know the user asked for
+the full traceback: the second showing of an exception is the full one.
+
+IPython keeps a single custom-exception handler per shell.  If something else
+already installed one, envpin leaves it alone (and envpin errors show as
+ordinary tracebacks).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from .errors import EnvpinError
+
+_RED, _RESET = "\x1b[0;31m", "\x1b[0m"
+_last_short: weakref.ref | None = None
+_installed_on: set[int] = set()
+
+
+def _handler(shell, etype, value, tb, tb_offset=None):
+    global _last_short
+    if _last_short is not None and _last_short() is value:  # shown once already: %tb wants it all
+        return shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    try:
+        _last_short = weakref.ref(value)
+    except TypeError:
+        _last_short = None
+    return [f"{_RED}{etype.__name__}{_RESET}: {value}", "(an envpin error; %tb shows the full traceback)"]
+
+
+def install(shell) -> bool:
+    """Take over the display of EnvpinError in ``shell``; False when another handler holds the slot."""
+    if getattr(shell, "custom_exceptions", ()) not in ((), None) and id(shell) not in _installed_on:
+        return False
+    shell.set_custom_exc((EnvpinError,), _handler)
+    _installed_on.add(id(shell))
+    return True
+
+
+def uninstall(shell) -> None:
+    if id(shell) in _installed_on:
+        shell.set_custom_exc((), None)
+        _installed_on.discard(id(shell))
