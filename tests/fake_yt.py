@@ -15,6 +15,7 @@ import gzip
 import itertools
 import json
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -131,6 +132,8 @@ class FakeYtProxy:
             if command == "write_file":
                 if body[:2] == b"\x1f\x8b":
                     body = gzip.decompress(body)
+                elif body[:1] == b"\x78":  # zlib ("deflate")
+                    body = zlib.decompress(body)
                 self.files[path] = body
                 self.nodes.setdefault(path, {"type": "file"})
                 return None

@@ -54,9 +54,11 @@ class ImageRecipe:
     extra_tags: tuple[str, ...] = ()
     python: bool = True  # False: an image with no Python at all (for the error paths)
     notes: str = field(default="", compare=False)
+    #: Dockerfile lines after the common recipe (same wheels + layers as a sibling image: Docker's cache reuses them)
+    tail: str = ""
 
     def digest(self) -> str:
-        text = repr((self.suite, self.packages, self.python, _DOCKERFILE, _BASE_VERSION))
+        text = repr((self.suite, self.packages, self.python, _DOCKERFILE, _BASE_VERSION)) + self.tail
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -86,6 +88,17 @@ RECIPES: dict[str, ImageRecipe] = {
             "trixie",
             ("ipykernel", "cloudpickle", "numpy"),
             notes="Python 3.13 with ipykernel, cloudpickle and numpy",
+        ),
+        ImageRecipe(
+            "envpin-test/with-code:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle", "numpy"),
+            notes="envpin-test/py311 plus a project's code, marked with ENVPIN_CODE_IN_IMAGE",
+            tail=(
+                "RUN mkdir -p /opt/project && printf 'def hello():\\n    return \"from the image\"\\n' "
+                "> /opt/project/project_code.py\n"
+                "ENV ENVPIN_CODE_IN_IMAGE=/opt/project PYTHONPATH=/opt/project\n"
+            ),
         ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
         ImageRecipe(
@@ -199,6 +212,8 @@ def build(name: str, client: docker.DockerClient | None = None) -> str:
         dockerfile = _DOCKERFILE.format(
             base=base, packages=" ".join(recipe.packages) or "--upgrade pip", label=RECIPE_LABEL, digest=digest
         )
+        if recipe.tail:  # before the label, so the sibling's layers up to the label are shared
+            dockerfile = dockerfile.replace("LABEL ", recipe.tail + "LABEL ", 1)
         if not recipe.packages:
             # A venv only: Python is there, ipykernel is not.
             dockerfile = dockerfile.replace(

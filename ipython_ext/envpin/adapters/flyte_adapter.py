@@ -15,8 +15,11 @@ Two places, both flytekit's own:
 
 A task with its own ``container_image`` (a reference or an ``ImageSpec``)
 keeps it, with the ``ImageConflictWarning`` (an error with ``--strict``).
-Tasks declared *before* ``%use_image`` keep what they had: put ``%use_image``
-above the task definitions.  Raw ``ContainerTask(image=...)`` tasks run the
+A task declared *before* ``%use_image`` without an image still serializes
+with the pin while the session is pinned (through ``FLYTE_INTERNAL_IMAGE``,
+unless the command line names another default image, ``pyflyte --image``),
+but without the ``ENVPIN_*`` variables: put ``%use_image`` above the task
+definitions.  Raw ``ContainerTask(image=...)`` tasks run the
 image they name and are not touched.
 
 Flyte parses images as ``name:tag`` or ``name@digest``; a pinned reference
@@ -86,10 +89,10 @@ class FlyteAdapter(LibraryAdapter):
                 name = kwargs.get("name") or (args[0] if args else "this task")
                 if len(args) >= 4:  # container_image passed positionally: (name, task_config, task_type, image)
                     args = list(args)
-                    args[3] = _image_for(args[3], stamp, image, name)
+                    args[3] = chosen = _image_for(args[3], stamp, image, name)
                 else:
-                    kwargs["container_image"] = _image_for(kwargs.get("container_image"), stamp, image, name)
-                if len(args) < 7:
+                    kwargs["container_image"] = chosen = _image_for(kwargs.get("container_image"), stamp, image, name)
+                if len(args) < 7 and chosen == image:  # the variables describe the image the task runs in
                     kwargs["environment"] = {**stamp.env, **(kwargs.get("environment") or {})}
                 original(task, *args, **kwargs)
 

@@ -71,14 +71,14 @@ def _compatible_fields() -> set[str]:
 def stamp_runtime_env(runtime_env: Any, stamp: Stamp, mode: str, what: str) -> dict[str, Any]:
     """``runtime_env`` with the stamp merged in (the user's values win); raises :class:`RuntimeEnvConflict`."""
     env = dict(runtime_env or {})
-    env["env_vars"] = {**stamp.env, **dict(env.get("env_vars") or {})}
-    if mode != "image_uri":
-        return env
     named = env.get("image_uri") or (env.get("container") or {}).get("image")
-    if named:
-        stamp.check_explicit(named, what)  # theirs stays (warned, or refused when strict)
+    if named and named != stamp.image:
+        stamp.check_explicit(named, what)  # theirs stays (warned, or refused when strict), without our variables
         return env
-    extra = sorted(set(env) - _compatible_fields())
+    env["env_vars"] = {**stamp.env, **dict(env.get("env_vars") or {})}
+    if mode != "image_uri" or named:
+        return env
+    extra = sorted(k for k in set(env) - _compatible_fields() if not k.startswith("_"))  # "_ray_commit": Ray's own
     if extra:
         installing = [f for f in extra if f in INSTALLING_FIELDS]
         fields = ", ".join(f"'{f}'" for f in extra)

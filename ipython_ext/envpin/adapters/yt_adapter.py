@@ -123,6 +123,10 @@ class YtsaurusAdapter(LibraryAdapter):
         named = spec.get("docker_image")
         if named and named != stamp.image:
             stamp.check_explicit(named, f"YTsaurus {job} job")
+            environment = spec.get("environment") or {}
+            for key, value in stamp.env.items():  # the variables describe the pin, which this job does not run
+                if environment.get(key) == value:
+                    del environment[key]
 
 
 class _Missing:

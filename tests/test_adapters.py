@@ -1,0 +1,330 @@
+"""Engine adapters against the real client libraries (ytsaurus-client, ray, flytekit).
+
+The notebook side is real: a real ipykernel (the host's ``python3`` kernel,
+where the three libraries are installed) loads envpin and pins
+``envpin-test/py311``, then uses each library as a user would.  What is
+faked, and only where there is no cluster here:
+
+* YTsaurus: the cluster's HTTP proxy (``tests/fake_yt.py``), which answers
+  the calls the real client makes and records the ``start_operation`` specs;
+* Ray: nothing is faked.  A real local Ray runs tasks (``env_vars`` mode), and
+  a real local head with the job server records ``submit_job``'s
+  ``runtime_env``; that job then fails for want of podman, which proves the
+  server really tried to start it in the image;
+* Flyte: no cluster is involved; tasks and workflows are serialized offline
+  by flytekit's own serializer, which is what registration uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from kernels import kernel, run, run_json
+
+IMAGE = "envpin-test/py311"
+TESTS = os.path.dirname(os.path.abspath(__file__))
+PIN = f"%load_ext envpin\n%use_image {IMAGE}"
+
+
+async def _ok(kc, code: str, timeout: float = 60) -> str:
+    res = await run(kc, code, timeout)
+    assert res["status"] == "ok", res
+    return res["stdout"]
+
+
+async def _image_id(docker_client) -> str:
+    return docker_client.images.get(IMAGE).id
+
+
+# --------------------------------------------------------------------------------------
+# YTsaurus
+# --------------------------------------------------------------------------------------
+
+YT_SETUP = f"""
+import sys, warnings, pickle, pickletools, io
+sys.path.insert(0, {TESTS!r})
+import yt.wrapper as yt
+from fake_yt import FakeYtProxy
+proxy = FakeYtProxy().__enter__()
+early = yt.YtClient(proxy=proxy.url, config={{"proxy": {{"retries": {{"count": 1}}}}}})  # made before the pin
+"""
+
+YT_OPERATIONS = """
+client = yt.YtClient(proxy=proxy.url)
+def mapper(row):
+    yield row
+def reducer(key, rows):
+    yield {"n": sum(1 for _ in rows)}
+def train():
+    print("training")
+client.run_map(mapper, "//tmp/in", "//tmp/out", sync=False)
+client.run_reduce(reducer, "//tmp/in", "//tmp/out", reduce_by=["k"], sync=False)
+client.run_map_reduce(mapper, reducer, "//tmp/in", "//tmp/out", reduce_by=["k"], sync=False)
+client.run_operation(yt.VanillaSpecBuilder().begin_task("train").command(train).job_count(2).end_task(), sync=False)
+yt.config["proxy"]["url"] = proxy.url
+yt.run_map(mapper, "//tmp/in", "//tmp/out", sync=False)  # the module-level API: the global config
+early.run_map(mapper, "//tmp/in", "//tmp/out", sync=False)
+"""
+
+YT_REPORT = """
+def user_jobs(spec):
+    jobs = {k: spec[k] for k in ("mapper", "reducer", "reduce_combiner") if k in spec}
+    jobs.update({"task " + k: v for k, v in (spec.get("tasks") or {}).items()})
+    return jobs
+report = [
+    {"type": op["operation_type"], "jobs": {k: {"image": j.get("docker_image"), "env": j.get("environment") or {},
+                                                 "command": j["command"]} for k, j in user_jobs(op["spec"]).items()}}
+    for op in proxy.operations
+]
+def pickled_modules(data):
+    try:
+        ops = list(pickletools.genops(io.BytesIO(data)))
+    except Exception:
+        return set()
+    strings = [a for op, a, _ in ops if isinstance(a, str)]
+    return {s for s in strings if s.startswith(("cloudpickle", "dill", "yt.packages.dill"))}
+payloads = [sorted(pickled_modules(d)) for d in proxy.files.values()]
+"""
+
+
+async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp_path, docker_client):
+    image_id = await _image_id(docker_client)
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, YT_SETUP)
+        await _ok(kc, PIN)
+        await _ok(kc, YT_OPERATIONS, timeout=120)
+        await _ok(kc, YT_REPORT)
+        report = await run_json(kc, "report")
+        payloads = await run_json(kc, "payloads")
+        assert await run_json(kc, "proxy.errors") == []
+        # the pickler is cloudpickle (the client's default is dill), and the job function really loads and runs
+        loaded = await run_json(
+            kc,
+            "[list(fn({'a': 1})) for fn, _ in (pickle.loads(d) for d in proxy.files.values() "
+            "if b'cloudpickle' in d and b'mapper' in d)][:1]",
+        )
+    assert [op["type"] for op in report] == ["map", "reduce", "map_reduce", "vanilla", "map", "map"]
+    seen = 0
+    for op in report:
+        for name, job in op["jobs"].items():
+            seen += 1
+            assert job["image"] == IMAGE, (op["type"], name, job)
+            assert job["env"]["YT_JOB_DOCKER_IMAGE"] == IMAGE
+            assert job["env"]["ENVPIN_IMAGE"] == IMAGE
+            assert job["env"]["ENVPIN_IMAGE_ID"] == image_id
+            assert job["command"].startswith("python3 ")  # a host kernel: the image's own python3
+    assert seen == 7  # map, reduce, map+reduce, vanilla task, global-config map, pre-pin client's map
+    assert any(p == ["cloudpickle.cloudpickle"] or "cloudpickle.cloudpickle" in p for p in payloads), payloads
+    assert loaded == [[{"a": 1}]]
+
+
+async def test_ytsaurus_job_with_its_own_image_keeps_it_with_a_warning(jupyter_env, tmp_path, docker_client):
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, YT_SETUP)
+        await _ok(kc, PIN)
+        out = await _ok(
+            kc,
+            """
+client = yt.YtClient(proxy=proxy.url)
+def mapper(row):
+    yield row
+own = (yt.MapSpecBuilder().begin_mapper().command(mapper).docker_image("registry.example/Team/other:2")
+       .environment({"MINE": "1"}).end_mapper().input_table_paths(["//tmp/in"]).output_table_paths(["//tmp/out"]))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    client.run_operation(own, sync=False)
+print("WARNED:", [f"{w.category.__name__}: {w.message}" for w in caught])
+""",
+        )
+        mapper = await run_json(kc, "proxy.operations[-1]['spec']['mapper']")
+        # strict mode refuses before anything is submitted
+        await _ok(kc, f"%use_image {IMAGE} --strict")
+        res = await run(kc, "client.run_operation(own, sync=False)")
+        count = await run_json(kc, "len(proxy.operations)")
+    assert "ImageConflictWarning: YTsaurus mapper job names image 'registry.example/Team/other:2'" in out
+    assert mapper["docker_image"] == "registry.example/Team/other:2"  # kept exactly: not lowercased
+    assert mapper["environment"]["MINE"] == "1"
+    assert "ENVPIN_IMAGE" not in mapper["environment"]  # the variables describe the pin, which it does not run
+    assert res["status"] == "error" and res["ename"] == "ImageConflict", res
+    assert count == 1
+
+
+# --------------------------------------------------------------------------------------
+# Ray
+# --------------------------------------------------------------------------------------
+
+RAY_TASKS = """
+import os, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+@ray.remote
+def where():
+    import os
+    return {k: os.environ.get(k) for k in ("ENVPIN_IMAGE", "ENVPIN_IMAGE_ID", "YT_JOB_DOCKER_IMAGE", "MINE")}
+@ray.remote
+class Where:
+    def env(self):
+        import os
+        return os.environ.get("ENVPIN_IMAGE")
+result = {
+    "task": ray.get(where.remote()),
+    "options": ray.get(where.options(runtime_env={"env_vars": {"MINE": "1", "ENVPIN_IMAGE": "theirs"}}).remote()),
+    "actor": ray.get(Where.remote().env.remote()),
+}
+ray.shutdown()
+"""
+
+
+async def test_ray_local_cluster_env_vars_mode_reaches_the_tasks(jupyter_env, tmp_path, docker_client):
+    image_id = await _image_id(docker_client)
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, f"%load_ext envpin\n%use_image {IMAGE} --ray-mode env_vars")
+        status = await _ok(kc, "%use_image")
+        await _ok(kc, RAY_TASKS, timeout=180)
+        result = await run_json(kc, "result")
+    assert "ray: runtime_env env_vars (nodes run the image)" in status
+    assert result["task"] == {"ENVPIN_IMAGE": IMAGE, "ENVPIN_IMAGE_ID": image_id, "YT_JOB_DOCKER_IMAGE": IMAGE, "MINE": None}
+    assert result["options"]["MINE"] == "1" and result["options"]["ENVPIN_IMAGE"] == "theirs"  # the user's win
+    assert result["options"]["ENVPIN_IMAGE_ID"] == image_id  # merged, not replaced
+    assert result["actor"] == IMAGE
+
+
+RAY_JOB = """
+import os, time, ray
+from ray.job_submission import JobSubmissionClient
+ctx = ray.init(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+"""
+
+RAY_SUBMIT = """
+jobs = JobSubmissionClient("http://" + ctx.dashboard_url)
+job = jobs.submit_job(entrypoint="python -c 'print(1)'", runtime_env={"env_vars": {"MINE": "1"}})
+recorded = jobs.get_job_info(job).runtime_env
+deadline = time.time() + 60
+while jobs.get_job_status(job) not in ("FAILED", "SUCCEEDED", "STOPPED") and time.time() < deadline:
+    time.sleep(0.5)
+info = jobs.get_job_info(job)
+outcome = {"status": str(info.status), "message": info.message or ""}
+"""
+
+
+async def test_ray_job_submission_records_image_uri(jupyter_env, tmp_path, docker_client):
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        # the local head itself runs on this host: start it before pinning in image_uri mode
+        await _ok(kc, RAY_JOB, timeout=180)
+        await _ok(kc, PIN)
+        await _ok(kc, RAY_SUBMIT, timeout=120)
+        recorded = await run_json(kc, "recorded")
+        outcome = await run_json(kc, "outcome")
+        await _ok(kc, "ray.shutdown()")
+    assert recorded["image_uri"] == IMAGE
+    assert recorded["env_vars"]["ENVPIN_IMAGE"] == IMAGE and recorded["env_vars"]["MINE"] == "1"
+    # the job server really tried to start the job in the image: it needs podman, which is not here
+    assert outcome["status"] == "FAILED" and "podman" in outcome["message"], outcome
+
+
+async def test_ray_pip_with_image_uri_is_refused_before_submission(jupyter_env, tmp_path, docker_client):
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, PIN)
+        await _ok(kc, "import ray\n@ray.remote(runtime_env={'pip': ['requests']})\ndef f():\n    return 1")
+        res = await run(kc, "f.remote()", timeout=30)  # no ray.init: refused before Ray would start a cluster
+        res_job = await run(
+            kc,
+            "from ray.job_submission import JobSubmissionClient\n"
+            "JobSubmissionClient.__new__(JobSubmissionClient).submit_job(entrypoint='python x.py', "
+            "runtime_env={'uv': ['numpy']})",
+        )
+        started = await run_json(kc, "ray.is_initialized()")
+    assert res["status"] == "error" and res["ename"] == "RuntimeEnvConflict", res
+    assert "'pip'" in res["evalue"] and "image_uri" in res["evalue"] and "--ray-mode env_vars" in res["evalue"]
+    assert "uv sync --no-install-project" in res["evalue"]
+    assert "_ray_commit" not in res["evalue"]
+    assert res_job["ename"] == "RuntimeEnvConflict" and "'uv'" in res_job["evalue"], res_job
+    assert started is False
+
+
+# --------------------------------------------------------------------------------------
+# Flyte
+# --------------------------------------------------------------------------------------
+
+FLYTE = """
+import os, warnings
+from collections import OrderedDict
+from flytekit import task, workflow, dynamic
+from flytekit.configuration import SerializationSettings, ImageConfig
+from flytekit.tools.translator import get_serializable
+@task
+def double(x: int) -> int:
+    return 2 * x
+@dynamic
+def fan(n: int) -> int:
+    return double(x=n)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    @task(container_image="registry.example/other:3")
+    def own(x: int) -> int:
+        return x
+@workflow
+def pipeline(x: int) -> int:
+    return own(x=fan(n=double(x=x)))
+settings = SerializationSettings(image_config=ImageConfig.auto_default_image())
+entities = OrderedDict()
+get_serializable(entities, settings, pipeline)
+images = {}
+for entity in entities.values():
+    template = getattr(entity, "template", None)
+    if template is not None and getattr(template, "container", None) is not None:
+        images[template.id.name.rsplit(".", 1)[-1]] = {"image": template.container.image, "env": dict(template.container.env)}
+flyte = {"images": images, "default": os.environ.get("FLYTE_INTERNAL_IMAGE"),
+         "warnings": [str(w.message) for w in caught]}
+"""
+
+
+async def test_flyte_tasks_serialize_with_the_pinned_image(jupyter_env, tmp_path, docker_client):
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, PIN)
+        await _ok(kc, FLYTE, timeout=120)
+        flyte = await run_json(kc, "flyte")
+        await _ok(kc, "%unload_ext envpin")
+        after = await run_json(kc, "os.environ.get('FLYTE_INTERNAL_IMAGE')")
+    images = flyte["images"]
+    assert set(images) == {"double", "fan", "own"}, images
+    for name in ("double", "fan"):
+        assert images[name]["image"] == IMAGE + ":latest"
+        assert images[name]["env"]["ENVPIN_IMAGE"] == IMAGE
+    assert images["own"]["image"] == "registry.example/other:3" and "ENVPIN_IMAGE" not in images["own"]["env"]
+    assert any("Flyte task" in w and "registry.example/other:3" in w for w in flyte["warnings"]), flyte
+    assert flyte["default"] == IMAGE + ":latest"
+    assert after is None  # unloading puts FLYTE_INTERNAL_IMAGE back
+
+
+async def test_flyte_image_with_the_code_says_fast_registration_is_unnecessary(jupyter_env, tmp_path, docker_client):
+    """The marker: the image sets ENVPIN_CODE_IN_IMAGE; the status says what to do instead of fast registration."""
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, "%load_ext envpin\n%use_image envpin-test/with-code")
+        status = await _ok(kc, "import flytekit\n%use_image")
+    assert "the image contains the code (/opt/project)" in status
+    assert "pyflyte register --copy none" in status
+
+
+# --------------------------------------------------------------------------------------
+# arming
+# --------------------------------------------------------------------------------------
+
+
+async def test_adapters_wait_for_their_library_import(jupyter_env, tmp_path, docker_client):
+    """%use_image does not import Ray or flytekit; each adapter installs when the user imports its library."""
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, PIN)
+        before = await run_json(kc, "sorted(m for m in ('ray', 'flytekit', 'yt.wrapper') if m in __import__('sys').modules)")
+        status_before = await _ok(kc, "%use_image")
+        await _ok(kc, "import ray")
+        status_after = await _ok(kc, "%use_image")
+        wrapped = await run_json(kc, "hasattr(ray.init, '__envpin_original__')")
+        await _ok(kc, "%unload_ext envpin")
+        unwrapped = await run_json(kc, "hasattr(ray.init, '__envpin_original__')")
+    assert before == []
+    assert "ray: runtime_env image_uri + env_vars (on import ray)" in status_before
+    assert "ray: runtime_env image_uri + env_vars\n" in status_after + "\n"
+    assert wrapped is True and unwrapped is False
