@@ -328,3 +328,40 @@ async def test_adapters_wait_for_their_library_import(jupyter_env, tmp_path, doc
     assert "ray: runtime_env image_uri + env_vars (on import ray)" in status_before
     assert "ray: runtime_env image_uri + env_vars\n" in status_after + "\n"
     assert wrapped is True and unwrapped is False
+
+
+# --------------------------------------------------------------------------------------
+# how envpin errors look in a notebook
+# --------------------------------------------------------------------------------------
+
+
+async def _tracebacks(kc, code: str) -> tuple[dict, list[str]]:
+    shown: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "error":
+            shown.append("\n".join(msg["content"]["traceback"]))
+        elif msg["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
+            shown.append(msg["content"]["text"])  # how ipykernel shows a UsageError
+
+    reply = await kc.execute_interactive(code, timeout=60, output_hook=hook, allow_stdin=False)
+    return reply["content"], shown
+
+
+async def test_envpin_errors_are_one_paragraph_and_tb_shows_the_rest(jupyter_env, tmp_path, docker_client):
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, PIN)
+        await _ok(kc, "import ray\n@ray.remote(runtime_env={'conda': {'dependencies': ['numpy']}})\ndef f():\n    return 1")
+        reply, shown = await _tracebacks(kc, "f.remote()")
+        _, full = await _tracebacks(kc, "%tb")
+        usage, usage_shown = await _tracebacks(kc, "%use_image envpin-test/does-not-exist")
+        _, usage_full = await _tracebacks(kc, "%tb")
+    assert reply["status"] == "error" and reply["ename"] == "RuntimeEnvConflict"
+    short = shown[0]
+    assert "'conda'" in short and "%tb shows the full traceback" in short
+    assert "Traceback" not in short and "File " not in short and len(short.splitlines()) == 2, short
+    assert "ray_adapter.py" in full[0] and "stamp_runtime_env" in full[0]  # the whole story, on demand
+    assert usage["ename"] == "UsageError" and "could not be pulled" in usage["evalue"]
+    assert len(usage_shown) == 1 and len(usage_shown[0].strip().splitlines()) == 2, usage_shown
+    assert "%tb shows the full traceback" in usage_shown[0]
+    assert "The above exception was the direct cause" in usage_full[0] and "magics.py" in usage_full[0]

@@ -45,3 +45,43 @@ def test_environment_mismatch_notebook_shows_the_refusal(jupyter_env, tmp_path, 
     assert "python_minor: 3.11 vs 3.13  <- breaks pickles" in text
     assert "refused: Refusing to unpickle a job made under CPython 3.11" in text and "under CPython 3.13" in text
     assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # kernel gone, workers too
+
+
+def _run_host_notebook(name: str, tmp_path, monkeypatch) -> str:
+    """Execute notebooks/NAME in the host's python3 kernel (where the engine clients are); its outputs as text."""
+    work = tmp_path / name.replace(".ipynb", "")
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / name, work)
+    monkeypatch.setenv("ENVPIN_TESTS", str(ROOT / "tests"))  # where the YTsaurus notebook finds the fake proxy
+    monkeypatch.delenv("YT_PROXY", raising=False)
+    nb = nbformat.read(work / name, as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=240, resources={"metadata": {"path": str(work)}}).execute()
+    return "\n".join(
+        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
+    )
+
+
+def test_ytsaurus_notebook_shows_the_stamped_operation(jupyter_env, tmp_path, monkeypatch, docker_client):
+    text = _run_host_notebook("ytsaurus_jobs.ipynb", tmp_path, monkeypatch)
+    demo_id = docker_client.images.get("ubuntu-22.04-py3").id
+    assert "pickler: cloudpickle" in text
+    assert "docker_image: ubuntu-22.04-py3" in text
+    assert f"'ENVPIN_IMAGE_ID': '{demo_id}'" in text and "'YT_JOB_DOCKER_IMAGE': 'ubuntu-22.04-py3'" in text
+    assert "command     : python3 ..." in text
+    assert "ImageConflictWarning: YTsaurus mapper job names image 'registry.example/team/other:2'" in text
+
+
+def test_ray_notebook_runs_a_task_and_shows_the_refusal(jupyter_env, tmp_path, monkeypatch, docker_client):
+    text = _run_host_notebook("ray_jobs.ipynb", tmp_path, monkeypatch)
+    demo_id = docker_client.images.get("ubuntu-22.04-py3").id
+    assert f"task ran with ('ubuntu-22.04-py3', '{demo_id[:19]}')" in text
+    assert "refused: Ray task" in text and "'pip'" in text and "--ray-mode env_vars" in text
+
+
+def test_flyte_notebook_shows_each_task_image(jupyter_env, tmp_path, monkeypatch, docker_client):
+    text = _run_host_notebook("flyte_tasks.ipynb", tmp_path, monkeypatch)
+    lines = {line.split("image:")[0].strip().rsplit(".", 1)[-1]: line.split("image:")[1].strip()
+             for line in text.splitlines() if "image:" in line}
+    assert lines.get("double") == "ubuntu-22.04-py3:latest", text
+    assert lines.get("train") == "registry.example/team/gpu:7", text
+    assert "Flyte task" in text and "keeps 'registry.example/team/gpu:7'" in text

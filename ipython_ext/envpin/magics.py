@@ -22,7 +22,7 @@ import platform
 import sys
 import types
 
-from IPython.core.error import UsageError
+from IPython.core.error import UsageError as _IPythonUsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
@@ -31,6 +31,15 @@ from . import aliases, control, fingerprints, handoff, hooks, pins
 from .errors import EnvironmentMismatch, EnvpinError
 from .session import Pin, Progress, Status, current_pin, pin_from_environment
 from .session import set_pin as _set_pin
+
+class UsageError(_IPythonUsageError, EnvpinError):
+    """A ``%use_image`` that cannot be done, said in one paragraph.
+
+    Both an IPython ``UsageError`` (what a magic raises for a bad call) and an
+    ``EnvpinError``, so envpin's short display shows it (``short_errors``)
+    and ``%tb`` still has the whole story: the cause is chained.
+    """
+
 
 #: Names a fresh kernel already has; anything else in the namespace is the user's state.
 _FRESH_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
@@ -102,7 +111,7 @@ class EnvpinMagics(Magics):
             return self._on_host(args)
         except EnvpinError as exc:
             # One paragraph under the cell; %tb shows the full traceback (the cause, chained).
-            raise UsageError(f"{exc} (full traceback: %tb)") from exc
+            raise UsageError(str(exc)) from exc
 
     # -- kernel started by the envpin provisioner -----------------------------------
 

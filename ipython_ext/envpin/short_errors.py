@@ -5,9 +5,9 @@ a job whose result cannot load here, a strict-mode image conflict) is a
 message for the user, not a bug report: its text already names the thing and
 the fix, and twenty frames of Ray or IPython above it only hide that.  IPython
 lets one handler take over the display of chosen exception types
-(``set_custom_exc``); ours prints the error's class and message.  ``%tb``
-displays the same exception again, which is how we know the user asked for
-the full traceback: the second showing of an exception is the full one.
+(``set_custom_exc``); ours shows the error's class and message, and records
+the exception as the last one (``sys.last_*``, which IPython's own display
+would have set), so ``%tb`` renders its full traceback the usual way.
 
 IPython keeps a single custom-exception handler per shell.  If something else
 already installed one, envpin leaves it alone (and envpin errors show as
@@ -16,24 +16,21 @@ ordinary tracebacks).
 
 from __future__ import annotations
 
-import weakref
+import sys
 
 from .errors import EnvpinError
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
-_last_short: weakref.ref | None = None
 _installed_on: set[int] = set()
 
 
 def _handler(shell, etype, value, tb, tb_offset=None):
-    global _last_short
-    if _last_short is not None and _last_short() is value:  # shown once already: %tb wants it all
-        return shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
-    try:
-        _last_short = weakref.ref(value)
-    except TypeError:
-        _last_short = None
-    return [f"{_RED}{etype.__name__}{_RESET}: {value}", "(an envpin error; %tb shows the full traceback)"]
+    sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # what %tb shows
+    if sys.version_info >= (3, 12):
+        sys.last_exc = value
+    short = [f"{_RED}{etype.__name__}{_RESET}: {value}", "(an envpin error; %tb shows the full traceback)"]
+    shell._showtraceback(etype, value, short)  # in a kernel: the error message and the reply's ename/evalue
+    return short
 
 
 def install(shell) -> bool:
