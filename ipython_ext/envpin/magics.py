@@ -92,7 +92,7 @@ class EnvpinMagics(Magics):
         """
         try:
             args = parse_argstring(self.use_image, line)
-        except UsageError as exc:
+        except _IPythonUsageError as exc:
             raise UsageError(
                 f"%use_image takes one image and options, not '{line.strip()}' ({exc}). "
                 "Usage: %use_image IMAGE [--restart] [--strict] [--pull] [--ray-mode image_uri|env_vars]; "
