@@ -159,6 +159,7 @@ print("WARNED:", [f"{w.category.__name__}: {w.message}" for w in caught])
 RAY_TASKS = """
 import os, ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+job_env_vars = dict(ray.get_runtime_context().runtime_env.get("env_vars") or {})  # ray.init was stamped
 @ray.remote
 def where():
     import os
@@ -172,6 +173,7 @@ result = {
     "task": ray.get(where.remote()),
     "options": ray.get(where.options(runtime_env={"env_vars": {"MINE": "1", "ENVPIN_IMAGE": "theirs"}}).remote()),
     "actor": ray.get(Where.remote().env.remote()),
+    "job": job_env_vars,
 }
 ray.shutdown()
 """
@@ -189,6 +191,7 @@ async def test_ray_local_cluster_env_vars_mode_reaches_the_tasks(jupyter_env, tm
     assert result["options"]["MINE"] == "1" and result["options"]["ENVPIN_IMAGE"] == "theirs"  # the user's win
     assert result["options"]["ENVPIN_IMAGE_ID"] == image_id  # merged, not replaced
     assert result["actor"] == IMAGE
+    assert result["job"]["ENVPIN_IMAGE"] == IMAGE and result["job"]["ENVPIN_IMAGE_ID"] == image_id
 
 
 RAY_JOB = """
