@@ -17,10 +17,7 @@ faked, and only where there is no cluster here:
 
 from __future__ import annotations
 
-import json
 import os
-
-import pytest
 
 from kernels import kernel, run, run_json
 
@@ -150,6 +147,35 @@ print("WARNED:", [f"{w.category.__name__}: {w.message}" for w in caught])
     assert "ENVPIN_IMAGE" not in mapper["environment"]  # the variables describe the pin, which it does not run
     assert res["status"] == "error" and res["ename"] == "ImageConflict", res
     assert count == 1
+
+
+async def test_ytsaurus_from_a_kernel_running_in_the_image(install_kernelspec, notebook_dir, docker_client):
+    """The product's own path: the notebook's kernel runs in the image that has ytsaurus-client.
+
+    Its jobs get that image and the very interpreter the kernel runs
+    (``pickling.python_binary``).  The kernel container shares the host's
+    network here so that it reaches the fake proxy on 127.0.0.1.
+    """
+    from fake_yt import FakeYtProxy
+
+    name = install_kernelspec("envpin-test/yt", network_mode="host")
+    with FakeYtProxy() as proxy:
+        async with kernel(name, cwd=notebook_dir) as (km, kc):
+            await _ok(kc, "%load_ext envpin\n%use_image envpin-test/yt")
+            await _ok(
+                kc,
+                "import yt.wrapper as yt\n"
+                f"client = yt.YtClient(proxy={proxy.url!r})\n"
+                "def mapper(row):\n    yield row\n"
+                "client.run_map(mapper, '//tmp/in', '//tmp/out', sync=False)",
+                timeout=120,
+            )
+            inside = await run_json(kc, "{'exe': __import__('sys').executable, 'dockerenv': __import__('os').path.exists('/.dockerenv'), 'image': __import__('os').environ['ENVPIN_IMAGE']}")
+        mapper = proxy.operations[-1]["spec"]["mapper"]
+    assert inside["dockerenv"] is True and inside["exe"].startswith("/opt/python/")
+    assert mapper["docker_image"] == inside["image"]
+    assert mapper["environment"]["ENVPIN_IMAGE_ID"] == docker_client.images.get("envpin-test/yt").id
+    assert mapper["command"].startswith(inside["exe"] + " ")  # the job runs the kernel's own interpreter
 
 
 # --------------------------------------------------------------------------------------

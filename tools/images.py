@@ -100,6 +100,12 @@ RECIPES: dict[str, ImageRecipe] = {
                 "ENV ENVPIN_CODE_IN_IMAGE=/opt/project PYTHONPATH=/opt/project\n"
             ),
         ),
+        ImageRecipe(
+            "envpin-test/yt:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle", "ytsaurus-client"),
+            notes="Python 3.11 with ipykernel, cloudpickle and ytsaurus-client (a notebook image for YTsaurus users)",
+        ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
         ImageRecipe(
             "envpin-test/broken-ipykernel:latest",

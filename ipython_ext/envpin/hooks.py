@@ -60,8 +60,40 @@ class Stamp:
         )
         if self.strict:
             raise ImageConflict(text + " Remove the job's own image, or pin the session to it.")
-        warnings.warn(text, ImageConflictWarning, stacklevel=3)
+        warnings.warn(text, ImageConflictWarning, stacklevel=_caller_stacklevel())
         return True
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import os
+    import sysconfig
+
+    dirs = {os.path.dirname(os.path.abspath(__file__))}
+    for key in ("purelib", "platlib", "stdlib", "platstdlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.add(os.path.abspath(path))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's own line, not at envpin or the engine's library.
+
+    An adapter warns from deep inside ``ray``, ``yt.wrapper`` or ``flytekit``
+    code; the line the user needs to see is the cell that declared or
+    submitted the job: the first frame outside envpin, site-packages and the
+    standard library.
+    """
+    import os
+    import sys
+
+    skip = _library_dirs()
+    frame, level = sys._getframe(2), 2  # 1 would be check_explicit itself
+    while frame is not None:
+        if not os.path.abspath(frame.f_code.co_filename).startswith(skip):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 3
 
 
 class Adapter(Protocol):
