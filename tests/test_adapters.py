@@ -280,7 +280,7 @@ async def test_ray_pip_with_image_uri_is_refused_before_submission(jupyter_env, 
 FLYTE = """
 import os, warnings
 from collections import OrderedDict
-from flytekit import task, workflow, dynamic
+from flytekit import task, workflow, dynamic, ImageSpec
 from flytekit.configuration import SerializationSettings, ImageConfig
 from flytekit.tools.translator import get_serializable
 @task
@@ -293,6 +293,9 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     @task(container_image="registry.example/other:3")
     def own(x: int) -> int:
+        return x
+    @task(container_image=ImageSpec(name="gpu", registry="registry.example", packages=["torch"]))
+    def spec_task(x: int) -> int:
         return x
 @workflow
 def pipeline(x: int) -> int:
@@ -324,8 +327,43 @@ async def test_flyte_tasks_serialize_with_the_pinned_image(jupyter_env, tmp_path
         assert images[name]["env"]["ENVPIN_IMAGE"] == IMAGE
     assert images["own"]["image"] == "registry.example/other:3" and "ENVPIN_IMAGE" not in images["own"]["env"]
     assert any("Flyte task" in w and "registry.example/other:3" in w for w in flyte["warnings"]), flyte
+    assert any("spec_task names image 'ImageSpec(gpu)'" in w for w in flyte["warnings"]), flyte
     assert flyte["default"] == IMAGE + ":latest"
     assert after is None  # unloading puts FLYTE_INTERNAL_IMAGE back
+
+
+async def test_pyflyte_from_the_notebook_packages_with_the_pinned_image(jupyter_env, tmp_path, docker_client):
+    """`!pyflyte package` run from a pinned notebook that never imported flytekit: FLYTE_INTERNAL_IMAGE reaches it."""
+    package = tmp_path / "flows"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "pipeline.py").write_text(
+        "from flytekit import task, workflow\n\n"
+        "@task\ndef double(x: int) -> int:\n    return 2 * x\n\n"
+        "@workflow\ndef wf(x: int) -> int:\n    return double(x=x)\n"
+    )
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, PIN)
+        imported = await run_json(kc, "'flytekit' in __import__('sys').modules")
+        out = await _ok(
+            kc,
+            "import os, subprocess, sys\n"
+            "pyflyte = os.path.join(os.path.dirname(sys.executable), 'pyflyte')\n"
+            "done = subprocess.run([pyflyte, '--pkgs', 'flows', 'package', '--output', 'flows.tgz', '--force'],"
+            " capture_output=True, text=True)\n"
+            "print(done.returncode, done.stderr[-2000:])",
+            timeout=120,
+        )
+    assert imported is False
+    assert out.startswith("0"), out
+    import tarfile
+
+    from flyteidl.admin.task_pb2 import TaskSpec
+
+    with tarfile.open(tmp_path / "flows.tgz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("flows.pipeline.double_1.pb"))
+        spec = TaskSpec.FromString(tar.extractfile(member).read())
+    assert spec.template.container.image == IMAGE + ":latest"
 
 
 async def test_flyte_image_with_the_code_says_fast_registration_is_unnecessary(jupyter_env, tmp_path, docker_client):

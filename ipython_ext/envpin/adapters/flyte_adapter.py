@@ -11,7 +11,9 @@ Two places, both flytekit's own:
   the task template, whatever image configuration the command line gives;
 * ``FLYTE_INTERNAL_IMAGE``, the default image flytekit and ``pyflyte`` read
   (``DefaultImages.find_image_for``), for everything serialized without an
-  explicit image, ``pyflyte`` started from the notebook included.
+  explicit image, ``pyflyte`` started from the notebook included.  Set as
+  soon as the session is pinned (an environment variable costs nothing; a
+  notebook may run ``!pyflyte register`` without importing flytekit).
 
 A task with its own ``container_image`` (a reference or an ``ImageSpec``)
 keeps it, with the ``ImageConflictWarning`` (an error with ``--strict``).
@@ -61,6 +63,14 @@ class FlyteAdapter(LibraryAdapter):
         self._env_before: str | None = None
         self._env_set: str | None = None
 
+    def describe(self) -> str:
+        if self.installed:
+            return self.summary()
+        return self.summary().replace(
+            "container_image of new tasks, FLYTE_INTERNAL_IMAGE",
+            "FLYTE_INTERNAL_IMAGE; container_image of new tasks (on import flytekit)",
+        )
+
     def summary(self) -> str:
         text = "flyte: container_image of new tasks, FLYTE_INTERNAL_IMAGE"
         if self.stamp is not None and self.stamp.code_in_image:
@@ -70,9 +80,9 @@ class FlyteAdapter(LibraryAdapter):
             )
         return text
 
-    def install(self, flytekit, stamp: Stamp) -> None:
-        from flytekit.core.python_auto_container import PythonAutoContainerTask
-
+    def activate(self, stamp: Stamp) -> None:
+        # The default image goes into the environment at once, not on import: `!pyflyte register ...`
+        # from a notebook that never imported flytekit must see it too.
         image = with_tag(stamp.image)
         self._env_before = os.environ.get(ENV_DEFAULT_IMAGE)
         if self._env_before and with_tag(self._env_before) != image:
@@ -83,6 +93,21 @@ class FlyteAdapter(LibraryAdapter):
                 stacklevel=2,
             )
         os.environ[ENV_DEFAULT_IMAGE] = self._env_set = image
+        super().activate(stamp)
+
+    def deactivate(self) -> None:
+        super().deactivate()
+        if self._env_set is not None and os.environ.get(ENV_DEFAULT_IMAGE) == self._env_set:
+            if self._env_before is None:
+                os.environ.pop(ENV_DEFAULT_IMAGE, None)
+            else:
+                os.environ[ENV_DEFAULT_IMAGE] = self._env_before
+        self._env_before = self._env_set = None
+
+    def install(self, flytekit, stamp: Stamp) -> None:
+        from flytekit.core.python_auto_container import PythonAutoContainerTask
+
+        image = with_tag(stamp.image)
 
         def make_init(original):
             def __init__(task, *args, **kwargs):
@@ -100,13 +125,6 @@ class FlyteAdapter(LibraryAdapter):
 
         self.patches.wrap(PythonAutoContainerTask, "__init__", make_init)
 
-    def uninstall(self) -> None:
-        if os.environ.get(ENV_DEFAULT_IMAGE) == self._env_set:
-            if self._env_before is None:
-                os.environ.pop(ENV_DEFAULT_IMAGE, None)
-            else:
-                os.environ[ENV_DEFAULT_IMAGE] = self._env_before
-        self._env_before = self._env_set = None
 
 
 def _image_for(named, stamp: Stamp, image: str, task_name: str):
