@@ -18,6 +18,7 @@ faked, and only where there is no cluster here:
 from __future__ import annotations
 
 import os
+import time
 
 from kernels import kernel, run, run_json
 
@@ -251,6 +252,43 @@ async def test_ray_job_submission_records_image_uri(jupyter_env, tmp_path, docke
     assert recorded["env_vars"]["ENVPIN_IMAGE"] == IMAGE and recorded["env_vars"]["MINE"] == "1"
     # the job server really tried to start the job in the image: it needs podman, which is not here
     assert outcome["status"] == "FAILED" and "podman" in outcome["message"], outcome
+
+
+async def test_ray_local_cluster_in_a_kernel_running_in_the_image(install_kernelspec, notebook_dir, docker_client):
+    """The notebook's kernel runs in an image with Ray; ray.init() starts a cluster inside that container.
+
+    Its workers run the pinned image already, so the default image_uri mode
+    stamps env_vars only (no podman needed) and says so.
+    """
+    name = install_kernelspec("envpin-test/ray")
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        await _ok(kc, "%load_ext envpin\n%use_image envpin-test/ray")
+        said = await _ok(
+            kc,
+            "import ray\nray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+            "@ray.remote\ndef where():\n    import os, sys\n"
+            "    return {'image': os.environ.get('ENVPIN_IMAGE'), 'dockerenv': os.path.exists('/.dockerenv'),"
+            " 'python': sys.executable}\n"
+            "inside = ray.get(where.remote())\nray.shutdown()",
+            timeout=180,
+        )
+        inside = await run_json(kc, "inside")
+        kernel_image = await run_json(kc, "__import__('os').environ['ENVPIN_IMAGE']")
+    assert "stamping env_vars only (image_uri is for remote clusters)" in said
+    assert inside["image"] == kernel_image and inside["dockerenv"] is True, inside
+    assert inside["python"].startswith("/opt/python/bin/python"), inside  # the image's interpreter
+
+
+async def test_ray_local_cluster_from_a_host_kernel_without_podman_is_refused(jupyter_env, tmp_path, docker_client):
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, PIN)
+        started = time.monotonic()
+        res = await run(kc, "import ray\nray.init(num_cpus=1, include_dashboard=False)", timeout=60)
+        elapsed = time.monotonic() - started
+        initialized = await run_json(kc, "ray.is_initialized()")
+    assert res["ename"] == "RuntimeEnvConflict" and "podman, which is not installed here" in res["evalue"], res
+    assert "--ray-mode env_vars" in res["evalue"]
+    assert initialized is False and elapsed < 15
 
 
 async def test_ray_pip_with_image_uri_is_refused_before_submission(jupyter_env, tmp_path, docker_client):

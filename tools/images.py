@@ -106,6 +106,12 @@ RECIPES: dict[str, ImageRecipe] = {
             ("ipykernel", "cloudpickle", "ytsaurus-client"),
             notes="Python 3.11 with ipykernel, cloudpickle and ytsaurus-client (a notebook image for YTsaurus users)",
         ),
+        ImageRecipe(
+            "envpin-test/ray:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle", "ray"),
+            notes="Python 3.11 with ipykernel, cloudpickle and ray (a notebook image for Ray users)",
+        ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
         ImageRecipe(
             "envpin-test/broken-ipykernel:latest",

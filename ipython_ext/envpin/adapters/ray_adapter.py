@@ -26,12 +26,24 @@ Choose the mode with ``%use_image IMAGE --ray-mode env_vars``, or
 ``ENVPIN_RAY_MODE=env_vars`` in the kernel's environment (the flag wins).
 A ``runtime_env`` naming its own ``image_uri`` keeps it, with the
 ``ImageConflictWarning``.
+
+A *local* cluster (``ray.init()`` with no cluster to join, or
+``address="local"``) runs its workers on the kernel's own machine.  When the
+kernel itself runs in the pinned image, those workers already run the pinned
+image: ``image_uri`` would only make Ray look for podman, so until
+``ray.shutdown()`` envpin stamps ``env_vars`` alone and says so.  When the
+kernel does not run in the image and podman is missing, every task of that
+cluster would fail in its runtime_env setup, so ``ray.init`` is refused at
+once with the choices (run the notebook in the image, ``--ray-mode env_vars``,
+or join a cluster).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from typing import Any
 
 from ..errors import EnvpinError
@@ -107,9 +119,12 @@ class RayAdapter(LibraryAdapter):
     def __init__(self, mode: str | None = None) -> None:
         super().__init__()
         self.mode = mode  # None: ENVPIN_RAY_MODE, else image_uri
+        self._local_in_image = False  # a local cluster whose workers run in the pinned image (this kernel's)
 
     @property
     def effective_mode(self) -> str:
+        if self._local_in_image:
+            return "env_vars"
         return self.mode or default_mode()
 
     def summary(self) -> str:
@@ -130,10 +145,24 @@ class RayAdapter(LibraryAdapter):
 
         def make_init(original):
             def init(*args, **kwargs):
+                adapter._local_in_image = False
+                if (adapter.mode or default_mode()) == "image_uri" and _starts_local_cluster(args, kwargs):
+                    adapter._local_in_image = adapter._check_local_cluster()
                 kwargs["runtime_env"] = adapter._stamped(kwargs.get("runtime_env"), "ray.init")
-                return original(*args, **kwargs)
+                try:
+                    return original(*args, **kwargs)
+                except BaseException:
+                    adapter._local_in_image = False
+                    raise
 
             return init
+
+        def make_shutdown(original):
+            def shutdown(*args, **kwargs):
+                adapter._local_in_image = False
+                return original(*args, **kwargs)
+
+            return shutdown
 
         def make_remote_function(original):
             def _remote(self, args=None, kwargs=None, serialized_runtime_env_info=None, **task_options):
@@ -156,6 +185,7 @@ class RayAdapter(LibraryAdapter):
             return _remote
 
         self.patches.wrap(ray, "init", make_init)
+        self.patches.wrap(ray, "shutdown", make_shutdown)
         self.patches.wrap(remote_function.RemoteFunction, "_remote", make_remote_function)
         self.patches.wrap(actor.ActorClass, "_remote", make_actor)
         _imports.when_imported(_JOB_SDK, self._install_job_client)
@@ -176,10 +206,45 @@ class RayAdapter(LibraryAdapter):
 
     def uninstall(self) -> None:
         _imports.cancel(_JOB_SDK, self._install_job_client)
+        self._local_in_image = False
+
+    def _check_local_cluster(self) -> bool:
+        """``ray.init`` is about to start a cluster on this machine: True when its workers run the pin already."""
+        assert self.stamp is not None
+        if os.environ.get("ENVPIN_IMAGE") == self.stamp.image:
+            print(
+                f"envpin: this local Ray cluster runs its workers in this kernel's container, which is "
+                f"{self.stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
+                file=sys.stderr,
+                flush=True,
+            )
+            return True
+        if shutil.which("podman") is None:
+            raise RuntimeEnvConflict(
+                f"ray.init() is starting a local Ray cluster, whose workers run on this machine, and this kernel "
+                f"does not run in '{self.stamp.image}': in image_uri mode Ray would start every worker in that "
+                "image with podman, which is not installed here, so every task would fail. Run the notebook in "
+                "the image (the Containerized Python kernel; its local cluster then runs there), or re-pin with "
+                f"%use_image {self.stamp.image} --ray-mode env_vars, or join a cluster: ray.init(address=...)."
+            )
+        return False
 
     def _stamped(self, runtime_env: Any, what: str) -> dict[str, Any]:
         assert self.stamp is not None
         return stamp_runtime_env(runtime_env, self.stamp, self.effective_mode, what)
+
+
+def _starts_local_cluster(args: tuple, kwargs: dict) -> bool:
+    """Whether ``ray.init(*args, **kwargs)`` will start a new cluster here (Ray's own address resolution)."""
+    address = kwargs.get("address", args[0] if args else None)
+    if isinstance(address, str) and address.startswith("ray://"):
+        return False
+    try:
+        from ray._private import services
+
+        return services.canonicalize_bootstrap_address(address, kwargs.get("_temp_dir")) is None
+    except Exception:
+        return False
 
 
 def _parsed(runtime_env: dict[str, Any]):
