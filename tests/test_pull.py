@@ -107,3 +107,38 @@ async def test_use_image_shows_pull_progress_in_the_cell(docker_client, registry
             assert (await run_json(kc, PROBE))["image"] == reference
     finally:
         proxy.shutdown()
+
+
+def test_image_bases_come_from_a_registry_when_one_answers(docker_client, registry, monkeypatch):
+    """tools.images pulls python:3.11-slim-bookworm where a registry answers, and bootstraps only where none does.
+
+    The local registry stands in for Docker Hub: it serves the bootstrapped base under the name
+    Docker Hub uses.  Then a registry that does not answer: the pull gives up fast.
+    """
+    import time
+
+    from tools import images
+
+    base = docker_client.images.get("envpin-base/bookworm:1")
+    stand_in = f"{registry.address}/python"
+    base.tag(stand_in, "3.11-slim-bookworm")
+    for line in docker_client.images.push(stand_in, tag="3.11-slim-bookworm", stream=True, decode=True):
+        assert "error" not in line, line
+    docker_client.images.remove(f"{stand_in}:3.11-slim-bookworm")
+    monkeypatch.setenv("ENVPIN_BASE_REGISTRY", registry.address)
+    monkeypatch.setattr(images, "_BASE_VERSION", "pulled-test")
+    try:
+        tag = images._base_image(docker_client, "bookworm")
+        assert tag == "envpin-base/bookworm:pulled-test"
+        assert docker_client.images.get(tag).id == base.id  # the very image the registry served
+
+        monkeypatch.setenv("ENVPIN_BASE_REGISTRY", "127.0.0.1:9")  # nothing listens there
+        started = time.monotonic()
+        assert images._pull_base(docker_client, "bookworm", "envpin-base/bookworm:never") is False
+        assert time.monotonic() - started < 30
+    finally:
+        for name in ("envpin-base/bookworm:pulled-test", f"{stand_in}:3.11-slim-bookworm"):
+            try:
+                docker_client.images.remove(name)
+            except Exception:
+                pass

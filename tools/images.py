@@ -137,8 +137,41 @@ def _image_recipe_digest(client: docker.DockerClient, tag: str) -> str | None:
         return None
 
 
+#: Registry images that can stand in for a bootstrapped suite: Debian with python3 and its venv module.
+REGISTRY_BASES = {"bookworm": "python:3.11-slim-bookworm", "trixie": "python:3.13-slim-trixie"}
+
+
+def _pull_base(client: docker.DockerClient, suite: str, tag: str) -> bool:
+    """Pull the suite's registry base (``$ENVPIN_BASE_REGISTRY/`` + REGISTRY_BASES) and tag it ``tag``.
+
+    Where a registry answers, this is much faster than debootstrap.  Where none
+    does (the machines envpin is developed on), the pull fails within seconds
+    and the caller bootstraps.  ``ENVPIN_BASE_FROM_REGISTRY=0`` skips the try.
+    """
+    if os.environ.get("ENVPIN_BASE_FROM_REGISTRY", "1") == "0" or suite not in REGISTRY_BASES:
+        return False
+    prefix = os.environ.get("ENVPIN_BASE_REGISTRY", "").rstrip("/")
+    reference = f"{prefix}/{REGISTRY_BASES[suite]}" if prefix else REGISTRY_BASES[suite]
+    repo, _, version = reference.rpartition(":")
+    quick = docker.from_env(timeout=120)  # its own timeout: a registry that hangs must not stall the build
+    try:
+        _say(f"pulling the base {reference} ...")
+        image = quick.images.pull(repo, tag=version)
+    except (docker.errors.APIError, docker.errors.DockerException, OSError) as exc:
+        text = str(getattr(exc, "explanation", None) or exc).strip()
+        first_line = text.splitlines()[0][:160] if text else type(exc).__name__
+        _say(f"no registry answers for {reference} ({first_line}): bootstrapping from Debian packages instead")
+        return False
+    finally:
+        quick.close()
+    base_repo, _, base_version = tag.partition(":")
+    image.tag(base_repo, base_version)
+    _say(f"{tag} is {reference} (pulled)")
+    return True
+
+
 def _base_image(client: docker.DockerClient, suite: str) -> str:
-    """A Debian ``suite`` rootfs with python3 and python3-venv, imported as an image."""
+    """A Debian ``suite`` with python3 and python3-venv: pulled where a registry answers, else bootstrapped."""
     tag = f"envpin-base/{suite}:{_BASE_VERSION}"
     with _locks[suite]:
         try:
@@ -146,6 +179,8 @@ def _base_image(client: docker.DockerClient, suite: str) -> str:
             return tag
         except docker.errors.ImageNotFound:
             pass
+        if _pull_base(client, suite, tag):
+            return tag
         ensure_debootstrap()
         _say(f"debootstrap {suite} (Debian minbase + python3): a few minutes, once ...")
         with tempfile.TemporaryDirectory(prefix=f"envpin-rootfs-{suite}-") as tmp:
