@@ -104,6 +104,14 @@ async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp
             "[list(fn({'a': 1})) for fn, _ in (pickle.loads(d) for d in proxy.files.values() "
             "if b'cloudpickle' in d and b'mapper' in d)][:1]",
         )
+        # unpinning gives every configuration back what it had: the global one, the template, old and new clients
+        await _ok(kc, "%unload_ext envpin")
+        restored = await run_json(
+            kc,
+            "[(c['pickling']['framework'], c['user_job_spec_defaults'].get('docker_image'), "
+            "c['pickling']['check_python_version']) for c in (yt.config.config, early.config, client.config, "
+            "yt.YtClient(proxy=proxy.url).config)]",
+        )
     assert [op["type"] for op in report] == ["map", "reduce", "map_reduce", "vanilla", "map", "map"]
     seen = 0
     for op in report:
@@ -117,6 +125,7 @@ async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp
     assert seen == 7  # map, reduce, map+reduce, vanilla task, global-config map, pre-pin client's map
     assert any(p == ["cloudpickle.cloudpickle"] or "cloudpickle.cloudpickle" in p for p in payloads), payloads
     assert loaded == [[{"a": 1}]]
+    assert restored == [["dill", None, False]] * 4, restored
 
 
 async def test_ytsaurus_job_with_its_own_image_keeps_it_with_a_warning(jupyter_env, tmp_path, docker_client):

@@ -128,6 +128,8 @@ class RayAdapter(LibraryAdapter):
         return self.mode or default_mode()
 
     def summary(self) -> str:
+        if self._local_in_image:
+            return "ray: runtime_env env_vars (the local cluster runs in this kernel's image)"
         if self.effective_mode == "env_vars":
             return "ray: runtime_env env_vars (nodes run the image)"
         return "ray: runtime_env image_uri + env_vars"

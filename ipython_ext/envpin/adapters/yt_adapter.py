@@ -48,8 +48,11 @@ class YtsaurusAdapter(LibraryAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._undo: list[tuple[dict, str, Any, Any]] = []  # (dict, key, old value or _MISSING, new value)
+        self._undo: list[tuple[dict, str, Any, Any, str]] = []  # (dict, key, old or _MISSING, new, section)
         self._stamped: dict[int, dict] = {}  # configurations stamped, by id (kept alive until uninstall)
+        #: what stamping the client template changed, (section, key) -> (before, after): a client created
+        #: while pinned copied the stamped template, and unpinning must give it back the "before" values.
+        self._template_changes: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def summary(self) -> str:
         return "ytsaurus: docker_image + environment on every user job, cloudpickle"
@@ -61,6 +64,7 @@ class YtsaurusAdapter(LibraryAdapter):
         from yt.wrapper.config import get_config
 
         self._stamp_config(default_config.default_config, stamp)  # every YtClient created from now on
+        self._template_changes = {(t[4], t[1]): (t[2], t[3]) for t in self._undo}
         self._stamp_config(get_config(None), stamp)  # calls without a client
 
         adapter = self
@@ -80,7 +84,7 @@ class YtsaurusAdapter(LibraryAdapter):
         self.patches.wrap(spec_builders.UserJobSpecBuilder, "build", make_build)
 
     def uninstall(self) -> None:
-        for target, key, old, new in reversed(self._undo):
+        for target, key, old, new, _section in reversed(self._undo):
             if target.get(key, _MISSING) is not new and target.get(key, _MISSING) != new:
                 continue  # changed by the user since: theirs now
             if old is _MISSING:
@@ -89,31 +93,39 @@ class YtsaurusAdapter(LibraryAdapter):
                 target[key] = old
         self._undo.clear()
         self._stamped.clear()
+        self._template_changes.clear()
 
-    def _set(self, target: dict, key: str, value: Any) -> None:
-        self._undo.append((target, key, target.get(key, _MISSING), value))
+    def _set(self, config: dict, section: str, key: str, value: Any) -> None:
+        target = config[section]
+        self._undo.append((target, key, target.get(key, _MISSING), value, section))
         target[key] = value
 
     def _stamp_config(self, config: dict, stamp: Stamp) -> None:
         self._stamped[id(config)] = config
+        for (section, key), (before, after) in self._template_changes.items():
+            target = config[section]
+            if target.get(key, _MISSING) == after:  # copied from the stamped template: unpinning restores "before"
+                self._undo.append((target, key, before, after, section))
         defaults = config["user_job_spec_defaults"]
         if defaults.get("docker_image") is None:
-            self._set(defaults, "docker_image", stamp.image)
-        else:  # the user's own default image: it stays, with the warning
+            self._set(config, "user_job_spec_defaults", "docker_image", stamp.image)
+        else:  # the user's own default image (or the pin, copied from the template): it stays
             stamp.check_explicit(defaults["docker_image"], "YTsaurus user_job_spec_defaults")
-        self._set(defaults, "environment", {**stamp.env, **(defaults.get("environment") or {})})
+        environment = {**stamp.env, **(defaults.get("environment") or {})}
+        if environment != defaults.get("environment"):
+            self._set(config, "user_job_spec_defaults", "environment", environment)
 
         pickling = config["pickling"]
         if pickling.get("framework") == "dill":
-            self._set(pickling, "framework", "cloudpickle")
+            self._set(config, "pickling", "framework", "cloudpickle")
         if not pickling.get("check_python_version"):
-            self._set(pickling, "check_python_version", True)
+            self._set(config, "pickling", "check_python_version", True)
         if (
             pickling.get("python_binary") is None
             and pickling.get("use_local_python_in_jobs") is None
             and os.environ.get("ENVPIN_IMAGE") == stamp.image  # this kernel runs in the pinned image
         ):
-            self._set(pickling, "python_binary", sys.executable)
+            self._set(config, "pickling", "python_binary", sys.executable)
 
     # -- checks -------------------------------------------------------------------------
 
