@@ -59,6 +59,40 @@ def lab(jupyter_env, tmp_path):
     log.close()
 
 
+def _open_notebook(p, chromium, url: str, kernel_display_name: str):
+    """A headless Chromium page with a new notebook in the kernel called ``kernel_display_name``, idle."""
+    browser = p.chromium.launch(
+        executable_path=chromium,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run"],
+    )  # fmt: skip
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(url)
+    page.wait_for_selector(".jp-LauncherCard", timeout=90_000)
+    page.locator(f".jp-LauncherCard[title*='{kernel_display_name}']").first.click()
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.
+    page.get_by_text(f"{kernel_display_name} | Idle").wait_for(timeout=60_000)
+    return browser, page
+
+
+def _run_cell(page, code: str, expect: str, index: int, timeout: float = 60_000) -> str:
+    """Type ``code`` into cell ``index``, run it, wait for an output containing ``expect``; all its output text."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(code)
+    page.wait_for_timeout(300)  # let the editor settle (a completer popup would eat the key)
+    page.keyboard.press("Shift+Enter")
+    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+    try:
+        output.filter(has_text=expect).first.wait_for(timeout=timeout)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-failed.png"))
+        raise
+    return "\n".join(output.all_inner_texts())
+
+
 def test_use_image_moves_a_kernel_in_jupyterlab(chromium, lab, install_kernelspec, docker_client):
     from playwright.sync_api import sync_playwright
 
@@ -66,38 +100,14 @@ def test_use_image_moves_a_kernel_in_jupyterlab(chromium, lab, install_kernelspe
     url, root = lab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.goto(url)
-        page.wait_for_selector(".jp-LauncherCard", timeout=90_000)
-        page.locator(".jp-LauncherCard[title*='Py313 kernel']").first.click()
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.
-        page.get_by_text("Py313 kernel | Idle").wait_for(timeout=60_000)
-
-        def run_cell(code: str, expect: str, index: int) -> str:
-            cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-            cell.locator(".cm-content").click()
-            page.keyboard.press("Control+a")
-            page.keyboard.insert_text(code)
-            page.keyboard.press("Shift+Enter")
-            output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
-            output.filter(has_text=expect).first.wait_for(timeout=60_000)
-            return "\n".join(output.all_inner_texts())
-
-        try:
-            first = run_cell("import sys; print('before', sys.version_info[:2])", "before", 0)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-failed.png"))
-            raise
+        browser, page = _open_notebook(p, chromium, url, "Py313 kernel")
+        first = _run_cell(page, "import sys; print('before', sys.version_info[:2])", "before", 0)
         assert "before (3, 13)" in first
-        moved = run_cell(f"%load_ext envpin\n%use_image {PY311}", "now runs in", 1)
+        moved = _run_cell(page, f"%load_ext envpin\n%use_image {PY311}", "now runs in", 1)
         assert f"moving this kernel into {PY311}" in moved
-        after = run_cell("import sys, os; print('after', sys.version_info[:2], os.environ['ENVPIN_IMAGE'])", "after", 2)
+        after = _run_cell(
+            page, "import sys, os; print('after', sys.version_info[:2], os.environ['ENVPIN_IMAGE'])", "after", 2
+        )
         assert f"after (3, 11) {PY311}" in after
         # The person re-runs the %use_image cell: now it only confirms the pin, as a table.
         page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
@@ -110,3 +120,39 @@ def test_use_image_moves_a_kernel_in_jupyterlab(chromium, lab, install_kernelspe
         browser.close()
     pins = (root / ".envpin.json").read_text()
     assert '"Untitled.ipynb"' in pins and PY311 in pins  # keyed by the notebook JupyterLab opened
+
+
+def test_ray_in_the_image_and_a_short_error_in_jupyterlab(chromium, lab, install_kernelspec, docker_client):
+    """A Ray user's notebook in JupyterLab: the kernel runs in an image with Ray, a local cluster runs a task
+    there, and a runtime_env envpin refuses shows as one short paragraph; %tb shows the traceback."""
+    from playwright.sync_api import sync_playwright
+
+    install_kernelspec("envpin-test/ray", display_name="Ray image")
+    url, _ = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser, page = _open_notebook(p, chromium, url, "Ray image")
+        status = _run_cell(page, "%load_ext envpin\n%use_image envpin-test/ray", "jobs pinned to", 0)
+        assert "ray: runtime_env image_uri + env_vars (on import ray)" in status
+        ran = _run_cell(
+            page,
+            "import ray\nray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+            "@ray.remote\ndef where():\n    import os\n    return os.environ['ENVPIN_IMAGE']\n"
+            "print('task ran in', ray.get(where.remote()))",
+            "task ran in",
+            1,
+            timeout=180_000,
+        )
+        assert "task ran in envpin-test/ray" in ran and "stamping env_vars only" in ran
+        refused = _run_cell(
+            page,
+            "ray.shutdown()\n@ray.remote(runtime_env={'pip': ['requests']})\ndef needs():\n    return 1\n"
+            "needs.remote()",
+            "RuntimeEnvConflict",
+            2,
+        )
+        assert "%tb shows the full traceback" in refused and "Traceback" not in refused
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-ray-short-error.png"))
+        full = _run_cell(page, "%tb", "Traceback", 3)
+        assert "ray_adapter.py" in full
+        browser.close()

@@ -225,3 +225,13 @@ async def test_provisioner_info_lets_a_new_manager_find_the_container(docker_cli
 
         with pytest.raises(docker.errors.NotFound):
             docker_client.containers.get(cid)
+
+
+async def test_dev_shm_is_sized_like_a_hosts(docker_client, install_kernelspec, notebook_dir):
+    """Docker's 64 MB /dev/shm makes Ray's object store fall back to disk; 'auto' gives half the memory."""
+    engine_memory = docker_client.info()["MemTotal"]
+    for config, expected in (({}, engine_memory // 2), ({"mem_limit": "1g"}, 2**29), ({"shm_size": ""}, 64 * 2**20)):
+        name = install_kernelspec(PY311, name=f"shm-{len(config)}-{expected}", **config)
+        async with kernel(name, cwd=notebook_dir) as (km, kc):
+            st = await run_json(kc, "(lambda s: s.f_blocks * s.f_frsize)(__import__('os').statvfs('/dev/shm'))")
+            assert abs(st - expected) < 2**20, (config, st, expected)  # tmpfs rounds to pages

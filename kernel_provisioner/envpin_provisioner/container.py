@@ -64,6 +64,7 @@ class KernelLaunch:
     network_mode: str = "bridge"
     extra_mounts: list[Mount] = field(default_factory=list)
     mem_limit: str | int | None = None
+    shm_size: int | str | None = None  #: /dev/shm size (None: Docker's default, 64 MB)
     cpu_limit: float | None = None
     gpus: str = ""
     extra_options: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +101,20 @@ def parse_gpus(value: str) -> list[DeviceRequest]:
         ids = [d for d in value[len("device=") :].split(",") if d]
         return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
     raise ConfigError(f"gpus='{value}' is not understood: use 'all', a count like '2', or 'device=0,1'.")
+
+
+def shm_size_for(setting: str, mem_limit: str | int | None, engine_memory: int | None) -> int | str | None:
+    """The /dev/shm size for the ``shm_size`` option: 'auto' is half the memory the container may use."""
+    if not setting:
+        return None
+    if setting != "auto":
+        return setting
+    if mem_limit:
+        from docker.utils import parse_bytes
+
+        limit = parse_bytes(mem_limit) if isinstance(mem_limit, str) else int(mem_limit)
+        return max(64 * 2**20, limit // 2)
+    return max(64 * 2**20, engine_memory // 2) if engine_memory else None
 
 
 def container_options(launch: KernelLaunch) -> dict[str, Any]:
@@ -141,6 +156,8 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
         options["ports"] = {f"{p}/tcp": ("127.0.0.1", p) for p in ports}
     if launch.mem_limit:
         options["mem_limit"] = launch.mem_limit
+    if launch.shm_size:
+        options["shm_size"] = launch.shm_size
     if launch.cpu_limit:
         options["nano_cpus"] = int(launch.cpu_limit * 1e9)
     if launch.gpus:

@@ -46,6 +46,10 @@ from .options import check_options
 _gc_done = False
 
 
+#: The engine's memory (bytes), asked once per server for shm_size='auto'.
+_engine_memory: dict[str, int | None] = {}
+
+
 def _env(name: str, fallback: Any = None) -> Any:
     return os.environ.get(f"ENVPIN_{name.upper()}", fallback)
 
@@ -127,6 +131,19 @@ class EnvpinProvisioner(LocalProvisioner):
         config=True,
         help="Memory limit of the kernel container, bytes or a string like '4g'. None: no limit.",
     )
+
+    shm_size = Unicode(
+        config=True,
+        help="""Size of the kernel container's /dev/shm. 'auto' (default): half the engine's memory (half
+        of mem_limit when set), as a Linux host has it; Ray's object store and PyTorch's DataLoader
+        workers live there, and Docker's own default (64 MB) makes Ray fall back to slow disk with a
+        warning. '' keeps Docker's default; otherwise bytes or a string like '2g'. tmpfs takes memory
+        only for what is written into it.""",
+    )
+
+    @default("shm_size")
+    def _shm_size_default(self) -> str:
+        return _env("shm_size", "auto")
 
     cpu_limit = Float(
         0.0, config=True, help="CPU limit of the kernel container in cores (e.g. 1.5). 0: no limit."
@@ -271,6 +288,7 @@ class EnvpinProvisioner(LocalProvisioner):
             network_mode=self.network_mode,
             extra_mounts=self._extra_mounts(),
             mem_limit=self.mem_limit,
+            shm_size=kc.shm_size_for(self.shm_size, self.mem_limit, _engine_memory.get("total")),
             cpu_limit=self.cpu_limit or None,
             gpus=self.gpus,
             extra_options=dict(self.extra_container_options),
@@ -330,6 +348,11 @@ class EnvpinProvisioner(LocalProvisioner):
             if removed:
                 self.log.info("envpin: removed %d orphaned container(s): %s", len(removed), ", ".join(removed))
 
+        if self.shm_size == "auto" and "total" not in _engine_memory:
+            try:
+                _engine_memory["total"] = int((await asyncio.to_thread(client.info)).get("MemTotal") or 0) or None
+            except Exception:  # an engine that will not say: Docker's default /dev/shm
+                _engine_memory["total"] = None
         env = kwargs.get("env") or {}
         self._choice = await asyncio.to_thread(
             image_choice.choose,
