@@ -85,6 +85,7 @@ def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec
     install_kernelspec(PY311, name="good")
     install_kernelspec(PY313, name="newer")
     install_kernelspec(NO_IPYKERNEL, name="bare")
+    install_kernelspec("envpin-test/ray", name="rayimage")
     out = subprocess.run([sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=120)
     lines = out.stdout.splitlines()
     assert out.returncode == 1, out.stdout + out.stderr
@@ -92,6 +93,7 @@ def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec
     assert any(l.startswith(f"ok    kernelspec good ({PY311}): Python 3.11.") for l in lines)
     assert any(l.startswith(f"warn  kernelspec newer ({PY313})") and "python_minor: 3.11 vs 3.13" in l for l in lines)
     assert any(l.startswith(f"FAIL  kernelspec bare ({NO_IPYKERNEL}): no ipykernel") for l in lines)
+    assert any(l.startswith("ok    kernelspec rayimage (envpin-test/ray)") and "engine clients: ray 2." in l for l in lines), lines
     down = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=60,
         env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"},

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FINGERPRINT_VERSION = 3
+FINGERPRINT_VERSION = 4
 
 
 def _version_of(dist: str) -> str | None:
@@ -60,6 +60,10 @@ def local_fingerprint() -> dict[str, Any]:
         "cloudpickle": _version_of("cloudpickle"),
         "dill": _version_of("dill"),
         "ipykernel": _version_of("ipykernel"),
+        # The engines' clients (envpin's adapters): Ray in particular wants one version on driver and workers.
+        "ray": _version_of("ray"),
+        "ytsaurus-client": _version_of("ytsaurus-client"),
+        "flytekit": _version_of("flytekit"),
         "distributions": len(dists),
         "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
         "image": os.environ.get("ENVPIN_IMAGE"),
@@ -120,14 +124,25 @@ _COMPARED = (
     ("cloudpickle", True),
     ("dill", True),
     ("python_version", False),
+    ("ray", False),  # breaks Ray jobs (driver and workers must match), not pickles in general
+    ("ytsaurus-client", False),
+    ("flytekit", False),
     ("platform", False),
     ("distributions_digest", False),
 )
 
 
+#: Compared only where both sides have them: a client the image lacks is not a difference between Pythons.
+_ENGINE_CLIENTS = {"ray", "ytsaurus-client", "flytekit"}
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:
     """Differences between fingerprints ``a`` and ``b``, pickle-breaking ones first."""
-    diffs = [Difference(k, a.get(k), b.get(k), breaks) for k, breaks in _COMPARED if a.get(k) != b.get(k)]
+    diffs = [
+        Difference(k, a.get(k), b.get(k), breaks)
+        for k, breaks in _COMPARED
+        if a.get(k) != b.get(k) and not (k in _ENGINE_CLIENTS and (a.get(k) is None or b.get(k) is None))
+    ]
     if any(d.key == "python_minor" for d in diffs):
         diffs = [d for d in diffs if d.key != "python_version"]  # already said
     return sorted(diffs, key=lambda d: not d.breaks_pickles)

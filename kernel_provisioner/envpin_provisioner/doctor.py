@@ -77,6 +77,9 @@ def check() -> list[Finding]:
             findings.append(Finding("warn", subject, "no cloudpickle in the image: jobs cannot run there (pip install cloudpickle)"))
         breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
         detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
+        engines = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
+        if engines:
+            detail += f"; engine clients: {', '.join(engines)}"
         if breaking:
             findings.append(
                 Finding(
