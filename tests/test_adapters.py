@@ -104,6 +104,17 @@ async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp
             "[list(fn({'a': 1})) for fn, _ in (pickle.loads(d) for d in proxy.files.values() "
             "if b'cloudpickle' in d and b'mapper' in d)][:1]",
         )
+        # a client created while pinned that asks for dill keeps it (and still gets the image)
+        await _ok(
+            kc,
+            "dill_client = yt.YtClient(proxy=proxy.url, config={'pickling': {'framework': 'dill'}})\n"
+            "dill_client.run_map(mapper, '//tmp/in', '//tmp/out', sync=False)",
+            timeout=120,
+        )
+        explicit = await run_json(
+            kc,
+            "[dill_client.config['pickling']['framework'], proxy.operations[-1]['spec']['mapper']['docker_image']]",
+        )
         # unpinning gives every configuration back what it had: the global one, the template, old and new clients
         await _ok(kc, "%unload_ext envpin")
         restored = await run_json(
@@ -126,6 +137,7 @@ async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp
     assert any(p == ["cloudpickle.cloudpickle"] or "cloudpickle.cloudpickle" in p for p in payloads), payloads
     assert loaded == [[{"a": 1}]]
     assert restored == [["dill", None, False]] * 4, restored
+    assert explicit == ["dill", IMAGE]
 
 
 async def test_ytsaurus_job_with_its_own_image_keeps_it_with_a_warning(jupyter_env, tmp_path, docker_client):

@@ -102,10 +102,16 @@ class YtsaurusAdapter(LibraryAdapter):
 
     def _stamp_config(self, config: dict, stamp: Stamp) -> None:
         self._stamped[id(config)] = config
+        inherited = False
         for (section, key), (before, after) in self._template_changes.items():
             target = config[section]
             if target.get(key, _MISSING) == after:  # copied from the stamped template: unpinning restores "before"
                 self._undo.append((target, key, before, after, section))
+                inherited = True
+        if inherited:
+            # A client created while pinned: what it did not inherit, its creator set on purpose
+            # (YtClient(config={"pickling": {"framework": "dill"}})): leave that alone.
+            return
         defaults = config["user_job_spec_defaults"]
         if defaults.get("docker_image") is None:
             self._set(config, "user_job_spec_defaults", "docker_image", stamp.image)
