@@ -17,7 +17,6 @@ from ._patching import Patches
 class LibraryAdapter:
     name = ""
     module = ""  #: the import that installs the adapter ("yt.wrapper", "ray", "flytekit")
-    extra = ""  #: the pip extra that brings the library (envpin[yt], ...)
 
     def __init__(self) -> None:
         self.stamp: Stamp | None = None

@@ -56,7 +56,6 @@ def with_tag(reference: str) -> str:
 class FlyteAdapter(LibraryAdapter):
     name = "flyte"
     module = "flytekit"
-    extra = "flyte"
 
     def __init__(self) -> None:
         super().__init__()

@@ -114,7 +114,6 @@ def stamp_runtime_env(runtime_env: Any, stamp: Stamp, mode: str, what: str) -> d
 class RayAdapter(LibraryAdapter):
     name = "ray"
     module = "ray"
-    extra = "ray"
 
     def __init__(self, mode: str | None = None) -> None:
         super().__init__()

@@ -44,7 +44,6 @@ from .base import LibraryAdapter
 class YtsaurusAdapter(LibraryAdapter):
     name = "ytsaurus"
     module = "yt.wrapper"
-    extra = "yt"
 
     def __init__(self) -> None:
         super().__init__()
