@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from conftest import PY311
-from kernels import PROBE, kernel, run_json
+from kernels import PROBE, kernel, run, run_json
 from tools.registry import LocalRegistry
 
 import slow_proxy
@@ -142,3 +142,34 @@ def test_image_bases_come_from_a_registry_when_one_answers(docker_client, regist
                 docker_client.images.remove(name)
             except Exception:
                 pass
+
+
+async def test_by_digest_jobs_name_the_image_by_its_registry_digest(docker_client, registry, pushed_image, jupyter_env, tmp_path):
+    """--by-digest: YTsaurus, Ray and Flyte jobs get repo@sha256:... (a tag that moves cannot change them)."""
+    from fake_yt import FakeYtProxy
+
+    repo, tag = pushed_image
+    reference = f"{registry.address}/{repo}:{tag}"
+    with FakeYtProxy() as proxy:
+        async with kernel("python3", cwd=tmp_path) as (km, kc):
+            res = await run(kc, f"%load_ext envpin\n%use_image {reference} --by-digest", timeout=120)
+            assert res["status"] == "ok", res
+            code = (
+                "import envpin, yt.wrapper as yt\n"
+                "from envpin import hooks\n"
+                "from envpin.adapters.ray_adapter import stamp_runtime_env\n"
+                "from flytekit import task\n"
+                "@task\ndef double(x: int) -> int:\n    return 2 * x\n"
+                "def mapper(row):\n    yield row\n"
+                f"yt.YtClient(proxy={proxy.url!r}).run_map(mapper, '//tmp/in', '//tmp/out', sync=False)\n"
+                "seen = {'stamp': envpin.stamp()['image'], 'flyte': double.container_image,"
+                " 'ray': stamp_runtime_env({}, hooks.current_stamp(), 'image_uri', 'x')['image_uri']}"
+            )
+            res = await run(kc, code, timeout=120)
+            assert res["status"] == "ok", res
+            seen = await run_json(kc, "seen")
+            refused = await run(kc, f"%use_image {PY311} --by-digest")
+        yt_image = proxy.operations[-1]["spec"]["mapper"]["docker_image"]
+    digest = next(d for d in docker_client.images.get(reference).attrs["RepoDigests"] if d.startswith(registry.address))
+    assert seen == {"stamp": digest, "flyte": digest, "ray": digest} and yt_image == digest, (seen, yt_image)
+    assert refused["ename"] == "UsageError" and "has no registry digest" in refused["evalue"], refused

@@ -299,3 +299,16 @@ async def test_use_image_reports_a_damaged_pin_file_and_keeps_it(install_kernels
         assert "will not overwrite it" in res["evalue"]
         assert time.monotonic() - started < 10
         assert (notebook_dir / ".envpin.json").read_text() == damaged  # the other notebook's pin is kept
+
+
+async def test_by_digest_of_a_local_image_is_refused_before_any_move(install_kernelspec, notebook_dir):
+    """Locally built images have no registry digest: --by-digest says so, and the kernel stays where it was."""
+    name = install_kernelspec(PY311)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        await run(kc, "%load_ext envpin\nmarker = 1")
+        for target in (PY311, PY313):
+            res = await run(kc, f"%use_image {target} --by-digest --restart")
+            assert res["status"] == "error" and "has no registry digest" in res["evalue"], res
+        still = await run_json(kc, "[marker, __import__('sys').version_info[:2]]")
+    assert still == [1, [3, 11]]
+    assert not (notebook_dir / ".envpin.json").exists()

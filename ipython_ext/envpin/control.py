@@ -122,7 +122,7 @@ def ask(
 
 
 #: %use_image options that outlive the kernel process (kept in the pin record, passed to a moved kernel).
-SESSION_OPTIONS = {"strict": "ENVPIN_STRICT", "ray_mode": "ENVPIN_RAY_MODE"}
+SESSION_OPTIONS = {"strict": "ENVPIN_STRICT", "ray_mode": "ENVPIN_RAY_MODE", "by_digest": "ENVPIN_BY_DIGEST"}
 
 
 def session_options(raw) -> dict:
@@ -131,6 +131,8 @@ def session_options(raw) -> dict:
     out = {}
     if raw.get("strict"):
         out["strict"] = True
+    if raw.get("by_digest"):
+        out["by_digest"] = True
     if raw.get("ray_mode") in ("image_uri", "env_vars"):
         out["ray_mode"] = raw["ray_mode"]
     return out
@@ -142,6 +144,8 @@ def session_option_env(options) -> dict[str, str]:
     env = {}
     if options.get("strict"):
         env["ENVPIN_STRICT"] = "1"
+    if options.get("by_digest"):
+        env["ENVPIN_BY_DIGEST"] = "1"
     if options.get("ray_mode"):
         env["ENVPIN_RAY_MODE"] = options["ray_mode"]
     return env

@@ -42,6 +42,15 @@ class Stamp:
     strict: bool = False
     #: where the image keeps the project's code, if it says so (``ENV ENVPIN_CODE_IN_IMAGE=/app``)
     code_in_image: str | None = None
+    #: jobs name the image by its registry digest (``repo@sha256:...``), not by a tag that may move
+    by_digest: bool = False
+
+    @property
+    def job_image(self) -> str:
+        """The image reference written into jobs: the pinned reference, or its digest with ``--by-digest``."""
+        if self.by_digest and self.image_id and "@sha256:" in self.image_id:
+            return self.image_id
+        return self.image
 
     @property
     def env(self) -> dict[str, str]:
@@ -94,6 +103,17 @@ def _caller_stacklevel() -> int:
             return level
         frame, level = frame.f_back, level + 1
     return 3
+
+
+def require_digest(name: str, image_id: str | None) -> None:
+    """``--by-digest`` needs a registry digest: an image only built or loaded locally has none."""
+    if not image_id or "@sha256:" not in image_id:
+        raise EnvpinError(
+            f"'{name}' has no registry digest ({image_id or 'unknown id'}): it was built or loaded on this engine "
+            "and never pulled from or pushed to a registry, so a cluster could not pull it by digest. Push it to "
+            "a registry the cluster can reach and pin that reference, or pin without --by-digest."
+        )
+
 
 
 class Adapter(Protocol):
@@ -184,6 +204,7 @@ def current_stamp(strict: bool = False) -> Stamp | None:
         fingerprint=fp,
         strict=strict or pin.strict,
         code_in_image=pin.code_in_image,
+        by_digest=pin.by_digest,
     )
 
 
@@ -199,8 +220,8 @@ def stamp(job: dict[str, Any] | None = None, *, image_key: str = "image", env_ke
     if s is None:
         raise EnvpinError("Nothing to stamp: pin the session first with %use_image IMAGE.")
     if job is None:
-        return {"image": s.image, "image_id": s.image_id, "fingerprint": dict(s.fingerprint), "env": s.env}
-    if not s.check_explicit(job.get(image_key)):
-        job[image_key] = s.image
+        return {"image": s.job_image, "image_id": s.image_id, "fingerprint": dict(s.fingerprint), "env": s.env}
+    if job.get(image_key) in (s.image, s.job_image) or not s.check_explicit(job.get(image_key)):
+        job[image_key] = s.job_image
     job[env_key] = {**s.env, **(job.get(env_key) or {})}
     return job

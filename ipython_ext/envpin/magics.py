@@ -78,6 +78,11 @@ class EnvpinMagics(Magics):
     @argument("--strict", action="store_true", help="refuse, instead of warning, when the environments differ")
     @argument("--pull", action="store_true", help="pull the image first even if it is present")
     @argument(
+        "--by-digest",
+        action="store_true",
+        help="jobs name the image by its registry digest (repo@sha256:...), not by a tag that may move",
+    )
+    @argument(
         "--ray-mode",
         choices=("image_uri", "env_vars"),
         default=None,
@@ -87,7 +92,7 @@ class EnvpinMagics(Magics):
     def use_image(self, line: str):
         """Run this notebook and the jobs it submits in IMAGE.
 
-        %use_image IMAGE [--restart] [--strict] [--pull] [--ray-mode image_uri|env_vars]
+        %use_image IMAGE [--restart] [--strict] [--pull] [--by-digest] [--ray-mode image_uri|env_vars]
         %use_image                      show what is pinned
         """
         try:
@@ -95,7 +100,8 @@ class EnvpinMagics(Magics):
         except _IPythonUsageError as exc:
             raise UsageError(
                 f"%use_image takes one image and options, not '{line.strip()}' ({exc}). "
-                "Usage: %use_image IMAGE [--restart] [--strict] [--pull] [--ray-mode image_uri|env_vars]; "
+                "Usage: %use_image IMAGE [--restart] [--strict] [--pull] [--by-digest] "
+                "[--ray-mode image_uri|env_vars]; "
                 "%use_image alone shows the pin."
             ) from None
         try:
@@ -128,7 +134,7 @@ class EnvpinMagics(Magics):
                 "notebook": os.environ.get("JPY_SESSION_NAME"),
                 "cwd": os.getcwd(),
                 "python": platform.python_version(),
-                "options": {"strict": bool(args.strict), "ray_mode": args.ray_mode},
+                "options": {"strict": bool(args.strict), "ray_mode": args.ray_mode, "by_digest": bool(args.by_digest)},
             },
             on_progress=lambda answer: progress.update(answer["message"], answer.get("fraction")),
         )
@@ -137,7 +143,7 @@ class EnvpinMagics(Magics):
             pin = pin_from_environment()
             pin.name = args.image
             pin.notes += answer.get("notes", [])
-            set_pin(pin, args.strict)
+            set_pin(pin, args.strict, args.by_digest)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         if status == "refused":
@@ -165,7 +171,7 @@ class EnvpinMagics(Magics):
         if here and (args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME")) or aliases.expand(args.image) == here):
             pin = pin_from_environment("container")
             pin.name = args.image
-            set_pin(pin, args.strict)
+            set_pin(pin, args.strict, args.by_digest)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         raise EnvpinError(
@@ -207,7 +213,7 @@ class EnvpinMagics(Magics):
         notebook = os.environ.get("JPY_SESSION_NAME")
         if notebook:
             pins.record(os.path.dirname(notebook), notebook, _pin_record(pin))
-        set_pin(pin, args.strict)
+        set_pin(pin, args.strict, args.by_digest)
         display(Status(pin, f"envpin: jobs pinned to {args.image}"))
 
 
@@ -222,9 +228,12 @@ def _ray_adapter():
     return adapter
 
 
-def set_pin(pin: Pin, strict: bool = False) -> None:
+def set_pin(pin: Pin, strict: bool = False, by_digest: bool = False) -> None:
     """Pin the session and (re)activate the submission hooks with it."""
+    if by_digest:
+        hooks.require_digest(pin.name, pin.image_id)
     pin.strict = strict
+    pin.by_digest = by_digest
     _set_pin(pin)
     hooks.activate_all(hooks.current_stamp())
 

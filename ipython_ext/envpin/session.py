@@ -34,6 +34,7 @@ class Pin:
     notes: list[str] = field(default_factory=list)
     strict: bool = False  #: jobs naming another image are refused instead of warned about
     code_in_image: str | None = None  #: the image's ``ENVPIN_CODE_IN_IMAGE`` (where it keeps the project's code)
+    by_digest: bool = False  #: jobs name the image by its registry digest (%use_image --by-digest)
 
 
 _current: Pin | None = None
@@ -63,6 +64,7 @@ def pin_from_environment(mode: str = "kernel in image") -> Pin | None:
         mode=mode,
         code_in_image=os.environ.get("ENVPIN_CODE_IN_IMAGE") or None,
         strict=os.environ.get("ENVPIN_STRICT") == "1",  # %use_image --strict, carried across a move or restart
+        by_digest=os.environ.get("ENVPIN_BY_DIGEST") == "1",
     )
 
 
@@ -100,6 +102,8 @@ class Status:
             ("kernel runs in", kernel_image if p.mode != "host" else f"this host (Python {platform.python_version()})"),
             ("jobs run as", _executor_mode(p)),
         ]
+        if p.by_digest:
+            rows.append(("jobs name it as", p.image_id or "?"))
         from . import hooks
 
         rows += [("stamping", line) for line in hooks.describe()]

@@ -36,6 +36,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode, Union, default
 
 from envpin import control, pins
+from envpin.hooks import require_digest
 from envpin.handoff import EXPECT_ENV as handoff_env
 
 from . import container as kc
@@ -493,6 +494,8 @@ class EnvpinProvisioner(LocalProvisioner):
             notes = list(self._choice.notes)
         answer = {"name": name, "reference": resolved.reference, "image_id": resolved.immutable, "notes": notes}
         options = control.session_options(request.get("options"))
+        if options.get("by_digest"):
+            require_digest(name, resolved.immutable)  # before anything moves
         record = {"image": name, "reference": resolved.reference, "image_id": resolved.immutable}
         if options:
             record["options"] = options

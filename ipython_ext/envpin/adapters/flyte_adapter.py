@@ -82,7 +82,7 @@ class FlyteAdapter(LibraryAdapter):
     def activate(self, stamp: Stamp) -> None:
         # The default image goes into the environment at once, not on import: `!pyflyte register ...`
         # from a notebook that never imported flytekit must see it too.
-        image = with_tag(stamp.image)
+        image = with_tag(stamp.job_image)
         self._env_before = os.environ.get(ENV_DEFAULT_IMAGE)
         if self._env_before and with_tag(self._env_before) != image:
             warnings.warn(
@@ -106,7 +106,7 @@ class FlyteAdapter(LibraryAdapter):
     def install(self, flytekit, stamp: Stamp) -> None:
         from flytekit.core.python_auto_container import PythonAutoContainerTask
 
-        image = with_tag(stamp.image)
+        image = with_tag(stamp.job_image)
 
         def make_init(original):
             def __init__(task, *args, **kwargs):
@@ -131,7 +131,7 @@ def _image_for(named, stamp: Stamp, image: str, task_name: str):
     if named is None or named == "":
         return image
     if isinstance(named, str):
-        if with_tag(named) != image and named != stamp.image_id:
+        if with_tag(named) not in (image, with_tag(stamp.image)) and named != stamp.image_id:
             stamp.check_explicit(named, f"Flyte task {task_name}")
         return named
     # an ImageSpec (built at registration): never ours

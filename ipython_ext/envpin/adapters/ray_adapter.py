@@ -84,7 +84,7 @@ def stamp_runtime_env(runtime_env: Any, stamp: Stamp, mode: str, what: str) -> d
     """``runtime_env`` with the stamp merged in (the user's values win); raises :class:`RuntimeEnvConflict`."""
     env = dict(runtime_env or {})
     named = env.get("image_uri") or (env.get("container") or {}).get("image")
-    if named and named != stamp.image:
+    if named and named not in (stamp.image, stamp.job_image):
         stamp.check_explicit(named, what)  # theirs stays (warned, or refused when strict), without our variables
         return env
     env["env_vars"] = {**stamp.env, **dict(env.get("env_vars") or {})}
@@ -107,7 +107,7 @@ def stamp_runtime_env(runtime_env: Any, stamp: Stamp, mode: str, what: str) -> d
             "runtime does not reinstall it), or, if the cluster's nodes already run this image, re-pin with "
             f"%use_image {stamp.image} --ray-mode env_vars (only env_vars are stamped then). Nothing was submitted."
         )
-    env["image_uri"] = stamp.image
+    env["image_uri"] = stamp.job_image
     return env
 
 

@@ -113,7 +113,7 @@ class YtsaurusAdapter(LibraryAdapter):
             return
         defaults = config["user_job_spec_defaults"]
         if defaults.get("docker_image") is None:
-            self._set(config, "user_job_spec_defaults", "docker_image", stamp.image)
+            self._set(config, "user_job_spec_defaults", "docker_image", stamp.job_image)
         else:  # the user's own default image (or the pin, copied from the template): it stays
             stamp.check_explicit(defaults["docker_image"], "YTsaurus user_job_spec_defaults")
         environment = {**stamp.env, **(defaults.get("environment") or {})}
@@ -138,7 +138,7 @@ class YtsaurusAdapter(LibraryAdapter):
     def _check(builder, spec: dict, stamp: Stamp) -> None:
         job = getattr(builder, "_job_name", None) or getattr(builder, "_job_type", "user job")
         named = spec.get("docker_image")
-        if named and named != stamp.image:
+        if named and named not in (stamp.image, stamp.job_image):
             stamp.check_explicit(named, f"YTsaurus {job} job")
             environment = spec.get("environment") or {}
             for key, value in stamp.env.items():  # the variables describe the pin, which this job does not run
