@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 DOCKERD_LOG = "/var/log/envpin-dockerd.log"
@@ -37,18 +38,34 @@ def _say(msg: str) -> None:
     print(f"[envpin] {msg}", file=sys.stderr, flush=True)
 
 
+#: Image builds run in threads and several may need the same package: apt allows one at a time.
+_APT_LOCK = threading.Lock()
+
+
 def apt_install(package: str, command: str) -> str:
-    """Install Debian's ``package`` unless ``command`` is on PATH already; return its path."""
-    path = shutil.which(command)
-    if path:
-        return path
-    if os.geteuid() != 0:
-        raise SystemExit(f"{command} is missing and this is not root: sudo apt-get install {package}")
-    _say(f"installing Debian's {package} with apt-get ...")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, env=env, stdout=subprocess.DEVNULL)
-    return shutil.which(command) or command
+    """Install Debian's ``package`` unless ``command`` is on PATH already; return its path.
+
+    Serialized (apt holds a lock of its own and fails instead of waiting), and
+    ``apt-get`` is retried a few times: a mirror in the middle of a sync
+    answers ``update`` with an error that is gone a few seconds later.
+    """
+    with _APT_LOCK:
+        path = shutil.which(command)
+        if path:
+            return path
+        if os.geteuid() != 0:
+            raise SystemExit(f"{command} is missing and this is not root: sudo apt-get install {package}")
+        _say(f"installing Debian's {package} with apt-get ...")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", package]):
+            for attempt in range(4):
+                done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL)
+                if done.returncode == 0:
+                    break
+                if attempt == 3:
+                    raise subprocess.CalledProcessError(done.returncode, argv)
+                time.sleep(5 * (attempt + 1))
+        return shutil.which(command) or command
 
 
 def ensure_engine(wait: float = 60.0) -> None:
