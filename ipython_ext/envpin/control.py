@@ -7,7 +7,10 @@ talk through small JSON files in its ``control/`` folder, named by
 ``$ENVPIN_CONTROL_DIR``:
 
 ``request.json`` (kernel -> provisioner)
-    ``{"id", "image", "allow_restart", "notebook"}``: please pin/move to ``image``.
+    ``{"id", "image", "allow_restart", "pull", "python", "options"}``: please
+    pin/move to ``image``.  The provisioner treats it as hostile input: strict
+    schema, unknown fields refused (``envpin_provisioner.control_server``); the
+    notebook and its folder are what the server knows, never what this says.
 ``response-<id>.json`` (provisioner -> kernel)
     ``{"id", "status", "message", "name", "reference", "image_id", ...}`` where
     ``status`` is ``working`` (resolving or pulling; more follows), ``same``
@@ -19,7 +22,8 @@ talk through small JSON files in its ``control/`` folder, named by
     next cell runs in the new image.
 
 Files are written atomically (write, then rename), so a reader never sees half
-of one.  Polling files is crude but needs nothing from the image and works
+of one, and read and written through ``envpin.safe_files`` (no link followed,
+no special file opened, sizes bounded).  Polling files is crude but needs nothing from the image and works
 the same for every engine where the directory is shared.
 """
 
@@ -27,11 +31,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from . import safe_files
 from .errors import EnvpinError
 
 REQUEST = "request.json"
@@ -45,38 +51,52 @@ def control_dir() -> Path | None:
     return Path(d) if d and os.path.isdir(d) else None
 
 
+#: Largest control file either side reads: a request or an answer is a few hundred bytes.
+MAX_FILE_BYTES = 64 * 1024
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically, never through a link planted at ``path``."""
+    with safe_files.directory(path.parent) as folder:
+        safe_files.write_atomic(folder, path.name, json.dumps(data).encode())
 
 
 def take_json(path: Path) -> dict[str, Any] | None:
-    """Take ``path`` away and read it; None when there is none (or it is not JSON).
+    """Take ``path`` away and read it; None when there is none, or it is not a small JSON object file.
 
-    Taking is a rename first: reading and then deleting would race with a writer
-    replacing the file in between (the "working" answer read, the final one
-    written, then deleted unread: the cell would wait forever).  A rename takes
-    exactly one version; a later one lands at ``path`` again.
+    See ``safe_files.take``: a rename takes exactly one version of the file, so
+    an answer written between a read and a delete is never lost.
     """
-    taken = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.taken")
-    try:
-        os.rename(path, taken)
-    except FileNotFoundError:
+    with safe_files.directory(path.parent) as folder:
+        try:
+            raw = safe_files.take(folder, path.name, MAX_FILE_BYTES)
+        except safe_files.UnsafeFile:
+            return None
+    if raw is None:
         return None
     try:
-        return json.loads(taken.read_text())
+        data = json.loads(raw)
     except ValueError:
         return None
-    finally:
-        try:
-            taken.unlink()
-        except FileNotFoundError:
-            pass
+    return data if isinstance(data, dict) else None
+
+
+def response_name(request_id: str) -> str:
+    """The file name of the answers to request ``request_id`` (an id of ``new_request_id()``'s form)."""
+    return f"response-{request_id}.json"
 
 
 def response_path(folder: Path, request_id: str) -> Path:
-    return folder / f"response-{request_id}.json"
+    return folder / response_name(request_id)
+
+
+def new_request_id() -> str:
+    """32 lowercase hex digits: the only form the provisioner accepts (see REQUEST_ID)."""
+    return uuid.uuid4().hex
+
+
+#: What a request id must look like: it becomes part of a file name the provisioner writes.
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def ask(
@@ -92,7 +112,7 @@ def ask(
     keep the wait alive and are passed to ``on_progress``.  No answer at all within ``first_answer_within``
     seconds means no provisioner is listening: say so instead of hanging.
     """
-    request = dict(request, id=uuid.uuid4().hex)
+    request = dict(request, id=new_request_id())
     path = response_path(folder, request["id"])
     write_json(folder / REQUEST, request)
     started = last = time.monotonic()

@@ -224,6 +224,12 @@ class ContainerExecutor(cf.Executor):
         self.max_workers = max_workers or 2
         self.mem_limit = mem_limit
         self.mode = self._choose_mode(mode)
+        if self.mode == "container":  # refused here, before any worker, pull or container
+            from . import aliases, image_policy
+
+            image_policy.check(
+                aliases.expand(self.image), image_policy.patterns_from_env(), "a ContainerExecutor", self.image
+            )
         self._dir = tempfile.mkdtemp(prefix="envpin-jobs-")
         self._socket_path = os.path.join(self._dir, "jobs.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -257,7 +263,7 @@ class ContainerExecutor(cf.Executor):
             from . import host_docker
 
             self._docker = host_docker.client()
-            self._image = host_docker.resolve(self._docker, self.image)
+            self._image = host_docker.resolve(self._docker, self.image, source="a ContainerExecutor")
         return self._image
 
     def _start_container(self, argv: list[str], slot_id: str):

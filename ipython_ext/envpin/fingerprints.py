@@ -82,7 +82,7 @@ def image_fingerprint(name: str) -> dict[str, Any]:
     from . import host_docker
 
     client = host_docker.client()
-    image = host_docker.resolve(client, name)
+    image = host_docker.resolve(client, name, source="envpin.fingerprint(image=...)")
     cache = _cache_dir() / (image.id.replace(":", "_") + ".json")
     try:
         cached = json.loads(cache.read_text())

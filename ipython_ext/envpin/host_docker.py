@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import aliases
+from . import aliases, image_policy
 from .container_spec import base_options
 from .errors import EnvpinError, MissingDependency
 
@@ -52,11 +52,17 @@ def client():
         ) from None
 
 
-def resolve(c, name: str, pull: bool = True) -> Image:
-    """Find image ``name`` (alias, reference or id) on the engine, pulling it if missing."""
+def resolve(c, name: str, pull: bool = True, source: str = "this program") -> Image:
+    """Find image ``name`` (alias, reference or id) on the engine, pulling it if missing.
+
+    ``$ENVPIN_ALLOWED_IMAGES`` is checked first (``envpin.image_policy``): a
+    refused image is neither pulled nor run.  ``source`` names who asked, for
+    that message.
+    """
     import docker.errors
 
     reference = aliases.expand(name)
+    image_policy.check(reference, image_policy.patterns_from_env(), source, name)
     try:
         image = c.images.get(reference)
     except docker.errors.ImageNotFound:

@@ -131,8 +131,6 @@ class EnvpinMagics(Magics):
                 "image": args.image,
                 "allow_restart": bool(args.restart or not state),
                 "pull": bool(args.pull),
-                "notebook": os.environ.get("JPY_SESSION_NAME"),
-                "cwd": os.getcwd(),
                 "python": platform.python_version(),
                 "options": {"strict": bool(args.strict), "ray_mode": args.ray_mode, "by_digest": bool(args.by_digest)},
             },

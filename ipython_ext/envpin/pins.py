@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from . import safe_files
 from .errors import PinFileError
 
 PIN_FILE = ".envpin.json"
@@ -52,27 +52,56 @@ def notebook_key(notebook: str | None) -> str:
     return os.path.basename(notebook) if notebook else FOLDER_KEY
 
 
+#: A pin file holds a few lines per notebook; anything this large is not one.
+MAX_PIN_FILE_BYTES = 1024 * 1024
+
+
 def read(folder: str | os.PathLike) -> dict[str, Any]:
-    """All pins of ``folder`` (``{}`` when there is no pin file); raise PinFileError if unreadable."""
+    """All pins of ``folder`` (``{}`` when there is no pin file); raise PinFileError if unreadable.
+
+    The notebook folder is writable by the kernel, so the pin file is hostile
+    input to the server that reads it: a symbolic link (to ``/etc/shadow``, say),
+    a FIFO, a hard link or a huge file is refused without being read, and no
+    error message quotes the file's content.
+    """
     path = pin_file_for(folder)
     try:
-        text = path.read_text()
+        with safe_files.directory(folder) as dir_fd:
+            text = safe_files.read_regular(dir_fd, PIN_FILE, MAX_PIN_FILE_BYTES)
     except FileNotFoundError:
         return {}
+    except safe_files.UnsafeFile as exc:
+        raise PinFileError(
+            f"The envpin pin file {path} is not a plain file ({exc.strerror}), so envpin does not read it: "
+            "it never follows links or opens special files in a notebook folder. Replace it with a regular "
+            "file (or delete it to start over)."
+        ) from None
     except OSError as exc:
-        raise PinFileError(f"Cannot read the envpin pin file {path}: {exc.strerror}. Fix its permissions.") from exc
+        raise PinFileError(f"Cannot read the envpin pin file {path}: {exc.strerror}. Fix its permissions.") from None
     try:
         data = json.loads(text)
         pins = data["notebooks"]
-        if not isinstance(pins, dict) or not all(isinstance(v, dict) and v.get("image") for v in pins.values()):
+        if not isinstance(pins, dict) or not all(isinstance(v, dict) and isinstance(v.get("image"), str) and v.get("image") for v in pins.values()):
             raise ValueError("each pin needs an 'image'")
-    except (ValueError, KeyError, TypeError) as exc:
-        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+    except json.JSONDecodeError as exc:
         raise PinFileError(
-            f"The envpin pin file {path} is damaged{where}: {exc}. envpin will not overwrite it, so the pins "
+            f"The envpin pin file {path} is damaged (line {exc.lineno}): {exc.msg}. envpin will not overwrite "
+            "it, so the pins it holds are kept; fix the file by hand (it is JSON) or delete it to start over."
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PinFileError(
+            f"The envpin pin file {path} is damaged: {_describe(exc)}. envpin will not overwrite it, so the pins "
             "it holds are kept; fix the file by hand (it is JSON) or delete it to start over."
-        ) from exc
+        ) from None
     return pins
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return "it has no 'notebooks' entry"
+    if isinstance(exc, TypeError):
+        return "it is not a JSON object with a 'notebooks' object"
+    return str(exc)
 
 
 def lookup(folder: str | os.PathLike, notebook: str | None) -> dict[str, Any] | None:
@@ -93,24 +122,21 @@ def lookup(folder: str | os.PathLike, notebook: str | None) -> dict[str, Any] | 
     return None
 
 
-def record(folder: str | os.PathLike, notebook: str | None, pin: dict[str, Any]) -> Path:
-    """Record ``pin`` for ``notebook`` (the folder's pin when None); atomic, other pins kept."""
+def record(
+    folder: str | os.PathLike, notebook: str | None, pin: dict[str, Any], owner: tuple[int, int] | None = None
+) -> Path:
+    """Record ``pin`` for ``notebook`` (the folder's pin when None); atomic, other pins kept.
+
+    Written under a new random name and renamed into place relative to the
+    folder (``safe_files.write_atomic``): a link planted at ``.envpin.json`` is
+    replaced, never written through.  ``owner`` (uid, gid): who the file
+    belongs to, when a server running as root writes it for a kernel's user.
+    """
     pins = read(folder)  # raises on a damaged file: never overwrite what we could not read
     entry = {k: v for k, v in pin.items() if v is not None}
     entry.setdefault("pinned_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     pins[notebook_key(notebook)] = entry
-    path = pin_file_for(folder)
     body = json.dumps({"about": _ABOUT, "version": 1, "notebooks": pins}, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".envpin.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    with safe_files.directory(folder) as dir_fd:
+        safe_files.write_atomic(dir_fd, PIN_FILE, body.encode(), mode=0o644, owner=owner)
+    return pin_file_for(folder)

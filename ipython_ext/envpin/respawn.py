@@ -33,7 +33,7 @@ def run(image: str, argv: list[str], cwd: str | None = None) -> int:
     from . import host_docker
 
     client = host_docker.client()
-    resolved = host_docker.resolve(client, image)
+    resolved = host_docker.resolve(client, image, source="envpin run / envpin.use_image()")
     env = {RESPAWNED_ENV: "1", "ENVPIN_IMAGE_NAME": image}
     try:
         return host_docker.run_attached(client, resolved, argv, cwd or os.getcwd(), env)

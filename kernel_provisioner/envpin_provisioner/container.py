@@ -8,9 +8,14 @@ provisioners) calls it directly.
 How the kernel is reached, without a port and without leaking the key:
 
 * ``ipc`` (default with a local engine): the connection file and the five ZMQ
-  unix sockets live in a private 0700 directory that is bind-mounted into the
-  container at the same path, so host and kernel name the same sockets.  The
-  container needs no network for the channels at all.
+  unix sockets live in a private 0700 channel directory (``make_channel_dir``),
+  parts of which are bind-mounted into the container at the same paths, so
+  host and kernel name the same sockets.  The container needs no network for
+  the channels at all.  Only what the kernel must write is mounted writable:
+  ``sock/`` (its sockets) and ``control/`` (``%use_image`` requests); the
+  connection file is mounted read-only and the channel directory itself is
+  not mounted, so the kernel cannot replace any name the server later uses
+  (the connection file, the two folders) by a link.
 * ``tcp``: the kernel binds inside the container and each port is published on
   127.0.0.1 only; the in-container connection file is copied into the created
   (not yet started) container with ``put_archive``, readable by the kernel's
@@ -41,6 +46,7 @@ from docker.types import DeviceRequest, Mount
 from . import ownership
 from .errors import ConfigError, KernelStartFailed
 from .images import ResolvedImage
+from envpin import safe_files
 from envpin.container_spec import base_options
 
 #: Where the connection file goes inside the container with the tcp transport.
@@ -75,6 +81,8 @@ class KernelLaunch:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Extra ipykernel arguments, e.g. ``["--ext", "envpin"]`` for a pinned notebook.
     kernel_args: list[str] = field(default_factory=list)
+    #: ipc only: the channel directory is one of ``make_channel_dir``'s (mount its parts, not all of it).
+    private_channels: bool = False
 
     @property
     def transport(self) -> str:
@@ -139,7 +147,7 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
     env.update(launch.extra_env)
     mounts = options["mounts"]
     if launch.transport == "ipc":
-        mounts.insert(0, Mount(target=launch.channel_dir, source=launch.channel_dir, type="bind"))
+        mounts[:0] = channel_mounts(launch)
     mounts.extend(launch.extra_mounts)
     command = ["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file()]
     options.update(
@@ -276,7 +284,7 @@ def socket_inodes(launch: KernelLaunch) -> dict[str, tuple[int, int]]:
     for ch in ("shell", "iopub", "stdin", "control", "hb"):
         path = f"{info['ip']}-{info[f'{ch}_port']}"
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # a name in the kernel's socket folder: never follow it
             out[path] = (st.st_ino, st.st_ctime_ns)
         except OSError:
             pass
@@ -369,10 +377,43 @@ def state(container) -> tuple[str, int | None]:
     return container.status, container.attrs.get("State", {}).get("ExitCode", -1)
 
 
-def make_channel_dir() -> str:
-    """A fresh private (0700) directory for one kernel's connection file and ipc sockets.
+#: Inside a channel directory: the kernel's ipc sockets, and the %use_image conversation.
+SOCKET_DIR = "sock"
+CONTROL_DIR = "control"
+CONNECTION_FILE = "kernel.json"
 
-    Short on purpose: a unix socket path may not exceed 107 bytes.
+
+def channel_mounts(launch: KernelLaunch) -> list[Mount]:
+    """The bind mounts that give the kernel its channels (ipc transport).
+
+    A private channel directory (``make_channel_dir``) is not mounted whole:
+    the connection file goes in read-only, ``sock/`` and ``control/``
+    writable.  Inside the container the channel directory is then a folder of
+    the container's own (created by the engine, root's, not writable by the
+    kernel), and the three mount points cannot be renamed or replaced, so
+    every name the server uses in it stays the server's.  A connection file
+    chosen by a client (``envpin launch``) keeps the old shape: its folder.
+    """
+    if not launch.private_channels:
+        return [Mount(target=launch.channel_dir, source=launch.channel_dir, type="bind")]
+    return [
+        Mount(target=launch.connection_file, source=launch.connection_file, type="bind", read_only=True),
+        *(
+            Mount(target=p, source=p, type="bind")
+            for p in (os.path.join(launch.channel_dir, SOCKET_DIR), os.path.join(launch.channel_dir, CONTROL_DIR))
+        ),
+    ]
+
+
+def make_channel_dir(owner: tuple[int, int] | None = None) -> str:
+    """A fresh private (0700) channel directory for one kernel: connection file, ``sock/``, ``control/``.
+
+    ``owner`` (uid, gid): the kernel's user, when a server running as root
+    starts kernels as another user; the two writable folders are given to it
+    here, once, on descriptors of folders the server has just made: nothing
+    is ever chowned by path later (a kernel could have replaced the path by
+    a link by then).  Short on purpose: a unix socket path may not exceed
+    107 bytes.
     """
     import tempfile
 
@@ -380,11 +421,29 @@ def make_channel_dir() -> str:
     if not base or not os.access(base, os.W_OK):
         base = None
     path = tempfile.mkdtemp(prefix="envpin-", dir=base)  # mkdtemp creates it 0700
-    os.chmod(path, 0o700)
+    with safe_files.directory(path, nofollow=True) as top:
+        os.fchmod(top, 0o700)
+        for name in (SOCKET_DIR, CONTROL_DIR):
+            os.close(safe_files.make_private_dir(top, name, 0o700, owner))
     return path
 
 
+def give_connection_file(channel_dir: str, owner: tuple[int, int]) -> None:
+    """Let the kernel's user read its connection file (0600): chown it on a descriptor, never by path."""
+    with safe_files.directory(channel_dir, nofollow=True) as top:
+        fd = os.open(CONNECTION_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+        try:
+            os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
+
+
 def remove_channel_dir(path: str) -> None:
+    """Remove a channel directory and whatever the kernel left in it.
+
+    ``shutil.rmtree`` works on descriptors here (``rmtree.avoids_symlink_attacks``):
+    a link the kernel planted is removed, never followed.
+    """
     import shutil
 
     if path and Path(path).name.startswith("envpin-"):

@@ -22,6 +22,8 @@ import threading
 import uuid
 
 from . import container as kc
+from envpin import aliases, image_policy
+
 from . import engine, images
 from .errors import ConfigError
 
@@ -44,8 +46,9 @@ def run(
         raise ConfigError(
             "envpin launch with the ipc transport needs the sockets (ip) in the connection file's folder."
         )
+    image_policy.check(aliases.expand(image), image_policy.patterns_from_env(), "envpin launch", image)
     client = engine.connect()
-    resolved = images.resolve(client, image, pull_policy, log)
+    resolved = images.resolve(client, aliases.expand(image), pull_policy, log)
     launch = kc.KernelLaunch(
         image=resolved,
         kernel_id=info.get("kernel_name") or f"launch-{uuid.uuid4().hex[:12]}",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from docker.types import Mount
@@ -35,12 +34,13 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Unicode, Union, default
 
-from envpin import control, pins
+from envpin import aliases, control, image_policy, pins
 from envpin.hooks import require_digest
 from envpin.handoff import EXPECT_ENV as handoff_env
 
 from . import container as kc
 from . import engine, image_choice, images, ownership
+from .control_server import ControlChannel, ControlRequest
 from .errors import ConfigError, EnvpinError
 from .options import check_options
 
@@ -193,6 +193,19 @@ class EnvpinProvisioner(LocalProvisioner):
         PYTHONPATH) so `%load_ext envpin` works without installing anything into the image.""",
     )
 
+    allowed_images = List(
+        Unicode(),
+        config=True,
+        help="""fnmatch patterns of the images envpin may run ('registry.example.com/ml/*', 'python:3.11*').
+        When set, an image from the kernelspec, a notebook's pin file or %use_image that matches none is
+        refused before any pull or container. Default: $ENVPIN_ALLOWED_IMAGES (comma-separated), else
+        empty = every image.""",
+    )
+
+    @default("allowed_images")
+    def _allowed_images_default(self) -> list[str]:
+        return image_policy.patterns_from_env()
+
     extra_container_options = Dict(
         config=True,
         help="""Escape hatch: keyword arguments merged last into docker's containers.create()
@@ -207,7 +220,11 @@ class EnvpinProvisioner(LocalProvisioner):
     _choice: image_choice.ImageChoice | None = None
     _launch: kc.KernelLaunch | None = None
     _watcher: asyncio.Task | None = None
+    _control: ControlChannel | None = None
     _moving = False
+    #: Where this kernel's notebook pin lives, from what jupyter_server said at start (never from the kernel).
+    _pin_folder: str | None = None
+    _notebook: str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
@@ -259,7 +276,18 @@ class EnvpinProvisioner(LocalProvisioner):
 
     @property
     def _control_dir(self) -> str | None:
-        return os.path.join(self._channel_dir, "control") if self._channel_dir else None
+        return os.path.join(self._channel_dir, kc.CONTROL_DIR) if self._channel_dir else None
+
+    def _kernel_owner(self) -> tuple[int, int] | None:
+        """(uid, gid) to give the kernel's files to: only when root starts a kernel as another user."""
+        if os.getuid() != 0:
+            return None
+        uid, _, gid = self.user.partition(":")
+        try:
+            uid_i, gid_i = int(uid), int(gid or uid)
+        except ValueError:
+            raise ConfigError(f"user='{self.user}' is not 'UID:GID' (numbers); fix the user option of this kernel.") from None
+        return None if uid_i == 0 else (uid_i, gid_i)
 
     def _build_launch(self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str, moved: bool = False):
         """The KernelLaunch for ``choice``: everything but the image comes from the options."""
@@ -296,6 +324,7 @@ class EnvpinProvisioner(LocalProvisioner):
             mount_envpin=self.mount_envpin,
             extra_env=extra_env,
             kernel_args=kernel_args,
+            private_channels=True,
         )
 
     @property
@@ -355,14 +384,18 @@ class EnvpinProvisioner(LocalProvisioner):
             except Exception:  # an engine that will not say: Docker's default /dev/shm
                 _engine_memory["total"] = None
         env = kwargs.get("env") or {}
+        # The notebook and its folder come from jupyter_server's start request, and from nowhere else.
+        self._notebook = env.get("JPY_SESSION_NAME") or None
+        self._pin_folder = image_choice.notebook_folder(self._notebook, kwargs.get("cwd"))
         self._choice = await asyncio.to_thread(
             image_choice.choose,
             client,
             self.image,
             self.pull_policy,
-            env.get("JPY_SESSION_NAME") or None,
-            kwargs.get("cwd"),
+            self._notebook,
+            self._pin_folder,
             self.log,
+            self.allowed_images,
         )
         transport = self._transport()
         if transport == "tcp" and self.network_mode == "none":
@@ -372,12 +405,12 @@ class EnvpinProvisioner(LocalProvisioner):
             )
         if km is not None:
             if self._channel_dir is None:
-                self._channel_dir = kc.make_channel_dir()
-                os.mkdir(self._control_dir, 0o700)
-                km.connection_file = os.path.join(self._channel_dir, "kernel.json")
+                self._channel_dir = kc.make_channel_dir(self._kernel_owner())
+                self._control = ControlChannel(self._control_dir, self.log)
+                km.connection_file = os.path.join(self._channel_dir, kc.CONNECTION_FILE)
                 km.transport = transport
                 if transport == "ipc":
-                    km.ip = os.path.join(self._channel_dir, "kernel")
+                    km.ip = os.path.join(self._channel_dir, kc.SOCKET_DIR, "k")
                 else:
                     km.ip = "127.0.0.1"
         if transport == "tcp" and "transport_encryption" not in kwargs:
@@ -385,19 +418,12 @@ class EnvpinProvisioner(LocalProvisioner):
             if await asyncio.to_thread(images.supports_curve, client, self._choice.resolved, self.python):
                 kwargs["transport_encryption"] = "required"
         kwargs = await super().pre_launch(**kwargs)
-        self._chown_channel_dir()
+        owner = self._kernel_owner()
+        if owner and self._channel_dir:
+            # The kernel's user must read the connection file. The channel directory itself is
+            # never mounted, so the file cannot have been replaced: chown it by descriptor anyway.
+            kc.give_connection_file(self._channel_dir, owner)
         return kwargs
-
-    def _chown_channel_dir(self) -> None:
-        """When root starts a kernel as another uid, that uid must read the connection file."""
-        if os.getuid() != 0 or not self._channel_dir:
-            return
-        uid, _, gid = self.user.partition(":")
-        uid_i, gid_i = int(uid), int(gid or uid)
-        if uid_i == 0:
-            return
-        for path in [self._channel_dir] + [os.path.join(self._channel_dir, f) for f in os.listdir(self._channel_dir)]:
-            os.chown(path, uid_i, gid_i)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel answers its heartbeat."""
@@ -459,33 +485,38 @@ class EnvpinProvisioner(LocalProvisioner):
     # ---- %use_image: pin requests and moves between images ------------------------------
 
     async def _watch_control(self, env: dict[str, str]) -> None:
-        """Answer the kernel's ``%use_image`` requests (see ``envpin.control``) until cleanup."""
+        """Answer the kernel's ``%use_image`` requests (see ``control_server``) until cleanup.
+
+        Everything the kernel writes is hostile input: ``ControlChannel`` reads
+        and validates it, and a request that fails for any reason gets an error
+        answer while the watcher goes on serving.
+        """
         while True:
-            await asyncio.sleep(0.1)
-            folder = self._control_dir
-            if not folder:
+            channel = self._control
+            await asyncio.sleep(channel.delay if channel else 0.1)
+            channel = self._control
+            if channel is None:
                 return
-            request = control.take_json(Path(folder) / control.REQUEST)
+            request = await asyncio.to_thread(channel.take_request)
             if request is None:
                 continue
             try:
-                await self._answer(Path(folder), request, env)
+                await self._answer(channel, request, env)
             except EnvpinError as exc:
-                self._respond(Path(folder), request, status="error", message=str(exc))
-            except Exception as exc:  # never let a bad request kill the watcher
+                channel.respond(request.id, status="error", message=str(exc))
+            except Exception as exc:  # never let one request kill the watcher: the kernel would hang on the next
                 self.log.exception("envpin: %%use_image request failed")
-                self._respond(Path(folder), request, status="error", message=f"envpin failed: {exc}")
+                channel.respond(request.id, status="error", message=f"envpin failed: {type(exc).__name__}: {exc}")
 
-    def _respond(self, folder: Path, request: dict, **answer: Any) -> None:
-        control.write_json(control.response_path(folder, request["id"]), {"id": request["id"], **answer})
-
-    async def _answer(self, folder: Path, request: dict, env: dict[str, str]) -> None:
-        name = str(request.get("image") or "")
-        self._respond(folder, request, status="working", message=f"envpin: resolving {name} ...")
+    async def _answer(self, channel: ControlChannel, request: ControlRequest, env: dict[str, str]) -> None:
+        name = request.image
+        channel.respond(request.id, status="working", message=f"envpin: resolving {name} ...")
+        image_policy.check(aliases.expand(name), self.allowed_images, "%use_image in this kernel", name)
         client = await self._docker()
-        policy = "always" if request.get("pull") else self.pull_policy
+        policy = "always" if request.pull else self.pull_policy
+
         def progress(message: str, fraction: float | None = None) -> None:  # shown under the %use_image cell
-            self._respond(folder, request, status="working", message=message, fraction=fraction)
+            channel.respond(request.id, status="working", message=message, fraction=fraction)
 
         resolved = await asyncio.to_thread(image_choice.resolve_name, client, name, policy, self.log, progress)
         current = self._choice.resolved
@@ -493,32 +524,34 @@ class EnvpinProvisioner(LocalProvisioner):
         if self._choice.latest_id and resolved.immutable == self._choice.latest_id:
             notes = list(self._choice.notes)
         answer = {"name": name, "reference": resolved.reference, "image_id": resolved.immutable, "notes": notes}
-        options = control.session_options(request.get("options"))
+        options = request.options.as_dict()
         if options.get("by_digest"):
             require_digest(name, resolved.immutable)  # before anything moves
         record = {"image": name, "reference": resolved.reference, "image_id": resolved.immutable}
         if options:
             record["options"] = options
-        pin_folder = image_choice.notebook_folder(request.get("notebook"), request.get("cwd") or self.cwd)
+        pin_folder, notebook, owner = self._pin_folder or self.cwd, self._notebook, self._kernel_owner()
         if resolved.id == current.id:
-            if request.get("python"):
-                record["python"] = request["python"]
-            await asyncio.to_thread(pins.record, pin_folder, request.get("notebook"), record)
+            if request.python:
+                record["python"] = request.python
+            await asyncio.to_thread(pins.record, pin_folder, notebook, record, owner)
             self._choice = image_choice.ImageChoice(name, current, pinned=True, options=options)
-            self._respond(folder, request, status="same", **answer)
+            channel.respond(request.id, status="same", **answer)
             return
-        if not request.get("allow_restart"):
-            self._respond(folder, request, status="refused", **answer)
+        if not request.allow_restart:
+            channel.respond(request.id, status="refused", **answer)
             return
         await asyncio.to_thread(pins.read, pin_folder)  # a damaged pin file stops the move before it starts
 
         def record_pin() -> None:
-            pins.record(pin_folder, request.get("notebook"), record)
+            pins.record(pin_folder, notebook, record, owner)
 
         choice = image_choice.ImageChoice(name, resolved, pinned=True, options=options)
-        await self._move(folder, request, choice, env, answer, record_pin)
+        await self._move(channel, request, choice, env, answer, record_pin)
 
-    async def _move(self, folder: Path, request: dict, choice, env: dict[str, str], answer: dict, record_pin) -> None:
+    async def _move(
+        self, channel: ControlChannel, request: ControlRequest, choice, env: dict[str, str], answer: dict, record_pin
+    ) -> None:
         """Start the kernel in the new image on the same channels, then let the old one hand over and go.
 
         The new kernel binds the same unix socket paths while the old one still
@@ -536,7 +569,7 @@ class EnvpinProvisioner(LocalProvisioner):
             except BaseException:
                 await asyncio.to_thread(kc.remove, new)
                 raise
-            self._respond(folder, request, status="moving", **answer)
+            channel.respond(request.id, status="moving", **answer)
             await asyncio.to_thread(_wait_exit, old, 15.0)
             await asyncio.to_thread(kc.remove, old)
             self._container, self._launch, self._choice = new, launch, choice
@@ -560,6 +593,9 @@ class EnvpinProvisioner(LocalProvisioner):
                     "start, or with envpin gc, once the engine answers", container.short_id, exc,
                 )  # fmt: skip
         if not restart and self._channel_dir:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
             kc.remove_channel_dir(self._channel_dir)
             self._channel_dir = None
         await super().cleanup(restart=restart)
@@ -585,6 +621,8 @@ class EnvpinProvisioner(LocalProvisioner):
         """Re-attach to the container named in ``provisioner_info`` and take ownership of it."""
         await super().load_provisioner_info(provisioner_info)
         self._channel_dir = provisioner_info.get("channel_dir")
+        if self._channel_dir and self._control is None and os.path.isdir(self._control_dir or ""):
+            self._control = ControlChannel(self._control_dir, self.log)
         cid = provisioner_info.get("container_id")
         if not cid:
             return

@@ -56,10 +56,14 @@ async def test_no_listener_no_key_no_privileges(install_kernelspec, notebook_dir
         host = container.attrs["HostConfig"]
         assert host["Privileged"] is False and "no-new-privileges" in host["SecurityOpt"]
         assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
-        # Only the channel directory, envpin's package (read-only) and the notebook folder: no Docker socket.
+        # Only the channels (connection file read-only, socket and control folders), envpin's package
+        # (read-only) and the notebook folder: not the channel directory itself, no Docker socket.
         mounts = {(m["Destination"], m["RW"]) for m in container.attrs["Mounts"]}
+        channel_dir = os.path.dirname(km.connection_file)
         assert mounts == {
-            (os.path.dirname(km.connection_file), True),
+            (km.connection_file, False),
+            (f"{channel_dir}/sock", True),
+            (f"{channel_dir}/control", True),
             ("/opt/envpin/python/envpin", False),
             (str(notebook_dir), True),
         }
