@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import stat
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -275,6 +276,50 @@ def _heartbeat_url(launch: KernelLaunch) -> str:
     return f"tcp://127.0.0.1:{info['hb_port']}"
 
 
+def socket_paths(launch: KernelLaunch) -> list[str]:
+    """The five ipc socket paths of ``launch`` (in the kernel's socket folder)."""
+    info = launch.connection_info
+    return [f"{info['ip']}-{info[f'{ch}_port']}" for ch in ("shell", "iopub", "stdin", "control", "hb")]
+
+
+def clear_sockets(launch: KernelLaunch) -> None:
+    """Remove the kernel's socket names while no kernel owns them (between a container and the next).
+
+    The socket folder is the kernel's to write, so a kernel may have replaced
+    its own socket files by links (to another unix socket on the host, say),
+    and the server's ZMQ clients reconnect *by path*.  With the names gone,
+    a reconnect finds nothing and retries until the next kernel binds them
+    anew.  Unlinking never follows a link; the folder is opened without
+    following one either.
+    """
+    if launch.transport != "ipc" or not launch.private_channels:
+        return
+    folder = os.path.dirname(socket_paths(launch)[0])
+    try:
+        with safe_files.directory(folder, nofollow=True) as fd:
+            for path in socket_paths(launch):
+                safe_files.remove(fd, os.path.basename(path))
+    except FileNotFoundError:
+        pass
+
+
+def _check_sockets(launch: KernelLaunch) -> None:
+    """After the heartbeat answered, every channel path must be a socket (not a link the kernel planted)."""
+    if launch.transport != "ipc":
+        return
+    for path in socket_paths(launch):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if not stat.S_ISSOCK(mode):
+            raise KernelStartFailed(
+                f"The kernel in image '{launch.image.reference}' answered, but its channel {path} is not a unix "
+                "socket (something in the kernel replaced it, by a link perhaps). envpin does not connect to it. "
+                "Restart the kernel; if it happens again, the notebook's code is tampering with its channels."
+            )
+
+
 def socket_inodes(launch: KernelLaunch) -> dict[str, tuple[int, int]]:
     """Identity (inode, change time) of the ipc socket files now: a kernel that binds them anew replaces them.
 
@@ -333,6 +378,7 @@ def wait_ready(
                 time.sleep(0.02)
             elif sock.poll(20):
                 sock.recv()
+                _check_sockets(launch)
                 return
             elif now - sent > 1.0:  # a reply lost to a half-open connection: start over
                 sock.close()

@@ -87,7 +87,7 @@ class ControlRequest:
         """Parse and validate ``raw``; raise BadRequest naming the first problem."""
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadRequest("the request is not JSON") from None
         if not isinstance(data, dict):
             raise BadRequest("the request is not a JSON object")
@@ -136,9 +136,10 @@ class ControlRequest:
 class ControlChannel:
     """The server's handle on one kernel's control folder: a descriptor, never a path."""
 
-    def __init__(self, path: str, log: Any):
+    def __init__(self, path: str, log: Any, owner: tuple[int, int] | None = None):
         self.path = path
         self.log = log
+        self.owner = owner  #: the kernel's (uid, gid) when it is not the server's: answers are given to it
         self._fd: int | None = safe_files.open_dir(path, nofollow=True)
         self._answers: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._bad_in_a_row = 0
@@ -184,7 +185,9 @@ class ControlChannel:
             return
         name = control.response_name(request_id)
         try:
-            safe_files.write_atomic(self._fd, name, json.dumps({"id": request_id, **answer}).encode())
+            safe_files.write_atomic(
+                self._fd, name, json.dumps({"id": request_id, **answer}).encode(), mode=0o600, owner=self.owner
+            )
         except OSError as exc:  # a folder planted at the name, a full disk: the kernel's loss only
             self._bad(f"cannot answer request {request_id}: {exc.strerror}")
             return

@@ -406,7 +406,7 @@ class EnvpinProvisioner(LocalProvisioner):
         if km is not None:
             if self._channel_dir is None:
                 self._channel_dir = kc.make_channel_dir(self._kernel_owner())
-                self._control = ControlChannel(self._control_dir, self.log)
+                self._control = ControlChannel(self._control_dir, self.log, self._kernel_owner())
                 km.connection_file = os.path.join(self._channel_dir, kc.CONNECTION_FILE)
                 km.transport = transport
                 if transport == "ipc":
@@ -430,6 +430,8 @@ class EnvpinProvisioner(LocalProvisioner):
         cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
         launch = self._build_launch(self._choice, kwargs.get("env") or {}, cwd)
         restarting = self._launch is not None
+        if restarting:  # the old container is gone: drop whatever the kernel left at its socket names
+            await asyncio.to_thread(kc.clear_sockets, launch)
         container = await self._start_container(launch)
         # Two restarts can overlap (the server's auto-restarter and a user's): one kernel, one container.
         previous, self._container, self._launch = self._container, container, launch
@@ -450,6 +452,9 @@ class EnvpinProvisioner(LocalProvisioner):
             return 0
         try:
             _, code = await asyncio.to_thread(kc.state, self._container)
+            if code is not None and self._launch is not None and not self._moving:
+                # Dead: until a restart binds them anew, reconnects must find nothing at the socket names.
+                await asyncio.to_thread(kc.clear_sockets, self._launch)
         except Exception as exc:  # engine unreachable or restarting: do not declare the kernel dead on a guess
             self.log.warning(
                 "envpin: cannot reach the Docker engine to check kernel %s (%s: %s); "
@@ -584,6 +589,10 @@ class EnvpinProvisioner(LocalProvisioner):
             self._watcher = None
         if self._container is not None:
             container, self._container = self._container, None
+            if self._launch is not None:
+                # Before the container goes (and the clients reconnect): no name the kernel may have
+                # replaced by a link stays at its socket paths.
+                await asyncio.to_thread(kc.clear_sockets, self._launch)
             try:
                 await asyncio.to_thread(kc.remove, container)
                 self.log.info("envpin: removed kernel container %s", container.short_id)
@@ -599,6 +608,17 @@ class EnvpinProvisioner(LocalProvisioner):
             kc.remove_channel_dir(self._channel_dir)
             self._channel_dir = None
         await super().cleanup(restart=restart)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """The kernel was asked to exit: take its socket names away now, before it closes them.
+
+        Its clients reconnect by path as soon as the kernel's sockets close; a
+        name the kernel replaced by a link would lead them elsewhere (see
+        ``container.clear_sockets``).  Established connections are not affected.
+        """
+        await super().shutdown_requested(restart=restart)
+        if self._launch is not None:
+            await asyncio.to_thread(kc.clear_sockets, self._launch)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 5.0)
@@ -622,7 +642,7 @@ class EnvpinProvisioner(LocalProvisioner):
         await super().load_provisioner_info(provisioner_info)
         self._channel_dir = provisioner_info.get("channel_dir")
         if self._channel_dir and self._control is None and os.path.isdir(self._control_dir or ""):
-            self._control = ControlChannel(self._control_dir, self.log)
+            self._control = ControlChannel(self._control_dir, self.log, self._kernel_owner())
         cid = provisioner_info.get("container_id")
         if not cid:
             return
