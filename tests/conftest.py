@@ -11,7 +11,9 @@ cleaned up so one failure does not cascade.
 
 from __future__ import annotations
 
+import io
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools import engine as dev_engine  # noqa: E402
 from tools import images as dev_images  # noqa: E402
+from tools.registry import LocalRegistry  # noqa: E402
 
 PY311 = "envpin-test/py311:latest"
 PY313 = "envpin-test/py313:latest"
@@ -98,3 +101,27 @@ def notebook_dir(tmp_path):
     d = tmp_path / "notebooks" / "project one"  # a space: paths are passed through, not split
     d.mkdir(parents=True)
     return d
+
+
+# ---- a real registry on 127.0.0.1 (Debian's docker-registry), for pulls ------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(docker_client, tmp_path_factory):
+    with LocalRegistry(root=tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture
+def pushed_image(docker_client, registry):
+    """A new image (py311 plus a 16 MB random layer) in the registry, absent from the engine."""
+    tag = uuid.uuid4().hex[:8]
+    repo = f"{registry.address}/envpin/pulltest"
+    dockerfile = f"FROM {PY311}\nRUN head -c 16000000 /dev/urandom > /opt/random.bin\n"
+    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{repo}:{tag}", rm=True)
+    for line in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
+        assert "error" not in line, line
+    docker_client.images.remove(image.id, force=True)
+    yield "envpin/pulltest", tag
+    for img in docker_client.images.list(name="*/envpin/pulltest"):
+        docker_client.images.remove(img.id, force=True)

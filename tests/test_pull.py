@@ -6,39 +6,15 @@ proxy, so the pull takes seconds and reports real progress events.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-import uuid
 
 import pytest
 
 from conftest import PY311
 from kernels import PROBE, kernel, run, run_json
-from tools.registry import LocalRegistry
 
 import slow_proxy
-
-
-@pytest.fixture(scope="module")
-def registry(docker_client, tmp_path_factory):
-    with LocalRegistry(root=tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
-
-
-@pytest.fixture
-def pushed_image(docker_client, registry):
-    """A new image (py311 plus a 16 MB random layer) in the registry, absent from the engine."""
-    tag = uuid.uuid4().hex[:8]
-    repo = f"{registry.address}/envpin/pulltest"
-    dockerfile = f"FROM {PY311}\nRUN head -c 16000000 /dev/urandom > /opt/random.bin\n"
-    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{repo}:{tag}", rm=True)
-    for line in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
-        assert "error" not in line, line
-    docker_client.images.remove(image.id, force=True)
-    yield "envpin/pulltest", tag
-    for img in docker_client.images.list(name="*/envpin/pulltest"):
-        docker_client.images.remove(img.id, force=True)
 
 
 async def test_missing_image_is_pulled_with_progress_outside_the_launch_timeout(
