@@ -194,7 +194,7 @@ class FakeYtProxy:
                 table = _table_path(raw.get("path") if raw else path)
                 rows = _decode_rows(_decompress(body), params.get("input_format"))
                 self.tables[table.path] = (self.tables.get(table.path, []) if table.append else []) + rows
-                self.nodes.setdefault(table.path, {"type": "table"})
+                self.nodes.setdefault(table.path, {"type": "table"}).pop("sorted_by", None)
                 return None
             if command == "read_table":
                 rows = self.tables.get(self._resolve(_table_path(path).path), [])
@@ -233,7 +233,8 @@ class FakeYtProxy:
                 rows = self.tables.get(base, [])
                 node = {"id": self._node_id(base), "row_count": len(rows),
                         "chunk_count": 1 if rows else 0, "dynamic": False,
-                        "sorted": False, "compression_codec": "none", "erasure_codec": "none", **node}  # fmt: skip
+                        "sorted": bool(node.get("sorted_by")), "compression_codec": "none", "erasure_codec": "none",
+                        **node}  # fmt: skip
             if attribute and attribute not in node:
                 raise ResolveError(f"Error resolving path {path}: attribute {attribute!r} not found")
             return node.get(attribute) if attribute else node
@@ -439,7 +440,14 @@ class ExecNode:
         state = self.proxy.states[op_id]
         try:
             plain = _plain(spec)
-            if op_type == "vanilla":
+            if op_type == "sort":  # no user job: the fake scheduler sorts by itself
+                key = plain.get("sort_by") or []
+                key = [key] if isinstance(key, str) else key
+                rows = [r for p in plain.get("input_table_paths") or [] for r in self.proxy.tables.get(_table_path(p).path, [])]
+                out = _table_path(spec["output_table_path"]).path
+                self.proxy.tables[out] = sorted(rows, key=lambda r: [json.dumps(r.get(k)) for k in key])
+                self.proxy.nodes.setdefault(out, {"type": "table"})["sorted_by"] = key
+            elif op_type == "vanilla":
                 for name, task in (spec.get("tasks") or {}).items():
                     outputs = [_table_path(p).path for p in task.get("output_table_paths") or []]
                     for index in range(int(task.get("job_count", 1))):
@@ -528,7 +536,7 @@ class ExecNode:
             for path, out_rows in zip(outputs, produced):
                 if path != "<intermediate>":
                     self.proxy.tables[path] = out_rows
-                    self.proxy.nodes.setdefault(path, {"type": "table"})
+                    self.proxy.nodes.setdefault(path, {"type": "table"}).pop("sorted_by", None)
             return produced
         finally:
             shutil.rmtree(sandbox, ignore_errors=True)

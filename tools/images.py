@@ -107,6 +107,12 @@ RECIPES: dict[str, ImageRecipe] = {
             notes="Python 3.11 with ipykernel, cloudpickle and ytsaurus-client (a notebook image for YTsaurus users)",
         ),
         ImageRecipe(
+            "envpin-test/yt313:latest",
+            "trixie",
+            ("ipykernel", "cloudpickle", "ytsaurus-client"),
+            notes="Python 3.13 with ytsaurus-client: a cluster image of another Python, for the version check",
+        ),
+        ImageRecipe(
             "envpin-test/ray:latest",
             "bookworm",
             ("ipykernel", "cloudpickle", "ray"),

@@ -15,7 +15,14 @@ admin or a user would put it:
 * ``pickling.check_python_version = True``: the job refuses to start under a
   different Python instead of failing later in an unpickled code object;
 * ``pickling.python_binary``: when the kernel itself runs in the pinned image,
-  its interpreter's path (the job runs the very same file).
+  its interpreter's path (the job runs the very same file);
+* ``pickling.ignore_system_modules``: also then, so the modules archive holds
+  the notebook's own code only (the image has the standard library and
+  site-packages; shipping them made each operation upload ~10 MB, and made a
+  job under another Python die in this Python's ``threading.py`` before the
+  version check could speak);
+* the jobs' environment carries what operations started *inside* jobs need
+  to keep the image (see ``job_environment``).
 
 These go into the global configuration (``yt.wrapper.config``, used without
 a client) and the template every new ``YtClient`` copies.  A ``YtClient``
@@ -116,9 +123,6 @@ class YtsaurusAdapter(LibraryAdapter):
             self._set(config, "user_job_spec_defaults", "docker_image", stamp.job_image)
         else:  # the user's own default image (or the pin, copied from the template): it stays
             stamp.check_explicit(defaults["docker_image"], "YTsaurus user_job_spec_defaults")
-        environment = {**stamp.env, **(defaults.get("environment") or {})}
-        if environment != defaults.get("environment"):
-            self._set(config, "user_job_spec_defaults", "environment", environment)
 
         pickling = config["pickling"]
         if pickling.get("framework") == "dill":
@@ -131,6 +135,21 @@ class YtsaurusAdapter(LibraryAdapter):
             and os.environ.get("ENVPIN_IMAGE") == stamp.image  # this kernel runs in the pinned image
         ):
             self._set(config, "pickling", "python_binary", sys.executable)
+        if (
+            not pickling.get("ignore_system_modules")
+            and os.environ.get("ENVPIN_IMAGE") == stamp.image  # the jobs' image has this very stdlib and site-packages
+        ):
+            # Ship only the notebook's own modules: the image has the rest. Shipping the stdlib also hides
+            # a wrong image: a job under another Python would die importing this Python's threading.py
+            # before the client's check_python_version could say what is wrong.
+            self._set(config, "pickling", "ignore_system_modules", True)
+
+        # Last, once the pickling choice is made: the jobs' environment, with the patch that carries
+        # all of this into clients created inside the jobs (nested operations).
+        inherited_env = job_environment(stamp, defaults.get("docker_image") or stamp.job_image, pickling)
+        environment = {**inherited_env, **(defaults.get("environment") or {})}
+        if environment != defaults.get("environment"):
+            self._set(config, "user_job_spec_defaults", "environment", environment)
 
     # -- checks -------------------------------------------------------------------------
 
@@ -144,6 +163,54 @@ class YtsaurusAdapter(LibraryAdapter):
             for key, value in stamp.env.items():  # the variables describe the pin, which this job does not run
                 if environment.get(key) == value:
                     del environment[key]
+            if environment.get("YT_BASE_LAYER") in (stamp.image, stamp.job_image):  # nor should its nested jobs
+                environment.pop("YT_BASE_LAYER")
+                environment.pop("YT_CONFIG_PATCHES", None)
+
+
+#: How many levels of YT_CONFIG_PATCHES are chained (see job_environment).
+NESTING_DEPTH = 4
+
+
+def job_environment(stamp: Stamp, image: str, pickling: dict) -> dict[str, str]:
+    """The variables every job gets, so that operations started *inside* jobs keep the pinned image.
+
+    envpin is not loaded in jobs, so what nested operations inherit must travel
+    in what ``ytsaurus-client`` itself reads there (0.13.x, read in its source):
+
+    * the job's global configuration is the submitting client's (the job's
+      ``config_dump``), stamp included: operations started with the
+      module-level API (``yt.run_map``), or with a client made from that
+      configuration, keep the image, variables and pickler at any depth;
+    * a *new* ``YtClient()`` starts from the package defaults and reads only a
+      few "forced" variables, among them ``YT_BASE_LAYER`` (its
+      ``operation_base_layer``), which it writes as ``docker_image`` into every
+      job of its operations that names no image of its own.  envpin sets it to
+      the pinned image (when the reference is lowercase: the client lowercases
+      it), and it then travels on in that client's configuration, so
+      module-level calls further down keep the image too.  Such a client's
+      jobs do not get the ``ENVPIN_*`` variables, and a new client inside one
+      of *them* has nothing left to read: the limit of a client that takes no
+      job defaults from the environment;
+    * ``YT_CONFIG_PATCHES`` (applied by the client to its global configuration
+      at import): for programs a job runs that import the client themselves
+      (a vanilla task's script), the same defaults and pickling, chained
+      ``NESTING_DEPTH`` levels deep (a patch cannot contain itself).
+    """
+    import yt.yson as yson
+
+    base = dict(stamp.env)
+    if image == image.lower():
+        base["YT_BASE_LAYER"] = image
+    carried = {k: pickling[k] for k in ("framework", "check_python_version", "python_binary") if pickling.get(k) is not None}
+    patch: str | None = None
+    for _ in range(NESTING_DEPTH):
+        environment = dict(base)
+        if patch is not None:
+            environment["YT_CONFIG_PATCHES"] = patch
+        level = {"user_job_spec_defaults": {"docker_image": image, "environment": environment}, "pickling": carried}
+        patch = yson.dumps(level, yson_format="text").decode()
+    return {**base, "YT_CONFIG_PATCHES": patch or ""}
 
 
 class _Missing:
