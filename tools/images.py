@@ -19,6 +19,7 @@ matches is reused, so a second run costs a few Docker API calls.  Run as
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -73,6 +74,13 @@ ENV PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 LABEL {label}={digest}
 """
 
+#: The Flyte tasks baked into envpin-test/flyte-code (base64: a Dockerfile line holds them without quoting).
+_FLOWS_IN_IMAGE = base64.b64encode(
+    b"import os\n\nfrom flytekit import task\n\n\n"
+    b"@task\ndef shout(word: str) -> str:\n"
+    b"    return word.upper() + ' from the image ' + os.environ.get('ENVPIN_IMAGE', '?')\n"
+).decode()
+
 RECIPES: dict[str, ImageRecipe] = {
     r.tag: r
     for r in (
@@ -117,6 +125,23 @@ RECIPES: dict[str, ImageRecipe] = {
             "bookworm",
             ("ipykernel", "cloudpickle", "ray"),
             notes="Python 3.11 with ipykernel, cloudpickle and ray (a notebook image for Ray users)",
+        ),
+        ImageRecipe(
+            "envpin-test/flyte:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle", "flytekit"),
+            notes="Python 3.11 with ipykernel, cloudpickle and flytekit (a notebook image for Flyte users)",
+        ),
+        ImageRecipe(
+            "envpin-test/flyte-code:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle", "flytekit"),
+            notes="envpin-test/flyte plus the project's Flyte tasks in /opt/project, marked with ENVPIN_CODE_IN_IMAGE",
+            tail=(
+                "RUN mkdir -p /opt/project/flows_in_image && touch /opt/project/flows_in_image/__init__.py "
+                f"&& echo {_FLOWS_IN_IMAGE} | base64 -d > /opt/project/flows_in_image/tasks.py\n"
+                "ENV ENVPIN_CODE_IN_IMAGE=/opt/project PYTHONPATH=/opt/project\n"
+            ),
         ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
         ImageRecipe(
