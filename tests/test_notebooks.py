@@ -61,14 +61,27 @@ def _run_host_notebook(name: str, tmp_path, monkeypatch) -> str:
     )
 
 
-def test_ytsaurus_notebook_shows_the_stamped_operation(jupyter_env, tmp_path, monkeypatch, docker_client):
-    text = _run_host_notebook("ytsaurus_jobs.ipynb", tmp_path, monkeypatch)
-    demo_id = docker_client.images.get("ubuntu-22.04-py3").id
-    assert "pickler: cloudpickle" in text
-    assert "docker_image: ubuntu-22.04-py3" in text
-    assert f"'ENVPIN_IMAGE_ID': '{demo_id}'" in text and "'YT_JOB_DOCKER_IMAGE': 'ubuntu-22.04-py3'" in text
-    assert "command     : python3 ..." in text
+def test_ytsaurus_notebook_shows_jobs_that_ran_in_the_image(install_kernelspec, tmp_path, docker_client):
+    """In a Containerized kernel of the YTsaurus image, against the fake cluster whose exec node runs the jobs."""
+    from fake_yt import FakeYtProxy
+
+    work = tmp_path / "ytsaurus_jobs"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "ytsaurus_jobs.ipynb", work)
+    with FakeYtProxy(exec_node=docker_client) as cluster:
+        name = install_kernelspec("envpin-test/yt", network_mode="host", environment={"YT_PROXY": cluster.url})
+        nb = nbformat.read(work / "ytsaurus_jobs.ipynb", as_version=4)
+        NotebookClient(nb, kernel_name=name, timeout=240, resources={"metadata": {"path": str(work)}}).execute()
+        ran = list(cluster.exec_node.jobs_run)
+    text = "\n".join(
+        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
+    )
+    assert "pickler: cloudpickle" in text and "docker_image: envpin-test/yt" in text
+    rows = [line for line in text.splitlines() if line.startswith("row from the job:")]
+    assert len(rows) == 3 and all("'image': 'envpin-test/yt'" in r and "'in_container': True" in r for r in rows), text
+    assert "this kernel     : python 3.11.2 in envpin-test/yt" in text and all("'python': '3.11.2'" in r for r in rows)
     assert "ImageConflictWarning: YTsaurus mapper job names image 'registry.example/team/other:2'" in text
+    assert ran[0]["image"] == "envpin-test/yt"
 
 
 def test_ray_notebook_runs_a_task_and_shows_the_refusal(jupyter_env, tmp_path, monkeypatch, docker_client):
@@ -78,10 +91,9 @@ def test_ray_notebook_runs_a_task_and_shows_the_refusal(jupyter_env, tmp_path, m
     assert "refused: Ray task" in text and "'pip'" in text and "--ray-mode env_vars" in text
 
 
-def test_flyte_notebook_shows_each_task_image(jupyter_env, tmp_path, monkeypatch, docker_client):
+def test_flyte_notebook_runs_its_workflow_in_the_image(jupyter_env, tmp_path, monkeypatch, docker_client):
     text = _run_host_notebook("flyte_tasks.ipynb", tmp_path, monkeypatch)
-    lines = {line.split("image:")[0].strip().rsplit(".", 1)[-1]: line.split("image:")[1].strip()
-             for line in text.splitlines() if "image:" in line}
-    assert lines.get("double") == "ubuntu-22.04-py3:latest", text
+    assert "pipeline(x=21) -> 42, computed by Python 3.11.2 in envpin-test/flyte" in text, text
+    lines = {line.split("image:")[0].strip(): line.split("image:")[1].strip() for line in text.splitlines() if "image:" in line}
+    assert lines.get("double") == lines.get("where") == "envpin-test/flyte:latest", text
     assert lines.get("train") == "registry.example/team/gpu:7", text
-    assert "Flyte task" in text and "keeps 'registry.example/team/gpu:7'" in text
