@@ -81,6 +81,34 @@ _FLOWS_IN_IMAGE = base64.b64encode(
     b"    return word.upper() + ' from the image ' + os.environ.get('ENVPIN_IMAGE', '?')\n"
 ).decode()
 
+#: A small uv project (its pyproject.toml and package), as a Ray user's images have one.
+_UV_PROJECT = {
+    "pyproject.toml": (
+        '[project]\nname = "demoapp"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        'dependencies = ["cloudpickle"]\n\n[build-system]\nrequires = ["hatchling"]\n'
+        'build-backend = "hatchling.build"\n'
+    ),
+    "demoapp/__init__.py": "VALUE = 42\n",
+}
+_RAY_UV_PACKAGES = ("ipykernel", "cloudpickle", "ray[default,client]", "uv", "hatchling", "editables")  # editables: hatchling builds editable installs
+
+
+def _uv_sync_tail(install_project: bool) -> str:
+    """Dockerfile lines that build the project's environment with real uv, offline, into /opt/python."""
+    files = " && ".join(
+        f"mkdir -p /opt/app/{os.path.dirname(name) or '.'} && echo {base64.b64encode(text.encode()).decode()} "
+        f"| base64 -d > /opt/app/{name}"
+        for name, text in _UV_PROJECT.items()
+    )
+    flag = "" if install_project else " --no-install-project"
+    return (
+        "COPY wheels /tmp/uv-wheels\n"
+        f"RUN {files} && cd /opt/app && UV_PROJECT_ENVIRONMENT=/opt/python UV_NO_CACHE=1 /opt/python/bin/uv sync "
+        f"--inexact --no-index --find-links /tmp/uv-wheels --python /opt/python/bin/python{flag} "
+        "&& rm -rf /tmp/uv-wheels\n"
+    )
+
+
 RECIPES: dict[str, ImageRecipe] = {
     r.tag: r
     for r in (
@@ -123,7 +151,7 @@ RECIPES: dict[str, ImageRecipe] = {
         ImageRecipe(
             "envpin-test/ray:latest",
             "bookworm",
-            ("ipykernel", "cloudpickle", "ray"),
+            ("ipykernel", "cloudpickle", "ray[default,client]"),
             notes="Python 3.11 with ipykernel, cloudpickle and ray (a notebook image for Ray users)",
         ),
         ImageRecipe(
@@ -142,6 +170,27 @@ RECIPES: dict[str, ImageRecipe] = {
                 f"&& echo {_FLOWS_IN_IMAGE} | base64 -d > /opt/project/flows_in_image/tasks.py\n"
                 "ENV ENVPIN_CODE_IN_IMAGE=/opt/project PYTHONPATH=/opt/project\n"
             ),
+        ),
+        ImageRecipe(
+            "envpin-test/ray-b:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle", "ray[default,client]"),
+            notes="envpin-test/ray plus a marker file: a second application's image on the same Ray cluster",
+            tail="RUN echo b > /opt/envpin-marker\n",
+        ),
+        ImageRecipe(
+            "envpin-test/ray-uv-project:latest",
+            "bookworm",
+            _RAY_UV_PACKAGES,
+            notes="a Ray image built with `uv sync`, which installed the project itself into the image's venv",
+            tail=_uv_sync_tail(install_project=True),
+        ),
+        ImageRecipe(
+            "envpin-test/ray-uv:latest",
+            "bookworm",
+            _RAY_UV_PACKAGES,
+            notes="the same built the recommended way: `uv sync --no-install-project` (dependencies only)",
+            tail=_uv_sync_tail(install_project=False),
         ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
         ImageRecipe(

@@ -27,6 +27,32 @@ Choose the mode with ``%use_image IMAGE --ray-mode env_vars``, or
 A ``runtime_env`` naming its own ``image_uri`` keeps it, with the
 ``ImageConflictWarning``.
 
+**Ray Client** (``ray.init("ray://HEAD:10001")``, how a notebook that is not
+a cluster node connects): a *job-level* ``image_uri`` breaks the connection
+itself (Ray starts the client server's per-connection process through the
+image_uri plugin, with arguments its worker script rejects: "Proxy failed to
+Connect to backend!").  So through Ray Client, ``ray.init`` gets the
+``env_vars`` only, and every task and actor gets ``image_uri`` at its own
+level.  Ray Client tasks and actors do not go through ``RemoteFunction`` /
+``ActorClass``: their options reach the cluster through
+``ray.util.client.common.set_task_options``, which the adapter wraps (for
+functions and actors; actor *methods* carry no runtime_env).
+
+**Preflight**: before ``ray.init`` connects to a cluster (``ray://HOST:PORT``
+or ``HOST:PORT``) or ``JobSubmissionClient.submit_job`` submits, envpin asks
+the cluster's dashboard (``http://HOST:8265``, or ``$ENVPIN_RAY_DASHBOARD``)
+for the Ray and Python versions Ray recorded for the cluster
+(``/api/v0/cluster_metadata``), and compares them with the pinned image's:
+Ray exactly, Python at the level Ray enforces
+(``RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL``: ``patch``, the default, or
+``minor``).  A mismatch, or an image without Ray, is refused in one paragraph
+(:class:`ClusterMismatch`), before anything is submitted; otherwise Ray would
+fail each task's runtime_env setup after ~11 s, or run it with a raylet
+traceback on the side.  The image's versions come from this process when the
+kernel runs in the image, else from the image's fingerprint (cached by image
+id); the cluster's are cached for a minute.  A dashboard that does not answer
+within two seconds skips the check.
+
 A *local* cluster (``ray.init()`` with no cluster to join, or
 ``address="local"``) runs its workers on the kernel's own machine.  When the
 kernel itself runs in the pinned image, those workers already run the pinned
@@ -59,6 +85,10 @@ _JOB_SDK = "ray.dashboard.modules.job.sdk"
 
 class RuntimeEnvConflict(EnvpinError):
     """A Ray ``runtime_env`` asks for fields Ray cannot combine with the pinned ``image_uri``."""
+
+
+class ClusterMismatch(EnvpinError):
+    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray)."""
 
 
 def default_mode() -> str:
@@ -119,6 +149,7 @@ class RayAdapter(LibraryAdapter):
         super().__init__()
         self.mode = mode  # None: ENVPIN_RAY_MODE, else image_uri
         self._local_in_image = False  # a local cluster whose workers run in the pinned image (this kernel's)
+        self._client_mode = False  # connected through Ray Client: image_uri per task and actor, not per job
 
     @property
     def effective_mode(self) -> str:
@@ -146,14 +177,23 @@ class RayAdapter(LibraryAdapter):
 
         def make_init(original):
             def init(*args, **kwargs):
-                adapter._local_in_image = False
+                adapter._local_in_image = adapter._client_mode = False
+                address = _address(args, kwargs)
                 if (adapter.mode or default_mode()) == "image_uri" and _starts_local_cluster(args, kwargs):
                     adapter._local_in_image = adapter._check_local_cluster()
-                kwargs["runtime_env"] = adapter._stamped(kwargs.get("runtime_env"), "ray.init")
+                elif address:
+                    adapter.preflight(_dashboard_for(address), f"the Ray cluster at {address}")
+                stamped = adapter._stamped(kwargs.get("runtime_env"), "ray.init")  # checks conflicts too
+                if address.startswith("ray://"):
+                    # Ray Client: a job-level image_uri breaks the connection; tasks and actors get it instead.
+                    adapter._client_mode = True
+                    if stamped.get("image_uri") == adapter.stamp.job_image:
+                        stamped.pop("image_uri")
+                kwargs["runtime_env"] = stamped
                 try:
                     return original(*args, **kwargs)
                 except BaseException:
-                    adapter._local_in_image = False
+                    adapter._local_in_image = adapter._client_mode = False
                     raise
 
             return init
@@ -185,6 +225,23 @@ class RayAdapter(LibraryAdapter):
 
             return _remote
 
+        def make_set_task_options(original):
+            def set_task_options(task, options, field="options"):
+                from ray.core.generated import ray_client_pb2
+
+                kinds = (ray_client_pb2.ClientTask.FUNCTION, ray_client_pb2.ClientTask.ACTOR)
+                if adapter._client_mode and task.type in kinds and (field == "baseline_options" or options):
+                    if field == "baseline_options" or "runtime_env" in (options or {}):
+                        options = dict(options or {})
+                        what = f"Ray {'task' if task.type == ray_client_pb2.ClientTask.FUNCTION else 'actor'} {task.name}"
+                        options["runtime_env"] = adapter._stamped(options.get("runtime_env"), what)
+                return original(task, options, field)
+
+            return set_task_options
+
+        from ray.util.client import common as client_common
+
+        self.patches.wrap(client_common, "set_task_options", make_set_task_options)
         self.patches.wrap(ray, "init", make_init)
         self.patches.wrap(ray, "shutdown", make_shutdown)
         self.patches.wrap(remote_function.RemoteFunction, "_remote", make_remote_function)
@@ -198,6 +255,9 @@ class RayAdapter(LibraryAdapter):
 
         def make_submit(original):
             def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
+                address = getattr(self, "_address", None)
+                if address:
+                    adapter.preflight(address, f"the Ray cluster at {address}")
                 stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
                 return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
 
@@ -230,9 +290,90 @@ class RayAdapter(LibraryAdapter):
             )
         return False
 
+    def preflight(self, dashboard: str | None, what: str) -> None:
+        """Refuse, before anything is submitted, a cluster whose Ray or Python the pinned image does not have."""
+        if not dashboard or self.stamp is None:
+            return
+        cluster = _cluster_versions(dashboard)
+        if cluster is None:  # no dashboard answers: nothing to compare with (Ray will say it, later)
+            return
+        image = _image_versions(self.stamp)
+        level = os.environ.get("RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL", "patch")
+        parts = 2 if level == "minor" else 3
+        problems = []
+        if not image.get("ray"):
+            problems.append("has no Ray installed")
+        elif image["ray"] != cluster["ray"]:
+            problems.append(f"has Ray {image['ray']}")
+        if image.get("python") and image["python"].split(".")[:parts] != cluster["python"].split(".")[:parts]:
+            problems.append(f"has Python {image['python']}")
+        if not problems:
+            return
+        raise ClusterMismatch(
+            f"{what} runs Ray {cluster['ray']} on Python {cluster['python']}, but the pinned image "
+            f"'{self.stamp.image}' {' and '.join(problems)}; Ray needs the same Ray version, and Python equal "
+            f"up to the {level} version (RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL), on the driver and every "
+            f"worker, so its tasks would fail or misbehave. Rebuild the image on Ray {cluster['ray']} and Python "
+            f"{cluster['python']} (pip install 'ray[client]=={cluster['ray']}' on that Python), or pin an image "
+            "that has them. Nothing was submitted."
+        )
+
     def _stamped(self, runtime_env: Any, what: str) -> dict[str, Any]:
         assert self.stamp is not None
         return stamp_runtime_env(runtime_env, self.stamp, self.effective_mode, what)
+
+
+def _address(args: tuple, kwargs: dict) -> str:
+    """The cluster address ``ray.init`` was given (``RAY_ADDRESS`` when none): '' for a local cluster."""
+    address = kwargs.get("address", args[0] if args else None) or os.environ.get("RAY_ADDRESS") or ""
+    return "" if address in ("local", "auto") else str(address)
+
+
+def _dashboard_for(address: str) -> str | None:
+    """The dashboard of the cluster at ``address``: ``$ENVPIN_RAY_DASHBOARD``, else port 8265 of its host."""
+    if os.environ.get("ENVPIN_RAY_DASHBOARD"):
+        return os.environ["ENVPIN_RAY_DASHBOARD"]
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return f"http://{host}:8265" if host else None
+
+
+_cluster_cache: dict[str, tuple[float, dict[str, str] | None]] = {}
+
+
+def _cluster_versions(dashboard: str) -> dict[str, str] | None:
+    """``{"ray", "python"}`` Ray recorded for the cluster, from its dashboard; None when it does not answer."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = dashboard.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    cached = _cluster_cache.get(url)
+    if cached and time.monotonic() - cached[0] < 60:
+        return cached[1]
+    try:
+        with urllib.request.urlopen(f"{url}/api/v0/cluster_metadata", timeout=2) as reply:
+            data = json.load(reply).get("data") or {}
+        found = {"ray": str(data["rayVersion"]), "python": str(data["pythonVersion"])}
+    except (OSError, ValueError, KeyError, urllib.error.URLError):
+        found = None
+    _cluster_cache[url] = (time.monotonic(), found)
+    return found
+
+
+def _image_versions(stamp: Stamp) -> dict[str, str | None]:
+    """Ray and Python of the pinned image: this process's when the kernel runs in it, else its fingerprint's."""
+    import platform
+
+    if os.environ.get("ENVPIN_IMAGE") in (stamp.image, stamp.job_image):
+        import ray
+
+        return {"ray": ray.__version__, "python": platform.python_version()}
+    from .. import fingerprints
+
+    facts = fingerprints.fingerprint(image=stamp.image)
+    return {"ray": facts.get("ray"), "python": facts.get("python_version")}
 
 
 def _starts_local_cluster(args: tuple, kwargs: dict) -> bool:
