@@ -18,6 +18,7 @@ faked, and only where there is no cluster here:
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from kernels import kernel, run, run_json
@@ -301,7 +302,9 @@ async def test_ray_local_cluster_in_a_kernel_running_in_the_image(install_kernel
 
 
 async def test_ray_local_cluster_from_a_host_kernel_without_podman_is_refused(jupyter_env, tmp_path, docker_client):
-    async with kernel("python3", cwd=tmp_path) as (km, kc):
+    # A host without podman: the kernel's PATH has none (the Ray e2e tests install podman on this machine).
+    no_podman = {"PATH": os.path.dirname(sys.executable)}
+    async with kernel("python3", cwd=tmp_path, env=no_podman) as (km, kc):
         await _ok(kc, PIN)
         started = time.monotonic()
         res = await run(kc, "import ray\nray.init(num_cpus=1, include_dashboard=False)", timeout=60)
