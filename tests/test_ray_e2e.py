@@ -184,3 +184,24 @@ async def test_uv_built_images_the_seed_scenario(ray_cluster, install_kernelspec
         )
         await _ok(kc, "ray.shutdown()")
     assert seen["image"] == UV_IMAGE and seen["podman"] and seen["cloudpickle"], seen
+
+
+def test_ray_cluster_notebook_shows_a_task_in_the_image(ray_cluster, install_kernelspec, tmp_path, docker_client):
+    """notebooks/ray_cluster.ipynb, headless, in a kernel of the Ray image, against the test cluster."""
+    import shutil
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from conftest import ROOT
+
+    work = tmp_path / "ray_cluster"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "ray_cluster.ipynb", work)
+    name = install_kernelspec(RAY_A, network_mode="host", environment={"RAY_ADDRESS": CLIENT})
+    nb = nbformat.read(work / "ray_cluster.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name=name, timeout=300, resources={"metadata": {"path": str(work)}}).execute()
+    text = "\n".join(o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", []))
+    image_id = docker_client.images.get(RAY_A).id
+    assert "'in a podman container': True" in text and f"'image id': '{image_id[:19]}'" in text, text
+    assert "'python': '/opt/python/bin/python'" in text, text
