@@ -86,7 +86,9 @@ def prepare() -> None:
     apt_install("uidmap", "newuidmap")
     apt_install("slirp4netns", "slirp4netns")
     if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "python3-venv"], check=True, stdout=subprocess.DEVNULL)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", "python3-venv"], check=True, stdout=subprocess.DEVNULL, env=env)
     try:
         pwd.getpwnam(USER)
     except KeyError:

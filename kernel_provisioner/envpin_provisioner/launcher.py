@@ -30,6 +30,27 @@ from .errors import ConfigError
 log = logging.getLogger("envpin.launch")
 
 
+def _check_private_ipc_folder(connection_file: str, info: dict) -> None:
+    """With ipc, the connection file's folder is mounted into the container, writable: it must hold nothing else.
+
+    A client's folder of its own (Jupyter's runtime folder, say) holds the connection files, and so the
+    keys, of every other kernel of the user: mounted into a container, they would let the kernel's code
+    reach those kernels, host ones included.  tcp (what clients use by default) mounts nothing.
+    """
+    folder = os.path.dirname(connection_file)
+    if os.path.dirname(info["ip"]) != folder:
+        raise ConfigError("envpin launch with the ipc transport needs the sockets (ip) in the connection file's folder.")
+    prefix = os.path.basename(info["ip"]) + "-"
+    others = [n for n in os.listdir(folder) if n != os.path.basename(connection_file) and not n.startswith(prefix)]
+    if others:
+        raise ConfigError(
+            f"envpin launch with the ipc transport mounts the connection file's folder ({folder}) into the kernel's "
+            f"container, and that folder holds other files ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}), "
+            "such as other kernels' connection files and keys, which the kernel's code must not reach. Use the tcp "
+            "transport (the default of Jupyter clients), or give this kernel a folder of its own."
+        )
+
+
 def run(
     connection_file: str,
     image: str | None = None,
@@ -42,10 +63,8 @@ def run(
     with open(connection_file) as fh:
         info = json.load(fh)
     connection_file = os.path.abspath(connection_file)
-    if info.get("transport", "tcp") == "ipc" and os.path.dirname(info["ip"]) != os.path.dirname(connection_file):
-        raise ConfigError(
-            "envpin launch with the ipc transport needs the sockets (ip) in the connection file's folder."
-        )
+    if info.get("transport", "tcp") == "ipc":
+        _check_private_ipc_folder(connection_file, info)
     image_policy.check(aliases.expand(image), image_policy.patterns_from_env(), "envpin launch", image)
     client = engine.connect()
     resolved = images.resolve(client, aliases.expand(image), pull_policy, log)

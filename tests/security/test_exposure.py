@@ -70,3 +70,19 @@ async def test_no_listener_no_key_no_privileges(install_kernelspec, notebook_dir
         assert not any("docker.sock" in m["Source"] for m in container.attrs["Mounts"])
         channel = os.path.dirname(km.connection_file)
         assert os.stat(channel).st_mode & 0o777 == 0o700 and os.stat(km.connection_file).st_mode & 0o777 == 0o600
+
+
+def test_envpin_launch_refuses_to_mount_a_shared_runtime_folder(tmp_path):
+    """The fallback launcher with ipc would mount the connection file's folder: not one holding other kernels' keys."""
+    import sys
+
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "kernel-other.json").write_text(json.dumps({"key": "someone else's key"}))
+    mine = runtime / "kernel-mine.json"
+    mine.write_text(json.dumps({"transport": "ipc", "ip": str(runtime / "kernel-mine-ipc"), "key": "k"}))
+    out = subprocess.run(
+        [sys.executable, "-m", "envpin_provisioner", "launch", "--image", "envpin-test/py311", "-f", str(mine)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "kernel-other.json" in out.stderr and "tcp transport" in out.stderr, out.stderr
