@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import aliases, image_policy
+from . import aliases, image_policy, references
 from .container_spec import base_options
 from .errors import EnvpinError, MissingDependency
 
@@ -78,7 +78,7 @@ def resolve(c, name: str, pull: bool = True, source: str = "this program") -> Im
             ) from None
     except docker.errors.APIError as exc:
         raise EnvpinError(f"'{name}' is not a usable image reference: {exc.explanation or exc}.") from None
-    repo = reference.split("@", 1)[0].rsplit(":", 1)[0] if "/" in reference or ":" in reference else reference
+    repo = references.repository(reference)  # localhost:5000/img: the port is not a tag
     digests = image.attrs.get("RepoDigests") or []
     digest = next((d for d in digests if d.split("@", 1)[0] == repo), None)
     env = tuple((image.attrs.get("Config") or {}).get("Env") or ())

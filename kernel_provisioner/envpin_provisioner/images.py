@@ -19,6 +19,8 @@ from typing import Callable
 import docker
 import docker.errors
 
+from envpin import references
+
 from .errors import ImageUnavailable, InvalidImageReference
 
 PULL_POLICIES = ("if-missing", "always", "never")
@@ -74,15 +76,8 @@ def check_reference(reference: str) -> None:
 
 
 def _split(reference: str) -> tuple[str, str | None]:
-    """``(repository, tag-or-digest)`` for the pull API."""
-    if "@" in reference:
-        repo, digest = reference.split("@", 1)
-        return repo, digest
-    last = reference.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = reference.rsplit(":", 1)
-        return repo, tag
-    return reference, "latest"
+    """``(repository, tag-or-digest)`` for the pull API (``envpin.references``: one parser for both sides)."""
+    return references.split(reference)
 
 
 def _resolved(reference: str, image: docker.models.images.Image) -> ResolvedImage:

@@ -154,3 +154,21 @@ def test_allowed_images_message_names_image_source_and_patterns():
 
 def test_allowed_images_from_the_environment():
     assert image_policy.patterns_from_env({"ENVPIN_ALLOWED_IMAGES": "a/*, b:1  c"}) == ["a/*", "b:1", "c"]
+
+
+@pytest.mark.parametrize(
+    "reference, repo, rest",
+    [
+        ("python", "python", "latest"),
+        ("python:3.11", "python", "3.11"),
+        ("localhost:5000/img", "localhost:5000/img", "latest"),
+        ("localhost:5000/team/img:1.2", "localhost:5000/team/img", "1.2"),
+        ("registry.example.com/ml/py@sha256:" + "a" * 64, "registry.example.com/ml/py", "sha256:" + "a" * 64),
+    ],
+)
+def test_one_reference_parser_for_both_sides(reference, repo, rest):
+    """The kernel side once read the repository of localhost:5000/img as 'localhost' (its digest never matched)."""
+    from envpin import references
+    from envpin_provisioner import images
+
+    assert references.split(reference) == (repo, rest) == images._split(reference)
