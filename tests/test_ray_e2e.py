@@ -35,7 +35,7 @@ import json, os, sys, time
 def probe():
     import ray as _ray
     marker = open('/opt/envpin-marker').read().strip() if os.path.exists('/opt/envpin-marker') else None
-    return {"exe": sys.executable, "ray_at": _ray.__file__, "podman": os.path.exists('/run/.containerenv'),
+    return {"exe": sys.executable, "ray_at": _ray.__file__, "node": _ray.get_runtime_context().get_node_id(), "podman": os.path.exists('/run/.containerenv'),
             "image_id": os.environ.get('ENVPIN_IMAGE_ID'), "image": os.environ.get('ENVPIN_IMAGE'), "marker": marker}
 """
 
@@ -94,10 +94,14 @@ async def test_task_actor_options_and_job_run_in_the_pinned_image(ray_cluster, i
             "t = time.monotonic(); warm = ray.get(task.remote()); timings['warm task'] = time.monotonic() - t\n"
             "optioned = ray.get(task.options(num_cpus=0.5, runtime_env={'env_vars': {'MINE': '1'}}).remote())\n"
             "actor = Actor.remote(); from_actor = ray.get(actor.where.remote())\n"
+            "on_b = ray.get(task.options(resources={'node_b': 0.5}).remote())\n"
+            "on_head = ray.get(task.options(num_cpus=2).remote())\n"
             "ray.shutdown()",
             timeout=300,
         )
-        seen = await run_json(kc, "{'first': first, 'warm': warm, 'optioned': optioned, 'actor': from_actor}")
+        seen = await run_json(
+            kc, "{'first': first, 'warm': warm, 'optioned': optioned, 'actor': from_actor, 'node b': on_b, 'head': on_head}"
+        )
         timings = await run_json(kc, "timings")
         # A submitted job: its entrypoint is a driver on a node (ray.init() joins the cluster there), and its
         # own task inherits the job's runtime_env.
@@ -108,6 +112,7 @@ async def test_task_actor_options_and_job_run_in_the_pinned_image(ray_cluster, i
         assert where["podman"] and where["exe"] == "/opt/python/bin/python", (name, where)
         assert where["ray_at"].startswith("/opt/python/lib/python3.11/site-packages/ray/"), (name, where)
         assert where["image_id"] == image_id and where["image"] == RAY_A and where["marker"] is None, (name, where)
+    assert seen["node b"]["node"] != seen["head"]["node"]  # two nodes, each started its worker in the image
     assert job["status"].endswith("SUCCEEDED"), job
     line = [x for x in job["logs"].splitlines() if x.startswith("[")][-1]
     exe, podman, job_image_id, task_exe = json.loads(line)

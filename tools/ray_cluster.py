@@ -14,7 +14,8 @@ why each step is there):
   images' Python: Ray wants the same Python on every node and worker);
 * the images loaded into the user's podman storage (``docker save | podman
   load``; podman keeps Docker's image id), reloaded only when the id changed;
-* a head node (``ray start --head``) as that user: Ray Client on
+* a head node (``ray start --head``) as that user, and a second node joining it
+  (resource ``node_b``), for a multi-node run: Ray Client on
   127.0.0.1:10001, the dashboard and job server on 127.0.0.1:8265, its
   ``--temp-dir`` under the user's home (a root-owned ``/tmp/ray`` would get
   in the way), warmed up with one Ray Client connection (the first one
@@ -155,6 +156,12 @@ def start() -> None:
         time.sleep(0.5)
     else:
         raise RuntimeError("the Ray head did not come up within 60 s")
+    # A second node joins (on this machine too): tasks that ask for the resource "node_b" run there.
+    as_user(
+        ["ray", "start", f"--address=127.0.0.1:{GCS_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+         '--resources={"node_b": 1}', "--disable-usage-stats"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     warm = f"import ray; ray.init('ray://127.0.0.1:{CLIENT_PORT}'); print(ray.get(ray.put(1))); ray.shutdown()"
     for _ in range(3):
         if as_user(["python", "-c", warm], capture_output=True, timeout=120).returncode == 0:
