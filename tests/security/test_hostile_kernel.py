@@ -287,6 +287,12 @@ def _attack(rng: random.Random, canaries: Canaries) -> str:
         lambda: link("os.getcwd()", ".envpin.json", [secret, target, rootonly]) + "; " + send(id=valid, image=PY311),
         lambda: fifo % "'.envpin.json'",
         lambda: "os.path.lexists('.envpin.json') and os.unlink('.envpin.json'); open('.envpin.json','wb').write(b'{\"notebooks\": ' + b'[' * 100000)",
+        # hard links: to a canary (refused by the kernel, which cannot see it), and to a file of the kernel's
+        # own holding a valid request (the server refuses a file with more than one link)
+        lambda: f"os.link({secret!r}, os.path.join(CONTROL, 'request.json'))",
+        lambda: "(lambda own, p: (open(own, 'w').write(json.dumps({'id': uuid.uuid4().hex, 'image': %r})), "
+        "os.path.lexists(p) and os.unlink(p), os.link(own, p)))(os.path.join(CONTROL, 'own.json'), "
+        "os.path.join(CONTROL, 'request.json'))" % PY311,
         # a flood of requests
         lambda: "[send({'id': uuid.uuid4().hex, 'image': 'x'}) for _ in range(25)]",
         # a normal request: the server must still answer it
