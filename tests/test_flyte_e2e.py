@@ -12,9 +12,7 @@ the ``@dynamic``'s graphs, a local folder as the blob store.
 
 from __future__ import annotations
 
-import json
 
-import pytest
 
 from flyte_runner import FlyteRunner
 from kernels import kernel, run, run_json
