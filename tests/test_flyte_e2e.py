@@ -12,8 +12,6 @@ the ``@dynamic``'s graphs, a local folder as the blob store.
 
 from __future__ import annotations
 
-
-
 from flyte_runner import FlyteRunner
 from kernels import kernel, run, run_json
 
