@@ -147,6 +147,13 @@ async def test_a_cluster_the_image_cannot_join_is_refused_before_connecting(ray_
         res = await run(kc, f"import ray\nray.init({CLIENT!r})", timeout=120)
         elapsed = time.monotonic() - started
         connected = await run_json(kc, "ray.is_initialized()")
+        job = await run(
+            kc,
+            "from ray.job_submission import JobSubmissionClient\n"
+            f"JobSubmissionClient({DASHBOARD!r}).submit_job(entrypoint='python -c pass')",
+            timeout=120,
+        )
+    assert job["ename"] == "ClusterMismatch" and "Nothing was submitted" in job["evalue"], job
     assert res["status"] == "error" and res["ename"] == "ClusterMismatch", res
     message = res["evalue"]
     assert "runs Ray 2.60.0 on Python 3.11.2" in message and "'envpin-test/py313'" in message

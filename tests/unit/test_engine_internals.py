@@ -25,6 +25,7 @@ ENTRY_POINTS = [
     ("ray._private.utils", "get_runtime_env_info"),
     ("ray._private.services", "canonicalize_bootstrap_address"),
     ("ray._private.runtime_env.default_impl", "get_image_uri_plugin_cls"),
+    ("ray._private.authentication.http_token_authentication", "get_auth_headers_if_auth_enabled"),
     # ytsaurus-client: every user job's spec, the client template, the global config, base layers
     ("yt.wrapper.spec_builders", "UserJobSpecBuilder.build"),
     ("yt.wrapper.default_config", "default_config"),

@@ -257,7 +257,7 @@ class RayAdapter(LibraryAdapter):
             def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
                 address = getattr(self, "_address", None)
                 if address:
-                    adapter.preflight(address, f"the Ray cluster at {address}")
+                    adapter.preflight(address, f"the Ray cluster at {address}", dict(getattr(self, "_headers", None) or {}))
                 stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
                 return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
 
@@ -290,11 +290,11 @@ class RayAdapter(LibraryAdapter):
             )
         return False
 
-    def preflight(self, dashboard: str | None, what: str) -> None:
+    def preflight(self, dashboard: str | None, what: str, headers: dict[str, str] | None = None) -> None:
         """Refuse, before anything is submitted, a cluster whose Ray or Python the pinned image does not have."""
         if not dashboard or self.stamp is None:
             return
-        cluster = _cluster_versions(dashboard)
+        cluster = _cluster_versions(dashboard, headers)
         if cluster is None:  # no dashboard answers: nothing to compare with (Ray will say it, later)
             return
         image = _image_versions(self.stamp)
@@ -340,8 +340,20 @@ def _dashboard_for(address: str) -> str | None:
 _cluster_cache: dict[str, tuple[float, dict[str, str] | None]] = {}
 
 
-def _cluster_versions(dashboard: str) -> dict[str, str] | None:
-    """``{"ray", "python"}`` Ray recorded for the cluster, from its dashboard; None when it does not answer."""
+def _auth_headers() -> dict[str, str]:
+    """Ray's token-auth header when this process has a token (a dashboard with auth answers 401 without it)."""
+    try:
+        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+    except ImportError:  # a Ray without token authentication
+        return {}
+    return dict(get_auth_headers_if_auth_enabled({}) or {})
+
+
+def _cluster_versions(dashboard: str, headers: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``{"ray", "python"}`` Ray recorded for the cluster, from its dashboard; None when it does not answer.
+
+    ``headers``: the submitting client's own (its auth token); else Ray's token, if this process has one.
+    """
     import time
     import urllib.error
     import urllib.request
@@ -352,8 +364,9 @@ def _cluster_versions(dashboard: str) -> dict[str, str] | None:
     cached = _cluster_cache.get(url)
     if cached and time.monotonic() - cached[0] < 60:
         return cached[1]
+    request = urllib.request.Request(f"{url}/api/v0/cluster_metadata", headers=headers if headers is not None else _auth_headers())
     try:
-        with urllib.request.urlopen(f"{url}/api/v0/cluster_metadata", timeout=2) as reply:
+        with urllib.request.urlopen(request, timeout=2) as reply:
             data = json.load(reply).get("data") or {}
         found = {"ray": str(data["rayVersion"]), "python": str(data["pythonVersion"])}
     except (OSError, ValueError, KeyError, urllib.error.URLError):
