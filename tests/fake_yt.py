@@ -133,7 +133,6 @@ class FakeYtProxy:
 
     def run(self, command: str, params: dict[str, Any], body: bytes, raw: Any = None) -> Any:
         self.commands.append(command)
-        if os.environ.get("FAKE_YT_DEBUG"): print("FAKE", command, params.get("path"), flush=True)
         path = str(params.get("path", ""))
         with self._lock:
             if command == "execute_batch":
@@ -487,7 +486,7 @@ class ExecNode:
         image = plain.get("docker_image") or self.default_image
         env = {str(k): str(v) for k, v in (plain.get("environment") or {}).items()}
         env.update(YT_OPERATION_ID=op_id, YT_JOB_ID=job_id, YT_JOB_INDEX=str(index), YT_JOB_DOCKER_IMAGE=image)
-        record = {"operation_id": op_id, "job_id": job_id, "type": job_type, "image": image, "rows_in": len(rows),
+        record = {"operation_id": op_id, "job_id": job_id, "type": job_type, "image": image,
                   "command": plain["command"], "env": env}  # fmt: skip
         self.jobs_run.append(record)
         info = {"id": job_id, "type": job_type, "state": "running", "address": "fake-exec-node"}
@@ -531,7 +530,6 @@ class ExecNode:
                 raise JobFailed(f"{job_type} job {job_id} in {image} exited with code {code}: {tail[0]}", stderr)
             info["state"] = "completed"
             fmt_out = plain.get("output_format") or "json"
-            record["outputs"] = {n: _read(os.path.join(sandbox, n))[:300] for n in os.listdir(sandbox) if n.startswith(".")}
             produced = [_decode_rows(_read(os.path.join(sandbox, f".out{k}")), fmt_out) for k in range(max(1, len(outputs)))]
             for path, out_rows in zip(outputs, produced):
                 if path != "<intermediate>":

@@ -87,25 +87,23 @@ class FlyteRunner:
 
     def execute(self, name: str, **inputs: Any) -> dict[str, Any]:
         """Run task or workflow ``name`` with Python ``inputs``; return its outputs as Python values."""
+        template, outputs = self._execute(name, inputs)
+        return self._to_python(template.interface.outputs, outputs)
+
+    def execute_to_file(self, name: str, path: str | os.PathLike, **inputs: Any) -> None:
+        """Run ``name`` and write its outputs where a client would fetch them (outputs.pb, a LiteralMap)."""
+        _, outputs = self._execute(name, inputs)
+        write_proto_to_file(literals_pb2.LiteralMap(literals=outputs), str(path))
+
+    def _execute(self, name: str, inputs: dict[str, Any]):
+        """(template, output literals) of one execution of task or workflow ``name``."""
         template = self.tasks.get(name) or self.workflows.get(name)
         if template is None:
             raise KeyError(f"{name} is not in the package (have: {sorted(self.tasks) + sorted(self.workflows)})")
         literals = self._to_literals(template.interface.inputs, inputs)
         if name in self.tasks:
-            outputs = self._run_task(template, literals)
-        else:
-            outputs = self._run_graph(template.nodes, template.outputs, literals, self.tasks)
-        return self._to_python(template.interface.outputs, outputs)
-
-    def execute_to_file(self, name: str, path: str | os.PathLike, **inputs: Any) -> None:
-        """Run ``name`` and write its outputs where a client would fetch them (outputs.pb, a LiteralMap)."""
-        template = self.tasks.get(name) or self.workflows[name]
-        literals = self._to_literals(template.interface.inputs, inputs)
-        if name in self.tasks:
-            outputs = self._run_task(template, literals)
-        else:
-            outputs = self._run_graph(template.nodes, template.outputs, literals, self.tasks)
-        write_proto_to_file(literals_pb2.LiteralMap(literals=outputs), str(path))
+            return template, self._run_task(template, literals)
+        return template, self._run_graph(template.nodes, template.outputs, literals, self.tasks)
 
     def _run_graph(self, nodes, output_bindings, inputs: dict, tasks: dict) -> dict:
         """Walk ``nodes`` (a workflow's or a dynamic job's) once each upstream node has run."""

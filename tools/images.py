@@ -90,7 +90,9 @@ _UV_PROJECT = {
     ),
     "demoapp/__init__.py": "VALUE = 42\n",
 }
-_RAY_UV_PACKAGES = ("ipykernel", "cloudpickle", "ray[default,client]", "uv", "hatchling", "editables")  # editables: hatchling builds editable installs
+#: One list for every Ray image: driver (Ray Client, job SDK) and worker alike need the cluster's Ray.
+_RAY_PACKAGES = ("ipykernel", "cloudpickle", "ray[default,client]")
+_RAY_UV_PACKAGES = (*_RAY_PACKAGES, "uv", "hatchling", "editables")  # editables: hatchling builds editable installs
 
 
 def _uv_sync_tail(install_project: bool) -> str:
@@ -151,7 +153,7 @@ RECIPES: dict[str, ImageRecipe] = {
         ImageRecipe(
             "envpin-test/ray:latest",
             "bookworm",
-            ("ipykernel", "cloudpickle", "ray[default,client]"),
+            _RAY_PACKAGES,
             notes="Python 3.11 with ipykernel, cloudpickle and ray (a notebook image for Ray users)",
         ),
         ImageRecipe(
@@ -174,7 +176,7 @@ RECIPES: dict[str, ImageRecipe] = {
         ImageRecipe(
             "envpin-test/ray-b:latest",
             "bookworm",
-            ("ipykernel", "cloudpickle", "ray[default,client]"),
+            _RAY_PACKAGES,
             notes="envpin-test/ray plus a marker file: a second application's image on the same Ray cluster",
             tail="RUN echo b > /opt/envpin-marker\n",
         ),
