@@ -137,6 +137,7 @@ def load_images(docker_client, tags: list[str]) -> None:
 def start() -> None:
     """Start the head (and a worker node); return once Ray Client and the dashboard answer."""
     stop()
+    _podman_ready()
     as_user(["mkdir", "-p", str(TEMP)], check=True)
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
     as_user(
@@ -179,6 +180,23 @@ def stop() -> None:
         as_user(["ray", "stop", "--force"], capture_output=True)
     as_user(["podman", "rm", "--all", "--force"], capture_output=True)
     subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-u", USER], capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    # Killing the user's processes also killed podman's rootless "pause" process, which holds the user
+    # namespace every podman command joins; its stale pid file made the next `podman run` (Ray's) fail now
+    # and then with "cannot set user namespace". `podman system migrate` resets that state.
+    as_user(["podman", "system", "migrate"], capture_output=True)
+
+
+def _podman_ready() -> None:
+    """Rootless podman can set up its user namespace (what Ray's image_uri workers need); retry once after a reset."""
+    for _ in range(3):
+        if as_user(["podman", "unshare", "true"], capture_output=True).returncode == 0:
+            return
+        as_user(["podman", "system", "migrate"], capture_output=True)
+        time.sleep(1)
+    raise RuntimeError(f"rootless podman of {USER} cannot set up its user namespace")
 
 
 def worker_containers() -> list[str]:
