@@ -87,11 +87,19 @@ def main() -> None:
         rt_p, rt_e = roundtrip(ppe, array, 5), roundtrip(env, array, 5)
 
     print(f"image {args.image}, {args.workers} workers, caller Python {sys.version.split()[0]} on the host")
-    print(f"warm per-job latency : envpin {lat_e * 1e3:6.2f} ms  ProcessPool {lat_p * 1e3:6.2f} ms  ratio {lat_e / lat_p:5.2f}x (target <= 2x)")
-    print(f"2,000 tiny jobs      : envpin {thr_e:6.0f}/s    ProcessPool {thr_p:6.0f}/s    ratio {thr_e / thr_p:5.2f}x (target >= 0.5x)")
-    print(f"100 MB array trip    : envpin {rt_e * 1e3:6.0f} ms  ProcessPool {rt_p * 1e3:6.0f} ms  speed ratio {rt_p / rt_e:5.2f}x (target >= 0.8x)")
+    print(
+        f"warm per-job latency : envpin {lat_e * 1e3:6.2f} ms  ProcessPool {lat_p * 1e3:6.2f} ms  ratio {lat_e / lat_p:5.2f}x (target <= 2x)"
+    )
+    print(
+        f"2,000 tiny jobs      : envpin {thr_e:6.0f}/s    ProcessPool {thr_p:6.0f}/s    ratio {thr_e / thr_p:5.2f}x (target >= 0.5x)"
+    )
+    print(
+        f"100 MB array trip    : envpin {rt_e * 1e3:6.0f} ms  ProcessPool {rt_p * 1e3:6.0f} ms  speed ratio {rt_p / rt_e:5.2f}x (target >= 0.8x)"
+    )
     c, b = statistics.median(cold), statistics.median(bare)
-    print(f"cold first job       : envpin {c * 1e3:6.0f} ms  docker run {b * 1e3:6.0f} ms  ratio {c / b:5.2f}x (target <= 1.2x)")
+    print(
+        f"cold first job       : envpin {c * 1e3:6.0f} ms  docker run {b * 1e3:6.0f} ms  ratio {c / b:5.2f}x (target <= 1.2x)"
+    )
 
 
 if __name__ == "__main__":

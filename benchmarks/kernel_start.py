@@ -67,11 +67,15 @@ async def main() -> None:
             times["container"].append(await one_start("bench-container", cwd))
 
     for kind, values in times.items():
-        print(f"{kind:10s} p50 {pct(values, 0.5) * 1000:7.0f} ms   p90 {pct(values, 0.9) * 1000:7.0f} ms   (n={len(values)})")
+        print(
+            f"{kind:10s} p50 {pct(values, 0.5) * 1000:7.0f} ms   p90 {pct(values, 0.9) * 1000:7.0f} ms   (n={len(values)})"
+        )
     r50 = pct(times["container"], 0.5) / pct(times["local"], 0.5)
     r90 = pct(times["container"], 0.9) / pct(times["local"], 0.9)
     print(f"ratio container/local: p50 {r50:.2f}x   p90 {r90:.2f}x   (target p50 <= 1.15x)")
-    print(f"mean container overhead: {(statistics.mean(times['container']) - statistics.mean(times['local'])) * 1000:.0f} ms")
+    print(
+        f"mean container overhead: {(statistics.mean(times['container']) - statistics.mean(times['local'])) * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

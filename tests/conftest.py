@@ -12,25 +12,17 @@ cleaned up so one failure does not cascade.
 from __future__ import annotations
 
 import io
-import sys
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tools import engine as dev_engine  # noqa: E402
-from tools import images as dev_images  # noqa: E402
-from tools.registry import LocalRegistry  # noqa: E402
-
-PY311 = "envpin-test/py311:latest"
-PY313 = "envpin-test/py313:latest"
-NO_IPYKERNEL = "envpin-test/no-ipykernel:latest"
-NO_PYTHON = "envpin-test/no-python:latest"
-BROKEN_IPYKERNEL = "envpin-test/broken-ipykernel:latest"
-DEMO = "ubuntu-22.04-py3"
+from testutils import PY311, envpin_containers
+from testutils.server import Server
+from tools import engine as dev_engine
+from tools import images as dev_images
+from tools.registry import LocalRegistry
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +34,6 @@ def docker_client():
     client = docker.from_env(timeout=120)
     yield client
     client.close()
-
-
-def envpin_containers(client):
-    return client.containers.list(all=True, filters={"label": "envpin.role"})
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +93,23 @@ def notebook_dir(tmp_path):
     d = tmp_path / "notebooks" / "project one"  # a space: paths are passed through, not split
     d.mkdir(parents=True)
     return d
+
+
+@pytest.fixture
+def server(jupyter_env, tmp_path):
+    """``server(*args)`` starts a real jupyter_server (``testutils.server.Server``) on a private root; all stop at the end."""
+    root = tmp_path / "root"
+    root.mkdir()
+    servers = []
+
+    def start(*extra_args):
+        s = Server(root, dict(os.environ), extra_args)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
 
 
 # ---- a real registry on 127.0.0.1 (Debian's docker-registry), for pulls ------------------------

@@ -5,7 +5,7 @@ where the three libraries are installed) loads envpin and pins
 ``envpin-test/py311``, then uses each library as a user would.  What is
 faked, and only where there is no cluster here:
 
-* YTsaurus: the cluster's HTTP proxy (``tests/fake_yt.py``), which answers
+* YTsaurus: the cluster's HTTP proxy (``tests/testutils/fake_yt.py``), which answers
   the calls the real client makes and records the ``start_operation`` specs;
 * Ray: nothing is faked.  A real local Ray runs tasks (``env_vars`` mode), and
   a real local head with the job server records ``submit_job``'s
@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from kernels import kernel, run, run_json
+from testutils.kernels import kernel, run, run_json
 
 IMAGE = "envpin-test/py311"
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +46,7 @@ YT_SETUP = f"""
 import sys, warnings, pickle, pickletools, io
 sys.path.insert(0, {TESTS!r})
 import yt.wrapper as yt
-from fake_yt import FakeYtProxy
+from testutils.fake_yt import FakeYtProxy
 proxy = FakeYtProxy().__enter__()
 early = yt.YtClient(proxy=proxy.url, config={{"proxy": {{"retries": {{"count": 1}}}}}})  # made before the pin
 """
@@ -179,7 +179,7 @@ async def test_ytsaurus_from_a_kernel_running_in_the_image(install_kernelspec, n
     (``pickling.python_binary``).  The kernel container shares the host's
     network here so that it reaches the fake proxy on 127.0.0.1.
     """
-    from fake_yt import FakeYtProxy
+    from testutils.fake_yt import FakeYtProxy
 
     name = install_kernelspec("envpin-test/yt", network_mode="host")
     with FakeYtProxy() as proxy:
@@ -193,7 +193,10 @@ async def test_ytsaurus_from_a_kernel_running_in_the_image(install_kernelspec, n
                 "client.run_map(mapper, '//tmp/in', '//tmp/out', sync=False)",
                 timeout=120,
             )
-            inside = await run_json(kc, "{'exe': __import__('sys').executable, 'dockerenv': __import__('os').path.exists('/.dockerenv'), 'image': __import__('os').environ['ENVPIN_IMAGE']}")
+            inside = await run_json(
+                kc,
+                "{'exe': __import__('sys').executable, 'dockerenv': __import__('os').path.exists('/.dockerenv'), 'image': __import__('os').environ['ENVPIN_IMAGE']}",
+            )
         mapper = proxy.operations[-1]["spec"]["mapper"]
     assert inside["dockerenv"] is True and inside["exe"].startswith("/opt/python/")
     assert mapper["docker_image"] == inside["image"]
@@ -236,7 +239,12 @@ async def test_ray_local_cluster_env_vars_mode_reaches_the_tasks(jupyter_env, tm
         await _ok(kc, RAY_TASKS, timeout=180)
         result = await run_json(kc, "result")
     assert "ray: runtime_env env_vars (nodes run the image)" in status
-    assert result["task"] == {"ENVPIN_IMAGE": IMAGE, "ENVPIN_IMAGE_ID": image_id, "YT_JOB_DOCKER_IMAGE": IMAGE, "MINE": None}
+    assert result["task"] == {
+        "ENVPIN_IMAGE": IMAGE,
+        "ENVPIN_IMAGE_ID": image_id,
+        "YT_JOB_DOCKER_IMAGE": IMAGE,
+        "MINE": None,
+    }
     assert result["options"]["MINE"] == "1" and result["options"]["ENVPIN_IMAGE"] == "theirs"  # the user's win
     assert result["options"]["ENVPIN_IMAGE_ID"] == image_id  # merged, not replaced
     assert result["actor"] == IMAGE
@@ -448,7 +456,9 @@ async def test_adapters_wait_for_their_library_import(jupyter_env, tmp_path, doc
     """%use_image does not import Ray or flytekit; each adapter installs when the user imports its library."""
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, PIN)
-        before = await run_json(kc, "sorted(m for m in ('ray', 'flytekit', 'yt.wrapper') if m in __import__('sys').modules)")
+        before = await run_json(
+            kc, "sorted(m for m in ('ray', 'flytekit', 'yt.wrapper') if m in __import__('sys').modules)"
+        )
         status_before = await _ok(kc, "%use_image")
         await _ok(kc, "import ray")
         status_after = await _ok(kc, "%use_image")
@@ -482,7 +492,9 @@ async def _tracebacks(kc, code: str) -> tuple[dict, list[str]]:
 async def test_envpin_errors_are_one_paragraph_and_tb_shows_the_rest(jupyter_env, tmp_path, docker_client):
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, PIN)
-        await _ok(kc, "import ray\n@ray.remote(runtime_env={'conda': {'dependencies': ['numpy']}})\ndef f():\n    return 1")
+        await _ok(
+            kc, "import ray\n@ray.remote(runtime_env={'conda': {'dependencies': ['numpy']}})\ndef f():\n    return 1"
+        )
         reply, shown = await _tracebacks(kc, "f.remote()")
         _, full = await _tracebacks(kc, "%tb")
         usage, usage_shown = await _tracebacks(kc, "%use_image envpin-test/does-not-exist")

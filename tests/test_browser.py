@@ -9,16 +9,14 @@ screenshot is kept in test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import uuid
 
 import pytest
-import requests
 
-from conftest import PY311, PY313, ROOT
-from test_server import free_port
+from testutils import PY311, PY313, ROOT
+from testutils.server import Server
+
+#: JupyterLab's own options: no browser, no calls home (this machine has no outside network).
+LAB_ARGS = ("--no-browser", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -35,28 +33,12 @@ def chromium():
 
 @pytest.fixture
 def lab(jupyter_env, tmp_path):
+    """JupyterLab (the shared test server, with its pages) on 127.0.0.1: yields its URL and root folder."""
     root = tmp_path / "lab"
     root.mkdir()
-    port, token = free_port(), uuid.uuid4().hex
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        + (["--allow-root"] if os.getuid() == 0 else []),
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if requests.get(f"{url}/api/status?token={token}", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    yield f"{url}/lab?token={token}", root
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    srv = Server(root, dict(os.environ), LAB_ARGS, app="jupyterlab")
+    yield f"{srv.url}/lab?token={srv.token}", root
+    srv.stop()
 
 
 def _open_notebook(p, chromium, url: str, kernel_display_name: str):

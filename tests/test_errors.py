@@ -13,7 +13,6 @@ import time
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from conftest import BROKEN_IPYKERNEL, NO_IPYKERNEL, NO_PYTHON, PY311
 from envpin_provisioner.errors import (
     ConfigError,
     EngineUnavailable,
@@ -21,6 +20,7 @@ from envpin_provisioner.errors import (
     InvalidImageReference,
     KernelStartFailed,
 )
+from testutils import BROKEN_IPYKERNEL, NO_IPYKERNEL, NO_PYTHON, PY311
 
 
 def hand_edited_kernelspec(install_kernelspec, name, **config):
@@ -173,7 +173,16 @@ def test_engine_socket_permission_denied_for_a_real_user():
 
     tmp_path = Path(tempfile.mkdtemp(prefix="envpin-nobody-"))  # pytest's tmp dirs are root-only
     lib = tmp_path / "lib"
-    for name in ("docker", "requests", "urllib3", "idna", "charset_normalizer", "certifi", "envpin", "envpin_provisioner"):
+    for name in (
+        "docker",
+        "requests",
+        "urllib3",
+        "idna",
+        "charset_normalizer",
+        "certifi",
+        "envpin",
+        "envpin_provisioner",
+    ):
         shutil.copytree(importlib.util.find_spec(name).submodule_search_locations[0], lib / name)
     for path in [tmp_path, *tmp_path.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)

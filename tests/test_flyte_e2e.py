@@ -6,19 +6,19 @@ and packaging in it (what ``pyflyte package``/``register`` do, fast
 registration's code bundle included), and every task execution: flytekit's
 own ``pyflyte-execute`` in a container of the task template's image, inputs
 and outputs as protobuf files.  What is fake: FlyteAdmin and FlytePropeller
-(``tests/flyte_runner.py``): storing the package, walking the workflow's and
+(``tests/testutils/flyte_runner.py``): storing the package, walking the workflow's and
 the ``@dynamic``'s graphs, a local folder as the blob store.
 """
 
 from __future__ import annotations
 
-from flyte_runner import FlyteRunner
-from kernels import kernel, run, run_json
+from testutils.flyte_runner import FlyteRunner
+from testutils.kernels import kernel, run, run_json
 
 FLYTE_IMAGE = "envpin-test/flyte:latest"
 CODE_IMAGE = "envpin-test/flyte-code:latest"
 
-FLOWS = '''
+FLOWS = """
 import os, sys
 from flytekit import dynamic, task, workflow
 
@@ -52,7 +52,7 @@ def pipeline(x: int) -> str:
 @task(container_image="envpin-test/flyte-code:latest")
 def elsewhere(x: int) -> str:
     return f"{x} | {where()}"
-'''
+"""
 
 PACKAGE = """
 import warnings
@@ -92,7 +92,9 @@ def _fields(report: str) -> dict:
             "image_id": image_id, "flytekit_in_image": flytekit_installed == "True"}  # fmt: skip
 
 
-async def test_task_workflow_and_dynamic_run_in_the_pinned_image(install_kernelspec, notebook_dir, docker_client, tmp_path):
+async def test_task_workflow_and_dynamic_run_in_the_pinned_image(
+    install_kernelspec, notebook_dir, docker_client, tmp_path
+):
     (notebook_dir / "flows").mkdir()
     (notebook_dir / "flows" / "__init__.py").write_text("")
     (notebook_dir / "flows" / "pipeline.py").write_text(FLOWS)
@@ -129,12 +131,19 @@ async def test_task_workflow_and_dynamic_run_in_the_pinned_image(install_kernels
     print("Flyte per-task container time (s):", sorted(round(r["seconds"], 1) for r in runner.runs))
 
 
-async def test_code_in_the_image_runs_without_fast_registration(install_kernelspec, notebook_dir, docker_client, tmp_path):
+async def test_code_in_the_image_runs_without_fast_registration(
+    install_kernelspec, notebook_dir, docker_client, tmp_path
+):
     """The image carries the project's tasks (ENVPIN_CODE_IN_IMAGE): registered with --copy none, they run."""
     name = install_kernelspec(CODE_IMAGE)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         status = await _ok(kc, f"%load_ext envpin\n%use_image {CODE_IMAGE}")
-        await _ok(kc, PACKAGE.replace("import flows.pipeline", "import flows_in_image.tasks").format(fast=False, pkgs=["flows_in_image"]))
+        await _ok(
+            kc,
+            PACKAGE.replace("import flows.pipeline", "import flows_in_image.tasks").format(
+                fast=False, pkgs=["flows_in_image"]
+            ),
+        )
         runner = FlyteRunner(docker_client, notebook_dir / "flows.tgz", tmp_path / "flyte")
         assert runner.fast_bundle is None
         out = runner.execute("flows_in_image.tasks.shout", word="hello")

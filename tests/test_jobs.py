@@ -14,10 +14,10 @@ import time
 import pytest
 
 import envpin
-from conftest import PY311, PY313
 from envpin import envelope
 from envpin.executor import ContainerExecutor, ModuleNotInImage, WorkerDied
-from kernels import kernel, run, run_json
+from testutils import PY311, PY313, containers, wait_for
+from testutils.kernels import kernel, run, run_json
 
 JOB_PROBE = (
     "lambda: {'python': __import__('platform').python_version(),"
@@ -28,7 +28,13 @@ JOB_PROBE = (
 
 
 def image_python(client, image) -> str:
-    return client.containers.run(image, ["python3", "-c", "import platform; print(platform.python_version())"], remove=True).decode().strip()
+    return (
+        client.containers.run(
+            image, ["python3", "-c", "import platform; print(platform.python_version())"], remove=True
+        )
+        .decode()
+        .strip()
+    )
 
 
 @pytest.fixture
@@ -50,7 +56,9 @@ async def test_jobs_from_a_containerized_kernel_run_in_its_image(install_kernels
     name = install_kernelspec(PY313)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         await run(kc, f"%load_ext envpin\n%use_image {PY313}")
-        job = await run_json(kc, f"envpin.submit({JOB_PROBE}).result(timeout=60) if (envpin := __import__('envpin')) else 0")
+        job = await run_json(
+            kc, f"envpin.submit({JOB_PROBE}).result(timeout=60) if (envpin := __import__('envpin')) else 0"
+        )
         kernel_host = await run_json(kc, "__import__('socket').gethostname()")
         assert job["python"].startswith("3.13.") and job["dockerenv"]
         assert job["image_id"] == docker_client.images.get(PY313).id
@@ -67,14 +75,14 @@ def test_jobs_from_a_host_run_in_worker_containers(executor, docker_client, note
     assert job["dockerenv"] and job["python"] == image_python(docker_client, PY311)
     assert job["python"] != platform.python_version()  # the image's 3.11.2, not this host's
     assert job["image_id"] == docker_client.images.get(PY311).id
-    workers = docker_client.containers.list(filters={"label": "envpin.role=job"})
+    workers = containers(docker_client, role="job", running=True)
     assert len(workers) == 1 and workers[0].labels["envpin.owner-pid"] == str(os.getpid())
     assert job["hostname"] == workers[0].attrs["Config"]["Hostname"]
     # Warm: the next jobs reuse the worker (and a second one for parallelism).
     assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
-    assert {c.id for c in docker_client.containers.list(filters={"label": "envpin.role=job"})} >= {workers[0].id}
+    assert {c.id for c in containers(docker_client, role="job", running=True)} >= {workers[0].id}
     ex.shutdown()
-    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})
+    assert not containers(docker_client, role="job")
 
 
 def test_large_arrays_travel_out_of_band(executor):
@@ -163,7 +171,8 @@ def test_unpicklable_jobs_and_results_are_clear_errors(executor):
     assert ex.submit(abs, -4).result(timeout=60) == 4  # the worker lives on
 
     def worker_only_type():
-        import sys, types
+        import sys
+        import types
 
         mod = types.ModuleType("only_in_the_worker")
         exec("class Thing:\n    pass", mod.__dict__)
@@ -178,7 +187,9 @@ def test_unpicklable_jobs_and_results_are_clear_errors(executor):
 
 def test_nested_submission_inherits_the_pin(executor, docker_client):
     ex = executor(PY311)
-    inner = ex.submit(lambda: __import__("envpin").submit(lambda: __import__("os").environ["ENVPIN_IMAGE_ID"]).result(60))
+    inner = ex.submit(
+        lambda: __import__("envpin").submit(lambda: __import__("os").environ["ENVPIN_IMAGE_ID"]).result(60)
+    )
     assert inner.result(timeout=120) == docker_client.images.get(PY311).id
 
 
@@ -189,7 +200,9 @@ async def test_two_kernels_pinned_to_different_images_get_their_own(install_kern
     async with kernel(a, cwd=notebook_dir) as (_, kc1), kernel(b, cwd=other) as (_, kc2):
         await run(kc1, f"%load_ext envpin\n%use_image {PY311}")
         await run(kc2, f"%load_ext envpin\n%use_image {PY313}")
-        code = "import envpin; print([envpin.submit(__import__('platform').python_version).result(60) for _ in range(5)])"
+        code = (
+            "import envpin; print([envpin.submit(__import__('platform').python_version).result(60) for _ in range(5)])"
+        )
         r1, r2 = await asyncio.gather(run(kc1, code), run(kc2, code))
         assert all(v.startswith("3.11") for v in eval(r1["stdout"]))
         assert all(v.startswith("3.13") for v in eval(r2["stdout"]))
@@ -199,8 +212,8 @@ def test_a_dead_worker_fails_only_its_job(executor, docker_client):
     ex = executor(PY311, max_workers=1)
     assert ex.submit(abs, -1).result(timeout=60) == 1
     future = ex.submit(time.sleep, 30)
-    time.sleep(1)
-    (worker,) = docker_client.containers.list(filters={"label": "envpin.role=job"})
+    wait_for(future.running, what="the job to reach the warm worker")
+    (worker,) = containers(docker_client, role="job", running=True)
     worker.kill()
     with pytest.raises(WorkerDied, match="died: it was killed"):
         future.result(timeout=30)
@@ -220,8 +233,7 @@ def test_out_of_memory_is_named(executor):
 def test_a_hung_job_can_be_cancelled(executor, docker_client):
     ex = executor(PY311, max_workers=1)
     future = ex.submit(time.sleep, 300)
-    time.sleep(1.5)
-    assert future.running()
+    wait_for(future.running, timeout=60, what="the job to start in a new worker")
     started = time.monotonic()
     assert future.cancel()
     with pytest.raises(cf.CancelledError):
@@ -241,7 +253,9 @@ def test_stamp_for_systems_without_an_adapter(monkeypatch):
     assert stamped["env"] == {"ENVPIN_IMAGE": PY311, "YT_JOB_DOCKER_IMAGE": PY311, "ENVPIN_IMAGE_ID": "sha256:abc"}
     job = envpin.stamp({"name": "train", "env": {"ENVPIN_IMAGE": "mine"}})
     assert job["image"] == PY311 and job["env"]["ENVPIN_IMAGE"] == "mine"  # explicit values win
-    with pytest.warns(hooks.ImageConflictWarning, match=f"names image 'other:1' but this session is pinned to '{PY311}'"):
+    with pytest.warns(
+        hooks.ImageConflictWarning, match=f"names image 'other:1' but this session is pinned to '{PY311}'"
+    ):
         kept = envpin.stamp({"image": "other:1"})
     assert kept["image"] == "other:1"
     pin.strict = True
@@ -277,10 +291,10 @@ def test_worker_containers_of_a_killed_caller_are_collected(docker_client, noteb
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=notebook_dir, capture_output=True, text=True, timeout=60)
     assert out.returncode == -9 and out.stdout.strip() == "1"
-    assert docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # left behind ...
+    assert containers(docker_client, role="job")  # left behind ...
     gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0 and "removed 1" in gc.stdout
-    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # ... and collected
+    assert not containers(docker_client, role="job")  # ... and collected
 
 
 def test_a_host_kernels_worker_containers_go_when_the_kernel_ends(jupyter_env, notebook_dir, docker_client):
@@ -291,11 +305,15 @@ def test_a_host_kernels_worker_containers_go_when_the_kernel_ends(jupyter_env, n
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(f"%load_ext envpin\n%use_image {PY311}"),
-        nbformat.v4.new_code_cell("import envpin; print(envpin.submit(lambda: __import__('os').path.exists('/.dockerenv')).result(60))"),
-        nbformat.v4.new_code_cell("import docker; print(len(docker.from_env().containers.list(filters={'label': 'envpin.role=job'})))"),
+        nbformat.v4.new_code_cell(
+            "import envpin; print(envpin.submit(lambda: __import__('os').path.exists('/.dockerenv')).result(60))"
+        ),
+        nbformat.v4.new_code_cell(
+            "import docker; print(len(docker.from_env().containers.list(filters={'label': 'envpin.role=job'})))"
+        ),
     ]
     NotebookClient(nb, kernel_name="python3", timeout=90, resources={"metadata": {"path": str(notebook_dir)}}).execute()
     assert "worker containers of" in nb.cells[0].outputs[-1]["data"]["text/plain"]
     assert nb.cells[1].outputs[0]["text"].strip() == "True"
     assert nb.cells[2].outputs[0]["text"].strip() == "1"  # a warm worker container while the kernel lived
-    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})
+    assert not containers(docker_client, role="job")

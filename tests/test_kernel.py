@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from conftest import PY311, PY313
-from kernels import PROBE, kernel, run, run_json
+from testutils import PY311, PY313, containers
+from testutils.kernels import PROBE, execute_until_running, kernel, run, run_json
 
 
 def kernel_container(client, km):
-    found = client.containers.list(all=True, filters={"label": f"envpin.kernel-id={km.kernel_id}"})
+    found = containers(client, kernel=km.kernel_id)
     assert len(found) == 1, found
     return found[0]
 
@@ -67,8 +67,7 @@ async def test_interrupt_raises_keyboardinterrupt_and_kernel_survives(docker_cli
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         cid = kernel_container(docker_client, km).id
-        msg_id = kc.execute("import time; time.sleep(60)")
-        await asyncio.sleep(1.0)
+        msg_id = await execute_until_running(kc, "import time; time.sleep(60)")
         started = time.monotonic()
         await km.interrupt_kernel()
         reply = await kc.get_shell_msg(timeout=10)
@@ -117,9 +116,8 @@ async def test_poll_sees_a_container_killed_from_outside(docker_client, install_
         km.stop_restarter()
         assert await km.is_alive()
         kernel_container(docker_client, km).kill()
-        for _ in range(50):
-            if not await km.is_alive():
-                break
+        deadline = time.monotonic() + 5
+        while await km.is_alive() and time.monotonic() < deadline:  # is_alive is a coroutine: poll it here
             await asyncio.sleep(0.1)
         assert not await km.is_alive()
 
@@ -157,7 +155,12 @@ async def test_tcp_transport_publishes_on_loopback_only(docker_client, install_k
         assert (await run_json(kc, PROBE))["dockerenv"] is True
         # The image's ipykernel reads CurveZMQ keys: the channels are encrypted, keys only in the file.
         assert km.curve_publickey is not None
-        assert (await run_json(kc, "sorted(k for k in __import__('json').load(open('/tmp/envpin-kernel.json')) if k.startswith('curve'))")) == [
+        assert (
+            await run_json(
+                kc,
+                "sorted(k for k in __import__('json').load(open('/tmp/envpin-kernel.json')) if k.startswith('curve'))",
+            )
+        ) == [
             "curve_publickey",
             "curve_secretkey",
         ]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from conftest import PY311, PY313, ROOT
-from kernels import PROBE, kernel, run_json
+from testutils import PY311, PY313, ROOT, containers
+from testutils.kernels import PROBE, execute_until_running, kernel, run_json
 
 
 def test_shipped_kernelspec_names_the_provisioner():
@@ -41,7 +40,16 @@ def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
         "provisioner_name": "envpin-docker",
         "config": {"network_mode": "none", "image": PY313},
     }
-    assert spec["argv"] == [sys.executable, "-m", "envpin_provisioner", "launch", "--image", PY313, "-f", "{connection_file}"]
+    assert spec["argv"] == [
+        sys.executable,
+        "-m",
+        "envpin_provisioner",
+        "launch",
+        "--image",
+        PY313,
+        "-f",
+        "{connection_file}",
+    ]
 
 
 async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, docker_client, notebook_dir):
@@ -60,18 +68,17 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
         probe = await run_json(kc, PROBE)
         assert probe["dockerenv"] is True and probe["python"] == [3, 13]
         assert probe["image"] == PY313
-        (container,) = docker_client.containers.list(filters={"label": "envpin.role=kernel"})
+        (container,) = containers(docker_client, role="kernel", running=True)
         # The launcher process is the recorded owner, so `envpin gc` can clean up if it is SIGKILLed.
         assert container.labels["envpin.owner-pid"] == str(km.provisioner.pid)
-        msg_id = kc.execute("import time; time.sleep(30)")
-        await asyncio.sleep(1)
+        msg_id = await execute_until_running(kc, "import time; time.sleep(30)")
         await km.interrupt_kernel()
         reply = await kc.get_shell_msg(timeout=10)
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = await kc.get_shell_msg(timeout=10)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         # Without the provisioner nobody can move this kernel: %use_image says so, and how to get there.
-        from kernels import run
+        from testutils.kernels import run
 
         res = await run(kc, f"%load_ext envpin\n%use_image {PY311}")
         assert res["ename"] == "UsageError" and "the envpin provisioner does not manage" in res["evalue"], res
@@ -80,20 +87,24 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
 
 
 def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec, tmp_path):
-    from conftest import NO_IPYKERNEL
+    from testutils import NO_IPYKERNEL
 
     install_kernelspec(PY311, name="good")
     install_kernelspec(PY313, name="newer")
     install_kernelspec(NO_IPYKERNEL, name="bare")
     install_kernelspec("envpin-test/ray", name="rayimage")
-    out = subprocess.run([sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=120
+    )
     lines = out.stdout.splitlines()
     assert out.returncode == 1, out.stdout + out.stderr
     assert lines[0].startswith("ok    engine: Docker ")
     assert any(l.startswith(f"ok    kernelspec good ({PY311}): Python 3.11.") for l in lines)
     assert any(l.startswith(f"warn  kernelspec newer ({PY313})") and "python_minor: 3.11 vs 3.13" in l for l in lines)
     assert any(l.startswith(f"FAIL  kernelspec bare ({NO_IPYKERNEL}): no ipykernel") for l in lines)
-    assert any(l.startswith("ok    kernelspec rayimage (envpin-test/ray)") and "engine clients: ray 2." in l for l in lines), lines
+    assert any(
+        l.startswith("ok    kernelspec rayimage (envpin-test/ray)") and "engine clients: ray 2." in l for l in lines
+    ), lines
     down = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=60,
         env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"},

@@ -7,7 +7,7 @@ import shutil
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from testutils import ROOT, containers
 
 
 def test_quickstart_runs_in_the_demo_image(install_kernelspec, tmp_path, docker_client):
@@ -44,7 +44,7 @@ def test_environment_mismatch_notebook_shows_the_refusal(jupyter_env, tmp_path, 
     assert "differs from it in ways that break pickles" in text
     assert "python_minor: 3.11 vs 3.13  <- breaks pickles" in text
     assert "refused: Refusing to unpickle a job made under CPython 3.11" in text and "under CPython 3.13" in text
-    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role=job"})  # kernel gone, workers too
+    assert not containers(docker_client, role="job")  # kernel gone, workers too
 
 
 def _run_host_notebook(name: str, tmp_path, monkeypatch) -> str:
@@ -63,7 +63,7 @@ def _run_host_notebook(name: str, tmp_path, monkeypatch) -> str:
 
 def test_ytsaurus_notebook_shows_jobs_that_ran_in_the_image(install_kernelspec, tmp_path, docker_client):
     """In a Containerized kernel of the YTsaurus image, against the fake cluster whose exec node runs the jobs."""
-    from fake_yt import FakeYtProxy
+    from testutils.fake_yt import FakeYtProxy
 
     work = tmp_path / "ytsaurus_jobs"
     work.mkdir()
@@ -94,6 +94,10 @@ def test_ray_notebook_runs_a_task_and_shows_the_refusal(jupyter_env, tmp_path, m
 def test_flyte_notebook_runs_its_workflow_in_the_image(jupyter_env, tmp_path, monkeypatch, docker_client):
     text = _run_host_notebook("flyte_tasks.ipynb", tmp_path, monkeypatch)
     assert "pipeline(x=21) -> 42, computed by Python 3.11.2 in envpin-test/flyte" in text, text
-    lines = {line.split("image:")[0].strip(): line.split("image:")[1].strip() for line in text.splitlines() if "image:" in line}
+    lines = {
+        line.split("image:")[0].strip(): line.split("image:")[1].strip()
+        for line in text.splitlines()
+        if "image:" in line
+    }
     assert lines.get("double") == lines.get("where") == "envpin-test/flyte:latest", text
     assert lines.get("train") == "registry.example/team/gpu:7", text

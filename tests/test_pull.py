@@ -9,12 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
-import pytest
-
-from conftest import PY311
-from kernels import PROBE, kernel, run, run_json
-
-import slow_proxy
+from testutils import PY311, slow_proxy
+from testutils.kernels import PROBE, kernel, run, run_json
 
 
 async def test_missing_image_is_pulled_with_progress_outside_the_launch_timeout(
@@ -43,7 +39,9 @@ async def test_missing_image_is_pulled_with_progress_outside_the_launch_timeout(
         proxy.shutdown()
 
 
-async def test_pull_policy_always_checks_the_registry(docker_client, registry, pushed_image, install_kernelspec, notebook_dir, caplog):
+async def test_pull_policy_always_checks_the_registry(
+    docker_client, registry, pushed_image, install_kernelspec, notebook_dir, caplog
+):
     repo, tag = pushed_image
     reference = f"{registry.address}/{repo}:{tag}"
     docker_client.images.pull(f"{registry.address}/{repo}", tag=tag)
@@ -54,7 +52,9 @@ async def test_pull_policy_always_checks_the_registry(docker_client, registry, p
     assert any(r.getMessage().startswith(f"envpin: pulling image {reference}") for r in caplog.records)
 
 
-async def test_use_image_shows_pull_progress_in_the_cell(docker_client, registry, pushed_image, install_kernelspec, notebook_dir):
+async def test_use_image_shows_pull_progress_in_the_cell(
+    docker_client, registry, pushed_image, install_kernelspec, notebook_dir
+):
     from kernels import run
 
     proxy, proxy_address = slow_proxy.start(registry.address, rate=4_000_000)
@@ -120,9 +120,11 @@ def test_image_bases_come_from_a_registry_when_one_answers(docker_client, regist
                 pass
 
 
-async def test_by_digest_jobs_name_the_image_by_its_registry_digest(docker_client, registry, pushed_image, jupyter_env, tmp_path):
+async def test_by_digest_jobs_name_the_image_by_its_registry_digest(
+    docker_client, registry, pushed_image, jupyter_env, tmp_path
+):
     """--by-digest: YTsaurus, Ray and Flyte jobs get repo@sha256:... (a tag that moves cannot change them)."""
-    from fake_yt import FakeYtProxy
+    from testutils.fake_yt import FakeYtProxy
 
     repo, tag = pushed_image
     reference = f"{registry.address}/{repo}:{tag}"

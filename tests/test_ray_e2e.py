@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from kernels import kernel, run, run_json
+from testutils.kernels import kernel, run, run_json
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the Ray test cluster is set up by root")
 
@@ -80,7 +80,9 @@ def ray_kernel(install_kernelspec, notebook_dir, image: str):
     return kernel(install_kernelspec(image, network_mode="host"), cwd=notebook_dir)
 
 
-async def test_task_actor_options_and_job_run_in_the_pinned_image(ray_cluster, install_kernelspec, notebook_dir, docker_client):
+async def test_task_actor_options_and_job_run_in_the_pinned_image(
+    ray_cluster, install_kernelspec, notebook_dir, docker_client
+):
     image_id = docker_client.images.get(RAY_A).id
     async with ray_kernel(install_kernelspec, notebook_dir, RAY_A) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {RAY_A}")
@@ -100,7 +102,8 @@ async def test_task_actor_options_and_job_run_in_the_pinned_image(ray_cluster, i
             timeout=300,
         )
         seen = await run_json(
-            kc, "{'first': first, 'warm': warm, 'optioned': optioned, 'actor': from_actor, 'node b': on_b, 'head': on_head}"
+            kc,
+            "{'first': first, 'warm': warm, 'optioned': optioned, 'actor': from_actor, 'node b': on_b, 'head': on_head}",
         )
         timings = await run_json(kc, "timings")
         # A submitted job: its entrypoint is a driver on a node (ray.init() joins the cluster there), and its
@@ -205,7 +208,7 @@ def test_ray_cluster_notebook_shows_a_task_in_the_image(ray_cluster, install_ker
     import nbformat
     from nbclient import NotebookClient
 
-    from conftest import ROOT
+    from testutils import ROOT
 
     work = tmp_path / "ray_cluster"
     work.mkdir()
@@ -213,7 +216,9 @@ def test_ray_cluster_notebook_shows_a_task_in_the_image(ray_cluster, install_ker
     name = install_kernelspec(RAY_A, network_mode="host", environment={"RAY_ADDRESS": CLIENT})
     nb = nbformat.read(work / "ray_cluster.ipynb", as_version=4)
     NotebookClient(nb, kernel_name=name, timeout=300, resources={"metadata": {"path": str(work)}}).execute()
-    text = "\n".join(o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", []))
+    text = "\n".join(
+        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
+    )
     image_id = docker_client.images.get(RAY_A).id
     assert "'in a podman container': True" in text and f"'image id': '{image_id[:19]}'" in text, text
     assert "'python': '/opt/python/bin/python'" in text, text

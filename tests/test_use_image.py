@@ -13,8 +13,8 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from conftest import NO_IPYKERNEL, PY311, PY313
-from kernels import PROBE, kernel, run, run_json
+from testutils import NO_IPYKERNEL, PY311, PY313, containers, envpin_containers
+from testutils.kernels import PROBE, kernel, run, run_json
 
 WHERE = "import sys, os; print('where', sys.version_info[:2], os.environ.get('ENVPIN_IMAGE'), os.path.exists('/.dockerenv'))"
 
@@ -23,8 +23,10 @@ def _dump_diagnostics(nb) -> None:
     """On a failure, print what the kernels' containers said (pytest shows it with the failure)."""
     import docker
 
-    for c in docker.from_env().containers.list(all=True, filters={"label": "envpin.role"}):
-        print(f"--- container {c.short_id} {c.status} {c.labels.get('envpin.image')}\n{c.logs(tail=40).decode(errors='replace')}")
+    for c in envpin_containers(docker.from_env()):
+        print(
+            f"--- container {c.short_id} {c.status} {c.labels.get('envpin.image')}\n{c.logs(tail=40).decode(errors='replace')}"
+        )
     for i, cell in enumerate(nb.cells):
         print(f"--- cell {i}: {cell.source!r} -> {cell.get('outputs')}")
 
@@ -34,7 +36,11 @@ def execute(cells: list[str], kernel_name: str, folder, allow_errors=False) -> l
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     client = NotebookClient(
-        nb, kernel_name=kernel_name, timeout=90, allow_errors=allow_errors, resources={"metadata": {"path": str(folder)}}
+        nb,
+        kernel_name=kernel_name,
+        timeout=90,
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(folder)}},
     )
     try:
         client.execute()
@@ -72,17 +78,20 @@ def test_headless_notebook_moves_then_starts_in_its_pin(install_kernelspec, note
 async def test_use_image_of_the_kernels_own_image_pins_without_moving(install_kernelspec, notebook_dir, docker_client):
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
-        before = docker_client.containers.list(filters={"label": f"envpin.kernel-id={km.kernel_id}"})[0].id
+        before = containers(docker_client, kernel=km.kernel_id, running=True)[0].id
         await run(kc, "%load_ext envpin\n%load_ext envpin")  # loading twice is harmless
         res = await run(kc, f"%use_image {PY311}")
         assert res["status"] == "ok", res
         pin = await run_json(kc, "__import__('dataclasses').asdict(__import__('envpin').current_pin())")
         assert pin["name"] == PY311 and pin["image_id"] == docker_client.images.get(PY311).id
         assert pin["python"].startswith("3.11.") and pin["mode"] == "kernel in image"
-        after = docker_client.containers.list(filters={"label": f"envpin.kernel-id={km.kernel_id}"})[0].id
+        after = containers(docker_client, kernel=km.kernel_id, running=True)[0].id
         assert after == before
         # Rich output for notebooks, text for terminals.
-        status = await run(kc, "from envpin.session import Status; print(Status(envpin_pin := __import__('envpin').current_pin())._repr_html_())")
+        status = await run(
+            kc,
+            "from envpin.session import Status; print(Status(envpin_pin := __import__('envpin').current_pin())._repr_html_())",
+        )
         assert "<table" in status["stdout"] and PY311 in status["stdout"]
 
 
@@ -131,6 +140,7 @@ async def test_a_damaged_pin_file_is_reported_and_kept(install_kernelspec, noteb
     name = install_kernelspec(PY313)
     (notebook_dir / ".envpin.json").write_text('{"notebooks": {"a.ipynb": {"image": ')
     from jupyter_client.manager import AsyncKernelManager
+
     from envpin.errors import PinFileError
 
     km = AsyncKernelManager(kernel_name=name)
@@ -153,7 +163,17 @@ async def test_a_moved_tag_is_reported_and_the_pin_kept(install_kernelspec, note
         assert pinned == docker_client.images.get(PY311).id
         docker_client.images.get(PY313).tag(tag)  # the tag moves to another image
 
-        out = execute([WHERE, "import os; print(os.environ.get('ENVPIN_IMAGE_LATEST_ID'))", "%load_ext envpin", f"%use_image {tag}", WHERE], name, notebook_dir)
+        out = execute(
+            [
+                WHERE,
+                "import os; print(os.environ.get('ENVPIN_IMAGE_LATEST_ID'))",
+                "%load_ext envpin",
+                f"%use_image {tag}",
+                WHERE,
+            ],
+            name,
+            notebook_dir,
+        )
         assert "where (3, 11)" in out[0]  # started in the pinned id, not what the tag means now
         assert out[1].strip() == docker_client.images.get(PY313).id
         assert f"'{tag}' has moved since this notebook pinned it" in out[3]
@@ -176,7 +196,9 @@ def test_aliases_show_the_name_the_user_wrote(install_kernelspec, notebook_dir, 
 
 def test_unload_removes_the_magic(install_kernelspec, notebook_dir):
     name = install_kernelspec(PY311)
-    out = execute(["%load_ext envpin", "%unload_ext envpin", f"%use_image {PY311}"], name, notebook_dir, allow_errors=True)
+    out = execute(
+        ["%load_ext envpin", "%unload_ext envpin", f"%use_image {PY311}"], name, notebook_dir, allow_errors=True
+    )
     assert "Line magic function `%use_image` not found" in out[2]
 
 
@@ -257,7 +279,9 @@ async def test_kernel_side_reports_what_the_image_lacks_in_one_line(install_kern
         assert res["ename"] == "MissingDependency"
         assert res["evalue"].startswith("This needs the Docker SDK for Python") and "\n" not in res["evalue"]
         # envpin itself imported fine from the read-only mount, with nothing installed into the image.
-        where = await run_json(kc, "[__import__('envpin').__file__, __import__('importlib.util').util.find_spec('docker') is None]")
+        where = await run_json(
+            kc, "[__import__('envpin').__file__, __import__('importlib.util').util.find_spec('docker') is None]"
+        )
         assert where == ["/opt/envpin/python/envpin/__init__.py", True]
 
 
@@ -284,7 +308,10 @@ async def test_use_image_pull_goes_to_the_registry(install_kernelspec, notebook_
 async def test_use_image_in_a_script_returns_at_once_inside_the_image(install_kernelspec, notebook_dir):
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
-        res = await run(kc, f"import envpin, time; t = time.monotonic(); envpin.use_image({PY311!r}); print(time.monotonic() - t < 0.1)")
+        res = await run(
+            kc,
+            f"import envpin, time; t = time.monotonic(); envpin.use_image({PY311!r}); print(time.monotonic() - t < 0.1)",
+        )
         assert res["stdout"].strip() == "True"  # no respawn: the process is in a container of that image
 
 

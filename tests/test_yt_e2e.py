@@ -3,7 +3,7 @@
 What is real: the notebook kernel (a Containerized Python kernel in
 ``envpin-test/yt``, pinned with ``%use_image``), ytsaurus-client in it and in
 the jobs, the job commands, pickles and containers.  What is fake: the
-cluster's server side, scheduler and storage (``tests/fake_yt.py``): its exec
+cluster's server side, scheduler and storage (``tests/testutils/fake_yt.py``): its exec
 node runs every user job in a container of the job's ``docker_image``, as an
 exec node does.  The kernel shares the host's network to reach the fake
 proxy on 127.0.0.1, and so do the jobs (nested operations).
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from fake_yt import FakeYtProxy
-from kernels import kernel, run, run_json
+from testutils.fake_yt import FakeYtProxy
+from testutils.kernels import kernel, run, run_json
 
 YT_IMAGE = "envpin-test/yt:latest"
 #: Only the YTsaurus image has the client installed (other images get it from the job's modules archive).
@@ -56,13 +56,15 @@ async def pinned_yt_kernel(install_kernelspec, notebook_dir):
     return kernel(name, cwd=notebook_dir)
 
 
-async def test_map_reduce_map_reduce_and_vanilla_run_in_the_pinned_image(cluster, install_kernelspec, notebook_dir, docker_client):
+async def test_map_reduce_map_reduce_and_vanilla_run_in_the_pinned_image(
+    cluster, install_kernelspec, notebook_dir, docker_client
+):
     image_id = docker_client.images.get(YT_IMAGE).id
     timings = {}
     async with await pinned_yt_kernel(install_kernelspec, notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {YT_IMAGE}")
         await _ok(kc, "import yt.wrapper as yt, time\n" + client_code(cluster.url) + PROBE)
-        kernel_python = (await run_json(kc, "sys.executable"))
+        kernel_python = await run_json(kc, "sys.executable")
         await _ok(
             kc,
             "client.write_table('//tmp/in', [{'x': i, 'k': i % 2} for i in range(6)])\n"
@@ -86,7 +88,9 @@ async def test_map_reduce_map_reduce_and_vanilla_run_in_the_pinned_image(cluster
     assert [(r["k"], r["n"], r["total"]) for r in reduced] == [(0, 3, 6), (1, 3, 9)]
     assert [(r["k"], r["n"], r["total"]) for r in mr] == [(0, 3, 6), (1, 3, 9)]
     # ... done in containers of the pinned image, with the kernel's own interpreter, without envpin.
-    vanilla = [json.loads(j["stderr"].strip().splitlines()[-1]) for j in cluster.exec_node.jobs_run if j["type"] == "train"]
+    vanilla = [
+        json.loads(j["stderr"].strip().splitlines()[-1]) for j in cluster.exec_node.jobs_run if j["type"] == "train"
+    ]
     assert len(vanilla) == 2
     for seen in [*mapped, *reduced, *mr, *vanilla]:
         assert seen["docker"] and seen["marker"] and not seen["envpin_loaded"], seen
@@ -120,7 +124,9 @@ def level(depth, path, how):
 """
 
 
-async def test_nested_operations_keep_the_image_two_levels_deep(cluster, install_kernelspec, notebook_dir, docker_client):
+async def test_nested_operations_keep_the_image_two_levels_deep(
+    cluster, install_kernelspec, notebook_dir, docker_client
+):
     """A mapper starts an operation with a new client, whose mapper starts one with the job's configuration.
 
     Every level's jobs run in the pinned image, which no level below the notebook names, and envpin is
@@ -128,7 +134,9 @@ async def test_nested_operations_keep_the_image_two_levels_deep(cluster, install
     """
     async with await pinned_yt_kernel(install_kernelspec, notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {YT_IMAGE}")
-        await _ok(kc, "import yt.wrapper as yt\n" + client_code(cluster.url) + f"URL = {cluster.url!r}\n" + PROBE + NESTED)
+        await _ok(
+            kc, "import yt.wrapper as yt\n" + client_code(cluster.url) + f"URL = {cluster.url!r}\n" + PROBE + NESTED
+        )
         started = time.monotonic()
         res = await run(
             kc,
@@ -163,7 +171,9 @@ async def test_a_job_under_another_python_is_refused_with_its_message(cluster, i
     """
     async with await pinned_yt_kernel(install_kernelspec, notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {YT_IMAGE}")
-        await _ok(kc, "import yt.wrapper as yt\n" + client_code(cluster.url) + "client.write_table('//tmp/in', [{'x': 1}])")
+        await _ok(
+            kc, "import yt.wrapper as yt\n" + client_code(cluster.url) + "client.write_table('//tmp/in', [{'x': 1}])"
+        )
         started = time.monotonic()
         res = await run(
             kc,

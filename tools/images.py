@@ -36,7 +36,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from envpin.adapters.ray_compat import SUPPORTED as _RAY_SUPPORTED
 from tools.engine import ensure_debootstrap, ensure_engine
+
+RAY_NEWEST = _RAY_SUPPORTED[1]
 
 CACHE_DIR = Path(os.environ.get("ENVPIN_DEV_CACHE", Path.home() / ".cache" / "envpin-dev"))
 RECIPE_LABEL = "envpin.test-recipe"
@@ -90,8 +93,9 @@ _UV_PROJECT = {
     ),
     "demoapp/__init__.py": "VALUE = 42\n",
 }
-#: One list for every Ray image: driver (Ray Client, job SDK) and worker alike need the cluster's Ray.
-_RAY_PACKAGES = ("ipykernel", "cloudpickle", "ray[default,client]")
+#: One list for every Ray image: driver (Ray Client, job SDK) and worker alike need the cluster's Ray,
+#: which is the newest Ray envpin supports (ray_compat.SUPPORTED, the one place that version is written).
+_RAY_PACKAGES = ("ipykernel", "cloudpickle", f"ray[default,client]=={RAY_NEWEST}")
 _RAY_UV_PACKAGES = (*_RAY_PACKAGES, "uv", "hatchling", "editables")  # editables: hatchling builds editable installs
 
 

@@ -43,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 from tools.engine import apt_install
+from tools.images import RAY_NEWEST
 
 USER = "envpin-ray"
 HOME = Path("/home") / USER
@@ -51,7 +52,7 @@ TEMP = HOME / "rt"
 CLIENT_PORT = 10001
 DASHBOARD_PORT = 8265
 GCS_PORT = 6380
-RAY_VERSION = "2.60.0"  #: the version the test images install (tools/images.py resolves the same)
+RAY_VERSION = RAY_NEWEST  #: the version the test images install: the newest envpin supports
 
 
 def _say(msg: str) -> None:
@@ -76,7 +77,9 @@ def _env() -> dict[str, str]:
 
 def as_user(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     """Run ``argv`` as the cluster's user, in its environment (never a login shell: nothing of root's leaks)."""
-    return subprocess.run(["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in _env().items()), *argv], **kwargs)
+    return subprocess.run(
+        ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in _env().items()), *argv], **kwargs
+    )
 
 
 def prepare() -> None:
@@ -89,7 +92,9 @@ def prepare() -> None:
     if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", "python3-venv"], check=True, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "python3-venv"], check=True, stdout=subprocess.DEVNULL, env=env
+        )
     try:
         pwd.getpwnam(USER)
     except KeyError:
@@ -200,7 +205,9 @@ def _podman_ready() -> None:
 
 
 def worker_containers() -> list[str]:
-    out = as_user(["podman", "ps", "--all", "--format", "{{.ID}} {{.Image}} {{.Status}}"], capture_output=True, text=True)
+    out = as_user(
+        ["podman", "ps", "--all", "--format", "{{.ID}} {{.Image}} {{.Status}}"], capture_output=True, text=True
+    )
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 

@@ -50,7 +50,7 @@ class LocalRegistry:
         self.address = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "LocalRegistry":
+    def __enter__(self) -> LocalRegistry:
         config = self.root.parent / f"registry-{self.port}.yml"
         config.write_text(_CONFIG.format(root=self.root, port=self.port))
         self.proc = subprocess.Popen(

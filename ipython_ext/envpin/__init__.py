@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+from ._version import __version__ as __version__
 from .errors import EnvpinError
 from .executor import ContainerExecutor, submit
 from .fingerprints import compare, fingerprint
@@ -29,7 +30,6 @@ from .hooks import stamp
 from .respawn import use_image
 from .session import current_pin
 
-__version__ = "0.1.0"
 __all__ = [
     "ContainerExecutor",
     "EnvpinError",
@@ -57,7 +57,11 @@ def kernel_image() -> dict:
     started (``ENVPIN_IMAGE_ID``).  All ``None`` outside an envpin container.
     """
     ref = os.environ.get("ENVPIN_IMAGE")
-    return {"name": os.environ.get("ENVPIN_IMAGE_NAME") or ref, "reference": ref, "id": os.environ.get("ENVPIN_IMAGE_ID")}
+    return {
+        "name": os.environ.get("ENVPIN_IMAGE_NAME") or ref,
+        "reference": ref,
+        "id": os.environ.get("ENVPIN_IMAGE_ID"),
+    }
 
 
 def load_ipython_extension(ipython) -> None:
@@ -66,21 +70,17 @@ def load_ipython_extension(ipython) -> None:
     A kernel the provisioner started for a pinned notebook (or moved into an
     image) loads this by itself and starts out pinned to its image.
     """
-    from . import control, handoff, session
+    from . import adapters, control, handoff, hooks, session, short_errors
     from .magics import EnvpinMagics
-
-    from . import adapters, hooks, short_errors
-    from .executor import ExecutorAdapter
 
     ipython.register_magics(EnvpinMagics)
     short_errors.install(ipython)
-    hooks.register(ExecutorAdapter())
-    for adapter in adapters.builtin():  # YTsaurus, Ray, Flyte: armed by %use_image when installed
+    for adapter in adapters.builtin():  # envpin.submit, YTsaurus, Ray, Flyte: armed by %use_image when usable
         if adapter.name not in hooks.names():
             hooks.register(adapter)
-    if os.environ.get("ENVPIN_PINNED") == "1" and session.current_pin() is None:
-        session.set_pin(session.pin_from_environment())
-        hooks.activate_all(hooks.current_stamp())
+    pin = session.pin_from_environment() if os.environ.get("ENVPIN_PINNED") == "1" else None
+    if pin is not None and session.current_pin() is None:
+        hooks.pin_session(pin)
     folder = control.control_dir()
     if folder is not None:
         handoff.expect_handoff(ipython, folder)
@@ -88,10 +88,9 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext envpin``: remove the magic and the submission hooks, forget the pin."""
-    from . import executor, hooks, session, short_errors
+    from . import executor, hooks, short_errors
 
     ipython.magics_manager.magics["line"].pop("use_image", None)
     short_errors.uninstall(ipython)
-    hooks.deactivate_all()
+    hooks.unpin_session()
     executor.shutdown_shared()
-    session.set_pin(None)

@@ -34,8 +34,9 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import safe_files
 from .errors import EnvpinError

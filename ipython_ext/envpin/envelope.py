@@ -24,7 +24,8 @@ import os
 import platform
 import struct
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import EnvpinError
 
@@ -56,7 +57,11 @@ def sender_environment() -> dict[str, Any]:
 
 
 def _describe(env: dict[str, Any]) -> str:
-    where = f"image {env.get('image')} ({env.get('image_id')})" if env.get("image") else "a process outside any envpin image"
+    where = (
+        f"image {env.get('image')} ({env.get('image_id')})"
+        if env.get("image")
+        else "a process outside any envpin image"
+    )
     return f"{env.get('implementation')} {env.get('python')} with {env.get('pickler')} {env.get('pickler_version')} in {where}"
 
 
@@ -66,7 +71,9 @@ def check(sent: dict[str, Any], here: dict[str, Any], what: str) -> None:
     if sent.get("implementation") != here.get("implementation") or sent.get("python_minor") != here.get("python_minor"):
         problems.append(f"Python {sent.get('python_minor')} vs {here.get('python_minor')}")
     if sent.get("pickler") != here.get("pickler") or sent.get("pickler_version") != here.get("pickler_version"):
-        problems.append(f"{sent.get('pickler')} {sent.get('pickler_version')} vs {here.get('pickler')} {here.get('pickler_version')}")
+        problems.append(
+            f"{sent.get('pickler')} {sent.get('pickler_version')} vs {here.get('pickler')} {here.get('pickler_version')}"
+        )
     if problems:
         raise EnvelopeMismatch(
             f"Refusing to unpickle a {what} made under {_describe(sent)} here, under {_describe(here)}: "
@@ -74,6 +81,12 @@ def check(sent: dict[str, Any], here: dict[str, Any], what: str) -> None:
             "image: pin the notebook with %use_image IMAGE (or start it in the Containerized Python kernel "
             "of that image) so jobs and kernel share one Python."
         )
+
+
+def control_frames(header: dict[str, Any]) -> list:
+    """Frames of a header-only message (hello, refusal, probe): JSON, readable by any Python, no pickle."""
+    data = json.dumps(header).encode()
+    return [_U64.pack(len(data)), data, _U64.pack(0), b"", _U64.pack(0)]
 
 
 def dumps(obj: Any, kind: str, dumper: Callable | None = None) -> list:

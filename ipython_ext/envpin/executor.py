@@ -2,14 +2,10 @@
 
 Workers (``envpin.worker``) run in the image and are kept warm: a worker
 serves one job at a time, for as many jobs as come, until the executor shuts
-down.  Where they run depends on where the caller is:
-
-* ``process`` mode: the caller already runs in the image (a Containerized
-  Python kernel), which has no engine access by default: workers are
-  processes of the caller's own container, the very same Python;
-* ``container`` mode: the caller is elsewhere (a kernel on the host): each
-  worker is a container of the image (labels ``envpin.role=job`` and the
-  owner), with envpin mounted read-only as for kernels, removed on shutdown.
+down.  Where they run depends on where the caller is (``envpin.workers``):
+``process`` mode when the caller already runs in the image (workers are
+processes of its own container), ``container`` mode otherwise (each worker
+is a container of the image, removed on shutdown).
 
 Jobs and results travel as envelopes (``envpin.envelope``) over a unix socket
 in a private directory, mounted into worker containers: checked before
@@ -25,19 +21,21 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import functools
 import os
 import queue
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Callable
+import weakref
+from collections.abc import Callable
+from typing import Any
 
-from . import envelope, shipping, worker
+from . import envelope, session, shipping, worker, workers
 from .errors import EnvpinError
 
 
@@ -62,7 +60,7 @@ class RemoteTraceback(Exception):
 class JobFuture(cf.Future):
     """A Future whose ``cancel()`` also stops a job that is already running (its worker is replaced)."""
 
-    _slot: "_Slot | None" = None
+    _slot: _Slot | None = None
 
     def cancel(self) -> bool:
         if super().cancel():
@@ -76,66 +74,42 @@ class JobFuture(cf.Future):
 
 
 class _Slot:
-    """One worker and the thread that feeds it jobs."""
+    """One worker and the thread that feeds it jobs from the executor's queue.
 
-    def __init__(self, executor: "ContainerExecutor", index: int):
-        self.ex = executor
+    It knows the executor only through what it was handed: the job queue,
+    ``start`` (a new worker and its connected socket) and the image's name
+    for messages.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        jobs: queue.Queue[Any],
+        start: Callable[[str], tuple[workers.Worker, socket.socket]],
+        image: str,
+    ):
         self.id = f"{index}-{uuid.uuid4().hex[:6]}"
+        self.jobs, self.start, self.image = jobs, start, image
         self.conn: socket.socket | None = None
-        self.handle: Any = None  # subprocess.Popen or a docker container
+        self.worker: workers.Worker | None = None
         self.cancelled: JobFuture | None = None
         self.thread = threading.Thread(target=self._loop, name=f"envpin-worker-{index}", daemon=True)
         self.thread.start()
 
     # -- worker lifecycle -----------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        argv = ["-m", "envpin.run_worker", self.ex._socket_path, self.id]
-        if self.ex.mode == "process":
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_envpin_parent(), env.get("PYTHONPATH")]))
-            self.handle = subprocess.Popen([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL)
-        else:
-            self.handle = self.ex._start_container(["python3", *argv], self.id)
-        try:
-            self.conn = self.ex._wait_hello(self.id, self._exit_status)
-        except BaseException:
-            self.kill_worker()
-            raise
-
-    def _exit_status(self) -> int | None:
-        if self.handle is None:
-            return -1
-        if isinstance(self.handle, subprocess.Popen):
-            return self.handle.poll()
-        return self.ex._container_exit(self.handle)
-
     def kill_worker(self) -> None:
-        handle, self.handle = self.handle, None
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except OSError:
-                pass
-            self.conn = None
-        if isinstance(handle, subprocess.Popen):
-            handle.kill()
-            handle.wait()
-        elif handle is not None:
-            self.ex._remove_container(handle)
+        worker_, self.worker = self.worker, None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        if worker_ is not None:
+            worker_.stop()
 
-    def _death_message(self, handle: Any) -> str:
-        code, oom = None, False
-        if isinstance(handle, subprocess.Popen):
-            code = handle.wait()
-        elif handle is not None:
-            code, oom = self.ex._container_death(handle)
-        if oom or code in (137, -9):
-            why = "it was killed (out of memory, or from outside)" if not oom else "it ran out of memory"
-        else:
-            why = f"it exited with code {code}"
+    def _death_message(self, dead: workers.Worker | None) -> str:
+        why = dead.death().describe() if dead is not None else "it was stopped"
         return (
-            f"The worker running this job in {self.ex.image} died: {why}. Only this job failed; "
+            f"The worker running this job in {self.image} died: {why}. Only this job failed; "
             "the worker is replaced for the next one. If it ran out of memory, give workers more "
             "(ContainerExecutor(mem_limit=...)) or send less data per job."
         )
@@ -144,31 +118,32 @@ class _Slot:
 
     def _loop(self) -> None:
         while True:
-            item = self.ex._queue.get()
+            item = self.jobs.get()
             if item is None:
                 self.kill_worker()
                 return
-            future, frames, kind = item
+            future: JobFuture = item[0]
+            frames, kind = item[1], item[2]
             if not future.set_running_or_notify_cancel():
                 continue
             future._slot = self
             try:
                 if self.conn is None:
-                    self._start_worker()
+                    self.worker, self.conn = self.start(self.id)
                 worker.send_frames(self.conn, frames)
-                header, payload, buffers = envelope.read_frames(lambda n: worker.recv_exact(self.conn, n))
+                header, payload, buffers = envelope.read_frames(functools.partial(worker.recv_exact, self.conn))
                 future._slot = None
                 self._deliver(future, header, payload, buffers, kind)
             except (EOFError, OSError):
                 future._slot = None
-                handle, self.handle = self.handle, None
+                dead, self.worker = self.worker, None
                 self.kill_worker()
                 if self.cancelled is future:
                     self.cancelled = None
                     future.set_exception(cf.CancelledError("the job was cancelled; its worker was stopped"))
                 else:
-                    future.set_exception(WorkerDied(self._death_message(handle)))
-            except BaseException as exc:
+                    future.set_exception(WorkerDied(self._death_message(dead)))
+            except BaseException as exc:  # noqa: BLE001  anything else fails this job only; the thread serves on
                 future._slot = None
                 future.set_exception(exc)
 
@@ -183,7 +158,7 @@ class _Slot:
             status, value, tb = envelope.loads(header, payload, buffers, "job result")
         except envelope.EnvelopeMismatch:
             raise
-        except Exception as exc:  # e.g. an object of a class that exists only in the image
+        except Exception as exc:  # noqa: BLE001  unpickling raises anything; e.g. a class only the image has
             raise EnvpinError(
                 f"The job ran, but its result cannot be loaded here ({type(exc).__name__}: {exc}): it holds "
                 "objects of a type this process cannot import. Return plain data (numbers, strings, lists, "
@@ -192,15 +167,23 @@ class _Slot:
         if status == "ok":
             future.set_result(value)
         elif status == "unpicklable":
-            future.set_exception(EnvpinError(f"The job ran, but its result cannot be sent back: {tb}. Return plain data."))
+            future.set_exception(
+                EnvpinError(f"The job ran, but its result cannot be sent back: {tb}. Return plain data.")
+            )
         else:
-            exc = value if isinstance(value, BaseException) else EnvpinError(tb.strip().splitlines()[-1])
-            exc.__cause__ = RemoteTraceback(tb)
-            future.set_exception(exc)
+            raised = value if isinstance(value, BaseException) else EnvpinError(tb.strip().splitlines()[-1])
+            raised.__cause__ = RemoteTraceback(tb)
+            future.set_exception(raised)
 
 
-def _envpin_parent() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Live executors, shut down at interpreter exit; weak, so an executor nobody holds can be collected.
+_live: weakref.WeakSet[ContainerExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live() -> None:
+    for ex in list(_live):
+        ex.shutdown(wait=False)
 
 
 class ContainerExecutor(cf.Executor):
@@ -212,15 +195,16 @@ class ContainerExecutor(cf.Executor):
     ``mem_limit``: per worker container (``"2g"``).
     """
 
-    def __init__(self, image: str | None = None, max_workers: int | None = None, mode: str = "auto", mem_limit: str | None = None):
-        from .session import current_pin
-
-        pin = current_pin()
-        self.image = image or (pin.name if pin else None) or os.environ.get("ENVPIN_IMAGE")
-        if not self.image:
+    def __init__(
+        self, image: str | None = None, max_workers: int | None = None, mode: str = "auto", mem_limit: str | None = None
+    ):
+        pin = session.current_pin()
+        chosen = image or (pin.name if pin else None) or os.environ.get("ENVPIN_IMAGE")
+        if not chosen:
             raise EnvpinError(
                 "ContainerExecutor needs an image: pin the session first (%use_image IMAGE) or pass image=..."
             )
+        self.image: str = chosen
         self.max_workers = max_workers or 2
         self.mem_limit = mem_limit
         self.mode = self._choose_mode(mode)
@@ -235,76 +219,44 @@ class ContainerExecutor(cf.Executor):
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self._socket_path)
         self._listener.listen(64)
-        self._hellos: dict[str, "queue.Queue[socket.socket]"] = {}
+        self._hellos: dict[str, queue.Queue[socket.socket]] = {}
         self._hello_lock = threading.Lock()
         threading.Thread(target=self._accept_loop, name="envpin-accept", daemon=True).start()
-        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._slots: list[_Slot] = []
         self._shutdown = False
         self._lock = threading.Lock()
         self._verdicts: dict[str, str] = {}
-        self._docker = None
-        self._image = None
-        atexit.register(self.shutdown, wait=False)
+        self._docker: Any = None
+        self._image: Any = None
+        _live.add(self)
 
     # -- modes ------------------------------------------------------------------------
 
     def _choose_mode(self, mode: str) -> str:
         if mode in ("process", "container"):
             return mode
-        from . import aliases
+        return "process" if session.runs_in_image(self.image) else "container"
 
-        here = {os.environ.get("ENVPIN_IMAGE"), os.environ.get("ENVPIN_IMAGE_NAME"), os.environ.get("ENVPIN_IMAGE_ID")}
-        wanted = {self.image, aliases.expand(self.image)}
-        return "process" if here & wanted else "container"
+    def _start_worker(self, slot_id: str) -> tuple[workers.Worker, socket.socket]:
+        """A new worker for slot ``slot_id``, and its connection once it said hello."""
+        w: workers.Worker
+        if self.mode == "process":
+            w = workers.ProcessWorker(self._socket_path, slot_id)
+        else:
+            if self._image is None:  # resolved once, at the first container worker
+                from . import host_docker
 
-    def _container_image(self):
-        if self._image is None:
-            from . import host_docker
-
-            self._docker = host_docker.client()
-            self._image = host_docker.resolve(self._docker, self.image, source="a ContainerExecutor")
-        return self._image
-
-    def _start_container(self, argv: list[str], slot_id: str):
-        from .container_spec import base_options
-
-        image = self._container_image()
-        options = base_options(
-            image_id=image.id, reference=image.reference, immutable=image.immutable, role="job",
-            image_env=image.env, cwd=os.getcwd(), extra_labels={"envpin.job-slot": slot_id},
-        )  # fmt: skip
-        options["environment"]["ENVPIN_IMAGE_NAME"] = self.image
-        options["mounts"].append({"Target": self._dir, "Source": self._dir, "Type": "bind", "ReadOnly": False})
-        if self.mem_limit:
-            options.update(mem_limit=self.mem_limit, memswap_limit=self.mem_limit)
-        container = self._docker.containers.create(entrypoint=[argv[0]], command=argv[1:], **options)
-        container.start()
-        return container
-
-    def _container_exit(self, container) -> int | None:
+                self._docker = host_docker.client()
+                self._image = host_docker.resolve(self._docker, self.image, source="a ContainerExecutor")
+            w = workers.ContainerWorker(
+                self._docker, self._image, self.image, self._dir, self._socket_path, slot_id, self.mem_limit
+            )
         try:
-            container.reload()
-        except Exception:
-            return -1
-        return None if container.status in ("created", "running") else container.attrs["State"].get("ExitCode", -1)
-
-    def _container_death(self, container) -> tuple[int | None, bool]:
-        try:
-            container.wait(timeout=10)
-            container.reload()
-            state = container.attrs["State"]
-            return state.get("ExitCode"), bool(state.get("OOMKilled"))
-        except Exception:
-            return None, False
-        finally:
-            self._remove_container(container)
-
-    def _remove_container(self, container) -> None:
-        try:
-            container.remove(force=True)
-        except Exception:
-            pass
+            return w, self._wait_hello(slot_id, w.exit_status)
+        except BaseException:
+            w.stop()
+            raise
 
     # -- connections ----------------------------------------------------------------
 
@@ -315,13 +267,13 @@ class ContainerExecutor(cf.Executor):
             except OSError:
                 return
             try:
-                header, _, _ = envelope.read_frames(lambda n: worker.recv_exact(conn, n))
+                header, _, _ = envelope.read_frames(functools.partial(worker.recv_exact, conn))
             except (EOFError, OSError, ValueError):
                 conn.close()
                 continue
             self._hello_queue(header.get("slot", "")).put(conn)
 
-    def _hello_queue(self, slot_id: str) -> "queue.Queue[socket.socket]":
+    def _hello_queue(self, slot_id: str) -> queue.Queue[socket.socket]:
         with self._hello_lock:
             return self._hellos.setdefault(slot_id, queue.Queue())
 
@@ -337,7 +289,7 @@ class ContainerExecutor(cf.Executor):
                     raise WorkerDied(
                         f"A job worker in {self.image} exited (code {code}) before it was ready. The image needs "
                         "Python 3 with cloudpickle installed (pip install cloudpickle)."
-                    )
+                    ) from None
         raise WorkerDied(f"A job worker in {self.image} did not start within {timeout:.0f}s.")
 
     # -- the Executor interface --------------------------------------------------------
@@ -352,7 +304,7 @@ class ContainerExecutor(cf.Executor):
             future = JobFuture()
             self._queue.put((future, frames, kind))
             if len(self._slots) < self.max_workers:
-                self._slots.append(_Slot(self, len(self._slots)))
+                self._slots.append(_Slot(len(self._slots), self._queue, self._start_worker, self.image))
             return future
 
     def _pack(self, fn: Callable, args: tuple, kwargs: dict) -> list:
@@ -401,7 +353,7 @@ class ContainerExecutor(cf.Executor):
     def _dump(self, job: tuple, fn: Callable) -> list:
         try:
             return envelope.dumps(job, "job")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  pickling raises whatever an object's __reduce__ raises
             raise EnvpinError(
                 f"This job cannot be sent to a worker: pickling {getattr(fn, '__qualname__', fn)!s} with its "
                 f"arguments failed ({type(exc).__name__}: {exc}). Jobs must not capture locks, open files, "
@@ -420,16 +372,9 @@ class ContainerExecutor(cf.Executor):
 
     def _probe(self, names: list[str]) -> None:
         """Ask a worker which of ``names`` its image can import; record the verdicts."""
-        import json
-
-        header = json.dumps({"kind": "probe", "modules": names}).encode()
-        u = envelope._U64.pack
-        missing = set(self._enqueue([u(len(header)), header, u(0), b"", u(0)], "probe").result())
+        missing = set(self._enqueue(envelope.control_frames({"kind": "probe", "modules": names}), "probe").result())
         for name in names:
             self._verdicts[name] = "missing" if name in missing else "image"
-
-    def map(self, fn: Callable, *iterables, timeout: float | None = None, chunksize: int = 1):
-        return super().map(fn, *iterables, timeout=timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -452,13 +397,9 @@ class ContainerExecutor(cf.Executor):
         else:
             for slot in self._slots:
                 slot.kill_worker()
-        try:
-            self._listener.close()
-        except OSError:
-            pass
+        self._listener.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-        if self._docker is not None:
-            self._docker.close()
+        _live.discard(self)
 
 
 _shared: dict[str, ContainerExecutor] = {}
@@ -467,9 +408,7 @@ _shared_lock = threading.Lock()
 
 def submit(fn: Callable, /, *args: Any, **kwargs: Any) -> JobFuture:
     """Run ``fn(*args, **kwargs)`` in the session's pinned image, on a shared executor."""
-    from .session import current_pin
-
-    pin = current_pin()
+    pin = session.current_pin()
     image = (pin.name if pin else None) or os.environ.get("ENVPIN_IMAGE")
     if not image:
         raise EnvpinError("envpin.submit needs a pinned image: run %use_image IMAGE first.")
@@ -480,26 +419,8 @@ def submit(fn: Callable, /, *args: Any, **kwargs: Any) -> JobFuture:
     return ex.submit(fn, *args, **kwargs)
 
 
-class ExecutorAdapter:
-    """The built-in adapter: ``envpin.submit`` follows the pin (a re-pin retires the old workers)."""
-
-    name = "envpin.submit"
-
-    def available(self) -> bool:
-        try:
-            import cloudpickle  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def activate(self, stamp) -> None:
-        shutdown_shared()  # the next envpin.submit starts workers for the new pin
-
-    def deactivate(self) -> None:
-        shutdown_shared()
-
-
 def shutdown_shared() -> None:
+    """Shut the shared executors down (a re-pin or ``%unload_ext``): the next ``envpin.submit`` starts anew."""
     with _shared_lock:
         for ex in _shared.values():
             ex.shutdown(wait=False)

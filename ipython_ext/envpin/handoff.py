@@ -23,8 +23,8 @@ import platform
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from . import control

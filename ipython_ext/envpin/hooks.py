@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import aliases, session
 from .errors import EnvpinError
 
 
@@ -95,9 +96,11 @@ def _caller_stacklevel() -> int:
     """
     import os
     import sys
+    import types
 
     skip = _library_dirs()
-    frame, level = sys._getframe(2), 2  # 1 would be check_explicit itself
+    frame: types.FrameType | None = sys._getframe(2)  # 1 would be check_explicit itself
+    level = 2
     while frame is not None:
         if not os.path.abspath(frame.f_code.co_filename).startswith(skip):
             return level
@@ -113,7 +116,6 @@ def require_digest(name: str, image_id: str | None) -> None:
             "and never pulled from or pushed to a registry, so a cluster could not pull it by digest. Push it to "
             "a registry the cluster can reach and pin that reference, or pin without --by-digest."
         )
-
 
 
 class Adapter(Protocol):
@@ -189,14 +191,32 @@ def deactivate_all() -> None:
     _active.clear()
 
 
+def pin_session(pin: session.Pin) -> list[str]:
+    """Pin the session to ``pin`` and (re)activate every adapter with its stamp; return their names.
+
+    The one way a pin takes effect (``%use_image``, a kernel started pinned),
+    so the state and the adapters never disagree.  ``pin.by_digest`` without a
+    registry digest is refused before anything changes.
+    """
+    if pin.by_digest:
+        require_digest(pin.name, pin.image_id)
+    session.set_pin(pin)
+    return activate_all(_stamp_for(pin))
+
+
+def unpin_session() -> None:
+    """Forget the pin and deactivate every adapter (``%unload_ext envpin``)."""
+    deactivate_all()
+    session.set_pin(None)
+
+
 def current_stamp(strict: bool = False) -> Stamp | None:
     """The stamp for the session's pin (None before ``%use_image``)."""
-    from . import aliases
-    from .session import current_pin
+    pin = session.current_pin()
+    return None if pin is None else _stamp_for(pin, strict)
 
-    pin = current_pin()
-    if pin is None:
-        return None
+
+def _stamp_for(pin: session.Pin, strict: bool = False) -> Stamp:
     fp = {"python": pin.python, "cloudpickle": pin.cloudpickle}
     return Stamp(
         image=pin.reference or aliases.expand(pin.name),
@@ -208,7 +228,9 @@ def current_stamp(strict: bool = False) -> Stamp | None:
     )
 
 
-def stamp(job: dict[str, Any] | None = None, *, image_key: str = "image", env_key: str = "env", strict: bool = False) -> dict[str, Any]:
+def stamp(
+    job: dict[str, Any] | None = None, *, image_key: str = "image", env_key: str = "env", strict: bool = False
+) -> dict[str, Any]:
     """What to put on a job for a system without an adapter.
 
     Without ``job``: ``{"image", "image_id", "fingerprint", "env"}``.  With a

@@ -32,24 +32,54 @@ class Image:
     env: tuple[str, ...]
 
 
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
 def client():
+    """This process's Docker client for the engine ``DOCKER_HOST`` names, checked with a ping once.
+
+    One per process and address, shared by every executor, probe and
+    respawn: a client holds a connection pool, and making one per use leaked
+    them (nobody knew when to close a shared one).
+    """
     try:
         import docker
+        import docker.errors
+        import requests.exceptions
     except ImportError:
         raise MissingDependency(
             "This needs the Docker SDK for Python, which is not installed here: pip install docker "
             "(it comes with envpin: pip install envpin)."
         ) from None
     address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    try:
-        c = docker.from_env(timeout=60)
-        c.ping()
+    with _clients_lock:
+        cached = _clients.get(address)
+        if cached is not None:
+            return cached
+        try:
+            c = docker.from_env(timeout=60)
+            c.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:  # unreachable
+            raise EnvpinError(
+                f"No Docker engine answers at {address} ({type(exc).__name__}). Start the engine "
+                "(sudo systemctl start docker) or set DOCKER_HOST to one that runs."
+            ) from None
+        _clients[address] = c
         return c
-    except Exception as exc:
-        raise EnvpinError(
-            f"No Docker engine answers at {address} ({type(exc).__name__}). Start the engine "
-            "(sudo systemctl start docker) or set DOCKER_HOST to one that runs."
-        ) from None
+
+
+def remove(container) -> None:
+    """Remove ``container`` (running or not), tolerating exactly "already gone" (404) and "being removed" (409)."""
+    import docker.errors
+
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:
+            raise
 
 
 def resolve(c, name: str, pull: bool = True, source: str = "this program") -> Image:
@@ -95,7 +125,9 @@ def _options(image: Image, role: str, cwd: str | None, env: dict[str, str] | Non
 
 def run_python(c, image: Image, code: str, timeout: float = 60) -> str:
     """Run ``python3 -c code`` in a short-lived container of ``image``; return its stdout."""
-    container = c.containers.create(entrypoint=["python3", "-c", code], network_mode="none", **_options(image, "probe", None, None))
+    container = c.containers.create(
+        entrypoint=["python3", "-c", code], network_mode="none", **_options(image, "probe", None, None)
+    )
     try:
         container.start()
         result = container.wait(timeout=timeout)
@@ -105,7 +137,7 @@ def run_python(c, image: Image, code: str, timeout: float = 60) -> str:
             raise EnvpinError(f"Probing image '{image.name}' failed (exit {result.get('StatusCode')}): {err[-500:]}")
         return out
     finally:
-        container.remove(force=True)
+        remove(container)
 
 
 def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str], role: str = "run") -> int:
@@ -124,9 +156,11 @@ def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str]
         raw = getattr(sock, "_sock", sock)
 
         def forward(signum, _frame):
+            import docker.errors
+
             try:
                 container.kill(signal=int(signum))
-            except Exception:
+            except docker.errors.APIError:  # it has just stopped: nothing left to signal
                 pass
 
         if threading.current_thread() is threading.main_thread():
@@ -140,10 +174,7 @@ def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        try:
-            container.remove(force=True)
-        except Exception:
-            pass
+        remove(container)
 
 
 def _pump_stdin(raw: socket.socket) -> None:

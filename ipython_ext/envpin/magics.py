@@ -28,9 +28,10 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from . import aliases, control, fingerprints, handoff, hooks, pins
+from .display import Progress, Status
 from .errors import EnvironmentMismatch, EnvpinError
-from .session import Pin, Progress, Status, current_pin, pin_from_environment
-from .session import set_pin as _set_pin
+from .session import Pin, current_pin, pin_from_environment
+
 
 class UsageError(_IPythonUsageError, EnvpinError):
     """A ``%use_image`` that cannot be done, said in one paragraph.
@@ -123,6 +124,8 @@ class EnvpinMagics(Magics):
 
     def _through_provisioner(self, args):
         folder = control.control_dir()
+        if folder is None:  # use_image() checked it; re-checked for the type checker
+            raise EnvpinError("This kernel has no control folder: it was not started by the envpin provisioner.")
         state = user_state(self.shell)
         progress = Progress()
         answer = control.ask(
@@ -138,7 +141,7 @@ class EnvpinMagics(Magics):
         )
         status = answer.get("status")
         if status == "same":
-            pin = pin_from_environment()
+            pin = _pin_of_this_container()
             pin.name = args.image
             pin.notes += answer.get("notes", [])
             set_pin(pin, args.strict, args.by_digest)
@@ -167,7 +170,7 @@ class EnvpinMagics(Magics):
     def _in_foreign_container(self, args):
         here = os.environ.get("ENVPIN_IMAGE")
         if here and (args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME")) or aliases.expand(args.image) == here):
-            pin = pin_from_environment("container")
+            pin = _pin_of_this_container("container")
             pin.name = args.image
             set_pin(pin, args.strict, args.by_digest)
             display(Status(pin, f"envpin: pinned to {args.image}"))
@@ -215,6 +218,13 @@ class EnvpinMagics(Magics):
         display(Status(pin, f"envpin: jobs pinned to {args.image}"))
 
 
+def _pin_of_this_container(mode: str = "kernel in image") -> Pin:
+    pin = pin_from_environment(mode)
+    if pin is None:
+        raise EnvpinError("This kernel runs in a container that does not say its image (ENVPIN_IMAGE is not set).")
+    return pin
+
+
 def _ray_adapter():
     from .adapters.ray_adapter import RayAdapter
 
@@ -227,13 +237,9 @@ def _ray_adapter():
 
 
 def set_pin(pin: Pin, strict: bool = False, by_digest: bool = False) -> None:
-    """Pin the session and (re)activate the submission hooks with it."""
-    if by_digest:
-        hooks.require_digest(pin.name, pin.image_id)
-    pin.strict = strict
-    pin.by_digest = by_digest
-    _set_pin(pin)
-    hooks.activate_all(hooks.current_stamp())
+    """Pin the session with ``%use_image``'s flags (they replace what the pin carried)."""
+    pin.strict, pin.by_digest = strict, by_digest
+    hooks.pin_session(pin)
 
 
 def _pin_record(pin: Pin) -> dict:

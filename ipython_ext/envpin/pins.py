@@ -84,7 +84,9 @@ def read(folder: str | os.PathLike) -> dict[str, Any]:
         except RecursionError:  # nested deeper than the parser goes: no pin file looks like that
             raise ValueError("it is nested too deeply to be a pin file") from None
         pins = data["notebooks"]
-        if not isinstance(pins, dict) or not all(isinstance(v, dict) and isinstance(v.get("image"), str) and v.get("image") for v in pins.values()):
+        if not isinstance(pins, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("image"), str) and v.get("image") for v in pins.values()
+        ):
             raise ValueError("each pin needs an 'image'")
     except json.JSONDecodeError as exc:
         raise PinFileError(

@@ -32,8 +32,8 @@ import errno
 import os
 import stat
 import uuid
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class UnsafeFile(OSError):
@@ -139,9 +139,7 @@ def take(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
         remove(dir_fd, taken)
 
 
-def write_atomic(
-    dir_fd: int, name: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
-) -> None:
+def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
     """Put ``data`` at ``name`` in ``dir_fd`` atomically: a reader sees the old file or the new one.
 
     A link planted at ``name`` is replaced, not written through; the temporary

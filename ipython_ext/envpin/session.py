@@ -1,23 +1,25 @@
-"""The session's pin: which image this kernel's jobs are stamped with, and how it is shown.
+"""The session's pin: which image this kernel's jobs are stamped with.
 
 One kernel is one process, so the pin is process state (a job submitted from
 a job inherits it through ``ENVPIN_IMAGE``/``ENVPIN_IMAGE_ID`` instead).
+This module holds the state and the facts about this process's own image;
+``display`` shows it, ``hooks`` turns it into stamps.  It imports neither, so
+imports run one way: ``display`` -> ``hooks`` -> ``session``.
 """
 
 from __future__ import annotations
 
-import html
 import os
 import platform
 from dataclasses import dataclass, field
 
 
 def _cloudpickle_version() -> str | None:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("cloudpickle")
-    except Exception:
+    except PackageNotFoundError:
         return None
 
 
@@ -68,86 +70,20 @@ def pin_from_environment(mode: str = "kernel in image") -> Pin | None:
     )
 
 
-def _executor_mode(pin: Pin) -> str:
+def kernel_image_names() -> set[str]:
+    """Every name the provisioner gave this process's image (reference, name as written, id); empty outside one."""
+    names = {os.environ.get("ENVPIN_IMAGE"), os.environ.get("ENVPIN_IMAGE_NAME"), os.environ.get("ENVPIN_IMAGE_ID")}
+    return {n for n in names if n}
+
+
+def runs_in_image(*names: str | None) -> bool:
+    """Whether this process runs in the image called any of ``names`` (aliases expanded).
+
+    The one answer to "is the kernel already in the image?": it decides
+    whether jobs run as processes of this container or as containers of
+    their own, and what the status table says.
+    """
     from . import aliases
 
-    here = {os.environ.get("ENVPIN_IMAGE"), os.environ.get("ENVPIN_IMAGE_NAME"), os.environ.get("ENVPIN_IMAGE_ID")}
-    if here & {pin.name, pin.reference, aliases.expand(pin.name)}:
-        return "worker processes in this kernel's container (envpin.submit)"
-    return f"worker containers of {pin.name} (envpin.submit)"
-
-
-class Status:
-    """What ``%use_image`` shows: a table in a notebook, aligned text in a terminal."""
-
-    def __init__(self, pin: Pin | None, title: str = "envpin"):
-        self.pin = pin
-        self.title = title
-
-    def rows(self) -> list[tuple[str, str]]:
-        kernel_ref = os.environ.get("ENVPIN_IMAGE_NAME") or os.environ.get("ENVPIN_IMAGE")
-        kernel_image = (
-            f"{kernel_ref} ({os.environ.get('ENVPIN_IMAGE_ID', '?')})" if kernel_ref else "not in an envpin container"
-        )
-        if self.pin is None:
-            return [("jobs pinned to", "nothing yet: %use_image IMAGE"), ("kernel runs in", kernel_image)]
-        p = self.pin
-        rows = [("jobs pinned to", p.name)]
-        if p.reference != p.name:
-            rows.append(("reference", p.reference))
-        rows += [
-            ("image id", p.image_id or "?"),
-            ("Python", p.python or "?"),
-            ("cloudpickle", p.cloudpickle or "not installed"),
-            ("kernel runs in", kernel_image if p.mode != "host" else f"this host (Python {platform.python_version()})"),
-            ("jobs run as", _executor_mode(p)),
-        ]
-        if p.by_digest:
-            rows.append(("jobs name it as", p.image_id or "?"))
-        from . import hooks
-
-        rows += [("stamping", line) for line in hooks.describe()]
-        rows += [("note", n) for n in p.notes]
-        return rows
-
-    def __repr__(self) -> str:
-        rows = self.rows()
-        width = max(len(k) for k, _ in rows)
-        return "\n".join([self.title] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
-
-    def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-            f"<td style='text-align:left'><code>{html.escape(v)}</code></td></tr>"
-            for k, v in self.rows()
-        )
-        return f"<table class='envpin-status'><caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>{body}</table>"
-
-
-class Progress:
-    """A pull's progress under the cell: an HTML progress bar updated in place, or text lines in a terminal."""
-
-    def __init__(self):
-        self.handle = None
-        self.message, self.fraction = "", None
-
-    def update(self, message: str, fraction: float | None = None) -> None:
-        from IPython.display import display
-
-        self.message, self.fraction = message, fraction
-        if self.handle is None:
-            self.handle = display(self, display_id=True)
-        elif self.handle is not None:
-            self.handle.update(self)
-
-    def __repr__(self) -> str:
-        pct = f" ({self.fraction:.0%})" if self.fraction is not None else ""
-        return self.message + pct
-
-    def _repr_html_(self) -> str:
-        bar = (
-            f"<progress value='{self.fraction:.3f}' max='1' style='width:20em'></progress> "
-            if self.fraction is not None
-            else ""
-        )
-        return f"<div class='envpin-progress'>{bar}<code>{html.escape(self.message)}</code></div>"
+    wanted = {n for n in names if n} | {aliases.expand(n) for n in names if n}
+    return bool(kernel_image_names() & wanted)

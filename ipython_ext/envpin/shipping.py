@@ -56,6 +56,7 @@ def modules_by_reference(payload: bytes) -> set[str]:
     mods: set[str] = set()
     memo: dict[int, Any] = {}
     pushed: list[Any] = [None, None]
+    arg: Any
     for op, arg, _ in pickletools.genops(payload):
         name = op.name
         if name in _STRING_OPS:
@@ -83,5 +84,3 @@ def modules_by_reference(payload: bytes) -> set[str]:
     # Only names of modules this process has imported can be modules the pickle refers to.
     mods &= loaded_top_level_modules()
     return mods - {"builtins", "__main__", "copyreg", "cloudpickle", "envpin"}
-
-

@@ -14,7 +14,6 @@ text, so the notebook shows where it failed remotely.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import traceback
@@ -51,8 +50,7 @@ def send_frames(sock: socket.socket, frames: list) -> None:
 
 def send_control(sock: socket.socket, header: dict) -> None:
     """A header-only message (hello, refusal, probe answer): JSON, readable by any Python."""
-    data = json.dumps(header).encode()
-    send_frames(sock, [envelope._U64.pack(len(data)), data, envelope._U64.pack(0), b"", envelope._U64.pack(0)])
+    send_frames(sock, envelope.control_frames(header))
 
 
 def _run_one(header: dict, payload, buffers) -> tuple:
@@ -99,13 +97,13 @@ def serve(path: str, slot: str) -> None:
             tb = traceback.format_exc()
             try:
                 frames = envelope.dumps(("error", exc, tb), "result")
-            except Exception:
+            except Exception:  # noqa: BLE001  an exception that does not pickle: its traceback text still goes
                 frames = envelope.dumps(("error", None, tb), "result")
             send_frames(sock, frames)
             continue
         try:
             frames = envelope.dumps(("ok", value, None), "result")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  pickling raises whatever the result's __reduce__ raises
             frames = envelope.dumps(
                 ("unpicklable", None, f"{type(exc).__name__}: {exc} (result of type {type(value).__name__})"), "result"
             )

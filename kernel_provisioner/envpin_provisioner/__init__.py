@@ -8,10 +8,11 @@ server's dependencies (Docker SDK, jupyter_client).
 commands (``envpin gc``) need only the Docker SDK.
 """
 
+from envpin._version import __version__  # written in one place, on the kernel side
+
 from .errors import EnvpinError
 
-__all__ = ["EnvpinProvisioner", "EnvpinError"]
-__version__ = "0.1.0"
+__all__ = ["EnvpinError", "EnvpinProvisioner", "__version__"]
 
 
 def __getattr__(name: str):

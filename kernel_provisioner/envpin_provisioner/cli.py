@@ -55,7 +55,7 @@ def _kernelspec_install(args) -> int:
 def _gc(args) -> int:
     from . import engine, ownership
 
-    client = engine.connect()
+    client = engine.shared().client
     removed = ownership.collect_garbage(client, other_hosts=args.other_hosts, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"envpin gc: {verb} {len(removed)} orphaned container(s)" + (f": {', '.join(removed)}" if removed else ""))

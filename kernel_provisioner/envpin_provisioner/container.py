@@ -44,11 +44,12 @@ import docker.errors
 import zmq
 from docker.types import DeviceRequest, Mount
 
+from envpin import host_docker, safe_files
+from envpin.container_spec import base_options
+
 from . import ownership
 from .errors import ConfigError, KernelStartFailed
 from .images import ResolvedImage
-from envpin import safe_files
-from envpin.container_spec import base_options
 
 #: Where the connection file goes inside the container with the tcp transport.
 TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
@@ -203,7 +204,9 @@ def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger
     try:
         if launch.transport == "tcp":
             uid, _, gid = options["user"].partition(":")
-            container.put_archive(os.path.dirname(TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid)))
+            container.put_archive(
+                os.path.dirname(TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid))
+            )
         container.start()
     except docker.errors.APIError as exc:
         remove(container)
@@ -354,7 +357,7 @@ def wait_ready(
     the same paths (a move).  Its heartbeat would answer for the new one, so
     the new kernel counts as ready only once it has bound every path anew.
     """
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     deadline = time.monotonic() + timeout
     next_state_check = 0.0
     sock = None
@@ -401,15 +404,8 @@ def wait_ready(
             sock.close()
 
 
-def remove(container) -> None:
-    """Remove ``container`` whatever its state; a container already gone is fine."""
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as exc:
-        if exc.status_code != 409:  # removal already in progress
-            raise
+#: Remove a container whatever its state, tolerating exactly 404 (gone) and 409 (removal in progress).
+remove = host_docker.remove
 
 
 def state(container) -> tuple[str, int | None]:

@@ -83,7 +83,7 @@ class ControlRequest:
     _OPTION_FIELDS = frozenset({"strict", "by_digest", "ray_mode"})
 
     @classmethod
-    def parse(cls, raw: bytes) -> "ControlRequest":
+    def parse(cls, raw: bytes) -> ControlRequest:
         """Parse and validate ``raw``; raise BadRequest naming the first problem."""
         try:
             data = json.loads(raw)

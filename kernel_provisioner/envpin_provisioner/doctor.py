@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from envpin import fingerprints
 
+from . import engine
 from .errors import EnvpinError
 from .kernelspec import PROVISIONER_NAME
 
@@ -46,12 +47,11 @@ def envpin_kernelspecs() -> dict[str, dict]:
 
 
 def check() -> list[Finding]:
-    from . import engine
     from .provisioner import EnvpinProvisioner
 
     findings: list[Finding] = []
     try:
-        client = engine.connect()
+        client = engine.shared().client
         version = client.version()
         findings.append(Finding("ok", "engine", f"Docker {version.get('Version')} at {engine.engine_address()}"))
     except EnvpinError as exc:
@@ -59,7 +59,9 @@ def check() -> list[Finding]:
 
     specs = envpin_kernelspecs()
     if not specs:
-        findings.append(Finding("warn", "kernelspecs", "none uses envpin: envpin kernelspec install --user [--image IMAGE]"))
+        findings.append(
+            Finding("warn", "kernelspecs", "none uses envpin: envpin kernelspec install --user [--image IMAGE]")
+        )
     here = fingerprints.local_fingerprint()
     default_image = EnvpinProvisioner().image  # $ENVPIN_IMAGE, else the built-in default
     for name, spec in sorted(specs.items()):
@@ -67,14 +69,16 @@ def check() -> list[Finding]:
         subject = f"kernelspec {name} ({image})"
         try:
             theirs = fingerprints.image_fingerprint(image)
-        except Exception as exc:  # an image that cannot even be probed
+        except (EnvpinError, *engine.ENGINE_ERRORS) as exc:  # an image that cannot even be probed
             findings.append(Finding("FAIL", subject, f"{exc}"))
             continue
         if not theirs.get("ipykernel"):
             findings.append(Finding("FAIL", subject, "no ipykernel in the image: pip install ipykernel in the image"))
             continue
         if not theirs.get("cloudpickle"):
-            findings.append(Finding("warn", subject, "no cloudpickle in the image: jobs cannot run there (pip install cloudpickle)"))
+            findings.append(
+                Finding("warn", subject, "no cloudpickle in the image: jobs cannot run there (pip install cloudpickle)")
+            )
         breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
         detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
         engines = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]

@@ -1,4 +1,14 @@
-"""Connect to the Docker engine, turning connection failures into plain words.
+"""The Docker engine: one shared client per server process, calls off the event loop, failures in plain words.
+
+One client per engine address serves every kernel of a server (as
+dockerspawner shares one): a client owns a connection pool, and a client per
+kernel was never closed.  What envpin learns about an engine once (its
+memory, whether this server already collected garbage on it) lives beside
+that client in :class:`Engine`, not in module globals of its users.
+
+Every Docker call of the provisioner goes through :func:`call`, which runs it
+in a worker thread: the Jupyter server's event loop keeps serving other
+notebooks while an image is pulled or a container starts.
 
 The Docker SDK reports an unreachable engine as a ``DockerException`` wrapping
 a ``requests`` error wrapping an ``OSError``; the useful fact (refused, missing
@@ -9,12 +19,23 @@ variables) are honoured because ``docker.from_env`` reads them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from .errors import EngineUnavailable
+
+T = TypeVar("T")
+
+#: What a Docker call raises when the engine fails or cannot be reached (not a bug of ours).
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 #: Seconds an API call may take before we call the engine unresponsive.  Pulls
 #: and waits pass their own timeouts.
@@ -79,9 +100,66 @@ def connect(timeout: float = API_TIMEOUT) -> docker.DockerClient:
     try:
         client.api.timeout = PING_TIMEOUT
         client.ping()
-    except Exception as exc:  # requests/urllib3/OSError all mean "not reachable"
+    except ENGINE_ERRORS as exc:  # refused, missing socket, permission, timeout: "not reachable"
         client.close()
         raise explain_engine_failure(exc) from exc
     finally:
         client.api.timeout = timeout
     return client
+
+
+class Engine:
+    """The shared client of one engine, and the facts about it envpin asks for only once per process."""
+
+    def __init__(self, address: str, client: docker.DockerClient) -> None:
+        self.address = address
+        self.client = client
+        self._lock = threading.Lock()
+        self._memory: int | None = None
+        self._memory_known = False
+        self._collected = False
+
+    def memory_total(self) -> int | None:
+        """The engine's memory in bytes (for ``shm_size='auto'``), None when it will not say.  Blocking."""
+        with self._lock:
+            if not self._memory_known:
+                try:
+                    self._memory = int(self.client.info().get("MemTotal") or 0) or None
+                except ENGINE_ERRORS:  # an engine that will not say: Docker's default /dev/shm then
+                    self._memory = None
+                self._memory_known = True
+            return self._memory
+
+    def collect_garbage_once(self, log: logging.Logger | logging.LoggerAdapter) -> None:
+        """Remove containers orphaned by earlier servers, at this server's first kernel start.  Blocking."""
+        from . import ownership
+
+        with self._lock:
+            if self._collected:
+                return
+            self._collected = True
+        removed = ownership.collect_garbage(self.client)
+        if removed:
+            log.info("envpin: removed %d orphaned container(s): %s", len(removed), ", ".join(removed))
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def shared() -> Engine:
+    """This process's :class:`Engine` for the address the environment names (connected and pinged once).
+
+    Blocking the first time: call it through :func:`call` in async code.
+    """
+    address = engine_address()
+    with _engines_lock:
+        engine = _engines.get(address)
+        if engine is None:
+            engine = _engines[address] = Engine(address, connect())
+        return engine
+
+
+async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run the blocking Docker call ``fn(*args, **kwargs)`` in a worker thread, off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)

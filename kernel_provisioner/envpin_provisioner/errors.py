@@ -10,7 +10,6 @@ for the server log, never shown instead.
 
 from __future__ import annotations
 
-
 from envpin.errors import EnvpinError  # the kernel side's base: one hierarchy for both sides
 
 __all__ = [

@@ -101,7 +101,11 @@ def choose(
     except (docker.errors.ImageNotFound, docker.errors.APIError):
         log.warning("envpin: %s The pinned image is gone from the engine; starting the current one.", note)
         return ImageChoice(
-            name, current, pinned=True, notes=[note + " The pinned image is gone: running the current one."], options=options
+            name,
+            current,
+            pinned=True,
+            notes=[note + " The pinned image is gone: running the current one."],
+            options=options,
         )
     if allowed:  # the pinned id must itself be an allowed image, not just the reference it came with
         names = [*(old.attrs.get("RepoTags") or []), *(old.attrs.get("RepoDigests") or [])]

@@ -21,9 +21,11 @@ import sys
 import threading
 import uuid
 
-from . import container as kc
+import docker.errors
+
 from envpin import aliases, image_policy
 
+from . import container as kc
 from . import engine, images
 from .errors import ConfigError
 
@@ -39,7 +41,9 @@ def _check_private_ipc_folder(connection_file: str, info: dict) -> None:
     """
     folder = os.path.dirname(connection_file)
     if os.path.dirname(info["ip"]) != folder:
-        raise ConfigError("envpin launch with the ipc transport needs the sockets (ip) in the connection file's folder.")
+        raise ConfigError(
+            "envpin launch with the ipc transport needs the sockets (ip) in the connection file's folder."
+        )
     prefix = os.path.basename(info["ip"]) + "-"
     others = [n for n in os.listdir(folder) if n != os.path.basename(connection_file) and not n.startswith(prefix)]
     if others:
@@ -66,7 +70,7 @@ def run(
     if info.get("transport", "tcp") == "ipc":
         _check_private_ipc_folder(connection_file, info)
     image_policy.check(aliases.expand(image), image_policy.patterns_from_env(), "envpin launch", image)
-    client = engine.connect()
+    client = engine.shared().client
     resolved = images.resolve(client, aliases.expand(image), pull_policy, log)
     launch = kc.KernelLaunch(
         image=resolved,
@@ -86,7 +90,7 @@ def run(
             stopping.set()
         try:
             container.kill(signal=int(signum))
-        except Exception:
+        except docker.errors.APIError:  # it has just stopped (404/409): nothing left to signal
             pass
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -1,21 +1,194 @@
-"""Refuse unknown or ill-typed provisioner options with one readable message.
+"""The provisioner's options: every one a documented, validated traitlet, and the check of a kernelspec's.
 
-Without this, jupyter_client passes a kernelspec's unknown keys on and
-traitlets drops them with a deprecation warning nobody sees, and a wrong type
-surfaces as a TraitError from deep inside traitlets.
+Precedence, highest first (the same for every option):
+
+1. the image pinned for this notebook by ``%use_image`` (image only);
+2. the kernelspec's ``metadata.kernel_provisioner.config``;
+3. ``c.EnvpinProvisioner.<option>`` in a Jupyter config file;
+4. ``ENVPIN_<OPTION>`` environment variables of the server;
+5. the defaults below.
+
+:func:`check_options` refuses unknown or ill-typed kernelspec keys with one
+readable message.  Without it, jupyter_client passes a kernelspec's unknown
+keys on and traitlets drops them with a deprecation warning nobody sees, and
+a wrong type surfaces as a TraitError from deep inside traitlets.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
-from traitlets import HasTraits, TraitError
+from traitlets import Bool, CaselessStrEnum, Dict, Float, HasTraits, Integer, List, TraitError, Unicode, Union, default
+from traitlets.config import Configurable
 
+from envpin import image_policy
+
+from . import images
 from .errors import ConfigError
 
 
-def check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
+def _env(name: str, fallback: Any = None) -> Any:
+    """The server's ``ENVPIN_<NAME>`` variable: the lowest configured level, above the defaults."""
+    return os.environ.get(f"ENVPIN_{name.upper()}", fallback)
+
+
+class ProvisionerOptions(Configurable):
+    """The options of ``EnvpinProvisioner`` (configure them as ``c.EnvpinProvisioner.<option>``)."""
+
+    image = Unicode(
+        config=True,
+        help="""Image the kernel runs in (NAME[:TAG] or NAME@sha256:DIGEST).
+        Default: $ENVPIN_IMAGE, else 'ubuntu-22.04-py3'.""",
+    )
+
+    @default("image")
+    def _image_default(self) -> str:
+        return _env("image", "ubuntu-22.04-py3")
+
+    pull_policy = CaselessStrEnum(
+        images.PULL_POLICIES,
+        config=True,
+        help="""When to pull the image: 'if-missing' (default), 'always' or 'never'.
+        Pull time does not count against launch_timeout; progress goes to the server log.""",
+    )
+
+    @default("pull_policy")
+    def _pull_policy_default(self) -> str:
+        return _env("pull_policy", "if-missing")
+
+    network_mode = Unicode(
+        config=True,
+        help="""Docker network of the kernel container: 'bridge' (default, so the kernel can reach
+        clusters), 'none' (no network; the ipc channels still work), 'host', or a network name.""",
+    )
+
+    @default("network_mode")
+    def _network_mode_default(self) -> str:
+        return _env("network_mode", "bridge")
+
+    transport = CaselessStrEnum(
+        ("auto", "ipc", "tcp"),
+        config=True,
+        help="""How the server reaches the kernel. 'ipc': unix sockets in a private 0700 directory
+        mounted into the container (no port at all). 'tcp': ports published on 127.0.0.1 only.
+        'auto' (default): ipc with a local engine, tcp with a remote one (DOCKER_HOST=tcp://...).""",
+    )
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return _env("transport", "auto")
+
+    mounts = List(
+        Unicode(),
+        config=True,
+        help="""Extra bind mounts, each 'HOST_PATH:CONTAINER_PATH[:ro]'. The notebook's folder is
+        always mounted at its own path and is the working directory.""",
+    )
+
+    env_passthrough = List(
+        Unicode(),
+        default_value=["JPY_SESSION_NAME", "LANG", "LC_*", "TZ"],
+        config=True,
+        help="""Names (fnmatch patterns) of server environment variables passed into the container.
+        Everything else in the server's environment stays out, so the image's own PATH, HOME
+        and PYTHONPATH are not overwritten. The kernelspec's 'env' is always passed.""",
+    )
+
+    environment = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="Fixed environment variables set in the kernel container.",
+    )
+
+    mem_limit = Union(
+        [Integer(), Unicode()],
+        allow_none=True,
+        default_value=None,
+        config=True,
+        help="Memory limit of the kernel container, bytes or a string like '4g'. None: no limit.",
+    )
+
+    shm_size = Unicode(
+        config=True,
+        help="""Size of the kernel container's /dev/shm. 'auto' (default): half the engine's memory (half
+        of mem_limit when set), as a Linux host has it; Ray's object store and PyTorch's DataLoader
+        workers live there, and Docker's own default (64 MB) makes Ray fall back to slow disk with a
+        warning. '' keeps Docker's default; otherwise bytes or a string like '2g'. tmpfs takes memory
+        only for what is written into it.""",
+    )
+
+    @default("shm_size")
+    def _shm_size_default(self) -> str:
+        return _env("shm_size", "auto")
+
+    cpu_limit = Float(0.0, config=True, help="CPU limit of the kernel container in cores (e.g. 1.5). 0: no limit.")
+
+    gpus = Unicode(
+        "",
+        config=True,
+        help="""GPUs for the kernel, as `docker run --gpus`: 'all', a count like '2', or 'device=0,1'.
+        Empty (default): none. Needs the NVIDIA container toolkit on the engine.""",
+    )
+
+    user = Unicode(
+        config=True,
+        help="""uid:gid the kernel runs as. Default: the uid:gid of the server process, so files
+        written to the notebook folder belong to the person running Jupyter.""",
+    )
+
+    @default("user")
+    def _user_default(self) -> str:
+        return _env("user", f"{os.getuid()}:{os.getgid()}")
+
+    python = Unicode(
+        config=True,
+        help="The Python interpreter inside the image (name on its PATH, or absolute path). Default 'python3'.",
+    )
+
+    @default("python")
+    def _python_default(self) -> str:
+        return _env("python", "python3")
+
+    launch_timeout = Float(
+        config=True,
+        help="""Seconds from container start until the kernel must answer (image pulls not
+        included). A container that exits earlier is reported at once with its last log lines.""",
+    )
+
+    @default("launch_timeout")
+    def _launch_timeout_default(self) -> float:
+        return float(_env("launch_timeout", 60))
+
+    mount_envpin = Bool(
+        True,
+        config=True,
+        help="""Mount envpin's kernel-side package read-only into the container (and put it on
+        PYTHONPATH) so `%load_ext envpin` works without installing anything into the image.""",
+    )
+
+    allowed_images = List(
+        Unicode(),
+        config=True,
+        help="""fnmatch patterns of the images envpin may run ('registry.example.com/ml/*', 'python:3.11*').
+        When set, an image from the kernelspec, a notebook's pin file or %use_image that matches none is
+        refused before any pull or container. Default: $ENVPIN_ALLOWED_IMAGES (comma-separated), else
+        empty = every image.""",
+    )
+
+    @default("allowed_images")
+    def _allowed_images_default(self) -> list[str]:
+        return image_policy.patterns_from_env()
+
+    extra_container_options = Dict(
+        config=True,
+        help="""Escape hatch: keyword arguments merged last into docker's containers.create()
+        (e.g. {"shm_size": "2g", "cap_add": ["SYS_PTRACE"]}). Use with care: they override envpin's.""",
+    )
+
+
+def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any) -> None:
     """Raise ConfigError naming every unknown or ill-typed key of ``kwargs`` (the kernelspec's config)."""
     base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
     traits = cls.class_traits(config=True)
@@ -29,7 +202,7 @@ def check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
             problems.append(f"unknown option '{key}'{hint}")
             continue
         try:
-            traits[key].validate(_Dummy(), value)
+            traits[key].validate(_Dummy(), value)  # type: ignore[attr-defined]  # every config trait has one
         except TraitError:
             problems.append(f"option '{key}' has the wrong type or value {value!r} ({traits[key].info()} expected)")
     if problems:
@@ -45,5 +218,3 @@ def check_options(cls: type, kwargs: dict[str, Any], kernel_spec: Any) -> None:
 
 class _Dummy(HasTraits):
     """Stand-in owner for trait validators, which look at the object they validate for."""
-
-

@@ -26,6 +26,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from envpin import host_docker
 from envpin.labels import (  # noqa: F401  (re-exported: the label names are part of this module's interface)
     IMAGE_REF,
     KERNEL_ID,
@@ -102,20 +103,14 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         removed.append(container.short_id)
         if dry_run:
             continue
-        try:
-            container.remove(force=True)
-            log.info(
-                "envpin: removed orphaned or finished %s container %s (kernel %s, owner pid %s)",
-                container.labels.get(ROLE),
-                container.short_id,
-                container.labels.get(KERNEL_ID, "?"),
-                container.labels.get(OWNER_PID, "?"),
-            )
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: removal already in progress
-                raise
+        host_docker.remove(container)
+        log.info(
+            "envpin: removed orphaned or finished %s container %s (kernel %s, owner pid %s)",
+            container.labels.get(ROLE),
+            container.short_id,
+            container.labels.get(KERNEL_ID, "?"),
+            container.labels.get(OWNER_PID, "?"),
+        )
         try:
             (_adoption_dir() / f"{container.id}.json").unlink()
         except OSError:

@@ -13,11 +13,10 @@ import time
 
 import pytest
 import requests
-
-from conftest import PY311
-from test_server import server  # noqa: F401  (fixture)
-from tools.engine import engine_answers, ensure_engine
 from reliability.test_lifecycle_faults import FAST_RESTARTER, answers
+
+from testutils import PY311, containers
+from tools.engine import engine_answers, ensure_engine
 
 
 def dockerd_pid() -> int | None:
@@ -26,7 +25,7 @@ def dockerd_pid() -> int | None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or dockerd_pid() is None, reason="needs root and a dockerd process to restart")
-def test_engine_restart_under_a_live_kernel(server, install_kernelspec, docker_client):  # noqa: F811
+def test_engine_restart_under_a_live_kernel(server, install_kernelspec, docker_client):
     name = install_kernelspec(PY311)
     srv = server(*FAST_RESTARTER)
     kid = srv.start_kernel(name, "a.ipynb")
@@ -55,5 +54,5 @@ def test_engine_restart_under_a_live_kernel(server, install_kernelspec, docker_c
     r = requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120)
     assert r.status_code == 200, r.text
     assert answers(srv, kid, 2, timeout=60), "the kernel did not recover after the engine came back"
-    assert len(docker_client.containers.list(filters={"label": f"envpin.kernel-id={kid}"})) == 1
+    assert len(containers(docker_client, kernel=kid, running=True)) == 1
     requests.delete(srv.api(f"kernels/{kid}"), timeout=60)

@@ -18,8 +18,7 @@ import time
 
 import requests
 
-from conftest import PY311
-from test_server import server  # noqa: F401  (fixture)
+from testutils import PY311, containers
 
 SEED = int(os.environ.get("ENVPIN_FAULT_SEED", "20261125"))
 OPERATIONS = 200
@@ -31,7 +30,7 @@ FAST_RESTARTER = ("--KernelRestarter.time_to_dead=0.5", "--KernelRestarter.stabl
 
 
 def kernel_containers(client, kid):
-    return client.containers.list(filters={"label": f"envpin.kernel-id={kid}"})
+    return containers(client, kernel=kid, running=True)
 
 
 def answers(srv, kid, value, timeout=60) -> bool:
@@ -47,7 +46,7 @@ def answers(srv, kid, value, timeout=60) -> bool:
     return False
 
 
-def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, docker_client):  # noqa: F811
+def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, docker_client):
     rng = random.Random(SEED)
     name = install_kernelspec(PY311)
     srv = server(*FAST_RESTARTER)
@@ -75,6 +74,7 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
             )
             assert (status, out.strip()) == ("ok", "True CancelledError"), context
         elif op == "interrupt":
+
             def interrupt():
                 time.sleep(0.5)
                 requests.post(srv.api(f"kernels/{kid}/interrupt"), timeout=30)
@@ -87,7 +87,7 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
         elif op == "shutdown":
             assert requests.delete(srv.api(f"kernels/{kid}"), timeout=60).status_code == 204, context
             live.remove(kid)
-            assert not docker_client.containers.list(all=True, filters={"label": f"envpin.kernel-id={kid}"}), context
+            assert not containers(docker_client, kernel=kid), context
         elif op == "kill_container":
             (old,) = kernel_containers(docker_client, kid)
             old.kill()
@@ -106,4 +106,4 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
     srv.stop()
     gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0, gc.stderr
-    assert not docker_client.containers.list(all=True, filters={"label": "envpin.role"})
+    assert not containers(docker_client)

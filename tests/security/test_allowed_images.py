@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import PY311, PY313, envpin_containers
-from kernels import PROBE, kernel, run, run_json
+from testutils import PY311, PY313, envpin_containers
+from testutils.kernels import PROBE, kernel, run, run_json
 
 ONLY_311 = "envpin-test/py311*"
 
@@ -60,7 +60,9 @@ async def test_a_pin_file_never_pulls_an_image_the_engine_lacks(
     assert probe["dockerenv"] and probe["image"] == reference
 
 
-async def test_a_pin_naming_the_configured_image_still_pulls(docker_client, registry, pushed_image, install_kernelspec, notebook_dir):
+async def test_a_pin_naming_the_configured_image_still_pulls(
+    docker_client, registry, pushed_image, install_kernelspec, notebook_dir
+):
     """The kernelspec's own image was chosen by whoever installed it: a pin naming it may pull it."""
     repo, tag = pushed_image
     reference = f"{registry.address}/{repo}:{tag}"
@@ -117,8 +119,28 @@ def _host_python(code: str, cwd, allowed: str) -> subprocess.CompletedProcess:
 def test_allowed_images_in_host_entry_points(docker_client, notebook_dir):
     """envpin run, envpin launch, envpin.use_image(), ContainerExecutor, fingerprint(image=): refused at once."""
     cases = {
-        "envpin run": [sys.executable, "-m", "envpin_provisioner", "run", "--image", PY313, "--", "python3", "-c", "pass"],
-        "envpin launch": [sys.executable, "-m", "envpin_provisioner", "launch", "--image", PY313, "-f", str(notebook_dir / "k.json")],
+        "envpin run": [
+            sys.executable,
+            "-m",
+            "envpin_provisioner",
+            "run",
+            "--image",
+            PY313,
+            "--",
+            "python3",
+            "-c",
+            "pass",
+        ],
+        "envpin launch": [
+            sys.executable,
+            "-m",
+            "envpin_provisioner",
+            "launch",
+            "--image",
+            PY313,
+            "-f",
+            str(notebook_dir / "k.json"),
+        ],
     }
     (notebook_dir / "k.json").write_text(json.dumps({"transport": "tcp", "ip": "127.0.0.1", "key": "x"}))
     env = dict(os.environ, ENVPIN_ALLOWED_IMAGES=ONLY_311)
@@ -128,7 +150,9 @@ def test_allowed_images_in_host_entry_points(docker_client, notebook_dir):
         assert what in out.stderr, (what, out.stderr)
     script = notebook_dir / "job.py"
     script.write_text(f"import envpin\nenvpin.use_image({PY313!r})\nprint('still on the host')\n")
-    out = subprocess.run([sys.executable, "job.py"], cwd=notebook_dir, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "job.py"], cwd=notebook_dir, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0 and "envpin will not run image" in out.stderr and "still on the host" not in out.stdout
     for code in (
         f"import envpin; envpin.ContainerExecutor({PY313!r}, mode='container')",
@@ -137,6 +161,10 @@ def test_allowed_images_in_host_entry_points(docker_client, notebook_dir):
         out = _host_python(code, notebook_dir, ONLY_311)
         assert "ImageNotAllowed" in out.stderr and f"'{PY313}'" in out.stderr, (code, out.stderr)
     # The allowed image goes through the same entry point.
-    out = _host_python(f"import envpin; print(envpin.ContainerExecutor({PY311!r}, mode='container').submit(abs, -3).result(60))", notebook_dir, ONLY_311)
+    out = _host_python(
+        f"import envpin; print(envpin.ContainerExecutor({PY311!r}, mode='container').submit(abs, -3).result(60))",
+        notebook_dir,
+        ONLY_311,
+    )
     assert out.stdout.strip() == "3", out.stderr
     assert not envpin_containers(docker_client)

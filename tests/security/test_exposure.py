@@ -6,8 +6,8 @@ import json
 import os
 import subprocess
 
-from conftest import PY311
-from kernels import kernel, run
+from testutils import PY311, containers
+from testutils.kernels import kernel, run
 
 _LISTEN = "0A"
 
@@ -43,7 +43,7 @@ async def test_no_listener_no_key_no_privileges(install_kernelspec, notebook_dir
         key = km.session.key.decode()
         # Nothing new listens on a non-loopback address on the host ...
         assert non_loopback(listeners()) == before
-        (container,) = docker_client.containers.list(filters={"label": f"envpin.kernel-id={km.kernel_id}"})
+        (container,) = containers(docker_client, kernel=km.kernel_id, running=True)
         # ... nor anywhere inside the kernel's container (kernel and worker processes).
         # (ipykernel may listen on the container's own loopback, which nothing outside it can reach.)
         inside = container.exec_run(["cat", "/proc/net/tcp", "/proc/net/tcp6"]).output.decode().splitlines()
@@ -52,7 +52,9 @@ async def test_no_listener_no_key_no_privileges(install_kernelspec, notebook_dir
         # The key is in no command line, environment or label, on the host or in the container.
         assert key not in json.dumps(container.attrs)
         assert key not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert key not in container.exec_run(["sh", "-c", "cat /proc/*/cmdline /proc/*/environ 2>/dev/null"]).output.decode(errors="replace")
+        assert key not in container.exec_run(
+            ["sh", "-c", "cat /proc/*/cmdline /proc/*/environ 2>/dev/null"]
+        ).output.decode(errors="replace")
         host = container.attrs["HostConfig"]
         assert host["Privileged"] is False and "no-new-privileges" in host["SecurityOpt"]
         assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"

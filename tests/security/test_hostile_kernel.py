@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY311, PY313
-from kernels import kernel, run, run_json
+from testutils import PY311, PY313
+from testutils.kernels import kernel, run, run_json
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the findings need a server running as root")
 
@@ -59,7 +59,14 @@ class Canaries:
             for name in [".", *dirs, *files]:
                 p = os.path.normpath(os.path.join(root, name))
                 st = os.lstat(p)
-                out[p] = (stat.S_IFMT(st.st_mode), st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+                out[p] = (
+                    stat.S_IFMT(st.st_mode),
+                    st.st_mode & 0o7777,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size,
+                    st.st_mtime_ns,
+                )
         return out
 
     def assert_untouched(self) -> None:
@@ -202,7 +209,11 @@ async def test_planted_links_are_not_followed_on_restart(canaries, hostile_setup
         code = "\n".join(
             f"plant_link({folder}, {link!r}, {str(target)!r})"
             for folder in ("CONTROL", "SOCK")
-            for link, target in (("evil", canaries.root_only), ("k-1", canaries.secret_file), ("kernel.json", canaries.dir))
+            for link, target in (
+                ("evil", canaries.root_only),
+                ("k-1", canaries.secret_file),
+                ("kernel.json", canaries.dir),
+            )
         )
         res = await run(kc, code + "\nprint(sorted(os.listdir(CONTROL)), sorted(os.listdir(SOCK)))")
         assert res["status"] == "ok" and "evil" in res["stdout"], res
@@ -228,7 +239,9 @@ async def test_a_pin_file_link_is_refused_without_leaking(canaries, hostile_setu
             assert res["status"] == "error" and "not a plain file" in res["evalue"], res
             canaries.assert_not_leaked(res["evalue"], res["stdout"])
         # A hard link to a file of the kernel's own, and a FIFO: refused too, and the server does not hang.
-        await run(kc, "os.unlink('.envpin.json'); open('mine.json','w').write('{}'); os.link('mine.json', '.envpin.json')")
+        await run(
+            kc, "os.unlink('.envpin.json'); open('mine.json','w').write('{}'); os.link('mine.json', '.envpin.json')"
+        )
         res = await run(kc, f"%use_image {PY311}", timeout=60)
         assert res["status"] == "error" and "hard links" in res["evalue"], res
         await run(kc, "os.unlink('.envpin.json'); os.mkfifo('.envpin.json')")
@@ -251,6 +264,7 @@ def _attack(rng: random.Random, canaries: Canaries) -> str:
     c = canaries
     secret, target, rootonly = str(c.secret_file), str(c.json_file), str(c.root_only)
     valid = uuid.UUID(int=rng.getrandbits(128)).hex
+
     def send(**request) -> str:
         return "send(%r)" % (request,)
 
@@ -261,16 +275,22 @@ def _attack(rng: random.Random, canaries: Canaries) -> str:
         return "plant_link(%s, %r, %r)" % (folder, name, rng.choice(targets))
 
     fifo = "(lambda p: (os.path.lexists(p) and os.unlink(p), os.mkfifo(p)))(%s)"
-    folder = "(lambda p: (os.path.lexists(p) and not os.path.isdir(p) and os.unlink(p), os.makedirs(p, exist_ok=True)))(%s)"
+    folder = (
+        "(lambda p: (os.path.lexists(p) and not os.path.isdir(p) and os.unlink(p), os.makedirs(p, exist_ok=True)))(%s)"
+    )
     choices = [
         # ids that try to become paths, or are not ids at all
-        lambda: send(id=rng.choice(["../../" + target, "/" + target, "a" * 33, "ABC" * 11, "", "x/../y", ".."]), image="x"),
+        lambda: send(
+            id=rng.choice(["../../" + target, "/" + target, "a" * 33, "ABC" * 11, "", "x/../y", ".."]), image="x"
+        ),
         lambda: send(id=rng.choice([123, None, [], {"a": 1}, 1.5]), image="x"),
         # a valid id with fields the server must refuse
         lambda: send(id=valid, image=PY311, notebook=target, cwd=rootonly),
         lambda: send(id=valid, image=rng.choice([123, "", "x" * 600, "a\nb", None])),
         lambda: send(id=valid, image=PY311, allow_restart="yes"),
-        lambda: send(id=valid, image=PY311, options=rng.choice([[], "x", {"ray_mode": "evil"}, {"strict": 1}, {"path": "/"}])),
+        lambda: send(
+            id=valid, image=PY311, options=rng.choice([[], "x", {"ray_mode": "evil"}, {"strict": 1}, {"path": "/"}])
+        ),
         lambda: send(id=valid, image=PY311, python=rng.choice(["3.11; rm -rf /", "x" * 100, 5])),
         # not JSON, or not an object, or huge
         lambda: put(rng.choice([b"", b"\xff\xfe", b"[1,2]", b'"x"', b"{" * 5000, b"null"])),
@@ -280,19 +300,27 @@ def _attack(rng: random.Random, canaries: Canaries) -> str:
         lambda: fifo % "os.path.join(CONTROL, 'request.json')",
         lambda: folder % "os.path.join(CONTROL, 'request.json')",
         # an answer name planted as a link to a canary, or a folder, then a valid request with that id
-        lambda: link("CONTROL", f"response-{valid}.json", [secret, target, rootonly]) + "; " + send(id=valid, image=PY311),
+        lambda: (
+            link("CONTROL", f"response-{valid}.json", [secret, target, rootonly]) + "; " + send(id=valid, image=PY311)
+        ),
         lambda: folder % f"os.path.join(CONTROL, 'response-{valid}.json')" + "; " + send(id=valid, image=PY311),
         # links in the socket folder and the notebook folder
-        lambda: link("SOCK", rng.choice(["k-1", "k-2", "x", "kernel.json"]), [secret, rootonly, "/var/run/docker.sock"]),
+        lambda: link(
+            "SOCK", rng.choice(["k-1", "k-2", "x", "kernel.json"]), [secret, rootonly, "/var/run/docker.sock"]
+        ),
         lambda: link("os.getcwd()", ".envpin.json", [secret, target, rootonly]) + "; " + send(id=valid, image=PY311),
         lambda: fifo % "'.envpin.json'",
-        lambda: "os.path.lexists('.envpin.json') and os.unlink('.envpin.json'); open('.envpin.json','wb').write(b'{\"notebooks\": ' + b'[' * 100000)",
+        lambda: (
+            "os.path.lexists('.envpin.json') and os.unlink('.envpin.json'); open('.envpin.json','wb').write(b'{\"notebooks\": ' + b'[' * 100000)"
+        ),
         # hard links: to a canary (refused by the kernel, which cannot see it), and to a file of the kernel's
         # own holding a valid request (the server refuses a file with more than one link)
         lambda: f"os.link({secret!r}, os.path.join(CONTROL, 'request.json'))",
-        lambda: "(lambda own, p: (open(own, 'w').write(json.dumps({'id': uuid.uuid4().hex, 'image': %r})), "
-        "os.path.lexists(p) and os.unlink(p), os.link(own, p)))(os.path.join(CONTROL, 'own.json'), "
-        "os.path.join(CONTROL, 'request.json'))" % PY311,
+        lambda: (
+            "(lambda own, p: (open(own, 'w').write(json.dumps({'id': uuid.uuid4().hex, 'image': %r})), "
+            "os.path.lexists(p) and os.unlink(p), os.link(own, p)))(os.path.join(CONTROL, 'own.json'), "
+            "os.path.join(CONTROL, 'request.json'))" % PY311
+        ),
         # a flood of requests
         lambda: "[send({'id': uuid.uuid4().hex, 'image': 'x'}) for _ in range(25)]",
         # a normal request: the server must still answer it
@@ -326,14 +354,20 @@ async def test_hostile_kernel_fuzz(canaries, hostile_setup, notebook_dir, tmp_pa
             canaries.assert_untouched()
             # The server still answers a well-formed request: "same", "refused" (after a move into 3.13:
             # moving back needs --restart) or "error" (the pin file is hostile now).
-            answer = await run_json(kc, "(lambda rid: (send({'id': rid, 'image': %r}), wait_answer(rid, 15))[1])(uuid.uuid4().hex)" % PY311)
+            answer = await run_json(
+                kc, "(lambda rid: (send({'id': rid, 'image': %r}), wait_answer(rid, 15))[1])(uuid.uuid4().hex)" % PY311
+            )
             assert answer is not None and answer["status"] in ("same", "refused", "error"), (seed, answer)
             seen.append(json.dumps(answer))
             # Every few batches a restart or a move, with the hostile leftovers still in place
             # (but a pin file a start would rightly refuse is cleared first: that is tested above).
             if batch % 3 == 2:
                 pin = notebook_dir / ".envpin.json"
-                if pin.is_symlink() or (pin.exists() and not pin.is_file()) or (pin.is_file() and pin.stat().st_size > 1000):
+                if (
+                    pin.is_symlink()
+                    or (pin.exists() and not pin.is_file())
+                    or (pin.is_file() and pin.stat().st_size > 1000)
+                ):
                     pin.unlink()
                 if rng.random() < 0.5:
                     restarts += 1

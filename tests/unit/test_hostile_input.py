@@ -31,7 +31,12 @@ def test_read_regular_refuses_links_fifos_hard_links_and_big_files(folder):
         os.link(secret, d / "hard")
         (d / "big").write_bytes(b"x" * 101)
         (d / "ok").write_bytes(b"fine")
-        for name, why in (("link", "symbolic link"), ("fifo", "not a regular file"), ("hard", "hard links"), ("big", "larger")):
+        for name, why in (
+            ("link", "symbolic link"),
+            ("fifo", "not a regular file"),
+            ("hard", "hard links"),
+            ("big", "larger"),
+        ):
             with pytest.raises(safe_files.UnsafeFile, match=why):
                 safe_files.read_regular(fd, name, 100)
         assert safe_files.read_regular(fd, "ok", 100) == b"fine"
@@ -149,7 +154,12 @@ def test_allowed_images_message_names_image_source_and_patterns():
     with pytest.raises(image_policy.ImageNotAllowed) as info:
         image_policy.check("evil:1", ["python:*"], "the pin file /x/.envpin.json", "alias")
     msg = str(info.value)
-    assert "'alias' (evil:1)" in msg and "/x/.envpin.json" in msg and "'python:*'" in msg and "ENVPIN_ALLOWED_IMAGES" in msg
+    assert (
+        "'alias' (evil:1)" in msg
+        and "/x/.envpin.json" in msg
+        and "'python:*'" in msg
+        and "ENVPIN_ALLOWED_IMAGES" in msg
+    )
 
 
 def test_allowed_images_from_the_environment():

@@ -4,6 +4,7 @@ Registered by ``%load_ext envpin``; armed by ``%use_image`` when their library
 is installed; installed into the library when it is imported (see
 ``base.LibraryAdapter``).  One module per engine:
 
+* ``executor_adapter``: envpin's own ``envpin.submit`` (retires its workers on a re-pin);
 * ``yt_adapter``: YTsaurus (``ytsaurus-client``), through ``user_job_spec_defaults``;
 * ``ray_adapter``: Ray, ``runtime_env`` with ``image_uri`` and ``env_vars``;
 * ``flyte_adapter``: Flyte (``flytekit``), ``container_image`` of tasks.
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 
 def builtin() -> list:
+    """One of each built-in adapter, in registration order (envpin's own executor first)."""
+    from .executor_adapter import ExecutorAdapter
     from .flyte_adapter import FlyteAdapter
     from .ray_adapter import RayAdapter
     from .yt_adapter import YtsaurusAdapter
 
-    return [YtsaurusAdapter(), RayAdapter(), FlyteAdapter()]
+    return [ExecutorAdapter(), YtsaurusAdapter(), RayAdapter(), FlyteAdapter()]
 
 
 def get(name: str):

@@ -16,7 +16,7 @@ import importlib.abc
 import importlib.util
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 _callbacks: dict[str, list[Callable]] = {}
 _lock = threading.RLock()
@@ -44,7 +44,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             _fire(_name, module)
 
         try:
-            loader.exec_module = exec_module  # per-spec loaders: instances, not shared classes
+            loader.exec_module = exec_module  # type: ignore[method-assign]  # per-spec loader instances, not classes
         except (AttributeError, TypeError):
             return spec
         return spec

@@ -11,7 +11,8 @@ wrapper (re-pinning does not stack layers).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Patches:
@@ -24,7 +25,7 @@ class Patches:
         function = original.__func__ if isinstance(original, (staticmethod, classmethod)) else original
         if getattr(function, "__envpin_original__", None) is not None:
             return  # already ours
-        wrapper = make_wrapper(function)
+        wrapper: Any = make_wrapper(function)
         functools.update_wrapper(wrapper, function)
         wrapper.__envpin_original__ = function
         if isinstance(original, staticmethod):

@@ -112,8 +112,9 @@ class FlyteAdapter(LibraryAdapter):
             def __init__(task, *args, **kwargs):
                 name = kwargs.get("name") or (args[0] if args else "this task")
                 if len(args) >= 4:  # container_image passed positionally: (name, task_config, task_type, image)
-                    args = list(args)
-                    args[3] = chosen = _image_for(args[3], stamp, image, name)
+                    positional = list(args)
+                    positional[3] = chosen = _image_for(args[3], stamp, image, name)
+                    args = tuple(positional)
                 else:
                     kwargs["container_image"] = chosen = _image_for(kwargs.get("container_image"), stamp, image, name)
                 if len(args) < 7 and chosen == image:  # the variables describe the image the task runs in
@@ -123,7 +124,6 @@ class FlyteAdapter(LibraryAdapter):
             return __init__
 
         self.patches.wrap(PythonAutoContainerTask, "__init__", make_init)
-
 
 
 def _image_for(named, stamp: Stamp, image: str, task_name: str):

@@ -69,12 +69,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
+import warnings
 from typing import Any
 
 from ..errors import EnvpinError
 from ..hooks import Stamp
-from . import _imports
+from . import _imports, ray_compat
 from .base import LibraryAdapter
 
 MODES = ("image_uri", "env_vars")
@@ -91,6 +91,10 @@ class ClusterMismatch(EnvpinError):
     """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray)."""
 
 
+class LocalClusterInImage(UserWarning):
+    """A local Ray cluster runs in the kernel's own container: envpin stamps env_vars only (a notice)."""
+
+
 def default_mode() -> str:
     mode = os.environ.get("ENVPIN_RAY_MODE", "image_uri").strip() or "image_uri"
     if mode not in MODES:
@@ -99,15 +103,6 @@ def default_mode() -> str:
             "the pinned image) or 'env_vars' (the cluster's nodes already run it), or unset it."
         )
     return mode
-
-
-def _compatible_fields() -> set[str]:
-    try:  # Ray's own list, so a future Ray that allows more is followed
-        from ray._private.runtime_env.default_impl import get_image_uri_plugin_cls
-
-        return set(get_image_uri_plugin_cls().get_compatible_keys())
-    except Exception:
-        return {"image_uri", "config", "env_vars"}
 
 
 def stamp_runtime_env(runtime_env: Any, stamp: Stamp, mode: str, what: str) -> dict[str, Any]:
@@ -120,7 +115,9 @@ def stamp_runtime_env(runtime_env: Any, stamp: Stamp, mode: str, what: str) -> d
     env["env_vars"] = {**stamp.env, **dict(env.get("env_vars") or {})}
     if mode != "image_uri" or named:
         return env
-    extra = sorted(k for k in set(env) - _compatible_fields() if not k.startswith("_"))  # "_ray_commit": Ray's own
+    extra = sorted(
+        k for k in set(env) - ray_compat.image_uri_compatible_fields() if not k.startswith("_")
+    )  # "_ray_commit": Ray's own
     if extra:
         installing = [f for f in extra if f in INSTALLING_FIELDS]
         fields = ", ".join(f"'{f}'" for f in extra)
@@ -150,6 +147,7 @@ class RayAdapter(LibraryAdapter):
         self.mode = mode  # None: ENVPIN_RAY_MODE, else image_uri
         self._local_in_image = False  # a local cluster whose workers run in the pinned image (this kernel's)
         self._client_mode = False  # connected through Ray Client: image_uri per task and actor, not per job
+        self.unsupported: str | None = None  # why this Ray's jobs cannot be stamped (ray_compat), once imported
 
     @property
     def effective_mode(self) -> str:
@@ -158,6 +156,8 @@ class RayAdapter(LibraryAdapter):
         return self.mode or default_mode()
 
     def summary(self) -> str:
+        if self.unsupported:
+            return f"ray: NOT stamped (Ray {ray_compat.ray_version()} is not supported)"
         if self._local_in_image:
             return "ray: runtime_env env_vars (the local cluster runs in this kernel's image)"
         if self.effective_mode == "env_vars":
@@ -172,7 +172,12 @@ class RayAdapter(LibraryAdapter):
 
     def install(self, ray, stamp: Stamp) -> None:
         from ray import actor, remote_function
+        from ray.util.client import common as client_common
 
+        self.unsupported = ray_compat.unsupported()
+        if self.unsupported:  # a Ray without an entry point we wrap: said at import (never breaks the import)
+            warnings.warn(self.unsupported, ray_compat.RayCompatWarning, stacklevel=2)
+            return
         adapter = self
 
         def make_init(original):
@@ -187,7 +192,7 @@ class RayAdapter(LibraryAdapter):
                 if address.startswith("ray://"):
                     # Ray Client: a job-level image_uri breaks the connection; tasks and actors get it instead.
                     adapter._client_mode = True
-                    if stamped.get("image_uri") == adapter.stamp.job_image:
+                    if stamped.get("image_uri") == adapter._active_stamp().job_image:
                         stamped.pop("image_uri")
                 kwargs["runtime_env"] = stamped
                 try:
@@ -209,9 +214,11 @@ class RayAdapter(LibraryAdapter):
             def _remote(self, args=None, kwargs=None, serialized_runtime_env_info=None, **task_options):
                 name = getattr(self, "_function_name", "this task")
                 stamped = adapter._stamped(task_options.get("runtime_env"), f"Ray task {name}")
-                task_options["runtime_env"] = _parsed(stamped)
-                serialized_runtime_env_info = _serialized(task_options["runtime_env"])
-                return original(self, args, kwargs, serialized_runtime_env_info=serialized_runtime_env_info, **task_options)
+                task_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
+                serialized_runtime_env_info = ray_compat.serialized_runtime_env_info(task_options["runtime_env"])
+                return original(
+                    self, args, kwargs, serialized_runtime_env_info=serialized_runtime_env_info, **task_options
+                )
 
             return _remote
 
@@ -220,26 +227,24 @@ class RayAdapter(LibraryAdapter):
                 meta = getattr(self, "__ray_metadata__", None)
                 name = getattr(getattr(meta, "modified_class", None), "__name__", "this actor")
                 runtime_env = actor_options.get("runtime_env", getattr(meta, "runtime_env", None))
-                actor_options["runtime_env"] = _parsed(adapter._stamped(runtime_env, f"Ray actor {name}"))
+                stamped = adapter._stamped(runtime_env, f"Ray actor {name}")
+                actor_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
                 return original(self, args, kwargs, **actor_options)
 
             return _remote
 
         def make_set_task_options(original):
             def set_task_options(task, options, field="options"):
-                from ray.core.generated import ray_client_pb2
-
-                kinds = (ray_client_pb2.ClientTask.FUNCTION, ray_client_pb2.ClientTask.ACTOR)
-                if adapter._client_mode and task.type in kinds and (field == "baseline_options" or options):
-                    if field == "baseline_options" or "runtime_env" in (options or {}):
-                        options = dict(options or {})
-                        what = f"Ray {'task' if task.type == ray_client_pb2.ClientTask.FUNCTION else 'actor'} {task.name}"
-                        options["runtime_env"] = adapter._stamped(options.get("runtime_env"), what)
+                function, actor_kind = ray_compat.client_task_kinds()
+                stamps = adapter._client_mode and task.type in (function, actor_kind)
+                # Baseline options always (they define the task); per-call options only when they set runtime_env.
+                if stamps and (field == "baseline_options" or "runtime_env" in (options or {})):
+                    options = dict(options or {})
+                    what = f"Ray {'task' if task.type == function else 'actor'} {task.name}"
+                    options["runtime_env"] = adapter._stamped(options.get("runtime_env"), what)
                 return original(task, options, field)
 
             return set_task_options
-
-        from ray.util.client import common as client_common
 
         self.patches.wrap(client_common, "set_task_options", make_set_task_options)
         self.patches.wrap(ray, "init", make_init)
@@ -249,7 +254,7 @@ class RayAdapter(LibraryAdapter):
         _imports.when_imported(_JOB_SDK, self._install_job_client)
 
     def _install_job_client(self, sdk) -> None:
-        if self.stamp is None:
+        if self.stamp is None:  # deactivated before the job SDK was imported
             return
         adapter = self
 
@@ -257,7 +262,9 @@ class RayAdapter(LibraryAdapter):
             def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
                 address = getattr(self, "_address", None)
                 if address:
-                    adapter.preflight(address, f"the Ray cluster at {address}", dict(getattr(self, "_headers", None) or {}))
+                    adapter.preflight(
+                        address, f"the Ray cluster at {address}", dict(getattr(self, "_headers", None) or {})
+                    )
                 stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
                 return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
 
@@ -268,25 +275,26 @@ class RayAdapter(LibraryAdapter):
     def uninstall(self) -> None:
         _imports.cancel(_JOB_SDK, self._install_job_client)
         self._local_in_image = False
+        self.unsupported = None
 
     def _check_local_cluster(self) -> bool:
         """``ray.init`` is about to start a cluster on this machine: True when its workers run the pin already."""
-        assert self.stamp is not None
-        if os.environ.get("ENVPIN_IMAGE") == self.stamp.image:
-            print(
+        stamp = self._active_stamp()
+        if os.environ.get("ENVPIN_IMAGE") == stamp.image:
+            warnings.warn(
                 f"envpin: this local Ray cluster runs its workers in this kernel's container, which is "
-                f"{self.stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
-                file=sys.stderr,
-                flush=True,
+                f"{stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
+                LocalClusterInImage,
+                stacklevel=4,
             )
             return True
         if shutil.which("podman") is None:
             raise RuntimeEnvConflict(
                 f"ray.init() is starting a local Ray cluster, whose workers run on this machine, and this kernel "
-                f"does not run in '{self.stamp.image}': in image_uri mode Ray would start every worker in that "
+                f"does not run in '{stamp.image}': in image_uri mode Ray would start every worker in that "
                 "image with podman, which is not installed here, so every task would fail. Run the notebook in "
                 "the image (the Containerized Python kernel; its local cluster then runs there), or re-pin with "
-                f"%use_image {self.stamp.image} --ray-mode env_vars, or join a cluster: ray.init(address=...)."
+                f"%use_image {stamp.image} --ray-mode env_vars, or join a cluster: ray.init(address=...)."
             )
         return False
 
@@ -305,7 +313,8 @@ class RayAdapter(LibraryAdapter):
             problems.append("has no Ray installed")
         elif image["ray"] != cluster["ray"]:
             problems.append(f"has Ray {image['ray']}")
-        if image.get("python") and image["python"].split(".")[:parts] != cluster["python"].split(".")[:parts]:
+        python = image.get("python")
+        if python and python.split(".")[:parts] != cluster["python"].split(".")[:parts]:
             problems.append(f"has Python {image['python']}")
         if not problems:
             return
@@ -318,9 +327,16 @@ class RayAdapter(LibraryAdapter):
             "that has them. Nothing was submitted."
         )
 
+    def _active_stamp(self) -> Stamp:
+        """The stamp the wrappers merge in (they are installed only while one is active)."""
+        if self.stamp is None:
+            raise EnvpinError(
+                "envpin's Ray adapter was called without a pin (it should have been uninstalled): re-run %use_image."
+            )
+        return self.stamp
+
     def _stamped(self, runtime_env: Any, what: str) -> dict[str, Any]:
-        assert self.stamp is not None
-        return stamp_runtime_env(runtime_env, self.stamp, self.effective_mode, what)
+        return stamp_runtime_env(runtime_env, self._active_stamp(), self.effective_mode, what)
 
 
 def _address(args: tuple, kwargs: dict) -> str:
@@ -340,15 +356,6 @@ def _dashboard_for(address: str) -> str | None:
 _cluster_cache: dict[str, tuple[float, dict[str, str] | None]] = {}
 
 
-def _auth_headers() -> dict[str, str]:
-    """Ray's token-auth header when this process has a token (a dashboard with auth answers 401 without it)."""
-    try:
-        from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
-    except ImportError:  # a Ray without token authentication
-        return {}
-    return dict(get_auth_headers_if_auth_enabled({}) or {})
-
-
 def _cluster_versions(dashboard: str, headers: dict[str, str] | None = None) -> dict[str, str] | None:
     """``{"ray", "python"}`` Ray recorded for the cluster, from its dashboard; None when it does not answer.
 
@@ -364,7 +371,9 @@ def _cluster_versions(dashboard: str, headers: dict[str, str] | None = None) -> 
     cached = _cluster_cache.get(url)
     if cached and time.monotonic() - cached[0] < 60:
         return cached[1]
-    request = urllib.request.Request(f"{url}/api/v0/cluster_metadata", headers=headers if headers is not None else _auth_headers())
+    request = urllib.request.Request(
+        f"{url}/api/v0/cluster_metadata", headers=headers if headers is not None else ray_compat.auth_headers()
+    )
     try:
         with urllib.request.urlopen(request, timeout=2) as reply:
             data = json.load(reply).get("data") or {}
@@ -391,36 +400,4 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
 
 def _starts_local_cluster(args: tuple, kwargs: dict) -> bool:
     """Whether ``ray.init(*args, **kwargs)`` will start a new cluster here (Ray's own address resolution)."""
-    address = kwargs.get("address", args[0] if args else None)
-    if isinstance(address, str) and address.startswith("ray://"):
-        return False
-    try:
-        from ray._private import services
-
-        return services.canonicalize_bootstrap_address(address, kwargs.get("_temp_dir")) is None
-    except Exception:
-        return False
-
-
-def _parsed(runtime_env: dict[str, Any]):
-    from ray._private.utils import parse_runtime_env_for_task_or_actor
-
-    return parse_runtime_env_for_task_or_actor(runtime_env)
-
-
-_serialized_cache: dict[str, str] = {}
-
-
-def _serialized(runtime_env) -> str:
-    """Ray's serialized runtime_env info, cached: a loop submitting 10,000 tasks serializes it once."""
-    from ray._private.utils import get_runtime_env_info
-
-    if not runtime_env:
-        return ""
-    key = json.dumps(runtime_env, sort_keys=True, default=str)
-    info = _serialized_cache.get(key)
-    if info is None:
-        if len(_serialized_cache) > 256:
-            _serialized_cache.clear()
-        info = _serialized_cache[key] = get_runtime_env_info(runtime_env, is_job_runtime_env=False, serialize=True)
-    return info
+    return ray_compat.starts_local_cluster(kwargs.get("address", args[0] if args else None), kwargs.get("_temp_dir"))

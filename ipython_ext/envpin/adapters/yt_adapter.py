@@ -48,6 +48,7 @@ from typing import Any
 from ..hooks import Stamp
 from .base import LibraryAdapter
 
+
 class YtsaurusAdapter(LibraryAdapter):
     name = "ytsaurus"
     module = "yt.wrapper"
@@ -202,7 +203,9 @@ def job_environment(stamp: Stamp, image: str, pickling: dict) -> dict[str, str]:
     base = dict(stamp.env)
     if image == image.lower():
         base["YT_BASE_LAYER"] = image
-    carried = {k: pickling[k] for k in ("framework", "check_python_version", "python_binary") if pickling.get(k) is not None}
+    carried = {
+        k: pickling[k] for k in ("framework", "check_python_version", "python_binary") if pickling.get(k) is not None
+    }
     patch: str | None = None
     for _ in range(NESTING_DEPTH):
         environment = dict(base)
@@ -219,4 +222,3 @@ class _Missing:
 
 
 _MISSING = _Missing()
-

@@ -118,7 +118,7 @@ class FakeYtProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "FakeYtProxy":
+    def __enter__(self) -> FakeYtProxy:
         self._thread.start()
         return self
 
@@ -136,8 +136,12 @@ class FakeYtProxy:
         path = str(params.get("path", ""))
         with self._lock:
             if command == "execute_batch":
-                return {"results": [{"output": self.run(str(r["command"]), _plain(r.get("parameters", {})), b"")}
-                                    for r in params["requests"]]}
+                return {
+                    "results": [
+                        {"output": self.run(str(r["command"]), _plain(r.get("parameters", {})), b"")}
+                        for r in params["requests"]
+                    ]
+                }
             if command == "exists":
                 return {"value": self._exists(path)}
             if command == "get":
@@ -197,7 +201,10 @@ class FakeYtProxy:
                 return None
             if command == "read_table":
                 rows = self.tables.get(self._resolve(_table_path(path).path), [])
-                return _Stream(_encode_rows(rows, params.get("output_format")), {"start_row_index": 0, "approximate_row_count": len(rows)})
+                return _Stream(
+                    _encode_rows(rows, params.get("output_format")),
+                    {"start_row_index": 0, "approximate_row_count": len(rows)},
+                )
             if command == "list_jobs":
                 state = self.states.get(str(params.get("operation_id")), {})
                 jobs = [{k: v for k, v in j.items() if not k.startswith("_")} for j in state.get("jobs", [])
@@ -300,11 +307,18 @@ class FakeYtProxy:
                 if path == "/api":
                     return self._reply(["v4"])
                 if path == "/api/v4":
-                    return self._reply([
-                        {"name": name, "input_type": i or "null", "output_type": o or "null",
-                         "is_volatile": v, "is_heavy": h}
-                        for name, (i, o, v, h) in COMMANDS.items()
-                    ])
+                    return self._reply(
+                        [
+                            {
+                                "name": name,
+                                "input_type": i or "null",
+                                "output_type": o or "null",
+                                "is_volatile": v,
+                                "is_heavy": h,
+                            }
+                            for name, (i, o, v, h) in COMMANDS.items()
+                        ]
+                    )
                 if path in ("/hosts", "/api/v4/discover_proxies"):
                     return self._reply([f"127.0.0.1:{proxy._server.server_address[1]}"])
                 command = path.rsplit("/", 1)[1]
@@ -425,7 +439,7 @@ class ExecNode:
 
     LABEL = "envpin-test.role"
 
-    def __init__(self, proxy: "FakeYtProxy", docker_client: Any, default_image: str):
+    def __init__(self, proxy: FakeYtProxy, docker_client: Any, default_image: str):
         self.proxy = proxy
         self.docker = docker_client
         self.default_image = default_image
@@ -442,7 +456,11 @@ class ExecNode:
             if op_type == "sort":  # no user job: the fake scheduler sorts by itself
                 key = plain.get("sort_by") or []
                 key = [key] if isinstance(key, str) else key
-                rows = [r for p in plain.get("input_table_paths") or [] for r in self.proxy.tables.get(_table_path(p).path, [])]
+                rows = [
+                    r
+                    for p in plain.get("input_table_paths") or []
+                    for r in self.proxy.tables.get(_table_path(p).path, [])
+                ]
                 out = _table_path(spec["output_table_path"]).path
                 self.proxy.tables[out] = sorted(rows, key=lambda r: [json.dumps(r.get(k)) for k in key])
                 self.proxy.nodes.setdefault(out, {"type": "table"})["sorted_by"] = key
@@ -452,7 +470,11 @@ class ExecNode:
                     for index in range(int(task.get("job_count", 1))):
                         self._job(op_id, task, [], index, outputs, job_type=str(name))
             else:
-                rows = [r for p in plain.get("input_table_paths") or [] for r in self.proxy.tables.get(_table_path(p).path, [])]
+                rows = [
+                    r
+                    for p in plain.get("input_table_paths") or []
+                    for r in self.proxy.tables.get(_table_path(p).path, [])
+                ]
                 outputs = [_table_path(p).path for p in spec.get("output_table_paths") or []]
                 key = plain.get("reduce_by") or plain.get("sort_by") or []
                 key = [key] if isinstance(key, str) else key
@@ -471,7 +493,12 @@ class ExecNode:
                     self._job(op_id, spec["reducer"], rows, 0, outputs, job_type="reduce")
             state["state"] = "completed"
         except JobFailed as exc:
-            state["error"] = {"code": 1, "message": f"Operation has failed: {exc}", "attributes": {}, "inner_errors": []}
+            state["error"] = {
+                "code": 1,
+                "message": f"Operation has failed: {exc}",
+                "attributes": {},
+                "inner_errors": [],
+            }
             state["state"] = "failed"
         except Exception as exc:  # the fake's own failure: the operation fails with it, the test sees it
             state["error"] = {"code": 1, "message": f"fake exec node: {exc!r}", "attributes": {}, "inner_errors": []}
@@ -530,8 +557,10 @@ class ExecNode:
                 raise JobFailed(f"{job_type} job {job_id} in {image} exited with code {code}: {tail[0]}", stderr)
             info["state"] = "completed"
             fmt_out = plain.get("output_format") or "json"
-            produced = [_decode_rows(_read(os.path.join(sandbox, f".out{k}")), fmt_out) for k in range(max(1, len(outputs)))]
-            for path, out_rows in zip(outputs, produced):
+            produced = [
+                _decode_rows(_read(os.path.join(sandbox, f".out{k}")), fmt_out) for k in range(max(1, len(outputs)))
+            ]
+            for path, out_rows in zip(outputs, produced, strict=False):
                 if path != "<intermediate>":
                     self.proxy.tables[path] = out_rows
                     self.proxy.nodes.setdefault(path, {"type": "table"}).pop("sorted_by", None)

@@ -132,7 +132,9 @@ class FlyteRunner:
             return node[binding.promise.var]
         if kind == "collection":
             items = [FlyteRunner._bound(b, results, probe) for b in binding.collection.bindings]
-            return all(items) if probe else literals_pb2.Literal(collection=literals_pb2.LiteralCollection(literals=items))
+            return (
+                all(items) if probe else literals_pb2.Literal(collection=literals_pb2.LiteralCollection(literals=items))
+            )
         raise NotImplementedError(f"flyte runner: binding of kind {kind}")
 
     def _run_task(self, template, inputs: dict) -> dict:
@@ -172,7 +174,9 @@ class FlyteRunner:
             error = load_proto_from_file(errors_pb2.ErrorDocument, str(out / "error.pb"))
             raise TaskFailed(f"task {template.id.name} failed in {template.container.image}: {error.error.message}")
         if code != 0:
-            raise TaskFailed(f"task {template.id.name} exited with {code} in {template.container.image}: {logs[-2000:]}")
+            raise TaskFailed(
+                f"task {template.id.name} exited with {code} in {template.container.image}: {logs[-2000:]}"
+            )
         if (out / "futures.pb").exists():  # a @dynamic: it returned the rest of its graph
             spec = load_proto_from_file(dynamic_job_pb2.DynamicJobSpec, str(out / "futures.pb"))
             record["dynamic"] = [t.id.name for t in spec.tasks]
@@ -198,7 +202,9 @@ class FlyteRunner:
         out = {}
         for name, var in interface.variables.items():
             lt = type_models.LiteralType.from_flyte_idl(var.type)
-            out[name] = TypeEngine.to_python_value(ctx, lit_models.Literal.from_flyte_idl(literals[name]), TypeEngine.guess_python_type(lt))
+            out[name] = TypeEngine.to_python_value(
+                ctx, lit_models.Literal.from_flyte_idl(literals[name]), TypeEngine.guess_python_type(lt)
+            )
         return out
 
 

@@ -63,3 +63,28 @@ async def kernel(name: str, cwd=None, env=None, **start_kw):
         kc.stop_channels()
         if km.has_kernel:
             await km.shutdown_kernel(now=False)
+
+
+async def execute_until_running(kc, code: str, marker: str = "envpin-test-running", timeout: float = 30) -> str:
+    """Send ``code`` and return its msg_id once it runs: it prints ``marker`` first, and we wait for that.
+
+    For tests that act on a running cell (interrupt it, kill its kernel): the
+    event itself, not a sleep that guesses how long starting takes.
+    """
+    import asyncio
+    import time
+
+    msg_id = kc.execute(f"print({marker!r}, flush=True)\n{code}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = await kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            break
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and marker in msg["content"]["text"]
+        ):
+            return msg_id
+    raise AssertionError(f"the cell did not start running within {timeout:.0f}s")

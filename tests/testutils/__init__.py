@@ -1,0 +1,82 @@
+"""Shared test helpers: the one place for image names, container look-ups and waiting for events.
+
+Test modules import from here (``from testutils import PY311, containers,
+wait_for``), never from ``conftest`` or from each other; fixtures live in
+``conftest.py`` (built on ``testutils.server`` and ``testutils.kernels``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the dev tools (tools.engine, tools.images) live at the repo root
+    sys.path.insert(0, str(ROOT))
+
+from envpin import labels  # noqa: E402
+
+# ---- the offline-built test images (tools/images.py builds them) --------------------------------
+
+PY311 = "envpin-test/py311:latest"
+PY313 = "envpin-test/py313:latest"
+NO_IPYKERNEL = "envpin-test/no-ipykernel:latest"
+NO_PYTHON = "envpin-test/no-python:latest"
+BROKEN_IPYKERNEL = "envpin-test/broken-ipykernel:latest"
+DEMO = "ubuntu-22.04-py3"
+
+T = TypeVar("T")
+
+
+# ---- containers, by envpin's labels (envpin.labels names them) -----------------------------------
+
+
+def containers(client: Any, *, role: str | None = None, kernel: str | None = None, running: bool = False) -> list:
+    """envpin's containers on ``client``'s engine: all of them, or those of one ``role`` or one ``kernel`` id.
+
+    Stopped ones too unless ``running``: a test asserting "gone" must see a
+    container that merely stopped.
+    """
+    wanted = [f"{labels.ROLE}={role}" if role else labels.ROLE]
+    if kernel:
+        wanted.append(f"{labels.KERNEL_ID}={kernel}")
+    return client.containers.list(all=not running, filters={"label": wanted})
+
+
+def envpin_containers(client: Any) -> list:
+    """Every container envpin made on this engine, stopped ones included."""
+    return containers(client)
+
+
+# ---- waiting for an event instead of sleeping ----------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail naming ``what`` at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05
+) -> T:
+    """:func:`wait_for` for async tests: the event loop keeps running between polls."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
