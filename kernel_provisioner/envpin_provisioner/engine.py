@@ -35,7 +35,7 @@ from .errors import EngineUnavailable
 T = TypeVar("T")
 
 #: What a Docker call raises when the engine fails or cannot be reached (not a bug of ours).
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, EngineUnavailable)
 
 #: Seconds an API call may take before we call the engine unresponsive.  Pulls
 #: and waits pass their own timeouts.
@@ -161,5 +161,13 @@ def shared() -> Engine:
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run the blocking Docker call ``fn(*args, **kwargs)`` in a worker thread, off the event loop."""
-    return await asyncio.to_thread(fn, *args, **kwargs)
+    """Run the blocking Docker call ``fn(*args, **kwargs)`` in a worker thread, off the event loop.
+
+    The shared client outlives the engine's restarts: a call that finds no
+    engine at all (refused, socket gone) raises :class:`EngineUnavailable`
+    with the plain-words explanation, not the HTTP library's error.
+    """
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except requests.exceptions.ConnectionError as exc:
+        raise explain_engine_failure(exc) from exc
