@@ -55,7 +55,7 @@ async def test_pull_policy_always_checks_the_registry(
 async def test_use_image_shows_pull_progress_in_the_cell(
     docker_client, registry, pushed_image, install_kernelspec, notebook_dir
 ):
-    from kernels import run
+    from testutils.kernels import run
 
     proxy, proxy_address = slow_proxy.start(registry.address, rate=4_000_000)
     try:

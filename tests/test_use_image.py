@@ -90,7 +90,7 @@ async def test_use_image_of_the_kernels_own_image_pins_without_moving(install_ke
         # Rich output for notebooks, text for terminals.
         status = await run(
             kc,
-            "from envpin.session import Status; print(Status(envpin_pin := __import__('envpin').current_pin())._repr_html_())",
+            "from envpin.display import Status; print(Status(envpin_pin := __import__('envpin').current_pin())._repr_html_())",
         )
         assert "<table" in status["stdout"] and PY311 in status["stdout"]
 

@@ -130,6 +130,8 @@ class _Slot:
             try:
                 if self.conn is None:
                     self.worker, self.conn = self.start(self.id)
+                    if self.cancelled is future:  # cancelled while its worker started: nothing to kill then
+                        raise EOFError("the job was cancelled before it was sent")
                 worker.send_frames(self.conn, frames)
                 header, payload, buffers = envelope.read_frames(functools.partial(worker.recv_exact, self.conn))
                 future._slot = None
@@ -140,6 +142,8 @@ class _Slot:
                 self.kill_worker()
                 if self.cancelled is future:
                     self.cancelled = None
+                    if dead is not None:  # cancelled while it started: stopped here, not by cancel()
+                        dead.stop()
                     future.set_exception(cf.CancelledError("the job was cancelled; its worker was stopped"))
                 else:
                     future.set_exception(WorkerDied(self._death_message(dead)))
