@@ -53,6 +53,8 @@ from .images import ResolvedImage
 
 #: Where the connection file goes inside the container with the tcp transport.
 TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
+#: Names of warm containers while they wait; a kernel that takes one renames it ``envpin-<kernel id>-...``.
+WARM_NAME_PREFIX = "envpin-warm-"
 #: Never forwarded: ipykernel's parent poller would watch a pid that means nothing in the container.
 NEVER_FORWARDED = frozenset({"JPY_PARENT_PID", "PYTHONEXECUTABLE", "PYTHONPATH", "HOME", "PATH"})
 
@@ -85,6 +87,10 @@ class KernelLaunch:
     kernel_args: list[str] = field(default_factory=list)
     #: ipc only: the channel directory is one of ``make_channel_dir``'s (mount its parts, not all of it).
     private_channels: bool = False
+    #: The channel directory, when the connection file is not directly in it (a warm container's hand-over folder).
+    channel_root: str | None = None
+    #: A warm container (``pool``): the server's hand-over folder it waits on, mounted read-only.
+    handoff_dir: str | None = None
 
     @property
     def transport(self) -> str:
@@ -92,7 +98,7 @@ class KernelLaunch:
 
     @property
     def channel_dir(self) -> str:
-        return os.path.dirname(self.connection_file)
+        return self.channel_root or os.path.dirname(self.connection_file)
 
     def in_container_connection_file(self) -> str:
         return self.connection_file if self.transport == "ipc" else TCP_CONNECTION_FILE
@@ -137,13 +143,13 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
         image_id=launch.image.id,
         reference=launch.image.reference,
         immutable=launch.image.immutable,
-        role=launch.role,
+        role="pool" if launch.handoff_dir else launch.role,
         image_env=launch.image.env,
         user=launch.user,
         cwd=launch.cwd,
         mount_envpin=launch.mount_envpin,
         owner_pid=launch.owner_pid,
-        extra_labels={ownership.KERNEL_ID: launch.kernel_id},
+        extra_labels={ownership.KERNEL_ID: launch.kernel_id} if launch.kernel_id else None,
     )
     env = {**launch.env, **options["environment"]}
     env.update(launch.extra_env)
@@ -151,10 +157,15 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
     if launch.transport == "ipc":
         mounts[:0] = channel_mounts(launch)
     mounts.extend(launch.extra_mounts)
-    command = ["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file()]
+    if launch.handoff_dir:  # a warm container: it waits to be told its kernel's arguments (envpin.pooled)
+        mounts.append(Mount(target=launch.handoff_dir, source=launch.handoff_dir, type="bind", read_only=True))
+        command = ["-m", "envpin.pooled", launch.handoff_dir]
+        options["name"] = f"{WARM_NAME_PREFIX}{os.path.basename(launch.handoff_dir)}-{os.urandom(3).hex()}"
+    else:
+        command = ["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file(), *launch.kernel_args]
     options.update(
         entrypoint=[launch.python],
-        command=command + list(launch.kernel_args),
+        command=command,
         environment=env,
         network_mode=launch.network_mode,
         stdin_open=False,
@@ -438,13 +449,13 @@ def channel_mounts(launch: KernelLaunch) -> list[Mount]:
     """
     if not launch.private_channels:
         return [Mount(target=launch.channel_dir, source=launch.channel_dir, type="bind")]
-    return [
-        Mount(target=launch.connection_file, source=launch.connection_file, type="bind", read_only=True),
-        *(
-            Mount(target=p, source=p, type="bind")
-            for p in (os.path.join(launch.channel_dir, SOCKET_DIR), os.path.join(launch.channel_dir, CONTROL_DIR))
-        ),
+    parts = [
+        Mount(target=p, source=p, type="bind")
+        for p in (os.path.join(launch.channel_dir, SOCKET_DIR), os.path.join(launch.channel_dir, CONTROL_DIR))
     ]
+    if launch.handoff_dir and os.path.dirname(launch.connection_file) == launch.handoff_dir:
+        return parts  # the connection file is written later, into the hand-over folder (mounted whole)
+    return [Mount(target=launch.connection_file, source=launch.connection_file, type="bind", read_only=True), *parts]
 
 
 def make_channel_dir(owner: tuple[int, int] | None = None) -> str:
@@ -470,9 +481,9 @@ def make_channel_dir(owner: tuple[int, int] | None = None) -> str:
     return path
 
 
-def give_connection_file(channel_dir: str, owner: tuple[int, int]) -> None:
-    """Let the kernel's user read its connection file (0600): chown it on a descriptor, never by path."""
-    with safe_files.directory(channel_dir, nofollow=True) as top:
+def give_connection_file(folder: str, owner: tuple[int, int]) -> None:
+    """Let the kernel's user read its connection file (0600) in ``folder``: chown it on a descriptor, never by path."""
+    with safe_files.directory(folder, nofollow=True) as top:
         fd = os.open(CONNECTION_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
         try:
             os.fchown(fd, *owner)

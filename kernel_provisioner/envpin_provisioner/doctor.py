@@ -95,7 +95,30 @@ def check() -> list[Finding]:
             )
         else:
             findings.append(Finding("ok", subject, detail))
+    findings.append(_warm_pool(client))
     return findings
+
+
+def _warm_pool(client) -> Finding:
+    """What waiting warm containers (pool_size) cost on this engine right now."""
+    from .container import WARM_NAME_PREFIX
+    from .ownership import ROLE
+
+    warm = [c for c in client.containers.list(filters={"label": f"{ROLE}=pool"}) if c.name.startswith(WARM_NAME_PREFIX)]
+    if not warm:
+        return Finding("ok", "warm pool", "no warm containers (pool_size 0, or no kernel started since)")
+    total = 0
+    for container in warm:
+        try:
+            total += int(container.stats(stream=False).get("memory_stats", {}).get("usage") or 0)
+        except engine.ENGINE_ERRORS:  # it was taken or removed meanwhile
+            continue
+    return Finding(
+        "ok",
+        "warm pool",
+        f"{len(warm)} warm container(s) waiting (pool_size), using {total / 2**20:.0f} MB of memory in all "
+        "(shared pool and standbys; they go with their server, or with envpin gc)",
+    )
 
 
 def main() -> int:

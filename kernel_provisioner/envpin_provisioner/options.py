@@ -181,6 +181,34 @@ class ProvisionerOptions(Configurable):
     def _allowed_images_default(self) -> list[str]:
         return image_policy.patterns_from_env()
 
+    pool_size = Integer(
+        min=0,
+        config=True,
+        help="""Warm kernels: how many containers to keep started and waiting, ipykernel imported, per
+        (image id, user, configuration), so that a start takes one instead of starting a container; each
+        kernel also keeps a standby for its restarts and %use_image moves. Each waiting container holds
+        about 60 MB of memory, and a kernel from the shared pool sees the whole pool_root (not only its
+        notebook's folder). Default: $ENVPIN_POOL_SIZE, else 0: no pool, nothing runs that nobody asked for.""",
+    )
+
+    @default("pool_size")
+    def _pool_size_default(self) -> int:
+        value = _env("pool_size", "0")
+        if not str(value).isdigit():
+            raise ConfigError(f"ENVPIN_POOL_SIZE is '{value}': it must be a whole number (0 turns the pool off).")
+        return int(value)
+
+    pool_root = Unicode(
+        config=True,
+        help="""The folder a shared-pool container mounts at its own path before it knows its notebook; a
+        start whose notebook folder is inside it can take a warm container (others start cold). Default:
+        $ENVPIN_POOL_ROOT, else jupyter_server's root_dir, else the folder of the first start.""",
+    )
+
+    @default("pool_root")
+    def _pool_root_default(self) -> str:
+        return _env("pool_root", "")
+
     extra_container_options = Dict(
         config=True,
         help="""Escape hatch: keyword arguments merged last into docker's containers.create()

@@ -97,7 +97,7 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         state = owner_state(_owner(container))
         # A kernel container that has exited is never used again (a restart starts a new one): it is
         # garbage even while its owner lives, e.g. when the engine went away before the owner removed it.
-        finished = container.labels.get(ROLE) == "kernel" and container.status in ("exited", "dead")
+        finished = container.labels.get(ROLE) in ("kernel", "pool") and container.status in ("exited", "dead")
         if not finished and (state == "alive" or (state == "unknown" and not other_hosts)):
             continue
         removed.append(container.short_id)

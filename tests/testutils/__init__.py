@@ -38,12 +38,18 @@ def containers(client: Any, *, role: str | None = None, kernel: str | None = Non
     """envpin's containers on ``client``'s engine: all of them, or those of one ``role`` or one ``kernel`` id.
 
     Stopped ones too unless ``running``: a test asserting "gone" must see a
-    container that merely stopped.
+    container that merely stopped.  A kernel's containers are those labelled
+    with its id and the warm container it took (named ``envpin-<kernel id>-...``).
     """
     wanted = [f"{labels.ROLE}={role}" if role else labels.ROLE]
-    if kernel:
-        wanted.append(f"{labels.KERNEL_ID}={kernel}")
-    return client.containers.list(all=not running, filters={"label": wanted})
+    found = client.containers.list(
+        all=not running, filters={"label": [*wanted, f"{labels.KERNEL_ID}={kernel}"] if kernel else wanted}
+    )
+    if kernel:  # a kernel that took a warm container (pool_size): labels cannot change, its name says whose it is
+        seen = {c.id for c in found}
+        named = client.containers.list(all=not running, filters={"label": wanted, "name": f"envpin-{kernel}-"})
+        found += [c for c in named if c.id not in seen]
+    return found
 
 
 def envpin_containers(client: Any) -> list:

@@ -1,0 +1,90 @@
+"""A warm kernel: ``python -m envpin.pooled HANDOFF_DIR`` imports ipykernel, then waits to become a kernel.
+
+The provisioner's warm pool (``envpin_provisioner.pool``) starts containers
+running this before any kernel asks for one, so the slow part of a start
+(creating the container, starting Python, importing ipykernel, IPython, zmq:
+most of a second) is already done when a notebook opens, restarts or moves.
+
+``HANDOFF_DIR`` is a folder of the server's, mounted read-only: the kernel
+cannot write there, so everything in it is the server's word.  It holds a
+FIFO, ``go``.  This process opens it for reading and blocks; the server
+opening it for writing is both its readiness probe (a non-blocking open
+succeeds only while a reader waits) and, when it writes one JSON object and
+closes, the hand-over::
+
+    {"argv": ["-f", "/path/kernel.json", ...],   # ipykernel's arguments, as a cold start gets them
+     "cwd": "/path/of/the/notebook",             # optional: the working directory (a shared pool's)
+     "env": {"JPY_SESSION_NAME": "...", ...},    # optional: the kernel's variables, as a cold start has them
+     "unset": ["NAME", ...]}                     # optional: variables a cold start would not have
+
+An empty read (the readiness probe closing) means: wait again.  Then the
+process is, from here on, exactly what ``python -m ipykernel_launcher`` would
+have been: same interpreter, same ``sys.path``, the notebook's folder as its
+working directory, same PID, so interrupts and signals reach it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+FIFO = "go"
+#: Largest hand-over the server writes; a longer one is refused (it would come from no server of ours).
+MAX_MESSAGE = 1 << 20
+
+
+def _preload() -> None:
+    """Import what a kernel imports before it can answer: this is the time the pool saves."""
+    import ipykernel.ipkernel
+    import ipykernel.kernelapp  # noqa: F401
+    import IPython.core.interactiveshell  # noqa: F401
+    import zmq  # noqa: F401
+
+
+def _wait(handoff_dir: str) -> dict:
+    path = os.path.join(handoff_dir, FIFO)
+    while True:
+        fd = os.open(path, os.O_RDONLY)  # blocks until the server opens it for writing
+        try:
+            chunks, size = [], 0
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_MESSAGE:
+                    raise SystemExit(f"envpin.pooled: a hand-over larger than {MAX_MESSAGE} bytes in {path}")
+        finally:
+            os.close(fd)
+        if chunks:  # nothing: the server only checked that we wait
+            message = json.loads(b"".join(chunks))
+            if not isinstance(message, dict) or not isinstance(message.get("argv"), list):
+                raise SystemExit(f"envpin.pooled: not a hand-over from envpin: {message!r:.200}")
+            return message
+
+
+def _become_kernel(message: dict) -> None:
+    for name in message.get("unset") or ():
+        os.environ.pop(str(name), None)
+    os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
+    cwd = message.get("cwd")
+    if cwd:
+        os.chdir(cwd)
+    sys.argv = [sys.executable, *[str(a) for a in message["argv"]]]
+    from ipykernel import kernelapp
+
+    kernelapp.launch_new_instance(argv=sys.argv[1:])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m envpin.pooled HANDOFF_DIR")
+    # As ipykernel_launcher does: the folder ``python -m`` put first on sys.path goes (IPython adds the
+    # working directory itself), so sys.path is what a cold kernel has.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    _preload()
+    _become_kernel(_wait(argv[1]))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
