@@ -33,9 +33,9 @@ async def execute(kc, code: str, timeout: float = 120) -> None:
 
 
 async def one_move(kc, image: str) -> float:
+    """The ``%use_image`` cell's time, as a person sees it: until the next cell has run in the new image."""
     started = time.perf_counter()
     await execute(kc, f"%use_image {image} --restart")
-    await kc.wait_for_ready(timeout=60)
     await execute(kc, "1 + 1")
     return time.perf_counter() - started
 

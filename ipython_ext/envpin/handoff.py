@@ -50,9 +50,11 @@ def hand_over_and_exit(shell: Any, folder: Path) -> None:
             "execution_count": _current_cell_number(shell),
         },
     )
+    # ipykernel's flush returns once its I/O thread has handed the output to the iopub socket; what is
+    # left is ZMQ's own I/O thread writing it out, which takes well under a millisecond: 0.1 s is ample.
     sys.stdout.flush()
     sys.stderr.flush()
-    time.sleep(0.3)  # let the I/O thread put the last output on the wire
+    time.sleep(0.1)
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
 
 

@@ -153,7 +153,7 @@ class ControlChannel:
     @property
     def delay(self) -> float:
         """How long the watcher waits before looking again: longer after a burst of bad requests."""
-        return BACKOFF_SECONDS if self._bad_in_a_row >= BAD_BURST else 0.1
+        return BACKOFF_SECONDS if self._bad_in_a_row >= BAD_BURST else 0.05
 
     def take_request(self) -> ControlRequest | None:
         """The next valid request, or None.  A bad one is answered (when it has an id) and dropped."""

@@ -330,12 +330,16 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             self.log.warning("envpin: warm container %s stopped waiting; starting cold", warm.container.short_id)
             await engine.call(kc.remove, warm.container)
             return None
-        name = f"envpin-{self.kernel_id}-{warm.container.short_id}"
-        try:
-            await engine.call(warm.container.rename, name)  # labels cannot change: the name says whose it is
-        except engine.ENGINE_ERRORS as exc:
-            self.log.warning("envpin: could not name container %s %s: %s", warm.container.short_id, name, exc)
+        asyncio.ensure_future(self._rename(warm.container))  # off the start's critical path
         return warm.container
+
+    async def _rename(self, container: Container) -> None:
+        """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
+        name = f"envpin-{self.kernel_id}-{container.short_id}"
+        try:
+            await engine.call(container.rename, name)
+        except engine.ENGINE_ERRORS as exc:  # removed meanwhile, or the engine went away: only the name is lost
+            self.log.warning("envpin: could not name container %s %s: %s", container.short_id, name, exc)
 
     def _keep_standbys(self) -> None:
         """Have a standby ready (in the background) for this kernel's image, and the one it moved from."""
