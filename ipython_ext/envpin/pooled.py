@@ -34,16 +34,16 @@ FIFO = "go"
 MAX_MESSAGE = 1 << 20
 
 
-#: What a kernel imports before it answers its first request (measured: ``sys.modules`` of a fresh
-#: kernel against this list's), heaviest first: ipykernel's debugger pulls in debugpy and pydevd, the
-#: history needs sqlite3.  Modules an image lacks are skipped: the kernel then does without them too.
+#: What a kernel cannot start without: imported first, and a failure ends this process, so an image
+#: that cannot run a kernel never waits in a pool (the pool's fill fails, and starts fail as cold ones).
+REQUIRED = ("ipykernel.kernelapp", "ipykernel.ipkernel", "IPython.core.interactiveshell", "zmq")
+#: What else a kernel imports before it answers its first request (measured: ``sys.modules`` of a
+#: fresh kernel against this list's): ipykernel's debugger pulls in debugpy and pydevd, the history
+#: needs sqlite3.  Modules an image lacks are skipped: the kernel then does without them too.
 PRELOAD = (
-    "ipykernel.kernelapp",
-    "ipykernel.ipkernel",
     "ipykernel.zmqshell",
     "ipykernel.debugger",
     "debugpy.server.api",
-    "IPython.core.interactiveshell",
     "IPython.core.completerlib",
     "IPython.core.debugger",
     "IPython.core.oinspect",
@@ -55,7 +55,6 @@ PRELOAD = (
     "tornado.gen",
     "tornado.queues",
     "tornado.platform.asyncio",
-    "zmq",
     # envpin's own kernel side, which a pinned or moved kernel loads at once (--ext envpin)
     "envpin.magics",
     "envpin.adapters",
@@ -67,6 +66,8 @@ def _preload() -> None:
     """Import what a kernel imports before it can answer: this is the time the pool saves."""
     import importlib
 
+    for name in REQUIRED:
+        importlib.import_module(name)
     for name in PRELOAD:
         try:
             importlib.import_module(name)
