@@ -42,7 +42,7 @@ async def one_move(kc, image: str) -> float:
 
 async def wait_standbys(km, n: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while len(km.provisioner._standbys) < n and time.monotonic() < deadline:
+    while len(km.provisioner._warm.standbys) < n and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
 
 

@@ -92,8 +92,8 @@ async def test_restart_and_moves_take_the_kernel_s_standby(docker_client, pooled
     name = pooled_spec(PY313, size=1)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         provisioner = km.provisioner
-        await async_wait_for(lambda: provisioner._standbys, timeout=60, what="a standby for restarts")
-        (standby,) = provisioner._standbys.values()
+        await async_wait_for(lambda: provisioner._warm.standbys, timeout=60, what="a standby for restarts")
+        (standby,) = provisioner._warm.standbys.values()
         await km.restart_kernel(now=True)
         await kc.wait_for_ready(timeout=60)
         assert provisioner._container.id == standby.container.id, "the restart took the standby"
@@ -102,8 +102,8 @@ async def test_restart_and_moves_take_the_kernel_s_standby(docker_client, pooled
         res = await run(kc, f"%load_ext envpin\n%use_image {PY311} --restart", timeout=120)
         assert res["status"] == "ok", res
         await kc.wait_for_ready(timeout=60)
-        await async_wait_for(lambda: len(provisioner._standbys) == 2, timeout=90, what="standbys for both images")
-        back = provisioner._standbys[standby.image_id]
+        await async_wait_for(lambda: len(provisioner._warm.standbys) == 2, timeout=90, what="standbys for both images")
+        back = provisioner._warm.standbys[standby.image_id]
         res = await run(kc, f"%use_image {PY313} --restart", timeout=120)
         assert res["status"] == "ok", res
         await async_wait_for(lambda: provisioner._container.id == back.container.id, timeout=30, what="the move")

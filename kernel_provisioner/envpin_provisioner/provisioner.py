@@ -16,7 +16,8 @@ extends ``LocalProvisioner`` only to reuse its ``pre_launch`` (ports,
 connection file, CurveZMQ keys); every hook that touches the kernel process
 is replaced by its container equivalent.  What is not a jupyter_client hook
 lives elsewhere: the container (``container``), the image choice
-(``image_choice``), the ``%use_image`` conversation (``move_server``).
+(``image_choice``), the ``%use_image`` conversation (``move_server``), warm
+containers (``warm_kernels``, ``pool``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from envpin import control
 from envpin.handoff import EXPECT_ENV as handoff_env
 
 from . import container as kc
-from . import engine, image_choice, images, ownership, pool
+from . import engine, image_choice, images, ownership
 from .control_server import ControlChannel
 from .errors import ConfigError, EnvpinError
 from .move_server import MoveServer
 from .options import ProvisionerOptions, check_options
+from .warm_kernels import WarmKernels
 
 
 # (mypy cannot evaluate jupyter_client's metaclass, KernelProvisionerMeta(ABCMeta, type(LoggingConfigurable)),
@@ -59,13 +61,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _watcher: asyncio.Task | None = None
     _control: ControlChannel | None = None
     _mover: MoveServer | None = None
-    #: A shared-pool container taken by pre_launch for this start (its channel folder is this kernel's).
-    _warm: pool.Warm | None = None
-    #: This kernel's standbys (for restarts and moves), by image id.
-    _standbys: dict[str, pool.Warm]
-    _standby_task: asyncio.Task | None = None
-    #: The launch this kernel ran before its last move (a standby of it makes moving back fast).
-    _previous_launch: kc.KernelLaunch | None = None
+    _warm: WarmKernels
     #: Where this kernel's notebook pin lives, from what jupyter_server said at start (never from the kernel).
     _pin_folder: str | None = None
     _notebook: str | None = None
@@ -73,7 +69,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def __init__(self, **kwargs: Any) -> None:
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
         super().__init__(**kwargs)
-        self._standbys = {}
+        self._warm = WarmKernels(self)
 
     @property
     def _resolved(self) -> images.ResolvedImage | None:
@@ -195,7 +191,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         A failure here is not the start's failure: the next start or
         ``envpin gc`` tries again.
         """
-        standbys = {warm.container.id for warm in self._standbys.values()}
+        standbys = self._warm.standby_ids()
         try:
             for other in client.containers.list(all=True, filters={"label": f"{ownership.KERNEL_ID}={self.kernel_id}"}):
                 if other.id != keep.id and other.id not in standbys:
@@ -214,7 +210,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         container is created (a cold start).
         """
         client = await self._docker()
-        container = await self._hand_over(launch)
+        container = await self._warm.hand_over(launch)
         if container is None:
             container = await engine.call(kc.start, client, launch, self.log)
         try:
@@ -238,139 +234,10 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         return self._pin_folder or self.cwd or os.getcwd(), self._notebook, self._kernel_owner()
 
     def swap(self, container: Container, launch: kc.KernelLaunch, choice: image_choice.ImageChoice) -> Container | None:
-        self._previous_launch = self._launch
+        moved_from = self._launch
         previous, self._container, self._launch, self._choice = self._container, container, launch, choice
-        self._keep_standbys()
+        self._warm.keep_standbys(launch, moved_from)
         return previous
-
-    # ---- warm kernels (pool.py): the shared pool for starts, standbys for restarts and moves ------
-
-    def _pool_root(self, cwd: str) -> str:
-        """The folder shared-pool containers mount: pool_root, else jupyter_server's root_dir, else ``cwd``."""
-        if self.pool_root:
-            return os.path.abspath(os.path.expanduser(self.pool_root))
-        root = getattr(getattr(self.parent, "parent", None), "root_dir", None)
-        return os.path.abspath(root) if isinstance(root, str) and root else cwd
-
-    def _pool_template(self, choice: image_choice.ImageChoice, env: dict[str, str], root: str) -> kc.KernelLaunch:
-        """A launch for a shared-pool container: this kernel's but for what only a start knows."""
-        template = self.build_launch(choice, {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"}, root)
-        template.kernel_id = ""
-        template.extra_env = {}
-        template.kernel_args = []
-        template.connection_info = {"transport": "ipc", "ip": "/pool/sock/k"}  # its own, set when it is made
-        return template
-
-    async def _take_pooled(self, env: dict[str, str], cwd: str) -> pool.Warm | None:
-        """Take a shared-pool container for this start (None: cold), and have the pool refilled meanwhile."""
-        if self._choice is None or not self.mount_envpin:
-            return None
-        root = self._pool_root(cwd)
-        template = self._pool_template(self._choice, env, root)
-        template.connection_file = "/pool/handoff/kernel.json"  # placeholders: the shape leaves them out
-        template.handoff_dir = "/pool/handoff"
-        template.channel_root = "/pool"
-        shape = pool.shape_of(kc.container_options(template))
-        key = f"{engine.engine_address()}|{self._choice.resolved.id}|{self.user}|{shape}"
-        group = f"{engine.engine_address()}|{self._choice.resolved.reference}|{self.user}"
-        inside = cwd == root or cwd.startswith(root.rstrip(os.sep) + os.sep)
-        warm = pool.pools.take(key) if inside else None
-        choice, owner, log = self._choice, self._kernel_owner(), self.log
-
-        async def make() -> pool.Warm:
-            channel_dir = await engine.call(kc.make_channel_dir, owner)
-            launch = self._pool_template(choice, env, root)
-            launch.channel_root = channel_dir
-            launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
-            launch.connection_file = os.path.join(launch.handoff_dir, kc.CONNECTION_FILE)
-            launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
-            return await self._make_warm(launch, shape, channel_dir=channel_dir, pool_root=root)
-
-        pool.pools.refill(key, self.pool_size, make, log, group)
-        if warm is not None:
-            self.log.info("envpin: kernel %s takes warm container %s", self.kernel_id, warm.container.short_id)
-        return warm
-
-    async def _make_warm(
-        self, launch: kc.KernelLaunch, shape: str, channel_dir: str | None = None, pool_root: str | None = None
-    ) -> pool.Warm:
-        """Create and start a warm container for ``launch`` (its ``handoff_dir`` set); return once it waits."""
-        client = await self._docker()
-        container = await engine.call(kc.start, client, launch, self.log)
-        env = dict(kc.container_options(launch)["environment"])
-        warm = pool.Warm(container, launch.handoff_dir or "", launch.image.id, shape, channel_dir, pool_root, env=env)
-        try:
-            await engine.call(pool.wait_warm, warm, self.log)
-        except BaseException:
-            await engine.call(warm.discard)
-            raise
-        return warm
-
-    async def _hand_over(self, launch: kc.KernelLaunch) -> Container | None:
-        """Make a warm container that fits ``launch`` its kernel; None when there is none (start cold)."""
-        warm, self._warm = self._warm, None
-        shape = pool.shape_of(kc.container_options(launch))
-        if warm is None:
-            standby = self._standbys.pop(launch.image.id, None)
-            if standby is not None and standby.shape != shape:  # the kernel's configuration changed since
-                await engine.call(standby.discard)
-            elif standby is not None:
-                warm = standby
-                pool.pools.untrack(standby)
-        if warm is None:
-            return None
-        env = kc.container_options(launch)["environment"]
-        message = {
-            "argv": ["-f", launch.in_container_connection_file(), *launch.kernel_args],
-            "cwd": launch.cwd,
-            "env": env,
-            "unset": sorted(set(warm.env) - set(env)),
-        }
-        if not await engine.call(warm.hand_over, message):  # it died while it waited: a cold start it is
-            self.log.warning("envpin: warm container %s stopped waiting; starting cold", warm.container.short_id)
-            await engine.call(kc.remove, warm.container)
-            return None
-        asyncio.ensure_future(self._rename(warm.container))  # off the start's critical path
-        return warm.container
-
-    async def _rename(self, container: Container) -> None:
-        """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
-        name = f"envpin-{self.kernel_id}-{container.short_id}"
-        try:
-            await engine.call(container.rename, name)
-        except engine.ENGINE_ERRORS as exc:  # removed meanwhile, or the engine went away: only the name is lost
-            self.log.warning("envpin: could not name container %s %s: %s", container.short_id, name, exc)
-
-    def _keep_standbys(self) -> None:
-        """Have a standby ready (in the background) for this kernel's image, and the one it moved from."""
-        if not self.pool_size or not self.mount_envpin or self._launch is None or not self._launch.private_channels:
-            return
-        if self._standby_task is not None and not self._standby_task.done():
-            return
-        wanted = [launch for launch in (self._launch, self._previous_launch) if launch is not None]
-        self._standby_task = asyncio.ensure_future(self._make_standbys(wanted))
-
-    async def _make_standbys(self, launches: list[kc.KernelLaunch]) -> None:
-        ids = {launch.image.id for launch in launches}
-        for image_id in [i for i in self._standbys if i not in ids]:  # images this kernel no longer uses
-            await engine.call(self._standbys.pop(image_id).discard)
-        for launch in launches:
-            if launch.image.id in self._standbys or self._channel_dir is None:
-                continue
-            standby = kc.KernelLaunch(**{**launch.__dict__})
-            standby.handoff_dir = await engine.call(pool.make_handoff_dir, self._channel_dir, self._kernel_owner())
-            try:
-                warm = await self._make_warm(standby, pool.shape_of(kc.container_options(launch)))
-            except Exception as exc:  # noqa: BLE001  no standby: the next restart is cold, and fails as a cold one
-                self.log.warning(
-                    "envpin: no standby for kernel %s in %s: %s", self.kernel_id, launch.image.reference, exc
-                )
-                continue
-            if self._channel_dir is None:  # the kernel was shut down meanwhile
-                await engine.call(warm.discard)
-                return
-            self._standbys[launch.image.id] = warm
-            pool.pools.track(warm)
 
     # ---- jupyter_client hooks ----------------------------------------------------------
 
@@ -412,15 +279,15 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 "use transport='ipc' with a local engine, or another network mode."
             )
         if km is not None and self._channel_dir is None and transport == "ipc" and self.pool_size:
-            self._warm = await self._take_pooled(env, os.path.abspath(kwargs.get("cwd") or os.getcwd()))
-            if self._warm is not None:
-                self._channel_dir = self._warm.channel_dir
+            warm = await self._warm.take_pooled(self._choice, env, os.path.abspath(kwargs.get("cwd") or os.getcwd()))
+            if warm is not None and warm.channel_dir:  # its channel folder becomes this kernel's
+                self._channel_dir = warm.channel_dir
                 self._control = ControlChannel(
-                    os.path.join(self._channel_dir or "", kc.CONTROL_DIR), self.log, self._kernel_owner()
+                    os.path.join(self._channel_dir, kc.CONTROL_DIR), self.log, self._kernel_owner()
                 )
-                km.connection_file = os.path.join(self._warm.handoff_dir, kc.CONNECTION_FILE)
+                km.connection_file = os.path.join(warm.handoff_dir, kc.CONNECTION_FILE)
                 km.transport = transport
-                km.ip = os.path.join(self._warm.channel_dir or "", kc.SOCKET_DIR, "k")
+                km.ip = os.path.join(self._channel_dir, kc.SOCKET_DIR, "k")
         if km is not None and self._channel_dir is None:
             self._channel_dir = kc.make_channel_dir(self._kernel_owner())
             self._control = ControlChannel(
@@ -466,7 +333,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         if restarting:  # a first start has no earlier containers to sweep: spare it the Docker call
             await engine.call(self._remove_other_containers, await self._docker(), container)
         self.cwd = cwd
-        self._keep_standbys()
+        self._warm.keep_standbys(launch)
         if (
             self.transport_supports_control
             and self._control is not None
@@ -544,7 +411,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                     "start, or with envpin gc, once the engine answers", container.short_id, exc,
                 )  # fmt: skip
         if not restart:
-            await self._discard_warm()
+            await self._warm.discard()
         if not restart and self._channel_dir:
             if self._control is not None:
                 self._control.close()
@@ -552,20 +419,6 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             kc.remove_channel_dir(self._channel_dir)
             self._channel_dir = None
         await super().cleanup(restart=restart)
-
-    async def _discard_warm(self) -> None:
-        """The kernel is going for good: its standbys (and a warm container it never used) go too."""
-        if self._standby_task is not None:
-            self._standby_task.cancel()
-            self._standby_task = None
-        warms = [*self._standbys.values(), *([self._warm] if self._warm else [])]
-        self._standbys, self._warm, self._previous_launch = {}, None, None
-        for warm in warms:
-            pool.pools.untrack(warm)
-            try:
-                await engine.call(kc.remove, warm.container)
-            except engine.ENGINE_ERRORS as exc:  # gone with the engine: envpin gc removes it later
-                self.log.warning("envpin: could not remove warm container %s: %s", warm.container.short_id, exc)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel was asked to exit: take its socket names away now, before it closes them.

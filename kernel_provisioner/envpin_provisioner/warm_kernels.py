@@ -1,0 +1,226 @@
+"""What one kernel does with warm containers (``pool_size``): take one at start, keep standbys, hand over.
+
+``pool`` holds the mechanics (a warm container, its hand-over FIFO, the
+server's shared pools); this module is the provisioner's side of it, one
+:class:`WarmKernels` per kernel:
+
+* :meth:`WarmKernels.take_pooled` (``pre_launch`` of a first start): a
+  shared-pool container of this configuration whose pool root holds the
+  notebook's folder, or None (cold); asks the pool to refill either way;
+* :meth:`WarmKernels.hand_over` (every container start: first start,
+  restart, move): the taken container, or this kernel's standby for the
+  launch's image when its shape still fits, becomes the kernel; None means
+  start cold;
+* :meth:`WarmKernels.keep_standbys` (after every start and move): in the
+  background, one standby for the kernel's image and one for the image it
+  last moved from, made from the kernel's own launch;
+* :meth:`WarmKernels.discard` (the kernel goes for good): its standbys, and a
+  taken container it never used.
+
+It uses exactly the provisioner members :class:`WarmableKernel` lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Protocol
+
+from docker.models.containers import Container
+
+from . import container as kc
+from . import engine, image_choice, pool
+
+
+class WarmableKernel(Protocol):
+    """What :class:`WarmKernels` needs from the provisioner that owns it."""
+
+    kernel_id: str | None
+    log: logging.Logger | logging.LoggerAdapter
+    pool_size: int
+    pool_root: str
+    mount_envpin: bool
+    user: str
+    parent: Any
+    _channel_dir: str | None
+
+    def _kernel_owner(self) -> tuple[int, int] | None: ...
+
+    async def _docker(self) -> Any: ...
+
+    def build_launch(
+        self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str, moved: bool = False
+    ) -> kc.KernelLaunch: ...
+
+
+class WarmKernels:
+    def __init__(self, kernel: WarmableKernel) -> None:
+        self.kernel = kernel
+        self._taken: pool.Warm | None = None  #: a shared-pool container taken for the coming start
+        self._standbys: dict[str, pool.Warm] = {}  #: by image id
+        self._task: asyncio.Task | None = None
+        self._moved_from: kc.KernelLaunch | None = None  #: the launch before the last move
+
+    def standby_ids(self) -> set[str]:
+        """Container ids of this kernel's standbys (they carry its kernel id, and are not stale)."""
+        return {warm.container.id for warm in self._standbys.values()}
+
+    @property
+    def standbys(self) -> dict[str, pool.Warm]:
+        return dict(self._standbys)
+
+    # ---- the shared pool, for a first start -------------------------------------------------
+
+    def _pool_root(self, cwd: str) -> str:
+        """The folder shared-pool containers mount: pool_root, else jupyter_server's root_dir, else ``cwd``."""
+        if self.kernel.pool_root:
+            return os.path.abspath(os.path.expanduser(self.kernel.pool_root))
+        root = getattr(getattr(self.kernel.parent, "parent", None), "root_dir", None)
+        return os.path.abspath(root) if isinstance(root, str) and root else cwd
+
+    def _template(self, choice: image_choice.ImageChoice, env: dict[str, str], root: str) -> kc.KernelLaunch:
+        """A launch for a shared-pool container: this kernel's, without what only a start knows."""
+        template = self.kernel.build_launch(choice, {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"}, root)
+        template.kernel_id = ""
+        template.extra_env = {}
+        template.kernel_args = []
+        template.connection_info = {"transport": "ipc", "ip": "/pool/sock/k"}  # its own, set when it is made
+        template.connection_file = "/pool/handoff/kernel.json"  # placeholders: the shape leaves them out
+        template.handoff_dir = "/pool/handoff"
+        template.channel_root = "/pool"
+        return template
+
+    async def take_pooled(self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str) -> pool.Warm | None:
+        """A shared-pool container for this start (None: start cold); the pool refills in the background."""
+        kernel = self.kernel
+        if not kernel.mount_envpin:  # the waiting process is envpin's (envpin.pooled)
+            return None
+        root = self._pool_root(cwd)
+        shape = pool.shape_of(kc.container_options(self._template(choice, env, root)))
+        key = f"{engine.engine_address()}|{choice.resolved.id}|{kernel.user}|{shape}"
+        group = f"{engine.engine_address()}|{choice.resolved.reference}|{kernel.user}"
+        inside = cwd == root or cwd.startswith(root.rstrip(os.sep) + os.sep)
+        self._taken = pool.pools.take(key) if inside else None
+        owner = kernel._kernel_owner()
+
+        async def make() -> pool.Warm:
+            channel_dir = await engine.call(kc.make_channel_dir, owner)
+            launch = self._template(choice, env, root)
+            launch.channel_root = channel_dir
+            launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
+            launch.connection_file = os.path.join(launch.handoff_dir, kc.CONNECTION_FILE)
+            launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
+            return await self._make(launch, shape, channel_dir=channel_dir, pool_root=root)
+
+        pool.pools.refill(key, kernel.pool_size, make, kernel.log, group)
+        if self._taken is not None:
+            kernel.log.info(
+                "envpin: kernel %s takes warm container %s", kernel.kernel_id, self._taken.container.short_id
+            )
+        return self._taken
+
+    async def _make(
+        self, launch: kc.KernelLaunch, shape: str, channel_dir: str | None = None, pool_root: str | None = None
+    ) -> pool.Warm:
+        """Create and start a warm container for ``launch`` (its ``handoff_dir`` set); return once it waits."""
+        client = await self.kernel._docker()
+        container = await engine.call(kc.start, client, launch, self.kernel.log)
+        env = dict(kc.container_options(launch)["environment"])
+        warm = pool.Warm(container, launch.handoff_dir or "", launch.image.id, shape, channel_dir, pool_root, env=env)
+        try:
+            await engine.call(pool.wait_warm, warm, self.kernel.log)
+        except BaseException:  # dead, or cancelled while it warmed up: no container left behind
+            await engine.call(warm.discard)
+            raise
+        return warm
+
+    # ---- the hand-over ----------------------------------------------------------------------
+
+    async def hand_over(self, launch: kc.KernelLaunch) -> Container | None:
+        """Make a warm container that fits ``launch`` its kernel; None when there is none (start cold)."""
+        warm, self._taken = self._taken, None
+        if warm is None:
+            standby = self._standbys.pop(launch.image.id, None)
+            if standby is not None:
+                pool.pools.untrack(standby)
+                if standby.shape == pool.shape_of(kc.container_options(launch)):
+                    warm = standby
+                else:  # the kernel's configuration changed since it was made
+                    await engine.call(standby.discard)
+        if warm is None:
+            return None
+        env = kc.container_options(launch)["environment"]
+        message = {
+            "argv": ["-f", launch.in_container_connection_file(), *launch.kernel_args],
+            "cwd": launch.cwd,
+            "env": env,
+            "unset": sorted(set(warm.env) - set(env)),
+        }
+        if not await engine.call(warm.hand_over, message):  # it died while it waited: a cold start it is
+            self.kernel.log.warning("envpin: warm container %s stopped waiting; starting cold", warm.container.short_id)
+            await engine.call(kc.remove, warm.container)
+            return None
+        asyncio.ensure_future(self._rename(warm.container))  # off the start's critical path
+        return warm.container
+
+    async def _rename(self, container: Container) -> None:
+        """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
+        name = f"envpin-{self.kernel.kernel_id}-{container.short_id}"
+        try:
+            await engine.call(container.rename, name)
+        except engine.ENGINE_ERRORS as exc:  # removed meanwhile, or the engine went away: only the name is lost
+            self.kernel.log.warning("envpin: could not name container %s %s: %s", container.short_id, name, exc)
+
+    # ---- standbys, for restarts and moves ----------------------------------------------------
+
+    def keep_standbys(self, current: kc.KernelLaunch, moved_from: kc.KernelLaunch | None = None) -> None:
+        """Have (in the background) a standby for ``current``'s image, and one for the image last moved from."""
+        if moved_from is not None:
+            self._moved_from = moved_from
+        if not self.kernel.pool_size or not self.kernel.mount_envpin or not current.private_channels:
+            return
+        if self._task is not None and not self._task.done():
+            return
+        wanted = [launch for launch in (current, self._moved_from) if launch is not None]
+        self._task = asyncio.ensure_future(self._make_standbys(wanted))
+
+    async def _make_standbys(self, launches: list[kc.KernelLaunch]) -> None:
+        kernel = self.kernel
+        ids = {launch.image.id for launch in launches}
+        for image_id in [i for i in self._standbys if i not in ids]:  # images this kernel no longer uses
+            gone = self._standbys.pop(image_id)
+            pool.pools.untrack(gone)
+            await engine.call(gone.discard)
+        for launch in launches:
+            channel_dir = kernel._channel_dir
+            if launch.image.id in self._standbys or channel_dir is None:
+                continue
+            standby = kc.KernelLaunch(**{**launch.__dict__})
+            standby.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, kernel._kernel_owner())
+            try:
+                warm = await self._make(standby, pool.shape_of(kc.container_options(launch)))
+            except Exception as exc:  # noqa: BLE001  no standby: the next restart is cold, and fails as a cold one
+                kernel.log.warning(
+                    "envpin: no standby for kernel %s in %s: %s", kernel.kernel_id, launch.image.reference, exc
+                )
+                continue
+            if kernel._channel_dir is None:  # the kernel was shut down meanwhile
+                await engine.call(warm.discard)
+                return
+            self._standbys[launch.image.id] = warm
+            pool.pools.track(warm)
+
+    async def discard(self) -> None:
+        """The kernel goes for good: its standbys, and a taken container it never used, go too."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        warms = [*self._standbys.values(), *([self._taken] if self._taken else [])]
+        self._standbys, self._taken, self._moved_from = {}, None, None
+        for warm in warms:
+            pool.pools.untrack(warm)
+            try:
+                await engine.call(kc.remove, warm.container)
+            except engine.ENGINE_ERRORS as exc:  # gone with the engine: envpin gc removes it later
+                self.kernel.log.warning("envpin: could not remove warm container %s: %s", warm.container.short_id, exc)
