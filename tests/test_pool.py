@@ -31,6 +31,24 @@ IDENTITY = (
 )
 
 
+#: A hostile kernel's attempts at its warm container's hand-over folder (found in its mount table).
+TAMPER = """
+import os
+def _tamper():
+    out = {"handoff": None}
+    for line in open("/proc/self/mountinfo"):
+        if "/handoff-" in line.split()[4]:
+            out["handoff"] = line.split()[4]
+    for what, act in (("write", lambda d: open(os.path.join(d, "x"), "w")), ("unlink", lambda d: os.unlink(os.path.join(d, "go")))):
+        try:
+            act(out["handoff"])
+            out[what] = "done"
+        except OSError as exc:
+            out[what] = f"OSError {exc.errno}"
+    return out
+"""
+
+
 def warm_waiting(client):
     """The shared pool's containers that wait (not yet taken; a kernel's standbys carry its id and are not these)."""
     return [
@@ -73,6 +91,12 @@ async def test_a_pooled_kernel_is_the_cold_kernel_and_each_warm_container_serves
         (w,) = await async_wait_for(lambda: warm_waiting(docker_client), timeout=60, what="the pool to fill")
         async with kernel(pooled, cwd=notebook_dir, env=env) as (km2, kc2):
             second = await run_json(kc2, IDENTITY)
+            # The hand-over folder is the server's: the kernel can neither write there nor replace the FIFO.
+            assert (await run(kc2, TAMPER))["status"] == "ok"
+            tamper = await run_json(kc2, "_tamper()")
+            assert (
+                tamper["handoff"] and tamper["write"].startswith("OSError") and tamper["unlink"].startswith("OSError")
+            )
             taken = km2.provisioner._container
             assert taken.id == w.id, "the second kernel took the warm container"
             taken.reload()
@@ -155,6 +179,10 @@ def test_a_killed_server_leaves_warm_containers_that_gc_removes_and_a_stopped_on
         kid = srv.start_kernel(name, "a.ipynb")
         wait_for(lambda: warm_waiting(docker_client), timeout=90, what="the pool to fill")
         wait_for(lambda: len(containers(docker_client, kernel=kid)) >= 2, timeout=90, what="the kernel's standby")
+        doctor = subprocess.run(
+            [sys.executable, "-m", "envpin_provisioner", "doctor"], capture_output=True, text=True, timeout=120
+        )
+        assert "warm container(s) waiting" in doctor.stdout and " MB of memory" in doctor.stdout, doctor.stdout
         if stop == "term":
             requests.delete(srv.api(f"kernels/{kid}"), timeout=60)
             srv.stop()  # SIGTERM: the server removes its warm containers as it exits
@@ -168,3 +196,25 @@ def test_a_killed_server_leaves_warm_containers_that_gc_removes_and_a_stopped_on
         )
         assert out.returncode == 0, out.stderr
         assert not containers(docker_client, role="pool") and not containers(docker_client, kernel=kid)
+
+
+async def test_a_moved_tag_drains_the_old_pool(docker_client, pooled_spec, notebook_dir):
+    tag = "envpin-test/pooltag:latest"
+    docker_client.images.get(PY311).tag(tag)
+    try:
+        name = pooled_spec(tag, size=1)
+        async with kernel(name, cwd=notebook_dir) as (_, kc):
+            assert (await run_json(kc, PROBE))["python"] == [3, 11]
+        (old,) = await async_wait_for(lambda: warm_waiting(docker_client), timeout=60, what="the pool to fill")
+        docker_client.images.get(PY313).tag(tag)  # the tag moves to another image
+        async with kernel(name, cwd=notebook_dir) as (_, kc):
+            assert (await run_json(kc, PROBE))["python"] == [3, 13]  # cold: the old pool's image is not the tag's
+        (new,) = await async_wait_for(
+            lambda: [c for c in warm_waiting(docker_client) if c.id != old.id], timeout=60, what="a pool of the new id"
+        )
+        await async_wait_for(
+            lambda: old.id not in {c.id for c in containers(docker_client)}, timeout=30, what="the old pool drained"
+        )
+        assert new.image.id == docker_client.images.get(PY313).id
+    finally:
+        docker_client.images.remove(tag, noprune=True)
