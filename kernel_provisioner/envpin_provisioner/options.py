@@ -89,7 +89,7 @@ class ProvisionerOptions(Configurable):
 
     env_passthrough = List(
         Unicode(),
-        default_value=["JPY_SESSION_NAME", "LANG", "LC_*", "TZ"],
+        default_value=["JPY_SESSION_NAME", "LANG", "LC_*", "TZ", "ENVPIN_ENVELOPE"],
         config=True,
         help="""Names (fnmatch patterns) of server environment variables passed into the container.
         Everything else in the server's environment stays out, so the image's own PATH, HOME

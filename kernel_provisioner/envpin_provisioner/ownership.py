@@ -83,7 +83,7 @@ def owner_state(labels: dict[str, str]) -> str:
 
 
 def envpin_containers(client: docker.DockerClient) -> list:
-    return client.containers.list(all=True, filters={"label": ROLE})
+    return client.containers.list(all=True, filters={"label": ROLE}, ignore_removed=True)  # one may go meanwhile
 
 
 def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False) -> list[str]:

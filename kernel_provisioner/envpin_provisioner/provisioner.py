@@ -193,7 +193,9 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         standbys = self._warm.standby_ids()
         try:
-            for other in client.containers.list(all=True, filters={"label": f"{ownership.KERNEL_ID}={self.kernel_id}"}):
+            for other in client.containers.list(
+                all=True, filters={"label": f"{ownership.KERNEL_ID}={self.kernel_id}"}, ignore_removed=True
+            ):
                 if other.id != keep.id and other.id not in standbys:
                     kc.remove(other)
                     self.log.info("envpin: removed stale container %s of kernel %s", other.short_id, self.kernel_id)

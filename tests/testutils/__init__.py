@@ -42,12 +42,17 @@ def containers(client: Any, *, role: str | None = None, kernel: str | None = Non
     with its id and the warm container it took (named ``envpin-<kernel id>-...``).
     """
     wanted = [f"{labels.ROLE}={role}" if role else labels.ROLE]
+    # ignore_removed: a container removed between the listing and its inspection is simply not there.
     found = client.containers.list(
-        all=not running, filters={"label": [*wanted, f"{labels.KERNEL_ID}={kernel}"] if kernel else wanted}
+        all=not running,
+        filters={"label": [*wanted, f"{labels.KERNEL_ID}={kernel}"] if kernel else wanted},
+        ignore_removed=True,
     )
     if kernel:  # a kernel that took a warm container (pool_size): labels cannot change, its name says whose it is
         seen = {c.id for c in found}
-        named = client.containers.list(all=not running, filters={"label": wanted, "name": f"envpin-{kernel}-"})
+        named = client.containers.list(
+            all=not running, filters={"label": wanted, "name": f"envpin-{kernel}-"}, ignore_removed=True
+        )
         found += [c for c in named if c.id not in seen]
     return found
 
