@@ -215,6 +215,19 @@ def test_plain_ipykernel_gets_the_fingerprint_warning(notebook_dir, jupyter_env)
     assert "break pickles" in str(info.value)
 
 
+def test_a_host_kernel_a_cloudpickle_patch_release_from_the_image_is_told_what_was_measured(notebook_dir, jupyter_env):
+    """The policy in %use_image's comparison: measured to work passes quietly; --envelope strict says it refuses."""
+    image = "envpin-test/py311-cloudpickle311:latest"
+    out = execute(["%load_ext envpin", f"%use_image {image}"], "python3", notebook_dir)
+    assert "break pickles" not in out[1] and "envpin warning" not in out[1]
+    out = execute(["%load_ext envpin", f"%use_image {image} --envelope strict", "%use_image"], "python3", notebook_dir)
+    assert "in ways that strict mode (--envelope strict / ENVPIN_ENVELOPE=strict) refuses" in out[1]
+    assert "cloudpickle: " in out[1] and "vs 3.1.1" in out[1] and "(measured: " in out[1]
+    with pytest.raises(CellExecutionError) as info:
+        execute(["%load_ext envpin", f"%use_image {image} --envelope sloppy"], "python3", notebook_dir)
+    assert "invalid choice: 'sloppy'" in str(info.value)
+
+
 def test_fingerprint_and_compare(docker_client):
     import envpin
 

@@ -45,7 +45,7 @@ CACHE_DIR = Path(os.environ.get("ENVPIN_DEV_CACHE", Path.home() / ".cache" / "en
 RECIPE_LABEL = "envpin.test-recipe"
 
 #: Debian suite -> the Python minor version it ships.
-SUITES = {"bookworm": "3.11", "trixie": "3.13"}
+SUITES = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class ImageRecipe:
     notes: str = field(default="", compare=False)
     #: Dockerfile lines after the common recipe (same wheels + layers as a sibling image: Docker's cache reuses them)
     tail: str = ""
+    #: False: built only when asked for by name (the full pickle matrix's Python 3.9), not by the test command
+    default: bool = True
 
     def digest(self) -> str:
         text = repr((self.suite, self.packages, self.python, _DOCKERFILE, _BASE_VERSION)) + self.tail
@@ -198,6 +200,19 @@ RECIPES: dict[str, ImageRecipe] = {
             notes="the same built the recommended way: `uv sync --no-install-project` (dependencies only)",
             tail=_uv_sync_tail(install_project=False),
         ),
+        ImageRecipe(
+            "envpin-test/py311-cloudpickle311:latest",
+            "bookworm",
+            ("ipykernel", "cloudpickle==3.1.1", "numpy"),
+            notes="envpin-test/py311 with cloudpickle 3.1.1: an image a cloudpickle patch release behind the host",
+        ),
+        ImageRecipe(
+            "envpin-test/py39:latest",
+            "bullseye",
+            ("cloudpickle", "numpy"),
+            default=False,
+            notes="Python 3.9 with cloudpickle and numpy: the oldest Python of the pickle matrix (tools.pickle_matrix)",
+        ),
         ImageRecipe("envpin-test/no-ipykernel:latest", "bookworm", (), notes="Python 3.11, no ipykernel"),
         ImageRecipe(
             "envpin-test/broken-ipykernel:latest",
@@ -224,7 +239,11 @@ def _image_recipe_digest(client: docker.DockerClient, tag: str) -> str | None:
 
 
 #: Registry images that can stand in for a bootstrapped suite: Debian with python3 and its venv module.
-REGISTRY_BASES = {"bookworm": "python:3.11-slim-bookworm", "trixie": "python:3.13-slim-trixie"}
+REGISTRY_BASES = {
+    "bullseye": "python:3.9-slim-bullseye",
+    "bookworm": "python:3.11-slim-bookworm",
+    "trixie": "python:3.13-slim-trixie",
+}
 
 
 def _pull_base(client: docker.DockerClient, suite: str, tag: str) -> bool:
@@ -374,9 +393,9 @@ def _tag_extras(client: docker.DockerClient, recipe: ImageRecipe) -> None:
 
 
 def build_all(names: list[str] | None = None) -> list[str]:
-    """Build the named images (all by default), the two Debian suites in parallel."""
+    """Build the named images (by default all but the on-demand ones), the Debian suites in parallel."""
     ensure_engine()
-    names = names or list(RECIPES)
+    names = names or [n for n, r in RECIPES.items() if r.default]
     errors: list[BaseException] = []
 
     def run(n: str) -> None:

@@ -143,7 +143,12 @@ def ask(
 
 
 #: %use_image options that outlive the kernel process (kept in the pin record, passed to a moved kernel).
-SESSION_OPTIONS = {"strict": "ENVPIN_STRICT", "ray_mode": "ENVPIN_RAY_MODE", "by_digest": "ENVPIN_BY_DIGEST"}
+SESSION_OPTIONS = {
+    "strict": "ENVPIN_STRICT",
+    "ray_mode": "ENVPIN_RAY_MODE",
+    "by_digest": "ENVPIN_BY_DIGEST",
+    "envelope": "ENVPIN_ENVELOPE",
+}
 
 
 def session_options(raw) -> dict:
@@ -156,6 +161,8 @@ def session_options(raw) -> dict:
         out["by_digest"] = True
     if raw.get("ray_mode") in ("image_uri", "env_vars"):
         out["ray_mode"] = raw["ray_mode"]
+    if raw.get("envelope") in ("compatible", "strict"):  # compat.MODES
+        out["envelope"] = raw["envelope"]
     return out
 
 
@@ -169,4 +176,6 @@ def session_option_env(options) -> dict[str, str]:
         env["ENVPIN_BY_DIGEST"] = "1"
     if options.get("ray_mode"):
         env["ENVPIN_RAY_MODE"] = options["ray_mode"]
+    if options.get("envelope"):
+        env["ENVPIN_ENVELOPE"] = options["envelope"]
     return env

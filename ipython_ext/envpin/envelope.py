@@ -1,12 +1,13 @@
 """The pickle envelope: check where a pickle was made before loading it.
 
-A cloudpickle payload only loads safely under the Python and cloudpickle it
-was made with (see ``fingerprints``): loading it elsewhere fails deep inside
-``pickle`` (``TypeError: code() argument 13 must be str, not int``) or, worse,
-loads and crashes later.  So every payload travels in an envelope whose
-header is plain JSON, readable by any Python, and names the sender's
-environment.  The receiver compares before it calls ``loads`` and, on a
-mismatch, refuses in plain words naming both sides and the fix.
+A cloudpickle payload made under one Python minor fails to load under
+another deep inside ``pickle`` (``TypeError: code() argument 13 must be str,
+not int``) or, worse, loads and crashes later.  So every payload travels in
+an envelope whose header is plain JSON, readable by any Python, and names
+the sender's environment.  The receiver asks ``envpin.compat`` what the
+measured matrix says about that pair before it calls ``loads`` and, where
+the pair is known to break (or the strictness setting refuses it), refuses
+in plain words naming both sides, what was measured, and the fix.
 
 Wire format of one message (all lengths big-endian u64)::
 
@@ -27,6 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import compat
 from .errors import EnvpinError
 
 _U64 = struct.Struct(">Q")
@@ -65,22 +67,31 @@ def _describe(env: dict[str, Any]) -> str:
     return f"{env.get('implementation')} {env.get('python')} with {env.get('pickler')} {env.get('pickler_version')} in {where}"
 
 
-def check(sent: dict[str, Any], here: dict[str, Any], what: str) -> None:
-    """Raise EnvelopeMismatch if a ``what`` made under ``sent`` cannot be loaded ``here``."""
-    problems = []
-    if sent.get("implementation") != here.get("implementation") or sent.get("python_minor") != here.get("python_minor"):
-        problems.append(f"Python {sent.get('python_minor')} vs {here.get('python_minor')}")
-    if sent.get("pickler") != here.get("pickler") or sent.get("pickler_version") != here.get("pickler_version"):
-        problems.append(
-            f"{sent.get('pickler')} {sent.get('pickler_version')} vs {here.get('pickler')} {here.get('pickler_version')}"
-        )
-    if problems:
-        raise EnvelopeMismatch(
-            f"Refusing to unpickle a {what} made under {_describe(sent)} here, under {_describe(here)}: "
-            f"{' and '.join(problems)} differ, and pickles do not survive that. Run both sides in the same "
-            "image: pin the notebook with %use_image IMAGE (or start it in the Containerized Python kernel "
-            "of that image) so jobs and kernel share one Python."
-        )
+#: What a refusal tells the user to do.
+FIX = (
+    "Run both sides in the same image: pin the notebook with %use_image IMAGE (or start it in the "
+    "Containerized Python kernel of that image) so jobs and kernel share one Python."
+)
+
+
+def verdict(sent: dict[str, Any], here: dict[str, Any]) -> compat.Verdict:
+    """What the measured matrix says about loading here what ``sent`` pickled (``envpin.compat``)."""
+    return compat.judge(compat.Side.of_envelope(sent), compat.Side.of_envelope(here))
+
+
+def check(sent: dict[str, Any], here: dict[str, Any], what: str, mode: str | None = None) -> None:
+    """Raise EnvelopeMismatch if a ``what`` made under ``sent`` must not be loaded ``here`` (under ``mode``).
+
+    ``mode`` is the strictness (``compat.MODES``); None: ``$ENVPIN_ENVELOPE``, else compatible.
+    An unmeasured pair in compatible mode warns once and passes.
+    """
+    compat.enforce(
+        verdict(sent, here),
+        compat.resolve_mode(mode),
+        EnvelopeMismatch,
+        f"a {what} made under {_describe(sent)} here, under {_describe(here)}",
+        FIX,
+    )
 
 
 def control_frames(header: dict[str, Any]) -> list:
@@ -112,15 +123,15 @@ def read_frames(recv_exact: Callable[[int], Any]) -> tuple[dict, Any, list]:
     return header, payload, buffers
 
 
-_last_accepted: dict[str, dict] = {}
+_last_accepted: dict[tuple[str, str | None], dict] = {}
 
 
-def loads(header: dict, payload: Any, buffers: list, what: str) -> Any:
-    """Check the envelope against this process, then unpickle."""
+def loads(header: dict, payload: Any, buffers: list, what: str, mode: str | None = None) -> Any:
+    """Check the envelope against this process (under strictness ``mode``, see ``check``), then unpickle."""
     import pickle
 
     sent = header.get("env") or {}
-    if sent != _last_accepted.get(what):
-        check(sent, sender_environment(), what)
-        _last_accepted[what] = sent
+    if sent != _last_accepted.get((what, mode)):
+        check(sent, sender_environment(), what, mode)
+        _last_accepted[(what, mode)] = sent
     return pickle.loads(payload, buffers=buffers)

@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import envelope, session, shipping, worker, workers
+from . import compat, envelope, session, shipping, worker, workers
 from .errors import EnvpinError
 
 
@@ -87,9 +87,10 @@ class _Slot:
         jobs: queue.Queue[Any],
         start: Callable[[str], tuple[workers.Worker, socket.socket]],
         image: str,
+        envelope_mode: str,
     ):
         self.id = f"{index}-{uuid.uuid4().hex[:6]}"
-        self.jobs, self.start, self.image = jobs, start, image
+        self.jobs, self.start, self.image, self.envelope_mode = jobs, start, image, envelope_mode
         self.conn: socket.socket | None = None
         self.worker: workers.Worker | None = None
         self.cancelled: JobFuture | None = None
@@ -159,7 +160,7 @@ class _Slot:
             future.set_result(header.get("missing", []))
             return
         try:
-            status, value, tb = envelope.loads(header, payload, buffers, "job result")
+            status, value, tb = envelope.loads(header, payload, buffers, "job result", self.envelope_mode)
         except envelope.EnvelopeMismatch:
             raise
         except Exception as exc:  # noqa: BLE001  unpickling raises anything; e.g. a class only the image has
@@ -196,13 +197,22 @@ class ContainerExecutor(cf.Executor):
     ``image``: reference, id or alias; default: the session's pin
     (``%use_image``), else the image this process runs in.  ``max_workers``:
     warm workers (default 2).  ``mode``: ``auto``, ``process`` or ``container``.
-    ``mem_limit``: per worker container (``"2g"``).
+    ``mem_limit``: per worker container (``"2g"``).  ``envelope``: how strictly
+    jobs and results are checked against the measured pickle matrix,
+    ``compatible`` or ``strict`` (``envpin.compat``; default: the pin's
+    ``%use_image --envelope``, else ``$ENVPIN_ENVELOPE``, else compatible).
     """
 
     def __init__(
-        self, image: str | None = None, max_workers: int | None = None, mode: str = "auto", mem_limit: str | None = None
+        self,
+        image: str | None = None,
+        max_workers: int | None = None,
+        mode: str = "auto",
+        mem_limit: str | None = None,
+        envelope: str | None = None,
     ):
         pin = session.current_pin()
+        self.envelope = compat.resolve_mode(envelope, pin.envelope if pin else None)
         chosen = image or (pin.name if pin else None) or os.environ.get("ENVPIN_IMAGE")
         if not chosen:
             raise EnvpinError(
@@ -223,7 +233,7 @@ class ContainerExecutor(cf.Executor):
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self._socket_path)
         self._listener.listen(64)
-        self._hellos: dict[str, queue.Queue[socket.socket]] = {}
+        self._hellos: dict[str, queue.Queue[tuple[socket.socket, dict]]] = {}
         self._hello_lock = threading.Lock()
         threading.Thread(target=self._accept_loop, name="envpin-accept", daemon=True).start()
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -246,7 +256,7 @@ class ContainerExecutor(cf.Executor):
         """A new worker for slot ``slot_id``, and its connection once it said hello."""
         w: workers.Worker
         if self.mode == "process":
-            w = workers.ProcessWorker(self._socket_path, slot_id)
+            w = workers.ProcessWorker(self._socket_path, slot_id, self.envelope)
         else:
             if self._image is None:  # resolved once, at the first container worker
                 from . import host_docker
@@ -254,13 +264,34 @@ class ContainerExecutor(cf.Executor):
                 self._docker = host_docker.client()
                 self._image = host_docker.resolve(self._docker, self.image, source="a ContainerExecutor")
             w = workers.ContainerWorker(
-                self._docker, self._image, self.image, self._dir, self._socket_path, slot_id, self.mem_limit
+                self._docker,
+                self._image,
+                self.image,
+                self._dir,
+                self._socket_path,
+                slot_id,
+                self.mem_limit,
+                self.envelope,
             )
         try:
-            return w, self._wait_hello(slot_id, w.exit_status)
+            conn, hello = self._wait_hello(slot_id, w.exit_status)
+            self._check_pickles_cross(hello.get("env") or {})
+            return w, conn
         except BaseException:
             w.stop()
             raise
+
+    def _check_pickles_cross(self, theirs: dict) -> None:
+        """Judge, once per worker, both directions a pickle takes, before any job is sent.
+
+        The worker and this side check every envelope anyway; judged here, a
+        refusal fails the first job with the whole story and an unmeasured
+        pair's warning shows where the user looks (this process), not in a
+        worker's log.
+        """
+        ours = envelope.sender_environment()
+        envelope.check(ours, theirs, "job", self.envelope)
+        envelope.check(theirs, ours, "job result", self.envelope)
 
     # -- connections ----------------------------------------------------------------
 
@@ -275,13 +306,15 @@ class ContainerExecutor(cf.Executor):
             except (EOFError, OSError, ValueError):
                 conn.close()
                 continue
-            self._hello_queue(header.get("slot", "")).put(conn)
+            self._hello_queue(header.get("slot", "")).put((conn, header))
 
-    def _hello_queue(self, slot_id: str) -> queue.Queue[socket.socket]:
+    def _hello_queue(self, slot_id: str) -> queue.Queue[tuple[socket.socket, dict]]:
         with self._hello_lock:
             return self._hellos.setdefault(slot_id, queue.Queue())
 
-    def _wait_hello(self, slot_id: str, exit_status: Callable[[], int | None], timeout: float = 60) -> socket.socket:
+    def _wait_hello(
+        self, slot_id: str, exit_status: Callable[[], int | None], timeout: float = 60
+    ) -> tuple[socket.socket, dict]:
         q = self._hello_queue(slot_id)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -308,7 +341,7 @@ class ContainerExecutor(cf.Executor):
             future = JobFuture()
             self._queue.put((future, frames, kind))
             if len(self._slots) < self.max_workers:
-                self._slots.append(_Slot(len(self._slots), self._queue, self._start_worker, self.image))
+                self._slots.append(_Slot(len(self._slots), self._queue, self._start_worker, self.image, self.envelope))
             return future
 
     def _pack(self, fn: Callable, args: tuple, kwargs: dict) -> list:

@@ -3,13 +3,12 @@
 ``fingerprint()`` describes this process; ``fingerprint(image=...)`` describes
 an image, computed by running this same module inside a short-lived container
 of it (so both sides are measured by the same code) and cached by image id.
-``compare(a, b)`` lists the differences and marks the ones that break pickles:
-
-* Python implementation or minor version: code objects change shape between
-  minors (3.10 -> 3.11 ``TypeError: code() argument 13 must be str, not int``,
-  3.11/3.12 -> 3.13 loads and then segfaults);
-* cloudpickle (or dill) version: private reconstructors move between releases
-  (``AttributeError: Can't get attribute '_make_function'``).
+``compare(a, b)`` lists the differences and marks the ones that break
+pickles, as the measured matrix says (``envpin.compat``): a different Python
+minor does (code objects change shape between minors: 3.10 -> 3.11
+``TypeError: code() argument 13 must be str, not int``, 3.11 -> 3.13 loads
+and then crashes); a different cloudpickle or dill release breaks where the
+matrix measured it breaking, and is marked "not measured" where nobody did.
 
 A different patch release or set of installed distributions is reported but
 not marked: it breaks pickles only when a pickled class changed.
@@ -25,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import compat
 
 FINGERPRINT_VERSION = 4
 
@@ -112,39 +113,88 @@ class Difference:
     here: Any
     there: Any
     breaks_pickles: bool
+    #: what the measured matrix says about this difference (``envpin.compat``), for pickle-relevant keys
+    evidence: str = ""
+    #: a pickle-relevant difference nobody measured (compatible mode warns and proceeds; strict refuses)
+    unmeasured: bool = False
 
     def __str__(self) -> str:
-        mark = "  <- breaks pickles" if self.breaks_pickles else ""
-        return f"{self.key}: {self.here} vs {self.there}{mark}"
+        mark = "  <- breaks pickles" if self.breaks_pickles else "  <- not measured" if self.unmeasured else ""
+        why = f" ({self.evidence})" if self.evidence else ""
+        return f"{self.key}: {self.here} vs {self.there}{mark}{why}"
 
 
+#: Keys compared, in the order shown.  Python and the picklers are judged by the measured matrix.
 _COMPARED = (
-    ("python_implementation", True),
-    ("python_minor", True),
-    ("cloudpickle", True),
-    ("dill", True),
-    ("python_version", False),
-    ("ray", False),  # breaks Ray jobs (driver and workers must match), not pickles in general
-    ("ytsaurus-client", False),
-    ("flytekit", False),
-    ("platform", False),
-    ("distributions_digest", False),
+    "python_implementation",
+    "python_minor",
+    "cloudpickle",
+    "dill",
+    "python_version",
+    "ray",  # breaks Ray jobs (driver and workers must match), not pickles in general
+    "ytsaurus-client",
+    "flytekit",
+    "platform",
+    "distributions_digest",
 )
+#: The keys whose difference the pickle matrix speaks about, and the pickler each concerns.
+_PICKLE_KEYS = {
+    "python_implementation": "cloudpickle",
+    "python_minor": "cloudpickle",
+    "cloudpickle": "cloudpickle",
+    "dill": "dill",
+}
 
 
 #: Compared only where both sides have them: a client the image lacks is not a difference between Pythons.
 _ENGINE_CLIENTS = {"ray", "ytsaurus-client", "flytekit"}
 
 
+def pickle_verdicts(a: dict[str, Any], b: dict[str, Any], pickler: str = "cloudpickle") -> list[compat.Verdict]:
+    """The matrix's verdicts on pickles travelling a -> b (jobs) and b -> a (results), with ``pickler``."""
+    sa, sb = compat.Side.of_fingerprint(a, pickler), compat.Side.of_fingerprint(b, pickler)
+    return [compat.judge(sa, sb), compat.judge(sb, sa)]
+
+
+def _judged(verdicts: list[compat.Verdict]) -> tuple[bool, bool, str]:
+    """(breaks, unmeasured, evidence) of a difference from its two directions' verdicts."""
+    broken = [v for v in verdicts if v.broken]
+    if broken:
+        return True, False, broken[0].evidence
+    unmeasured = [v for v in verdicts if v.status == "unmeasured"]
+    if unmeasured:
+        return False, True, unmeasured[0].evidence
+    ok = [v for v in verdicts if v.status == "measured-ok"]
+    return False, False, ok[0].evidence if ok else ""
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:
-    """Differences between fingerprints ``a`` and ``b``, pickle-breaking ones first."""
-    diffs = [
-        Difference(k, a.get(k), b.get(k), breaks)
-        for k, breaks in _COMPARED
-        if a.get(k) != b.get(k) and not (k in _ENGINE_CLIENTS and (a.get(k) is None or b.get(k) is None))
-    ]
+    """Differences between fingerprints ``a`` and ``b``, pickle-breaking ones first.
+
+    Whether a difference of Python or pickler breaks pickles is what the
+    measured matrix says (``envpin.compat``), in either direction.
+    """
+    judged = {"cloudpickle": _judged(pickle_verdicts(a, b, "cloudpickle"))}
+    if a.get("dill") and b.get("dill"):
+        judged["dill"] = _judged(pickle_verdicts(a, b, "dill"))
+    diffs = []
+    for k in _COMPARED:
+        if a.get(k) == b.get(k) or (k in _ENGINE_CLIENTS and (a.get(k) is None or b.get(k) is None)):
+            continue
+        pickler = _PICKLE_KEYS.get(k)
+        if pickler is not None and pickler in judged:
+            breaks, unmeasured, evidence = judged[pickler]
+            diffs.append(Difference(k, a.get(k), b.get(k), breaks, evidence, unmeasured))
+        else:
+            diffs.append(Difference(k, a.get(k), b.get(k), False))
     if any(d.key == "python_minor" for d in diffs):
         diffs = [d for d in diffs if d.key != "python_version"]  # already said
+    if any(d.key == "python_minor" for d in diffs) and any(d.key == "cloudpickle" for d in diffs):
+        # One verdict covers both: say its evidence once.
+        diffs = [
+            Difference(d.key, d.here, d.there, d.breaks_pickles, "", d.unmeasured) if d.key == "cloudpickle" else d
+            for d in diffs
+        ]
     return sorted(diffs, key=lambda d: not d.breaks_pickles)
 
 

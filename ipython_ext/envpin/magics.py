@@ -27,7 +27,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from . import aliases, control, fingerprints, handoff, hooks, pins
+from . import aliases, compat, control, fingerprints, handoff, hooks, pins
 from .display import Progress, Status
 from .errors import EnvironmentMismatch, EnvpinError
 from .session import Pin, current_pin, pin_from_environment
@@ -79,6 +79,13 @@ class EnvpinMagics(Magics):
     @argument("--strict", action="store_true", help="refuse, instead of warning, when the environments differ")
     @argument("--pull", action="store_true", help="pull the image first even if it is present")
     @argument(
+        "--envelope",
+        choices=("compatible", "strict"),
+        default=None,
+        help="how jobs' pickles are checked: compatible (refuse what is measured to break, warn about what "
+        "was never measured; default, or $ENVPIN_ENVELOPE) or strict (refuse any Python or pickler difference)",
+    )
+    @argument(
         "--by-digest",
         action="store_true",
         help="jobs name the image by its registry digest (repo@sha256:...), not by a tag that may move",
@@ -94,6 +101,7 @@ class EnvpinMagics(Magics):
         """Run this notebook and the jobs it submits in IMAGE.
 
         %use_image IMAGE [--restart] [--strict] [--pull] [--by-digest] [--ray-mode image_uri|env_vars]
+                         [--envelope compatible|strict]
         %use_image                      show what is pinned
         """
         try:
@@ -102,7 +110,7 @@ class EnvpinMagics(Magics):
             raise UsageError(
                 f"%use_image takes one image and options, not '{line.strip()}' ({exc}). "
                 "Usage: %use_image IMAGE [--restart] [--strict] [--pull] [--by-digest] "
-                "[--ray-mode image_uri|env_vars]; "
+                "[--ray-mode image_uri|env_vars] [--envelope compatible|strict]; "
                 "%use_image alone shows the pin."
             ) from None
         try:
@@ -135,7 +143,12 @@ class EnvpinMagics(Magics):
                 "allow_restart": bool(args.restart or not state),
                 "pull": bool(args.pull),
                 "python": platform.python_version(),
-                "options": {"strict": bool(args.strict), "ray_mode": args.ray_mode, "by_digest": bool(args.by_digest)},
+                "options": {
+                    "strict": bool(args.strict),
+                    "ray_mode": args.ray_mode,
+                    "by_digest": bool(args.by_digest),
+                    "envelope": args.envelope,
+                },
             },
             on_progress=lambda answer: progress.update(answer["message"], answer.get("fraction")),
         )
@@ -144,7 +157,7 @@ class EnvpinMagics(Magics):
             pin = _pin_of_this_container()
             pin.name = args.image
             pin.notes += answer.get("notes", [])
-            set_pin(pin, args.strict, args.by_digest)
+            set_pin(pin, args)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         if status == "refused":
@@ -172,7 +185,7 @@ class EnvpinMagics(Magics):
         if here and (args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME")) or aliases.expand(args.image) == here):
             pin = _pin_of_this_container("container")
             pin.name = args.image
-            set_pin(pin, args.strict, args.by_digest)
+            set_pin(pin, args)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         raise EnvpinError(
@@ -188,7 +201,6 @@ class EnvpinMagics(Magics):
         theirs = fingerprints.fingerprint(image=args.image)
         ours = fingerprints.fingerprint()
         diffs = fingerprints.compare(ours, theirs)
-        breaking = [d for d in diffs if d.breaks_pickles]
         pin = Pin(
             name=args.image,
             reference=aliases.expand(args.image),
@@ -198,12 +210,20 @@ class EnvpinMagics(Magics):
             mode="host",
             code_in_image=theirs.get("code_in_image"),
         )
-        if breaking:
+        envelope_mode = compat.resolve_mode(args.envelope)
+        # Strict mode refuses every job across a pickle-relevant difference, measured to work or not.
+        refused = [d for d in diffs if d.breaks_pickles or (envelope_mode == "strict" and d.evidence)]
+        if refused:
+            why = (
+                "ways that break pickles"
+                if any(d.breaks_pickles for d in refused)
+                else "ways that strict mode (--envelope strict / ENVPIN_ENVELOPE=strict) refuses"
+            )
             text = (
                 f"This kernel (Python {platform.python_version()}) is not in '{args.image}' and differs from it in "
-                f"ways that break pickles: {'; '.join(str(d) for d in breaking)}. Jobs pickled here may fail to "
-                f"load there. Run the notebook in the image instead (envpin kernelspec install --image "
-                f"{args.image}, then pick that kernel)."
+                f"{why}: {'; '.join(str(d) for d in refused)}. Jobs pickled here will be refused there. Run the "
+                f"notebook in the image instead (envpin kernelspec install --image {args.image}, then pick that "
+                "kernel)."
             )
             if args.strict:
                 raise EnvironmentMismatch(text)
@@ -214,7 +234,7 @@ class EnvpinMagics(Magics):
         notebook = os.environ.get("JPY_SESSION_NAME")
         if notebook:
             pins.record(os.path.dirname(notebook), notebook, _pin_record(pin))
-        set_pin(pin, args.strict, args.by_digest)
+        set_pin(pin, args)
         display(Status(pin, f"envpin: jobs pinned to {args.image}"))
 
 
@@ -236,9 +256,9 @@ def _ray_adapter():
     return adapter
 
 
-def set_pin(pin: Pin, strict: bool = False, by_digest: bool = False) -> None:
+def set_pin(pin: Pin, args) -> None:
     """Pin the session with ``%use_image``'s flags (they replace what the pin carried)."""
-    pin.strict, pin.by_digest = strict, by_digest
+    pin.strict, pin.by_digest, pin.envelope = bool(args.strict), bool(args.by_digest), args.envelope
     hooks.pin_session(pin)
 
 

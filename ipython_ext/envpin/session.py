@@ -37,6 +37,8 @@ class Pin:
     strict: bool = False  #: jobs naming another image are refused instead of warned about
     code_in_image: str | None = None  #: the image's ``ENVPIN_CODE_IN_IMAGE`` (where it keeps the project's code)
     by_digest: bool = False  #: jobs name the image by its registry digest (%use_image --by-digest)
+    #: pickle-compatibility strictness for jobs (%use_image --envelope; envpin.compat); None: $ENVPIN_ENVELOPE
+    envelope: str | None = None
 
 
 _current: Pin | None = None

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .compat import ENV_VAR as ENVELOPE_VAR  # tells a worker how strictly to check the jobs it loads
+
 #: The worker's entry point, relative to the interpreter: ``python -m envpin.run_worker SOCKET SLOT``.
 WORKER_MODULE = "envpin.run_worker"
 
@@ -64,8 +66,9 @@ def envpin_parent() -> str:
 class ProcessWorker:
     """A worker process of this container, on this interpreter."""
 
-    def __init__(self, socket_path: str, slot_id: str) -> None:
+    def __init__(self, socket_path: str, slot_id: str, envelope_mode: str) -> None:
         env = dict(os.environ)
+        env[ENVELOPE_VAR] = envelope_mode
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [envpin_parent(), env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE, socket_path, slot_id], env=env, stdin=subprocess.DEVNULL
@@ -91,7 +94,15 @@ class ContainerWorker:
     """
 
     def __init__(
-        self, client: Any, image: Any, name: str, socket_dir: str, socket_path: str, slot_id: str, mem_limit: str | None
+        self,
+        client: Any,
+        image: Any,
+        name: str,
+        socket_dir: str,
+        socket_path: str,
+        slot_id: str,
+        mem_limit: str | None,
+        envelope_mode: str,
     ) -> None:
         from .container_spec import base_options
 
@@ -105,6 +116,7 @@ class ContainerWorker:
             extra_labels={"envpin.job-slot": slot_id},
         )
         options["environment"]["ENVPIN_IMAGE_NAME"] = name
+        options["environment"][ENVELOPE_VAR] = envelope_mode  # the worker checks jobs as strictly as we do
         options["mounts"].append({"Target": socket_dir, "Source": socket_dir, "Type": "bind", "ReadOnly": False})
         if mem_limit:
             options.update(mem_limit=mem_limit, memswap_limit=mem_limit)

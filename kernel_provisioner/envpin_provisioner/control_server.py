@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from envpin import control, safe_files
+from envpin import compat, control, safe_files
 
 #: A request is a few hundred bytes.
 MAX_REQUEST_BYTES = control.MAX_FILE_BYTES
@@ -62,10 +62,13 @@ class SessionOptions:
     strict: bool = False
     by_digest: bool = False
     ray_mode: str | None = None
+    envelope: str | None = None  #: pickle-compatibility strictness (envpin.compat.MODES)
 
     def as_dict(self) -> dict[str, Any]:
         """The set options only, in the pin record's shape (``envpin.control.session_options``)."""
-        return control.session_options({"strict": self.strict, "by_digest": self.by_digest, "ray_mode": self.ray_mode})
+        return control.session_options(
+            {"strict": self.strict, "by_digest": self.by_digest, "ray_mode": self.ray_mode, "envelope": self.envelope}
+        )
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class ControlRequest:
     options: SessionOptions = field(default_factory=SessionOptions)
 
     _FIELDS = frozenset({"id", "image", "allow_restart", "pull", "python", "options"})
-    _OPTION_FIELDS = frozenset({"strict", "by_digest", "ray_mode"})
+    _OPTION_FIELDS = frozenset({"strict", "by_digest", "ray_mode", "envelope"})
 
     @classmethod
     def parse(cls, raw: bytes) -> ControlRequest:
@@ -130,7 +133,12 @@ class ControlRequest:
         ray_mode = raw.get("ray_mode")
         if ray_mode not in (None, "image_uri", "env_vars"):
             raise BadRequest("option 'ray_mode' must be 'image_uri' or 'env_vars'", rid)
-        return SessionOptions(strict=raw.get("strict", False), by_digest=raw.get("by_digest", False), ray_mode=ray_mode)
+        envelope = raw.get("envelope")
+        if envelope not in (None, *compat.MODES):
+            raise BadRequest("option 'envelope' must be 'compatible' or 'strict'", rid)
+        return SessionOptions(
+            strict=raw.get("strict", False), by_digest=raw.get("by_digest", False), ray_mode=ray_mode, envelope=envelope
+        )
 
 
 class ControlChannel:

@@ -104,7 +104,11 @@ def _warm_pool(client) -> Finding:
     from .container import WARM_NAME_PREFIX
     from .ownership import ROLE
 
-    warm = [c for c in client.containers.list(filters={"label": f"{ROLE}=pool"}, ignore_removed=True) if c.name.startswith(WARM_NAME_PREFIX)]
+    warm = [
+        c
+        for c in client.containers.list(filters={"label": f"{ROLE}=pool"}, ignore_removed=True)
+        if c.name.startswith(WARM_NAME_PREFIX)
+    ]
     if not warm:
         return Finding("ok", "warm pool", "no warm containers (pool_size 0, or no kernel started since)")
     total = 0

@@ -78,6 +78,7 @@ def test_take_removes_what_it_took_even_when_refused(folder):
         (json.dumps({"id": RID, "image": "a", "pull": "yes"}).encode(), "'pull'"),
         (json.dumps({"id": RID, "image": "a", "python": "3.11; rm"}).encode(), "'python'"),
         (json.dumps({"id": RID, "image": "a", "options": {"ray_mode": "x"}}).encode(), "ray_mode"),
+        (json.dumps({"id": RID, "image": "a", "options": {"envelope": "lenient"}}).encode(), "envelope"),
         (json.dumps({"id": RID, "image": "a", "options": {"path": "/"}}).encode(), "unknown option"),
     ],
 )
@@ -88,8 +89,9 @@ def test_control_requests_follow_a_strict_schema(request_, problem):
 
 def test_a_valid_request_parses():
     req = ControlRequest.parse(json.dumps({"id": RID, "image": "py:3", "allow_restart": True, "python": "3.11.2",
-                                           "options": {"strict": True, "ray_mode": "env_vars"}}).encode())  # fmt: skip
-    assert req.allow_restart and req.options.as_dict() == {"strict": True, "ray_mode": "env_vars"}
+                                           "options": {"strict": True, "ray_mode": "env_vars", "envelope": "strict"}}).encode())  # fmt: skip
+    assert req.allow_restart
+    assert req.options.as_dict() == {"strict": True, "ray_mode": "env_vars", "envelope": "strict"}
 
 
 def test_control_channel_answers_bad_requests_and_bounds_unread_answers(tmp_path):
