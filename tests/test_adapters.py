@@ -141,6 +141,26 @@ async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp
     assert explicit == ["dill", IMAGE]
 
 
+async def test_ytsaurus_from_a_host_kernel_refuses_an_image_its_pickles_break_in(jupyter_env, tmp_path):
+    """The engines' preflight: the measured matrix says 3.11 pickles crash 3.13, so nothing is submitted."""
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        await _ok(kc, YT_SETUP)
+        await _ok(kc, "%load_ext envpin\n%use_image envpin-test/yt313:latest")
+        started = time.monotonic()
+        res = await run(
+            kc, "client = yt.YtClient(proxy=proxy.url)\ndef mapper(row):\n    yield row\n"
+            "client.run_map(mapper, '//tmp/in', '//tmp/out', sync=False)", 60,
+        )  # fmt: skip
+        operations = await run_json(kc, "len(proxy.operations)")
+    assert res["status"] == "error" and res["ename"] == "EnvelopeMismatch", res
+    text = res["evalue"]
+    assert text.startswith("Refusing to submit this YTsaurus operation: its mapper job's function")
+    assert "measured: pickles made under Python 3.11 with cloudpickle" in text and "fail under Python 3.13" in text
+    assert "the loading process crashed" in text
+    assert "Nothing was submitted" in text and "\n" not in text  # one paragraph
+    assert operations == 0 and time.monotonic() - started < 30
+
+
 async def test_ytsaurus_job_with_its_own_image_keeps_it_with_a_warning(jupyter_env, tmp_path, docker_client):
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, YT_SETUP)

@@ -212,8 +212,13 @@ def judge(sent: Side, here: Side) -> Verdict:
 _warned: set[tuple[Side, Side]] = set()
 
 
-def enforce(verdict: Verdict, mode: str, refuse: type[Exception], what: str, fix: str) -> None:
-    """Raise ``refuse`` (a one-paragraph message) if ``mode`` refuses ``verdict``; warn once per unmeasured pair."""
+def enforce(
+    verdict: Verdict, mode: str, refuse: type[Exception], what: str, fix: str, doing: str = "Refusing to unpickle"
+) -> None:
+    """Raise ``refuse`` (a one-paragraph message) if ``mode`` refuses ``verdict``; warn once per unmeasured pair.
+
+    The message reads "``doing`` ``what``: what is known. ``fix``".
+    """
     if verdict.refused(mode):
         if verdict.broken:
             why = verdict.evidence
@@ -223,7 +228,7 @@ def enforce(verdict: Verdict, mode: str, refuse: type[Exception], what: str, fix
                 f"of Python minor or pickler release (compatible mode would "
                 f"{'allow it' if verdict.status == 'measured-ok' else 'warn and proceed'})"
             )
-        raise refuse(f"Refusing to unpickle {what}: {why}. {fix}")
+        raise refuse(f"{doing} {what}: {why}. {fix}")
     if verdict.status == "unmeasured":
         key = (verdict.sent, verdict.here)
         if key not in _warned:

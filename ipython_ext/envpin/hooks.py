@@ -45,6 +45,8 @@ class Stamp:
     code_in_image: str | None = None
     #: jobs name the image by its registry digest (``repo@sha256:...``), not by a tag that may move
     by_digest: bool = False
+    #: pickle-compatibility strictness chosen with ``%use_image --envelope`` (None: $ENVPIN_ENVELOPE)
+    envelope: str | None = None
 
     @property
     def job_image(self) -> str:
@@ -225,6 +227,7 @@ def _stamp_for(pin: session.Pin, strict: bool = False) -> Stamp:
         strict=strict or pin.strict,
         code_in_image=pin.code_in_image,
         by_digest=pin.by_digest,
+        envelope=pin.envelope,
     )
 
 

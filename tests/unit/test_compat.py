@@ -205,3 +205,14 @@ def test_compare_marks_only_what_was_measured_to_break():
     diffs = fingerprints.compare(_fp("3.11", "7", "3.1.9"), _fp("3.11", "2", "3.1.3"))
     cloud = next(d for d in diffs if d.key == "cloudpickle")
     assert cloud.unmeasured and "<- not measured" in str(cloud)
+
+
+# ---- the same evidence in the engines' preflight ----------------------------------------------------
+
+
+def test_the_ray_preflight_cites_the_matrix_when_the_python_minors_differ():
+    from envpin.adapters.ray_adapter import _pickle_evidence
+
+    text = _pickle_evidence("3.11.2", "3.13.5")
+    assert "measured: cloudpickle pickles made under Python 3.11 fail under Python 3.13" in text
+    assert _pickle_evidence("3.11.2", "3.11.7") == ""  # a patch apart: Ray's own rule speaks, not the matrix

@@ -322,9 +322,9 @@ class RayAdapter(LibraryAdapter):
             f"{what} runs Ray {cluster['ray']} on Python {cluster['python']}, but the pinned image "
             f"'{self.stamp.image}' {' and '.join(problems)}; Ray needs the same Ray version, and Python equal "
             f"up to the {level} version (RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL), on the driver and every "
-            f"worker, so its tasks would fail or misbehave. Rebuild the image on Ray {cluster['ray']} and Python "
-            f"{cluster['python']} (pip install 'ray[client]=={cluster['ray']}' on that Python), or pin an image "
-            "that has them. Nothing was submitted."
+            f"worker, so its tasks would fail or misbehave{_pickle_evidence(python, cluster['python'])}. Rebuild the "
+            f"image on Ray {cluster['ray']} and Python {cluster['python']} (pip install 'ray[client]=={cluster['ray']}' "
+            "on that Python), or pin an image that has them. Nothing was submitted."
         )
 
     def _active_stamp(self) -> Stamp:
@@ -382,6 +382,21 @@ def _cluster_versions(dashboard: str, headers: dict[str, str] | None = None) -> 
         found = None
     _cluster_cache[url] = (time.monotonic(), found)
     return found
+
+
+def _pickle_evidence(image_python: str | None, cluster_python: str) -> str:
+    """What envpin's measured pickle matrix says about the two Pythons, when their minor versions differ."""
+    from .. import compat
+
+    minor = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
+    if not image_python or minor(image_python) == minor(cluster_python):
+        return ""
+    # Ray pickles with its own cloudpickle, the same on both sides once Ray matches: only Python differs.
+    verdict = compat.judge(
+        compat.Side("CPython", minor(image_python), "cloudpickle", "ray"),
+        compat.Side("CPython", minor(cluster_python), "cloudpickle", "ray"),
+    )
+    return f" ({verdict.evidence})" if verdict.broken else ""
 
 
 def _image_versions(stamp: Stamp) -> dict[str, str | None]:

@@ -82,6 +82,7 @@ class YtsaurusAdapter(LibraryAdapter):
                 config = get_config(client)
                 if id(config) not in adapter._stamped:
                     adapter._stamp_config(config, stamp)  # a client older than the pin
+                adapter._preflight(builder, config, stamp)  # before anything is pickled or uploaded
                 spec, *rest = original(builder, *args, **kwargs)
                 adapter._check(builder, spec, stamp)
                 return (spec, *rest)
@@ -153,6 +154,42 @@ class YtsaurusAdapter(LibraryAdapter):
             self._set(config, "user_job_spec_defaults", "environment", environment)
 
     # -- checks -------------------------------------------------------------------------
+
+    @staticmethod
+    def _preflight(builder, config: dict, stamp: Stamp) -> None:
+        """Refuse a job whose pickle the pinned image is known not to load (``envpin.compat``).
+
+        Only for a kernel outside the image (a kernel in it pickles with the
+        image's own Python and pickler) and a job that runs in the pin (a job
+        naming its own image gets the client's ``check_python_version``).
+        The client's version check would refuse a different Python too, but
+        only once the job runs on the cluster, after uploads and scheduling;
+        this says it at the cell, with what was measured, and also covers
+        the pickler release, which the client does not compare.
+        """
+        if os.environ.get("ENVPIN_IMAGE") in (stamp.image, stamp.job_image):
+            return
+        named = getattr(builder, "_spec", {}).get("docker_image")
+        if named and named not in (stamp.image, stamp.job_image):
+            return
+        from .. import compat, fingerprints
+        from ..envelope import EnvelopeMismatch
+
+        framework = str(config["pickling"].get("framework") or "cloudpickle")
+        ours, theirs = fingerprints.local_fingerprint(), fingerprints.fingerprint(image=stamp.image)
+        verdict = compat.judge(
+            compat.Side.of_fingerprint(ours, framework), compat.Side.of_fingerprint(theirs, framework)
+        )
+        job = getattr(builder, "_job_name", None) or getattr(builder, "_job_type", "user")
+        compat.enforce(
+            verdict,
+            compat.resolve_mode(None, stamp.envelope),
+            EnvelopeMismatch,
+            f"this YTsaurus operation: its {job} job's function, pickled here, would be loaded in '{stamp.image}'",
+            f"Nothing was submitted. Run the notebook in the image (envpin kernelspec install --image {stamp.image}, "
+            "then pick that kernel), or pin an image with this kernel's Python.",
+            doing="Refusing to submit",
+        )
 
     @staticmethod
     def _check(builder, spec: dict, stamp: Stamp) -> None:
