@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import aliases, image_policy, references
+from . import aliases, engines, image_policy, references
 from .container_spec import base_options
 from .errors import EnvpinError, MissingDependency
 
@@ -125,8 +125,8 @@ def _options(image: Image, role: str, cwd: str | None, env: dict[str, str] | Non
 
 def run_python(c, image: Image, code: str, timeout: float = 60) -> str:
     """Run ``python3 -c code`` in a short-lived container of ``image``; return its stdout."""
-    container = c.containers.create(
-        entrypoint=["python3", "-c", code], network_mode="none", **_options(image, "probe", None, None)
+    container = engines.create(
+        c, entrypoint=["python3", "-c", code], network_mode="none", **_options(image, "probe", None, None)
     )
     try:
         container.start()
@@ -147,8 +147,8 @@ def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str]
     are forwarded; the container is removed afterwards; returns its exit code.
     """
     # stdin_open without detach also sets StdinOnce: when our stdin ends, the program's does.
-    container = c.containers.create(
-        entrypoint=[argv[0]], command=argv[1:], stdin_open=True, tty=False, **_options(image, role, cwd, env)
+    container = engines.create(
+        c, entrypoint=[argv[0]], command=argv[1:], stdin_open=True, tty=False, **_options(image, role, cwd, env)
     )
     previous = {}
     try:

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import engines
 from .compat import ENV_VAR as ENVELOPE_VAR  # tells a worker how strictly to check the jobs it loads
 
 #: The worker's entry point, relative to the interpreter: ``python -m envpin.run_worker SOCKET SLOT``.
@@ -120,8 +121,8 @@ class ContainerWorker:
         options["mounts"].append({"Target": socket_dir, "Source": socket_dir, "Type": "bind", "ReadOnly": False})
         if mem_limit:
             options.update(mem_limit=mem_limit, memswap_limit=mem_limit)
-        self._container = client.containers.create(
-            entrypoint=["python3"], command=["-m", WORKER_MODULE, socket_path, slot_id], **options
+        self._container = engines.create(
+            client, entrypoint=["python3"], command=["-m", WORKER_MODULE, socket_path, slot_id], **options
         )
         try:
             self._container.start()

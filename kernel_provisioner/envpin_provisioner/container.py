@@ -44,7 +44,7 @@ import docker.errors
 import zmq
 from docker.types import DeviceRequest, Mount
 
-from envpin import host_docker, safe_files
+from envpin import engines, host_docker, safe_files
 from envpin.container_spec import base_options
 
 from . import ownership
@@ -206,7 +206,7 @@ def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger
     """Create and start the kernel container; remove it again if starting fails."""
     options = container_options(launch)
     try:
-        container = client.containers.create(**options)
+        container = engines.create(client, **options)
     except docker.errors.APIError as exc:
         raise KernelStartFailed(
             f"The Docker engine refused to create a kernel container from image '{launch.image.reference}': "

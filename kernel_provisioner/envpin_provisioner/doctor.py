@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from envpin import fingerprints
+from envpin import engines, fingerprints
 
 from . import engine
 from .errors import EnvpinError
@@ -52,8 +52,9 @@ def check() -> list[Finding]:
     findings: list[Finding] = []
     try:
         client = engine.shared().client
-        version = client.version()
-        findings.append(Finding("ok", "engine", f"Docker {version.get('Version')} at {engine.engine_address()}"))
+        findings.append(Finding("ok", "engine", engines.kind(client).describe()))
+    except engine.ENGINE_ERRORS as exc:
+        return [Finding("FAIL", "engine", str(engine.explain_engine_failure(exc)))]
     except EnvpinError as exc:
         return [Finding("FAIL", "engine", str(exc))]
 
@@ -81,9 +82,9 @@ def check() -> list[Finding]:
             )
         breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
         detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
-        engines = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
-        if engines:
-            detail += f"; engine clients: {', '.join(engines)}"
+        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
+        if clients:
+            detail += f"; engine clients: {', '.join(clients)}"
         if breaking:
             findings.append(
                 Finding(

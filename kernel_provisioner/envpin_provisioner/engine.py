@@ -83,7 +83,8 @@ def explain_engine_failure(exc: BaseException) -> EngineUnavailable:
         )
     return EngineUnavailable(
         f"No Docker engine answers at {address}, so envpin cannot start a container. "
-        "Start the engine (sudo systemctl start docker, or sudo dockerd &), "
+        "Start the engine (sudo systemctl start docker, or sudo dockerd &; for rootless Podman: "
+        "systemctl --user start podman.socket, then DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock), "
         "or set DOCKER_HOST to an engine that is running."
     )
 

@@ -1,0 +1,192 @@
+"""A rootless-Podman user on this machine, set up from nothing, for envpin's Podman tests.
+
+What a person on a Fedora workstation or an HPC login node has: no Docker,
+their own rootless Podman, its API socket at
+``$XDG_RUNTIME_DIR/podman/podman.sock``, and Jupyter running as themselves.
+Made here, as root:
+
+* Debian's ``podman`` (plus ``uidmap`` for the subordinate ids ``useradd``
+  hands out, ``slirp4netns``) and a user ``envpin-podman`` with a runtime
+  folder ``/run/user/UID`` (what a login would create) and overlay storage;
+* a venv of that user's own, from Debian's Python, with envpin installed
+  from a copy of this checkout (the checkout, and root's Python, may not be
+  readable by the user: as for a real user, envpin lives in their venv);
+* ``podman system service`` as that user (``service()``, stopped on exit);
+* images copied from Docker (``docker save | podman load``, what the README
+  tells a user without a registry), reloaded only when the id changed.
+
+Nothing here is used by envpin itself: tests drive the user's Jupyter side
+with ``as_user([...])``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tools.engine import apt_install
+
+USER = "envpin-podman"
+HOME = Path("/home") / USER
+VENV = HOME / "venv"
+SRC = HOME / "envpin-src"
+REPO = Path(__file__).resolve().parent.parent
+#: What the user's venv holds besides envpin: a notebook runner, jobs' pickler, the kernel's IPython.
+PACKAGES = ("nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "cloudpickle>=3.0")
+
+
+def _say(msg: str) -> None:
+    print(f"[envpin podman user] {msg}", file=sys.stderr, flush=True)
+
+
+def uid() -> int:
+    return pwd.getpwnam(USER).pw_uid
+
+
+def socket_path() -> str:
+    return f"/run/user/{uid()}/podman/podman.sock"
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The user's environment: theirs only, nothing of root's (DOCKER_HOST points at their Podman)."""
+    return {
+        "HOME": str(HOME),
+        "USER": USER,
+        "PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": f"/run/user/{uid()}",
+        "DOCKER_HOST": f"unix://{socket_path()}",
+        "LANG": "C.UTF-8",
+        **extra,
+    }
+
+
+def as_user(argv: list[str], extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``argv`` as the user, in the user's environment (never a login shell)."""
+    pairs = [f"{k}={v}" for k, v in env(**(extra_env or {})).items()]
+    return subprocess.run(["runuser", "-u", USER, "--", "env", "-i", *pairs, *argv], **kwargs)
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for top in ("ipython_ext", "kernel_provisioner", "kernelspecs"):
+        for path in sorted((REPO / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(REPO)).encode())
+                h.update(path.read_bytes())
+    h.update((REPO / "pyproject.toml").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def prepare() -> None:
+    """Packages, the user, runtime folder, storage, and the user's venv with this checkout's envpin."""
+    if os.geteuid() != 0:
+        raise SystemExit("The Podman test user is set up by root.")
+    apt_install("podman", "podman")
+    apt_install("uidmap", "newuidmap")
+    apt_install("slirp4netns", "slirp4netns")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], check=True)
+    runtime = Path(f"/run/user/{uid()}")
+    runtime.mkdir(parents=True, exist_ok=True)
+    os.chown(runtime, uid(), uid())
+    runtime.chmod(0o700)
+    if os.path.exists("/dev/net/tun"):
+        os.chmod("/dev/net/tun", 0o666)  # rootless podman's network (slirp4netns) opens it
+    config = HOME / ".config" / "containers"
+    as_user(["mkdir", "-p", str(config), f"{runtime}/podman"], check=True)
+    as_user(["sh", "-c", f"printf '[storage]\\ndriver = \"overlay\"\\n' > {config}/storage.conf"], check=True)
+    _venv()
+
+
+def _venv() -> None:
+    marker = VENV / ".envpin-deps"
+    wanted = "\n".join(PACKAGES)
+    if not marker.exists() or marker.read_text() != wanted:
+        _say("a venv for the Podman user, from Debian's Python ...")
+        if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode:
+            apt_install("python3-venv", "envpin-no-such-command")  # always installs: venv is a module, not a command
+        as_user(["/usr/bin/python3", "-m", "venv", "--clear", str(VENV)], check=True)
+        as_user([f"{VENV}/bin/pip", "install", "-q", "hatchling>=1.18", *PACKAGES], check=True)
+        as_user(["sh", "-c", f"printf '%s' '{wanted}' > {marker}"], check=True)
+    digest = _source_digest()
+    stamp = VENV / ".envpin-src"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    _say("installing this checkout's envpin into the Podman user's venv ...")
+    if SRC.exists():
+        shutil.rmtree(SRC)
+    SRC.mkdir()
+    for top in ("ipython_ext", "kernel_provisioner", "kernelspecs"):
+        shutil.copytree(REPO / top, SRC / top, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, SRC / name)
+    subprocess.run(["chown", "-R", f"{USER}:{USER}", str(SRC)], check=True)
+    as_user(
+        [f"{VENV}/bin/pip", "install", "-q", "--no-build-isolation", "--force-reinstall", "--no-deps", str(SRC)],
+        check=True,
+    )
+    as_user([f"{VENV}/bin/pip", "install", "-q", str(SRC)], check=True)  # envpin's own dependencies
+    as_user(["sh", "-c", f"printf '%s' {digest} > {stamp}"], check=True)
+
+
+@contextlib.contextmanager
+def service(timeout: float = 30) -> Iterator[str]:
+    """``podman system service`` as the user for the duration; yields ``DOCKER_HOST``; stops it and its containers."""
+    sock = Path(socket_path())
+    if sock.exists():
+        sock.unlink()
+    pairs = [f"{k}={v}" for k, v in env().items()]
+    proc = subprocess.Popen(
+        ["runuser", "-u", USER, "--", "env", "-i", *pairs, "podman", "system", "service", "--time=0", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"podman system service did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        as_user(["podman", "rm", "--all", "--force"], capture_output=True)
+
+
+def load_images(docker_client, tags: list[str]) -> None:
+    """Copy Docker images into the user's Podman storage (``docker save | podman load``) unless already there."""
+    for tag in tags:
+        image = docker_client.images.get(tag)
+        have = as_user(["podman", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
+        if have.returncode == 0 and have.stdout.strip() == image.id.split(":", 1)[1]:
+            continue
+        _say(f"docker save {tag} | podman load ...")
+        pairs = [f"{k}={v}" for k, v in env().items()]
+        save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
+        load = subprocess.run(
+            ["runuser", "-u", USER, "--", "env", "-i", *pairs, "podman", "load"],
+            stdin=save.stdout,
+            capture_output=True,
+        )
+        save.wait()
+        if load.returncode != 0:
+            raise RuntimeError(f"podman load of {tag} failed: {load.stderr.decode()[-2000:]}")
+
+
+if __name__ == "__main__":
+    prepare()
