@@ -106,7 +106,9 @@ def adapt(client: Any, options: dict[str, Any]) -> dict[str, Any]:
         out["init"] = False
         entrypoint = out.get("entrypoint") or []
         if entrypoint:  # envpin always names the program it runs; the image's Python runs the init
-            out["entrypoint"] = ["python3", "-m", PID1_MODULE, *entrypoint]
+            program = str(entrypoint[0])
+            python = program if program.rsplit("/", 1)[-1].startswith("python") else "python3"
+            out["entrypoint"] = [python, "-m", PID1_MODULE, *entrypoint]
     requests = out.pop("device_requests", None)
     if requests:
         out["devices"] = [*(out.get("devices") or []), *cdi_devices(requests)]
