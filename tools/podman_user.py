@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -33,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tools.engine import apt_install
+from tools.rootless_podman import RootlessUser
 
 USER = "envpin-podman"
 HOME = Path("/home") / USER
@@ -47,8 +46,12 @@ def _say(msg: str) -> None:
     print(f"[envpin podman user] {msg}", file=sys.stderr, flush=True)
 
 
+_user = RootlessUser(USER, extra_env={"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"})
+load_images = _user.load_images  #: Docker images into the user's Podman storage (docker save | podman load)
+
+
 def uid() -> int:
-    return pwd.getpwnam(USER).pw_uid
+    return _user.uid
 
 
 def socket_path() -> str:
@@ -57,21 +60,12 @@ def socket_path() -> str:
 
 def env(**extra: str) -> dict[str, str]:
     """The user's environment: theirs only, nothing of root's (DOCKER_HOST points at their Podman)."""
-    return {
-        "HOME": str(HOME),
-        "USER": USER,
-        "PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin",
-        "XDG_RUNTIME_DIR": f"/run/user/{uid()}",
-        "DOCKER_HOST": f"unix://{socket_path()}",
-        "LANG": "C.UTF-8",
-        **extra,
-    }
+    return _user.env(DOCKER_HOST=f"unix://{socket_path()}", **extra)
 
 
 def as_user(argv: list[str], extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run ``argv`` as the user, in the user's environment (never a login shell)."""
-    pairs = [f"{k}={v}" for k, v in env(**(extra_env or {})).items()]
-    return subprocess.run(["runuser", "-u", USER, "--", "env", "-i", *pairs, *argv], **kwargs)
+    return subprocess.run(_user.argv(argv, {"DOCKER_HOST": f"unix://{socket_path()}", **(extra_env or {})}), **kwargs)
 
 
 def _source_digest() -> str:
@@ -87,24 +81,7 @@ def _source_digest() -> str:
 
 def prepare() -> None:
     """Packages, the user, runtime folder, storage, and the user's venv with this checkout's envpin."""
-    if os.geteuid() != 0:
-        raise SystemExit("The Podman test user is set up by root.")
-    apt_install("podman", "podman")
-    apt_install("uidmap", "newuidmap")
-    apt_install("slirp4netns", "slirp4netns")
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], check=True)
-    runtime = Path(f"/run/user/{uid()}")
-    runtime.mkdir(parents=True, exist_ok=True)
-    os.chown(runtime, uid(), uid())
-    runtime.chmod(0o700)
-    if os.path.exists("/dev/net/tun"):
-        os.chmod("/dev/net/tun", 0o666)  # rootless podman's network (slirp4netns) opens it
-    config = HOME / ".config" / "containers"
-    as_user(["mkdir", "-p", str(config), f"{runtime}/podman"], check=True)
-    as_user(["sh", "-c", f"printf '[storage]\\ndriver = \"overlay\"\\n' > {config}/storage.conf"], check=True)
+    _user.prepare()
     _venv()
 
 
@@ -145,9 +122,8 @@ def service(timeout: float = 30) -> Iterator[str]:
     sock = Path(socket_path())
     if sock.exists():
         sock.unlink()
-    pairs = [f"{k}={v}" for k, v in env().items()]
     proc = subprocess.Popen(
-        ["runuser", "-u", USER, "--", "env", "-i", *pairs, "podman", "system", "service", "--time=0", f"unix://{sock}"],
+        _user.argv(["podman", "system", "service", "--time=0", f"unix://{sock}"]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -166,26 +142,6 @@ def service(timeout: float = 30) -> Iterator[str]:
             proc.kill()
             proc.wait()
         as_user(["podman", "rm", "--all", "--force"], capture_output=True)
-
-
-def load_images(docker_client, tags: list[str]) -> None:
-    """Copy Docker images into the user's Podman storage (``docker save | podman load``) unless already there."""
-    for tag in tags:
-        image = docker_client.images.get(tag)
-        have = as_user(["podman", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
-        if have.returncode == 0 and have.stdout.strip() == image.id.split(":", 1)[1]:
-            continue
-        _say(f"docker save {tag} | podman load ...")
-        pairs = [f"{k}={v}" for k, v in env().items()]
-        save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
-        load = subprocess.run(
-            ["runuser", "-u", USER, "--", "env", "-i", *pairs, "podman", "load"],
-            stdin=save.stdout,
-            capture_output=True,
-        )
-        save.wait()
-        if load.returncode != 0:
-            raise RuntimeError(f"podman load of {tag} failed: {load.stderr.decode()[-2000:]}")
 
 
 if __name__ == "__main__":

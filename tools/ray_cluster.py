@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from tools.engine import apt_install
 from tools.images import RAY_NEWEST
+from tools.rootless_podman import RootlessUser
 
 USER = "envpin-ray"
 HOME = Path("/home") / USER
@@ -59,84 +58,35 @@ def _say(msg: str) -> None:
     print(f"[envpin ray] {msg}", file=sys.stderr, flush=True)
 
 
+_user = RootlessUser(
+    USER, extra_env={"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "RAY_USAGE_STATS_ENABLED": "0"}
+)
+as_user = _user.run  #: run a command as the cluster's user, in its environment
+load_images = _user.load_images  #: Docker images into the user's podman storage, unless already there
+
+
 def _uid() -> int:
-    return pwd.getpwnam(USER).pw_uid
-
-
-def _env() -> dict[str, str]:
-    uid = _uid()
-    return {
-        "HOME": str(HOME),
-        "USER": USER,
-        "PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin",
-        "XDG_RUNTIME_DIR": f"/run/user/{uid}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "LANG": "C.UTF-8",
-    }
-
-
-def as_user(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """Run ``argv`` as the cluster's user, in its environment (never a login shell: nothing of root's leaks)."""
-    return subprocess.run(
-        ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in _env().items()), *argv], **kwargs
-    )
+    return _user.uid
 
 
 def prepare() -> None:
     """Everything but the processes: packages, user, runtime folder, storage, Ray's venv."""
-    if os.geteuid() != 0:
-        raise SystemExit("The Ray test cluster is set up by root (a rootless-podman user is created).")
-    apt_install("podman", "podman")
-    apt_install("uidmap", "newuidmap")
-    apt_install("slirp4netns", "slirp4netns")
+    _user.prepare()
     if subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)
         subprocess.run(
             ["apt-get", "install", "-y", "-q", "python3-venv"], check=True, stdout=subprocess.DEVNULL, env=env
         )
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], check=True)
-    uid = _uid()
-    runtime = Path(f"/run/user/{uid}")
-    runtime.mkdir(parents=True, exist_ok=True)
-    os.chown(runtime, uid, uid)
-    runtime.chmod(0o700)
     Path("/dev/mqueue").mkdir(exist_ok=True)
     if subprocess.run(["mountpoint", "-q", "/dev/mqueue"]).returncode != 0:
-        subprocess.run(["mount", "-t", "mqueue", "mqueue", "/dev/mqueue"], check=True)
-    if os.path.exists("/dev/net/tun"):
-        os.chmod("/dev/net/tun", 0o666)  # rootless podman's network (slirp4netns) opens it
-    config = HOME / ".config" / "containers"
-    as_user(["mkdir", "-p", str(config)], check=True)
-    as_user(["sh", "-c", f"printf '[storage]\\ndriver = \"overlay\"\\n' > {config}/storage.conf"], check=True)
+        subprocess.run(["mount", "-t", "mqueue", "mqueue", "/dev/mqueue"], check=True)  # Ray's --ipc=host
     marker = VENV / f".envpin-ray-{RAY_VERSION}"
     if not marker.exists():
         _say(f"installing Ray {RAY_VERSION} for the cluster's user (Debian's Python) ...")
         as_user(["/usr/bin/python3", "-m", "venv", "--clear", str(VENV)], check=True)
         as_user([f"{VENV}/bin/pip", "install", "-q", f"ray[default,client]=={RAY_VERSION}"], check=True)
         as_user(["touch", str(marker)], check=True)
-
-
-def load_images(docker_client, tags: list[str]) -> None:
-    """Load Docker images into the user's podman storage, unless podman has the same id already."""
-    for tag in tags:
-        docker_id = docker_client.images.get(tag).id.split(":", 1)[1]
-        have = as_user(["podman", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
-        if have.returncode == 0 and have.stdout.strip() == docker_id:
-            continue
-        _say(f"loading {tag} into {USER}'s podman storage ...")
-        save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
-        load = subprocess.run(
-            ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in _env().items()), "podman", "load"],
-            stdin=save.stdout, capture_output=True, text=True,
-        )  # fmt: skip
-        save.wait()
-        if load.returncode != 0 or save.returncode != 0:
-            raise RuntimeError(f"podman load of {tag} failed: {load.stderr[-2000:]}")
-        as_user(["podman", "image", "prune", "-f"], capture_output=True)  # the id this tag had before
 
 
 def start() -> None:
