@@ -79,17 +79,18 @@ def verdict(sent: dict[str, Any], here: dict[str, Any]) -> compat.Verdict:
     return compat.judge(compat.Side.of_envelope(sent), compat.Side.of_envelope(here))
 
 
-def check(sent: dict[str, Any], here: dict[str, Any], what: str, mode: str | None = None) -> None:
+def check(sent: dict[str, Any], here: dict[str, Any], what: str, mode: str | None = None, where: str = "here") -> None:
     """Raise EnvelopeMismatch if a ``what`` made under ``sent`` must not be loaded ``here`` (under ``mode``).
 
     ``mode`` is the strictness (``compat.MODES``); None: ``$ENVPIN_ENVELOPE``, else compatible.
+    ``where`` names the receiving side in the message (the executor judges for its worker too).
     An unmeasured pair in compatible mode warns once and passes.
     """
     compat.enforce(
         verdict(sent, here),
         compat.resolve_mode(mode),
         EnvelopeMismatch,
-        f"a {what} made under {_describe(sent)} here, under {_describe(here)}",
+        f"a {what} made under {_describe(sent)} {where}, under {_describe(here)}",
         FIX,
     )
 

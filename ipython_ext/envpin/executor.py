@@ -290,7 +290,7 @@ class ContainerExecutor(cf.Executor):
         worker's log.
         """
         ours = envelope.sender_environment()
-        envelope.check(ours, theirs, "job", self.envelope)
+        envelope.check(ours, theirs, "job", self.envelope, where="in its worker")
         envelope.check(theirs, ours, "job result", self.envelope)
 
     # -- connections ----------------------------------------------------------------
