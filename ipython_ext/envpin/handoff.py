@@ -51,10 +51,10 @@ def hand_over_and_exit(shell: Any, folder: Path) -> None:
         },
     )
     # ipykernel's flush returns once its I/O thread has handed the output to the iopub socket; what is
-    # left is ZMQ's own I/O thread writing it out, which takes well under a millisecond: 0.1 s is ample.
+    # left is ZMQ's own I/O thread writing it out, which takes well under a millisecond: 0.05 s is ample.
     sys.stdout.flush()
     sys.stderr.flush()
-    time.sleep(0.1)
+    time.sleep(0.05)
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
 
 
@@ -125,13 +125,13 @@ def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     cannot tell when they have, so "idle" is repeated a few times: clients
     ignore the repeats (they match a cell that is already finished).
     """
-    time.sleep(0.1)  # the subscribers reconnect about when the shell client did
+    time.sleep(0.05)  # the subscribers reconnect about when the shell client did (the repeats cover a late one)
     if note:
         kernel.session.send(
             kernel.iopub_socket, "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
             ident=b"stream.stdout",
         )  # fmt: skip
-    for delay in (0.0, 0.1, 0.3, 0.6, 1.2, 2.5):
+    for delay in (0.0, 0.05, 0.1, 0.3, 0.6, 1.2, 2.5):
         time.sleep(delay)
         kernel.session.send(
             kernel.iopub_socket, "status", {"execution_state": "idle"}, parent=parent, ident=b"kernel.status"
