@@ -46,7 +46,7 @@ class EngineKind:
     """What answers at a client's address."""
 
     podman: bool
-    rootless: bool
+    rootless: bool  #: known for Podman (it changes the options); False for Docker, which needs no difference
     version: str
     address: str
 
@@ -78,13 +78,10 @@ def kind(client: Any) -> EngineKind:
     names = " ".join(str(c.get("Name", "")) for c in version.get("Components") or [])
     podman = "podman" in names.lower()
     rootless = False
-    if podman:
-        # Podman's own API says it in /libpod/info (the compat /info does not).
+    if podman:  # only Podman's options depend on it; Podman's own API says it (the compat /info does not)
         response = client.api.get(client.api._url("/libpod/info"))
         if response.ok:
             rootless = bool(((response.json().get("host") or {}).get("security") or {}).get("rootless"))
-    else:
-        rootless = any("rootless" in str(o) for o in (client.info().get("SecurityOptions") or []))
     found = EngineKind(podman=podman, rootless=rootless, version=str(version.get("Version", "?")), address=address)
     with _lock:
         _kinds[address] = found

@@ -16,6 +16,7 @@ not marked: it breaks pickles only when a pickled class changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from . import compat
 FINGERPRINT_VERSION = 4
 
 
-def _version_of(dist: str) -> str | None:
+def version_of(dist: str) -> str | None:
     from importlib import metadata
 
     try:
@@ -58,13 +59,13 @@ def local_fingerprint() -> dict[str, Any]:
         "python_version": platform.python_version(),
         "python_minor": f"{sys.version_info[0]}.{sys.version_info[1]}",
         "platform": f"{sys.platform}-{platform.machine()}",
-        "cloudpickle": _version_of("cloudpickle"),
-        "dill": _version_of("dill"),
-        "ipykernel": _version_of("ipykernel"),
+        "cloudpickle": version_of("cloudpickle"),
+        "dill": version_of("dill"),
+        "ipykernel": version_of("ipykernel"),
         # The engines' clients (envpin's adapters): Ray in particular wants one version on driver and workers.
-        "ray": _version_of("ray"),
-        "ytsaurus-client": _version_of("ytsaurus-client"),
-        "flytekit": _version_of("flytekit"),
+        "ray": version_of("ray"),
+        "ytsaurus-client": version_of("ytsaurus-client"),
+        "flytekit": version_of("flytekit"),
         "distributions": len(dists),
         "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
         "image": os.environ.get("ENVPIN_IMAGE"),
@@ -191,10 +192,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Difference]:
         diffs = [d for d in diffs if d.key != "python_version"]  # already said
     if any(d.key == "python_minor" for d in diffs) and any(d.key == "cloudpickle" for d in diffs):
         # One verdict covers both: say its evidence once.
-        diffs = [
-            Difference(d.key, d.here, d.there, d.breaks_pickles, "", d.unmeasured) if d.key == "cloudpickle" else d
-            for d in diffs
-        ]
+        diffs = [dataclasses.replace(d, evidence="") if d.key == "cloudpickle" else d for d in diffs]
     return sorted(diffs, key=lambda d: not d.breaks_pickles)
 
 

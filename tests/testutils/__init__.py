@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,16 +65,26 @@ def envpin_containers(client: Any) -> list:
 # ---- waiting for an event instead of sleeping ----------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something true, and return that; fail naming ``what`` at ``timeout``."""
+def _polls(predicate: Callable[[], T], timeout: float, what: str) -> Iterator[T | None]:
+    """Look at ``predicate`` once per step: yields its value (true: the last step), fails naming ``what`` at ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
-            return value
+            yield value
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        yield None
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail naming ``what`` at ``timeout``."""
+    for value in _polls(predicate, timeout, what):
+        if value:
+            return value
         time.sleep(interval)
+    raise AssertionError("unreachable")
 
 
 async def async_wait_for(
@@ -83,11 +93,8 @@ async def async_wait_for(
     """:func:`wait_for` for async tests: the event loop keeps running between polls."""
     import asyncio
 
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
+    for value in _polls(predicate, timeout, what):
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(interval)
+    raise AssertionError("unreachable")

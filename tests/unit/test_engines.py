@@ -34,7 +34,6 @@ def fake_client(name: str, rootless: bool = False, socket: str = "/run/fake.sock
     return SimpleNamespace(
         api=api,
         version=lambda: {"Version": "4.3.1" if "Podman" in name else "28.2.2", "Components": [{"Name": name}]},
-        info=lambda: {"SecurityOptions": ["name=seccomp", *(["name=rootless"] if rootless else [])]},
     )
 
 

@@ -42,6 +42,7 @@ keep it, with the conflict warning.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from typing import Any
 
@@ -60,6 +61,7 @@ class YtsaurusAdapter(LibraryAdapter):
         #: what stamping the client template changed, (section, key) -> (before, after): a client created
         #: while pinned copied the stamped template, and unpinning must give it back the "before" values.
         self._template_changes: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._pickle_verdicts: dict[tuple[str, str], Any] = {}  # (image, pickler) -> compat.Verdict
 
     def summary(self) -> str:
         return "ytsaurus: docker_image + environment on every user job, cloudpickle"
@@ -101,6 +103,7 @@ class YtsaurusAdapter(LibraryAdapter):
                 target[key] = old
         self._undo.clear()
         self._stamped.clear()
+        self._pickle_verdicts.clear()
         self._template_changes.clear()
 
     def _set(self, config: dict, section: str, key: str, value: Any) -> None:
@@ -155,8 +158,7 @@ class YtsaurusAdapter(LibraryAdapter):
 
     # -- checks -------------------------------------------------------------------------
 
-    @staticmethod
-    def _preflight(builder, config: dict, stamp: Stamp) -> None:
+    def _preflight(self, builder, config: dict, stamp: Stamp) -> None:
         """Refuse a job whose pickle the pinned image is known not to load (``envpin.compat``).
 
         Only for a kernel outside the image (a kernel in it pickles with the
@@ -165,7 +167,8 @@ class YtsaurusAdapter(LibraryAdapter):
         The client's version check would refuse a different Python too, but
         only once the job runs on the cluster, after uploads and scheduling;
         this says it at the cell, with what was measured, and also covers
-        the pickler release, which the client does not compare.
+        the pickler release, which the client does not compare.  Judged once
+        per (image, pickler): every user job of every operation comes here.
         """
         if os.environ.get("ENVPIN_IMAGE") in (stamp.image, stamp.job_image):
             return
@@ -176,10 +179,17 @@ class YtsaurusAdapter(LibraryAdapter):
         from ..envelope import EnvelopeMismatch
 
         framework = str(config["pickling"].get("framework") or "cloudpickle")
-        ours, theirs = fingerprints.local_fingerprint(), fingerprints.fingerprint(image=stamp.image)
-        verdict = compat.judge(
-            compat.Side.of_fingerprint(ours, framework), compat.Side.of_fingerprint(theirs, framework)
-        )
+        verdict = self._pickle_verdicts.get((stamp.image, framework))
+        if verdict is None:
+            theirs = fingerprints.fingerprint(image=stamp.image)  # cached on disk by image id
+            ours = compat.Side(
+                platform.python_implementation(),
+                f"{sys.version_info[0]}.{sys.version_info[1]}",
+                framework,
+                fingerprints.version_of(framework),
+            )
+            verdict = compat.judge(ours, compat.Side.of_fingerprint(theirs, framework))
+            self._pickle_verdicts[(stamp.image, framework)] = verdict
         job = getattr(builder, "_job_name", None) or getattr(builder, "_job_type", "user")
         compat.enforce(
             verdict,
