@@ -65,7 +65,7 @@ def env(**extra: str) -> dict[str, str]:
 
 def as_user(argv: list[str], extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run ``argv`` as the user, in the user's environment (never a login shell)."""
-    return subprocess.run(_user.argv(argv, {"DOCKER_HOST": f"unix://{socket_path()}", **(extra_env or {})}), **kwargs)
+    return _user.run(argv, {"DOCKER_HOST": f"unix://{socket_path()}", **(extra_env or {})}, **kwargs)
 
 
 def _source_digest() -> str:
@@ -126,6 +126,7 @@ def service(timeout: float = 30) -> Iterator[str]:
         _user.argv(["podman", "system", "service", "--time=0", f"unix://{sock}"]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        cwd=HOME,  # not the caller's folder (see RootlessUser.run)
     )
     try:
         deadline = time.monotonic() + timeout

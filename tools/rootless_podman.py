@@ -52,6 +52,13 @@ class RootlessUser:
         return ["runuser", "-u", self.name, "--", "env", "-i", *pairs, *argv]
 
     def run(self, argv: list[str], extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+        """``argv`` as the user; in the user's home unless ``cwd`` says otherwise.
+
+        Never in the caller's folder: a checkout in a private folder (``mktemp -d``,
+        mode 700) is not the user's to enter, and rootless podman, which
+        re-enters its working folder inside its user namespace, fails there.
+        """
+        kwargs.setdefault("cwd", self.home)
         return subprocess.run(self.argv(argv, extra_env), **kwargs)
 
     def prepare(self) -> None:
@@ -84,7 +91,7 @@ class RootlessUser:
                 continue
             print(f"[rootless podman] docker save {tag} | podman load ({self.name}) ...", file=sys.stderr, flush=True)
             save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
-            load = subprocess.run(self.argv(["podman", "load"]), stdin=save.stdout, capture_output=True, text=True)
+            load = self.run(["podman", "load"], stdin=save.stdout, capture_output=True, text=True)
             save.wait()
             if load.returncode != 0 or save.returncode != 0:
                 raise RuntimeError(f"podman load of {tag} failed: {load.stderr[-2000:]}")
