@@ -125,7 +125,10 @@ def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     cannot tell when they have, so "idle" is repeated a few times: clients
     ignore the repeats (they match a cell that is already finished).
     """
-    time.sleep(0.05)  # the subscribers reconnect about when the shell client did (the repeats cover a late one)
+    # The subscribers reconnect about when the shell client did; the note goes out once (a repeat would show
+    # twice) and must come before "idle", so it waits for them. 0.05 s was too short now and then (seen in
+    # CI: JupyterLab missed the note); the idle repeats below cover a late subscriber.
+    time.sleep(0.1)
     if note:
         kernel.session.send(
             kernel.iopub_socket, "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
