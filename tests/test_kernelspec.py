@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from envpin.boot import BOOTSTRAP
 from jupyter_client.kernelspec import KernelSpecManager
 
 from testutils import PY311, PY313, ROOT, containers
@@ -18,7 +19,8 @@ def test_shipped_kernelspec_names_the_provisioner():
     spec = json.loads((ROOT / "kernelspecs" / "containerized-python" / "kernel.json").read_text())
     assert spec["display_name"] == "Containerized Python"
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "envpin-docker"
-    assert spec["argv"][1:4] == ["-m", "envpin_provisioner", "launch"]
+    # Started in the notebook's folder: imports nothing from it (envpin.boot)
+    assert spec["argv"][1:5] == ["-c", BOOTSTRAP, "envpin_provisioner", "launch"]
     # The provisioner is registered under the entry point jupyter_client looks in.
     from importlib.metadata import entry_points
 

@@ -1,4 +1,4 @@
-"""A warm kernel: ``python -m envpin.pooled HANDOFF_DIR`` imports ipykernel, then waits to become a kernel.
+"""A warm kernel: ``envpin.pooled HANDOFF_DIR`` (started through ``envpin.boot``) imports ipykernel, then waits to become a kernel.
 
 The provisioner's warm pool (``envpin_provisioner.pool``) starts containers
 running this before any kernel asks for one, so the slow part of a start
@@ -111,10 +111,9 @@ def _become_kernel(message: dict) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit("usage: python -m envpin.pooled HANDOFF_DIR")
-    # As ipykernel_launcher does: the folder ``python -m`` put first on sys.path goes (IPython adds the
-    # working directory itself), so sys.path is what a cold kernel has.
-    if sys.path and sys.path[0] in ("", os.getcwd()):
-        del sys.path[0]
+    # Started through envpin.boot: the working folder (the notebook's, which its kernel can write) is not on
+    # sys.path, so what follows imports only the image's and envpin's own modules (IPython adds the
+    # working folder itself later, for the notebook's namespace, as in a cold kernel).
     _preload()
     _become_kernel(_wait(argv[1]))
 

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import engines
+from . import boot, engines
 from .compat import ENV_VAR as ENVELOPE_VAR  # tells a worker how strictly to check the jobs it loads
 
 #: The worker's entry point, relative to the interpreter: ``python -m envpin.run_worker SOCKET SLOT``.
@@ -72,7 +72,7 @@ class ProcessWorker:
         env[ENVELOPE_VAR] = envelope_mode
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [envpin_parent(), env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, socket_path, slot_id], env=env, stdin=subprocess.DEVNULL
+            boot.argv(sys.executable, WORKER_MODULE, socket_path, slot_id), env=env, stdin=subprocess.DEVNULL
         )
 
     def exit_status(self) -> int | None:
@@ -122,7 +122,7 @@ class ContainerWorker:
         if mem_limit:
             options.update(mem_limit=mem_limit, memswap_limit=mem_limit)
         self._container = engines.create(
-            client, entrypoint=["python3"], command=["-m", WORKER_MODULE, socket_path, slot_id], **options
+            client, entrypoint=boot.entrypoint("python3"), command=[WORKER_MODULE, socket_path, slot_id], **options
         )
         try:
             self._container.start()

@@ -44,7 +44,7 @@ import docker.errors
 import zmq
 from docker.types import DeviceRequest, Mount
 
-from envpin import engines, host_docker, safe_files
+from envpin import boot, engines, host_docker, safe_files
 from envpin.container_spec import base_options
 
 from . import ownership
@@ -159,12 +159,12 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
     mounts.extend(launch.extra_mounts)
     if launch.handoff_dir:  # a warm container: it waits to be told its kernel's arguments (envpin.pooled)
         mounts.append(Mount(target=launch.handoff_dir, source=launch.handoff_dir, type="bind", read_only=True))
-        command = ["-m", "envpin.pooled", launch.handoff_dir]
+        command = ["envpin.pooled", launch.handoff_dir]
         options["name"] = f"{WARM_NAME_PREFIX}{os.path.basename(launch.handoff_dir)}-{os.urandom(3).hex()}"
     else:
-        command = ["-m", "ipykernel_launcher", "-f", launch.in_container_connection_file(), *launch.kernel_args]
+        command = ["ipykernel_launcher", "-f", launch.in_container_connection_file(), *launch.kernel_args]
     options.update(
-        entrypoint=[launch.python],
+        entrypoint=boot.entrypoint(launch.python),  # nothing imported from the notebook folder
         command=command,
         environment=env,
         network_mode=launch.network_mode,

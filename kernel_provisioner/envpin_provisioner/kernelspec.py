@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from envpin import boot
+
 from .images import check_reference
 
 PROVISIONER_NAME = "envpin-docker"
@@ -39,7 +41,8 @@ def kernelspec_dict(
 ) -> dict[str, Any]:
     """The kernel.json content for ``image`` (``None``: the configured default image)."""
     config = dict(config or {})
-    argv = [python or sys.executable, "-m", "envpin_provisioner", "launch"]
+    # Started in the notebook's folder, which the kernel can write: nothing may be imported from it (boot).
+    argv = boot.argv(python or sys.executable, "envpin_provisioner", "launch")
     if image:
         check_reference(image)
         config["image"] = image

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from docker.types import DeviceRequest
 
-from envpin import engines
+from envpin import boot, engines
 from envpin.container_spec import base_options
 
 
@@ -77,7 +77,7 @@ def test_an_engine_without_init_gets_envpins_own():
     out = engines.adapt(client, kernel_options())
     assert out["init"] is False
     # the program's own Python runs the init (an image may have no python3 on PATH)
-    assert out["entrypoint"] == ["/opt/python/bin/python", "-m", "envpin.pid1", "/opt/python/bin/python"]
+    assert out["entrypoint"] == [*boot.entrypoint("/opt/python/bin/python"), "envpin.pid1", "/opt/python/bin/python"]
     assert out["command"] == ["-m", "ipykernel_launcher"]
 
 

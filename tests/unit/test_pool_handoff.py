@@ -75,7 +75,7 @@ def test_a_hand_over_that_is_not_one_is_refused(tmp_path):
 def _options(**changes):
     base = {
         "image": "sha256:1",
-        "command": ["-m", "ipykernel_launcher", "-f", "/c/kernel.json"],
+        "command": ["ipykernel_launcher", "-f", "/c/kernel.json"],
         "name": "x",
         "environment": {"ENVPIN_IMAGE": "py", "JPY_SESSION_NAME": "/nb/a.ipynb", "PYTHONPATH": "/opt/envpin/python"},
         "labels": {"envpin.role": "kernel", "envpin.kernel-id": "k"},
