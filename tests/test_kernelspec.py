@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from envpin.boot import BOOTSTRAP
 from jupyter_client.kernelspec import KernelSpecManager
 
+from envpin.boot import BOOTSTRAP
 from testutils import PY311, PY313, ROOT, containers
 from testutils.kernels import PROBE, execute_until_running, kernel, run_json
 
