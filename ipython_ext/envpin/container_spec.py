@@ -48,6 +48,7 @@ def base_options(
     image_env: list[str] | tuple[str, ...] = (),
     user: str | None = None,
     cwd: str | None = None,
+    cwd_source: str | None = None,
     mount_envpin: bool = True,
     owner_pid: int | None = None,
     extra_labels: dict[str, str] | None = None,
@@ -55,7 +56,9 @@ def base_options(
     """Keyword arguments of ``client.containers.create`` shared by every envpin container.
 
     Mounts are plain dicts in the Engine API's shape (``Target``/``Source``/
-    ``Type``/``ReadOnly``), which ``docker.types.Mount`` also is.
+    ``Type``/``ReadOnly``), which ``docker.types.Mount`` also is.  ``cwd`` is
+    mounted at its own path; ``cwd_source``, when given, is the folder's
+    link-free path on the host (the server's pinned one), mounted there instead.
     """
     user = user or f"{os.getuid()}:{os.getgid()}"
     uid, _, gid = user.partition(":")
@@ -73,7 +76,7 @@ def base_options(
         image_path = image_env_value(image_env, "PYTHONPATH")
         env["PYTHONPATH"] = ENVPIN_PYTHONPATH + (f":{image_path}" if image_path else "")
     if cwd:
-        mounts.append({"Target": cwd, "Source": cwd, "Type": "bind", "ReadOnly": False})
+        mounts.append({"Target": cwd, "Source": cwd_source or cwd, "Type": "bind", "ReadOnly": False})
     return dict(
         image=image_id,
         environment=env,

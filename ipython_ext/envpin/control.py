@@ -166,6 +166,15 @@ def session_options(raw) -> dict:
     return out
 
 
+#: The variables :func:`session_option_env` may set.
+SESSION_OPTION_VARS = frozenset({"ENVPIN_STRICT", "ENVPIN_BY_DIGEST", "ENVPIN_RAY_MODE", "ENVPIN_ENVELOPE"})
+
+
+def is_session_option_env(name: str) -> bool:
+    """True for a variable that carries a session option (set per start, from the pin or %use_image)."""
+    return name in SESSION_OPTION_VARS
+
+
 def session_option_env(options) -> dict[str, str]:
     """The kernel environment that carries ``options`` into a new kernel process."""
     options = session_options(options)

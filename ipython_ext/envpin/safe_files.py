@@ -57,7 +57,11 @@ def open_dir(path: str | os.PathLike, nofollow: bool = False) -> int:
 
     ``nofollow``: refuse when ``path`` itself is a symbolic link (for a folder
     whose name the caller made, inside a folder someone else can write).
+    A :class:`PinnedDir` gives a new descriptor of the folder it pinned,
+    wherever that folder is now: its path is not looked up again.
     """
+    if isinstance(path, PinnedDir):
+        return os.dup(path.fd)
     return os.open(path, _DIR_FLAGS | (os.O_NOFOLLOW if nofollow else 0))
 
 
@@ -68,6 +72,156 @@ def directory(path: str | os.PathLike, nofollow: bool = False) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+class FolderChanged(OSError):
+    """A pinned folder's path no longer leads to the folder that was pinned (renamed, replaced, relinked)."""
+
+
+def open_real_path(real: str) -> int:
+    """A descriptor of the folder at the absolute, link-free path ``real``, following no link on the way.
+
+    Each component is opened relative to its parent with ``O_NOFOLLOW``: a
+    link anywhere in the path (planted since ``real`` was worked out) fails
+    the walk with ELOOP or ENOTDIR instead of being followed.
+    """
+    if not os.path.isabs(real):
+        raise ValueError(f"not an absolute path: {real!r}")
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in [p for p in real.split("/") if p]:
+            if part in (".", ".."):
+                raise FolderChanged(errno.EINVAL, f"{real} is not a plain path")
+            child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class PinnedDir(os.PathLike):
+    """A folder pinned once: an open descriptor, its device and inode, and the paths it had then.
+
+    ``path`` is the folder as the caller named it (what a user and a kernel
+    see), ``real`` the same folder with every link resolved at the moment of
+    pinning.  The descriptor keeps naming that folder whatever happens to
+    its path later: :func:`directory` and the pin functions use it, never
+    the path.  :meth:`check` says whether ``real`` still leads to it (for
+    the things that must name it by path, like a bind mount).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.real = os.path.realpath(self.path)
+        self.fd = open_real_path(self.real)
+        st = os.fstat(self.fd)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"PinnedDir({self.path!r})"
+
+    def check(self) -> str:
+        """``real`` if it still leads (without a link) to the pinned folder; raise FolderChanged otherwise."""
+        try:
+            fd = open_real_path(self.real)
+        except OSError as exc:
+            raise FolderChanged(exc.errno or errno.ENOENT, f"{self.real}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) != self.identity:
+            raise FolderChanged(errno.ESTALE, f"{self.real} is another folder now")
+        return self.real
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+#: Folders :func:`remove_tree` holds open at once; deeper ones are moved up first.
+_MAX_OPEN_DEPTH = 32
+
+
+def remove_tree(dir_fd: int, name: str, deadline: float) -> bool:
+    """Remove ``name`` in ``dir_fd`` and all below it, iteratively, until ``deadline`` (``time.monotonic``).
+
+    Never follows a link (each folder is opened relative to its parent with
+    ``O_NOFOLLOW``), never recurses, and holds at most ``_MAX_OPEN_DEPTH``
+    descriptors: a deeper folder is renamed up to the top one and emptied
+    from there, so a 100,000-deep tree costs neither a Python stack nor the
+    process's descriptors.  Stops at ``deadline``: True when
+    everything is gone, False when time ran out (what is left stays).
+    """
+    import time
+
+    check_name(name)
+    stack: list[tuple[int, str]] = []  # (descriptor of a folder being emptied, its name in its parent)
+    try:
+        try:
+            top = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return True
+        except (NotADirectoryError, OSError) as exc:
+            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                remove(dir_fd, name)
+                return True
+            raise
+        stack.append((top, name))
+        while stack:
+            fd, own_name = stack[-1]
+            descended = False
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if time.monotonic() > deadline:
+                        return False
+                    if entry.is_dir(follow_symlinks=False):
+                        if len(stack) >= _MAX_OPEN_DEPTH:  # flatten: move it up to the top, emptied later from there
+                            try:
+                                flat = f".flat-{uuid.uuid4().hex[:12]}"
+                                os.rename(entry.name, flat, src_dir_fd=fd, dst_dir_fd=stack[0][0])
+                            except OSError:
+                                pass
+                            continue
+                        try:
+                            child = os.open(entry.name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                        except OSError:
+                            continue  # replaced meanwhile: the next pass sees what is there now
+                        stack.append((child, entry.name))
+                        descended = True
+                        break
+                    try:
+                        os.unlink(entry.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+                    except IsADirectoryError:  # swapped for a folder meanwhile: the next pass descends
+                        descended = True
+                        break
+            if descended:
+                continue
+            stack.pop()
+            os.close(fd)
+            parent = stack[-1][0] if stack else dir_fd
+            try:
+                os.rmdir(own_name, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:  # refilled meanwhile: loop again while time is left
+                    raise
+                if time.monotonic() > deadline:
+                    return False
+                stack.append((os.open(own_name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent), own_name))
+        return True
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 def read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes:

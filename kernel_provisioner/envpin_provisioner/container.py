@@ -68,7 +68,10 @@ class KernelLaunch:
     connection_info: dict[str, Any]  #: as the host side sees it
     connection_file: str  #: host path of the connection file
     python: str = "python3"
-    cwd: str | None = None
+    cwd: str | None = None  #: the notebook folder, as the user names it: the kernel's working folder, same path
+    #: The notebook folder pinned at the kernel's first start (``safe_files.PinnedDir``): its link-free path is
+    #: what is mounted, checked before the container is created and again, from inside it, once it runs.
+    folder: safe_files.PinnedDir | None = None
     env: dict[str, str] = field(default_factory=dict)
     user: str = ""
     network_mode: str = "bridge"
@@ -147,6 +150,7 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
         image_env=launch.image.env,
         user=launch.user,
         cwd=launch.cwd,
+        cwd_source=launch.folder.real if launch.folder is not None else None,
         mount_envpin=launch.mount_envpin,
         owner_pid=launch.owner_pid,
         extra_labels={ownership.KERNEL_ID: launch.kernel_id} if launch.kernel_id else None,
@@ -202,8 +206,53 @@ def _connection_tar(launch: KernelLaunch, uid: int, gid: int) -> bytes:
     return buf.getvalue()
 
 
+def _folder_changed(launch: KernelLaunch, why: str) -> KernelStartFailed:
+    return KernelStartFailed(
+        f"The notebook folder {launch.cwd} is not the folder this kernel started in any more ({why}): it was "
+        "renamed, replaced or linked elsewhere since. envpin mounts only the folder it pinned at the kernel's "
+        "first start, so it does not start a kernel there. Shut this kernel down and open the notebook again "
+        "from where it is now."
+    )
+
+
+def check_folder(launch: KernelLaunch) -> None:
+    """Before a container is created: the pinned notebook folder's path still leads to that folder, link-free."""
+    if launch.folder is not None:
+        try:
+            launch.folder.check()
+        except safe_files.FolderChanged as exc:
+            raise _folder_changed(launch, exc.strerror or str(exc)) from None
+
+
+def verify_folder_mount(container, launch: KernelLaunch, log: logging.Logger | logging.LoggerAdapter) -> None:
+    """Once the container runs: what is mounted at the notebook folder is the pinned folder (same device, inode).
+
+    The check before creation leaves a window (the engine resolves the
+    source path itself, later); this closes it by looking through the
+    container's root (``/proc/PID/root``) at what was really mounted.  Only
+    for a local engine, whose processes this machine's ``/proc`` shows; a
+    server that may not look (another user's container) keeps the first check.
+    """
+    if launch.folder is None or not launch.cwd:
+        return
+    container.reload()
+    pid = (container.attrs.get("State") or {}).get("Pid") or 0
+    if not pid:
+        return  # exited already: waiting for it reports why
+    try:
+        st = os.stat(f"/proc/{int(pid)}/root{launch.cwd}")
+    except (FileNotFoundError, ProcessLookupError):
+        return  # exited meanwhile
+    except OSError as exc:
+        log.debug("envpin: cannot look into container %s to check its folder: %s", container.short_id, exc)
+        return
+    if (st.st_dev, st.st_ino) != launch.folder.identity:
+        raise _folder_changed(launch, "another folder was mounted in its place")
+
+
 def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger | logging.LoggerAdapter):
     """Create and start the kernel container; remove it again if starting fails."""
+    check_folder(launch)
     options = container_options(launch)
     try:
         container = engines.create(client, **options)
@@ -219,6 +268,8 @@ def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger
                 os.path.dirname(TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid))
             )
         container.start()
+        if engines.is_local(client):
+            verify_folder_mount(container, launch, log)
     except docker.errors.APIError as exc:
         remove(container)
         raise KernelStartFailed(_start_error(launch, exc)) from exc
@@ -491,13 +542,49 @@ def give_connection_file(folder: str, owner: tuple[int, int]) -> None:
             os.close(fd)
 
 
-def remove_channel_dir(path: str) -> None:
-    """Remove a channel directory and whatever the kernel left in it.
+#: Seconds a channel folder's removal may take before what is left stays (its key is gone first).
+REMOVAL_BUDGET = 60.0
 
-    ``shutil.rmtree`` works on descriptors here (``rmtree.avoids_symlink_attacks``):
-    a link the kernel planted is removed, never followed.
+
+def remove_connection_files(path: str) -> None:
+    """Remove the connection files (the key) of a channel folder: the top one and each hand-over folder's.
+
+    Fast whatever the kernel left: these are names in folders only the server
+    writes.  Run first, so that a folder whose removal runs out of time never
+    leaves a key behind.
     """
-    import shutil
+    if not path or not Path(path).name.startswith("envpin-"):
+        return
+    try:
+        with safe_files.directory(path, nofollow=True) as top:
+            safe_files.remove(top, CONNECTION_FILE)
+            for name in os.listdir(top):
+                if name.startswith("handoff-"):
+                    try:
+                        with safe_files.directory(os.path.join(path, name), nofollow=True) as handoff:
+                            safe_files.remove(handoff, CONNECTION_FILE)
+                    except OSError:
+                        pass
+    except FileNotFoundError:
+        pass
 
-    if path and Path(path).name.startswith("envpin-"):
-        shutil.rmtree(path, ignore_errors=True)
+
+def remove_channel_dir(path: str, budget: float = REMOVAL_BUDGET) -> bool:
+    """Remove a channel directory and whatever the kernel left in it; True when all of it is gone.  Blocking.
+
+    The key goes first (``remove_connection_files``); the rest is removed
+    iteratively, on descriptors, without following a link
+    (``safe_files.remove_tree``), and for at most ``budget`` seconds: a kernel
+    that filled its folders with a million files or a 100,000-deep tree costs
+    a worker thread that long, never the server's event loop, and never an
+    exception.
+    """
+    if not path or not Path(path).name.startswith("envpin-"):
+        return True
+    remove_connection_files(path)
+    parent, name = os.path.split(path)
+    try:
+        with safe_files.directory(parent) as parent_fd:
+            return safe_files.remove_tree(parent_fd, name, time.monotonic() + budget)
+    except OSError:
+        return False

@@ -172,3 +172,49 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except requests.exceptions.ConnectionError as exc:
         raise explain_engine_failure(exc) from exc
+
+
+_log = logging.getLogger("envpin")
+
+
+def _consume(task: asyncio.Future) -> None:
+    """Retrieve a detached call's outcome, so a failure is logged once, not as 'never retrieved'."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("envpin: a background engine call failed: %s", task.exception())
+
+
+async def call_through(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """:func:`call` that runs to its end even when the awaiting task is cancelled.
+
+    For what must happen whatever becomes of the caller: removing a
+    container that would otherwise be left behind.  The caller still sees
+    its cancellation at once.
+    """
+    task = asyncio.ensure_future(call(fn, *args, **kwargs))
+    task.add_done_callback(_consume)
+    return await asyncio.shield(task)
+
+
+async def create_owned(fn: Callable[..., T], *args: Any, dispose: Callable[[T], object], **kwargs: Any) -> T:
+    """:func:`call` for a blocking creation whose result someone must own: a container, a folder.
+
+    A task cancelled while the creation runs in its thread (a kernel shut
+    down 0.1 s after it started, while its standby was being created) would
+    never learn what was made, and it would stay behind.  Here the creation
+    runs to its end regardless, and when nobody awaits it any more its
+    result is handed to ``dispose`` (in a worker thread).
+    """
+    task = asyncio.ensure_future(call(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        loop = asyncio.get_running_loop()
+
+        def created(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return  # nothing was made (a failed creation cleans up after itself)
+            later = loop.run_in_executor(None, dispose, done.result())
+            later.add_done_callback(_consume)
+
+        task.add_done_callback(created)
+        raise

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import docker
 import docker.errors
 
-from envpin import aliases, control, image_policy, pins
+from envpin import aliases, control, image_policy, pins, safe_files
 from envpin.errors import PinFileError
 
 from . import images
@@ -73,7 +73,8 @@ def choose(
     allowed: list[str] | tuple[str, ...] = (),
 ) -> ImageChoice:
     """Blocking: call from a worker thread."""
-    folder = notebook_folder(notebook, cwd)
+    # The provisioner passes the folder it pinned (a PinnedDir: read through its descriptor); others a path.
+    folder = cwd if isinstance(cwd, safe_files.PinnedDir) else notebook_folder(notebook, cwd)
     pin = pins.lookup(folder, notebook)  # a damaged pin file stops the start
     if not pin:
         image_policy.check(aliases.expand(configured), allowed, "this kernel's configuration (kernelspec)", configured)

@@ -23,7 +23,7 @@ import uuid
 
 import docker.errors
 
-from envpin import aliases, image_policy
+from envpin import aliases, image_policy, safe_files
 
 from . import container as kc
 from . import engine, images
@@ -79,6 +79,7 @@ def run(
         connection_file=connection_file,
         python=python,
         cwd=os.getcwd(),
+        folder=safe_files.PinnedDir(os.getcwd()),  # mounted only if it is still this folder once the container runs
         env={k: v for k, v in os.environ.items() if k in ("JPY_SESSION_NAME", "LANG", "TZ")},
         network_mode=network_mode,
     )

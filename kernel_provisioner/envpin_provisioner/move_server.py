@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from envpin import aliases, image_policy, pins
+from envpin import aliases, image_policy, pins, safe_files
 from envpin.hooks import require_digest
 
 from . import container as kc
@@ -52,11 +52,11 @@ class MovableKernel(Protocol):
     @property
     def choice(self) -> image_choice.ImageChoice | None: ...
 
-    def pin_location(self) -> tuple[str, str | None, tuple[int, int] | None]:
-        """(folder of the pin file, notebook key, owner of the files written) from the start request."""
+    def pin_location(self) -> tuple[safe_files.PinnedDir, str | None, tuple[int, int] | None]:
+        """(folder of the pin file, pinned at the first start; notebook key; owner of the files written)."""
 
     def build_launch(
-        self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str, moved: bool = False
+        self, choice: image_choice.ImageChoice, env: dict[str, str], moved: bool = False
     ) -> kc.KernelLaunch: ...
 
     async def start_container(
@@ -153,20 +153,22 @@ class MoveServer:
         there to report it.
         """
         kernel = self.kernel
-        launch = kernel.build_launch(choice, self.env, kernel.cwd or "", moved=True)
+        launch = kernel.build_launch(choice, self.env, moved=True)
         self.moving = True
         try:
             new = await kernel.start_container(launch, replacing=kc.socket_inodes(launch))
             try:
                 await engine.call(record_pin)  # before the hand-over: a restart must find it
             except BaseException:
-                await engine.call(kc.remove, new)
+                await engine.call_through(kc.remove, new)
                 raise
             self.channel.respond(request.id, status="moving", **answer)
             old = kernel.swap(new, launch, choice)
             if old is not None:
-                await engine.call(wait_exit, old, self.HANDOVER_TIMEOUT)
-                await engine.call(kc.remove, old)
+                try:
+                    await engine.call(wait_exit, old, self.HANDOVER_TIMEOUT)
+                finally:  # a shutdown meanwhile cancels this task: the old container still goes
+                    await engine.call_through(kc.remove, old)
             kernel.log.info(
                 "envpin: kernel %s moved into %s (%s)", kernel.kernel_id, choice.name, choice.resolved.immutable
             )

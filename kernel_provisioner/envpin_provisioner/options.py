@@ -187,8 +187,9 @@ class ProvisionerOptions(Configurable):
         help="""Warm kernels: how many containers to keep started and waiting, ipykernel imported, per
         (image id, user, configuration), so that a start takes one instead of starting a container; each
         kernel also keeps a standby for its restarts and %use_image moves. Each waiting container holds
-        about 60 MB of memory, and a kernel from the shared pool sees the whole pool_root (not only its
-        notebook's folder). Default: $ENVPIN_POOL_SIZE, else 0: no pool, nothing runs that nobody asked for.""",
+        about 60 MB of memory. The shared pool is kept per notebook folder: a warm container mounts exactly
+        the folder it was made for, so the first start in a folder is cold and fills the pool for the next.
+        Default: $ENVPIN_POOL_SIZE, else 0: no pool, nothing runs that nobody asked for.""",
     )
 
     @default("pool_size")
@@ -200,9 +201,9 @@ class ProvisionerOptions(Configurable):
 
     pool_root = Unicode(
         config=True,
-        help="""The folder a shared-pool container mounts at its own path before it knows its notebook; a
-        start whose notebook folder is inside it can take a warm container (others start cold). Default:
-        $ENVPIN_POOL_ROOT, else jupyter_server's root_dir, else the folder of the first start.""",
+        help="""Deprecated and ignored: a shared-pool container used to mount this whole folder, which let its
+        kernel reach every notebook folder below it. Warm containers now mount exactly the notebook folder
+        they were made for (see pool_size); setting this only logs a warning.""",
     )
 
     @default("pool_root")

@@ -11,14 +11,15 @@ Two kinds, because a container's mounts and labels are fixed when it is
 created:
 
 * **the shared pool** (:class:`Pools`), for starts: ``pool_size`` containers
-  per (engine, image id, user, configuration), each with a channel folder of
-  its own (which becomes the kernel's) and the *pool root* mounted at its own
-  path (jupyter_server's ``root_dir``, else the folder of the first start),
-  because the notebook's folder is not known yet.  The kernel then changes
-  into the notebook's folder, which must lie inside the pool root (else the
-  start is cold).  Its labels say ``envpin.role=pool`` and carry no kernel id
-  (labels cannot change): the container is renamed ``envpin-<kernel id>``
-  when a kernel takes it;
+  per (engine, image id, user, notebook folder, configuration), each with a
+  channel folder of its own (which becomes the kernel's) and exactly that
+  notebook folder mounted, as a cold start would: a pooled kernel reaches
+  no more than a cold one (an earlier design mounted a whole "pool root",
+  through which a kernel reached other notebooks' folders and planted code
+  for their kernels).  The first start in a folder is therefore cold and
+  fills the pool for the next.  Its labels say ``envpin.role=pool`` and carry
+  no kernel id (labels cannot change): the container is renamed
+  ``envpin-<kernel id>`` when a kernel takes it;
 * **standbys**, for restarts and ``%use_image`` moves of one kernel: made
   from that kernel's own launch (its channel folder, notebook folder, labels
   with its kernel id), so the same socket paths can be bound again, which a
@@ -97,7 +98,6 @@ class Warm:
     image_id: str
     shape: str  #: digest of the launch it was made from (see :func:`shape_of`)
     channel_dir: str | None = None  #: the shared pool's: its own channel folder, which becomes the kernel's
-    pool_root: str | None = None  #: the shared pool's: the folder mounted in place of the notebook's
     env: dict[str, str] = field(default_factory=dict)  #: the variables it was created with
     created: float = field(default_factory=time.monotonic)
 
@@ -139,19 +139,33 @@ class Warm:
             kc.remove_channel_dir(self.channel_dir)
 
 
-def shape_of(options: dict[str, Any]) -> str:
-    """A digest of container options with what differs between two containers of one kernel left out.
+#: Variables envpin sets per start (who the kernel is, how it was started), which the hand-over supplies:
+#: the only ones left out of a warm container's shape.  Every other variable a container is created with
+#: is visible to its kernel for good (``/proc/1/environ``), so it is part of the shape: a container made
+#: for a kernelspec with a secret in its ``environment`` is never handed to another configuration.
+PER_START_ENV = frozenset(
+    {"JPY_SESSION_NAME", "ENVPIN_IMAGE_NAME", "ENVPIN_PINNED", "ENVPIN_CONTROL_DIR", "ENVPIN_IMAGE_LATEST_ID"}
+)
 
-    Two launches of the same shape get the same container but for the
-    command, the name, the role label, the hand-over mount and the variables
-    the hand-over sets (all but ``PYTHON*``/``LD_*``, which the interpreter
-    reads at its start): a warm container of that shape can stand in for a
-    cold start.
+
+def shape_of(options: dict[str, Any]) -> str:
+    """A digest of container options with what differs between two starts of one configuration left out.
+
+    Left out: the command, the name, the role label, the hand-over mount
+    and the per-start variables (:data:`PER_START_ENV`, the hand-over marker
+    and the session options, all envpin's own).  Everything a kernel can
+    observe of its container (the rest of its creation environment, mounts,
+    labels, user, limits) is in: a warm container of that shape can stand in
+    for a cold start, and for nothing else.
     """
+    from envpin import control
+    from envpin.handoff import EXPECT_ENV
+
     kept = {k: v for k, v in options.items() if k not in ("command", "name", "environment")}
-    # The hand-over sets the kernel's variables, but the interpreter reads these before any Python runs.
     kept["environment"] = {
-        k: v for k, v in (options.get("environment") or {}).items() if k.startswith(("PYTHON", "LD_"))
+        k: v
+        for k, v in (options.get("environment") or {}).items()
+        if k not in PER_START_ENV and k != EXPECT_ENV and not control.is_session_option_env(k)
     }
     kept["labels"] = {k: v for k, v in (options.get("labels") or {}).items() if k != "envpin.role"}
     kept["mounts"] = sorted(

@@ -34,7 +34,7 @@ from docker.types import Mount
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from envpin import control
+from envpin import control, safe_files
 from envpin.handoff import EXPECT_ENV as handoff_env
 
 from . import container as kc
@@ -44,6 +44,27 @@ from .errors import ConfigError, EnvpinError
 from .move_server import MoveServer
 from .options import ProvisionerOptions, check_options
 from .warm_kernels import WarmKernels
+
+
+def pin_folders(notebook: str | None, cwd: str | None) -> tuple[safe_files.PinnedDir, safe_files.PinnedDir]:
+    """Pin (open, by descriptor) the notebook folder and its pin file's folder, as a kernel's first start names them.
+
+    Blocking.  Both come from jupyter_server's start request.  From here on
+    the kernel can rename either or put a link in its place: the server keeps
+    using the folders it pinned (pins through the descriptor, mounts only
+    after checking the path still leads there, see ``container.check_folder``).
+    """
+    folder_path = os.path.abspath(cwd or os.getcwd())
+    pin_path = image_choice.notebook_folder(notebook, folder_path)
+    try:
+        folder = safe_files.PinnedDir(folder_path)
+        pin_dir = folder if os.path.abspath(pin_path) == folder.path else safe_files.PinnedDir(pin_path)
+    except OSError as exc:
+        raise ConfigError(
+            f"The notebook folder {exc.filename or folder_path} cannot be opened ({exc.strerror}); the kernel "
+            "starts in its notebook's folder. Check that it exists and that the Jupyter server may enter it."
+        ) from None
+    return folder, pin_dir
 
 
 # (mypy cannot evaluate jupyter_client's metaclass, KernelProvisionerMeta(ABCMeta, type(LoggingConfigurable)),
@@ -62,9 +83,14 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _control: ControlChannel | None = None
     _mover: MoveServer | None = None
     _warm: WarmKernels
-    #: Where this kernel's notebook pin lives, from what jupyter_server said at start (never from the kernel).
-    _pin_folder: str | None = None
+    #: The notebook folder (mounted, the kernel's working folder) and the folder of its pin file: named by
+    #: jupyter_server's first start request (never by the kernel), pinned then, and used through their
+    #: descriptors from then on (``safe_files.PinnedDir``): a kernel that relinks either path later moves nothing.
+    _folder: safe_files.PinnedDir | None = None
+    _pin_dir: safe_files.PinnedDir | None = None
     _notebook: str | None = None
+    #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
+    _sockets: dict[str, tuple[int, int]] | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
@@ -136,10 +162,12 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         return None if uid_i == 0 else (uid_i, gid_i)
 
     def build_launch(
-        self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str, moved: bool = False
+        self, choice: image_choice.ImageChoice, env: dict[str, str], moved: bool = False
     ) -> kc.KernelLaunch:
-        """The KernelLaunch for ``choice``: everything but the image comes from the options."""
+        """The KernelLaunch for ``choice``: everything but the image comes from the options, the folder is the pinned one."""
         km = self.parent
+        if self._folder is None:
+            raise EnvpinError("build_launch ran before pre_launch pinned the notebook folder; this is a bug in envpin.")
         extra_env = {"ENVPIN_IMAGE_NAME": choice.name}
         kernel_args: list[str] = []
         if self._control_dir and self.transport_supports_control:
@@ -159,7 +187,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             connection_info=dict(self.connection_info),
             connection_file=km.connection_file if km else "",
             python=self.python,
-            cwd=cwd,
+            cwd=self._folder.path,
+            folder=self._folder,
             env=self._container_env(env),
             user=self.user,
             network_mode=self.network_mode,
@@ -213,12 +242,12 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         client = await self._docker()
         container = await self._warm.hand_over(launch)
-        if container is None:
-            container = await engine.call(kc.start, client, launch, self.log)
+        if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
+            container = await engine.create_owned(kc.start, client, launch, self.log, dispose=kc.remove)
         try:
             await engine.call(kc.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
         except BaseException:  # a failed or cancelled start leaves no container behind
-            await engine.call(kc.remove, container)
+            await engine.call_through(kc.remove, container)
             raise
         return container
 
@@ -231,13 +260,16 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def set_choice(self, choice: image_choice.ImageChoice) -> None:
         self._choice = choice
 
-    def pin_location(self) -> tuple[str, str | None, tuple[int, int] | None]:
-        """Where this kernel's pin is recorded: from jupyter_server's start request, never from the kernel."""
-        return self._pin_folder or self.cwd or os.getcwd(), self._notebook, self._kernel_owner()
+    def pin_location(self) -> tuple[safe_files.PinnedDir, str | None, tuple[int, int] | None]:
+        """Where this kernel's pin is recorded: the folder pinned at its first start, by descriptor."""
+        if self._pin_dir is None:
+            raise EnvpinError("This kernel has not finished starting; run %use_image again in a moment.")
+        return self._pin_dir, self._notebook, self._kernel_owner()
 
     def swap(self, container: Container, launch: kc.KernelLaunch, choice: image_choice.ImageChoice) -> Container | None:
         moved_from = self._launch
         previous, self._container, self._launch, self._choice = self._container, container, launch, choice
+        self._sockets = kc.socket_inodes(launch) if launch.private_channels else None
         self._warm.keep_standbys(launch, moved_from)
         return previous
 
@@ -263,14 +295,15 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         env = kwargs.get("env") or {}
         # The notebook and its folder come from jupyter_server's start request, and from nowhere else.
         self._notebook = env.get("JPY_SESSION_NAME") or None
-        self._pin_folder = image_choice.notebook_folder(self._notebook, kwargs.get("cwd"))
+        if self._folder is None:  # the first start pins them; restarts and moves use what was pinned
+            self._folder, self._pin_dir = await engine.call(pin_folders, self._notebook, kwargs.get("cwd"))
         self._choice = await engine.call(
             image_choice.choose,
             client,
             self.image,
             self.pull_policy,
             self._notebook,
-            self._pin_folder,
+            self._pin_dir,
             self.log,
             self.allowed_images,
         )
@@ -281,7 +314,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 "use transport='ipc' with a local engine, or another network mode."
             )
         if km is not None and self._channel_dir is None and transport == "ipc" and self.pool_size:
-            warm = await self._warm.take_pooled(self._choice, env, os.path.abspath(kwargs.get("cwd") or os.getcwd()))
+            warm = await self._warm.take_pooled(self._choice, env)
             if warm is not None and warm.channel_dir:  # its channel folder becomes this kernel's
                 self._channel_dir = warm.channel_dir
                 self._control = ControlChannel(
@@ -318,10 +351,9 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel answers its heartbeat."""
-        cwd = os.path.abspath(kwargs.get("cwd") or os.getcwd())
-        if self._choice is None:
+        if self._choice is None or self._folder is None:
             raise EnvpinError("launch_kernel ran before pre_launch chose an image; this is a bug in the caller.")
-        launch = self.build_launch(self._choice, kwargs.get("env") or {}, cwd)
+        launch = self.build_launch(self._choice, kwargs.get("env") or {})
         restarting = self._launch is not None
         if restarting:  # the old container is gone: drop whatever the kernel left at its socket names
             await engine.call(kc.clear_sockets, launch)
@@ -334,7 +366,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             )
         if restarting:  # a first start has no earlier containers to sweep: spare it the Docker call
             await engine.call(self._remove_other_containers, await self._docker(), container)
-        self.cwd = cwd
+        self.cwd = self._folder.path
+        self._sockets = await engine.call(kc.socket_inodes, launch) if launch.private_channels else None
         self._warm.keep_standbys(launch)
         if (
             self.transport_supports_control
@@ -351,10 +384,17 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             return None
         if self._container is None:
             return 0
+        if (
+            self._sockets
+            and self._launch is not None
+            and self._sockets != await engine.call(kc.socket_inodes, self._launch)
+        ):
+            return await self._channels_tampered()
         try:
             _, code = await engine.call(kc.state, self._container)
             if code is not None and self._launch is not None and not self._moving:
                 # Dead: until a restart binds them anew, reconnects must find nothing at the socket names.
+                self._sockets = None
                 await engine.call(kc.clear_sockets, self._launch)
         except (
             engine.ENGINE_ERRORS
@@ -366,6 +406,27 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             )  # fmt: skip
             return None
         return None if self._moving else code
+
+    async def _channels_tampered(self) -> int:
+        """The kernel replaced one of its socket files (by a link to another socket, say): it is dead to us.
+
+        Its clients reconnect by path; a name the kernel swapped would lead
+        them elsewhere.  The names go at once and the container is killed, so
+        the server's restarter sees a dead kernel within one poll.
+        """
+        self.log.warning(
+            "envpin: kernel %s replaced its channel sockets; it is stopped (its clients must not follow them)",
+            self.kernel_id,
+        )
+        self._sockets = None
+        if self._launch is not None:
+            await engine.call(kc.clear_sockets, self._launch)
+        if self._container is not None:
+            try:
+                await engine.call(self._container.kill)
+            except docker.errors.APIError as exc:  # stopped meanwhile (404/409)
+                self.log.debug("envpin: kill after tampering: %s", exc)
+        return -1
 
     async def wait(self) -> int | None:
         """Wait until the container stops (callers bound this with a timeout)."""
@@ -403,6 +464,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             if self._launch is not None:
                 # Before the container goes (and the clients reconnect): no name the kernel may have
                 # replaced by a link stays at its socket paths.
+                self._sockets = None
                 await engine.call(kc.clear_sockets, self._launch)
             try:
                 await engine.call(kc.remove, container)
@@ -418,9 +480,26 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             if self._control is not None:
                 self._control.close()
                 self._control = None
-            kc.remove_channel_dir(self._channel_dir)
-            self._channel_dir = None
+            # The key goes now; the rest (whatever the kernel filled its folders with) in the background,
+            # bounded in time: never on the event loop, never an exception out of cleanup.
+            channel_dir, self._channel_dir = self._channel_dir, None
+            try:
+                await engine.call(kc.remove_connection_files, channel_dir)
+            except OSError as exc:
+                self.log.warning("envpin: could not remove the connection file in %s: %s", channel_dir, exc)
+            asyncio.get_running_loop().run_in_executor(None, self._remove_channel_dir, channel_dir)
+        if not restart:
+            for pinned in {id(p): p for p in (self._folder, self._pin_dir) if p is not None}.values():
+                pinned.close()
+            self._folder = self._pin_dir = None
         await super().cleanup(restart=restart)
+
+    def _remove_channel_dir(self, path: str) -> None:
+        if not kc.remove_channel_dir(path):
+            self.log.warning(
+                "envpin: the channel folder %s of kernel %s was not fully removed within %.0f s (the kernel filled "
+                "it); its key is gone, remove the rest by hand", path, self.kernel_id, kc.REMOVAL_BUDGET,
+            )  # fmt: skip
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel was asked to exit: take its socket names away now, before it closes them.
@@ -431,6 +510,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         await super().shutdown_requested(restart=restart)
         if self._launch is not None:
+            self._sockets = None
             await engine.call(kc.clear_sockets, self._launch)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:

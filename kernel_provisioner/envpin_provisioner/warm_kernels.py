@@ -5,8 +5,8 @@ server's shared pools); this module is the provisioner's side of it, one
 :class:`WarmKernels` per kernel:
 
 * :meth:`WarmKernels.take_pooled` (``pre_launch`` of a first start): a
-  shared-pool container of this configuration whose pool root holds the
-  notebook's folder, or None (cold); asks the pool to refill either way;
+  shared-pool container of this configuration made for this notebook
+  folder, or None (cold); asks the pool to refill either way;
 * :meth:`WarmKernels.hand_over` (every container start: first start,
   restart, move): the taken container, or this kernel's standby for the
   launch's image when its shape still fits, becomes the kernel; None means
@@ -41,6 +41,7 @@ class WarmableKernel(Protocol):
     pool_size: int
     pool_root: str
     mount_envpin: bool
+    _folder: Any
     user: str
     parent: Any
     _channel_dir: str | None
@@ -50,11 +51,13 @@ class WarmableKernel(Protocol):
     async def _docker(self) -> Any: ...
 
     def build_launch(
-        self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str, moved: bool = False
+        self, choice: image_choice.ImageChoice, env: dict[str, str], moved: bool = False
     ) -> kc.KernelLaunch: ...
 
 
 class WarmKernels:
+    _warned_pool_root = False  #: the deprecated pool_root option is reported once per server
+
     def __init__(self, kernel: WarmableKernel) -> None:
         self.kernel = kernel
         self._taken: pool.Warm | None = None  #: a shared-pool container taken for the coming start
@@ -72,16 +75,10 @@ class WarmKernels:
 
     # ---- the shared pool, for a first start -------------------------------------------------
 
-    def _pool_root(self, cwd: str) -> str:
-        """The folder shared-pool containers mount: pool_root, else jupyter_server's root_dir, else ``cwd``."""
-        if self.kernel.pool_root:
-            return os.path.abspath(os.path.expanduser(self.kernel.pool_root))
-        root = getattr(getattr(self.kernel.parent, "parent", None), "root_dir", None)
-        return os.path.abspath(root) if isinstance(root, str) and root else cwd
-
-    def _template(self, choice: image_choice.ImageChoice, env: dict[str, str], root: str) -> kc.KernelLaunch:
-        """A launch for a shared-pool container: this kernel's, without what only a start knows."""
-        template = self.kernel.build_launch(choice, {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"}, root)
+    def _template(self, choice: image_choice.ImageChoice, env: dict[str, str]) -> kc.KernelLaunch:
+        """A launch for a shared-pool container: this kernel's (its pinned notebook folder included), without
+        what only a start knows."""
+        template = self.kernel.build_launch(choice, {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"})
         template.kernel_id = ""
         template.extra_env = {}
         template.kernel_args = []
@@ -91,27 +88,36 @@ class WarmKernels:
         template.channel_root = "/pool"
         return template
 
-    async def take_pooled(self, choice: image_choice.ImageChoice, env: dict[str, str], cwd: str) -> pool.Warm | None:
-        """A shared-pool container for this start (None: start cold); the pool refills in the background."""
+    async def take_pooled(self, choice: image_choice.ImageChoice, env: dict[str, str]) -> pool.Warm | None:
+        """A shared-pool container for this start (None: start cold); the pool refills in the background.
+
+        Pools are per notebook folder (the pinned one, by device and inode, in
+        the key and in the container's mounts): a warm container mounts
+        exactly the folder of the kernel that takes it, never a folder above
+        it, so a pooled kernel reaches what a cold one does and nothing more.
+        """
         kernel = self.kernel
         if not kernel.mount_envpin:  # the waiting process is envpin's (envpin.pooled)
             return None
-        root = self._pool_root(cwd)
-        shape = pool.shape_of(kc.container_options(self._template(choice, env, root)))
-        key = f"{engine.engine_address()}|{choice.resolved.id}|{kernel.user}|{shape}"
-        group = f"{engine.engine_address()}|{choice.resolved.reference}|{kernel.user}"
-        inside = cwd == root or cwd.startswith(root.rstrip(os.sep) + os.sep)
-        self._taken = pool.pools.take(key) if inside else None
+        if kernel.pool_root and not WarmKernels._warned_pool_root:
+            WarmKernels._warned_pool_root = True
+            kernel.log.warning("envpin: pool_root is ignored: warm containers mount exactly their notebook folder")
+        folder = kernel._folder
+        shape = pool.shape_of(kc.container_options(self._template(choice, env)))
+        where = f"{folder.identity[0]}:{folder.identity[1]}" if folder is not None else ""
+        key = f"{engine.engine_address()}|{choice.resolved.id}|{kernel.user}|{where}|{shape}"
+        group = f"{engine.engine_address()}|{choice.resolved.reference}|{kernel.user}|{where}"
+        self._taken = pool.pools.take(key)
         owner = kernel._kernel_owner()
 
         async def make() -> pool.Warm:
             channel_dir = await engine.call(kc.make_channel_dir, owner)
-            launch = self._template(choice, env, root)
+            launch = self._template(choice, env)
             launch.channel_root = channel_dir
             launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
             launch.connection_file = os.path.join(launch.handoff_dir, kc.CONNECTION_FILE)
             launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
-            return await self._make(launch, shape, channel_dir=channel_dir, pool_root=root)
+            return await self._make(launch, shape, channel_dir=channel_dir)
 
         pool.pools.refill(key, kernel.pool_size, make, kernel.log, group)
         if self._taken is not None:
@@ -120,18 +126,21 @@ class WarmKernels:
             )
         return self._taken
 
-    async def _make(
-        self, launch: kc.KernelLaunch, shape: str, channel_dir: str | None = None, pool_root: str | None = None
-    ) -> pool.Warm:
-        """Create and start a warm container for ``launch`` (its ``handoff_dir`` set); return once it waits."""
+    async def _make(self, launch: kc.KernelLaunch, shape: str, channel_dir: str | None = None) -> pool.Warm:
+        """Create and start a warm container for ``launch`` (its ``handoff_dir`` set); return once it waits.
+
+        Cancelled at any point (the kernel shut down, the pool drained), it
+        leaves nothing: a container still being created is removed once the
+        engine returns it (``engine.create_owned``).
+        """
         client = await self.kernel._docker()
-        container = await engine.call(kc.start, client, launch, self.kernel.log)
+        container = await engine.create_owned(kc.start, client, launch, self.kernel.log, dispose=kc.remove)
         env = dict(kc.container_options(launch)["environment"])
-        warm = pool.Warm(container, launch.handoff_dir or "", launch.image.id, shape, channel_dir, pool_root, env=env)
+        warm = pool.Warm(container, launch.handoff_dir or "", launch.image.id, shape, channel_dir, env=env)
         try:
             await engine.call(pool.wait_warm, warm, self.kernel.log)
         except BaseException:  # dead, or cancelled while it warmed up: no container left behind
-            await engine.call(warm.discard)
+            await engine.call_through(warm.discard)
             raise
         return warm
 
