@@ -44,7 +44,8 @@ def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
     }
     assert spec["argv"] == [
         sys.executable,
-        "-m",
+        "-c",
+        BOOTSTRAP,
         "envpin_provisioner",
         "launch",
         "--image",

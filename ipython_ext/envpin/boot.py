@@ -31,11 +31,16 @@ kernel side (``envpin.pid1``, job workers) too.
 from __future__ import annotations
 
 #: The ``-c`` program: drop the working folder from the path, then run sys.argv[1] as ``python -m`` would.
+#: A module that is not there is reported in ``python -m``'s own words (one line, no traceback), which
+#: the provisioner's start errors recognise ("No module named ipykernel_launcher").
 BOOTSTRAP = (
     "import sys\n"
     "if sys.path[:1] == ['']: del sys.path[0]\n"
-    "import runpy\n"
+    "import importlib.util, runpy\n"
     "del sys.argv[0]\n"
+    "try: found = importlib.util.find_spec(sys.argv[0])\n"
+    "except ModuleNotFoundError: found = None\n"
+    "if found is None: sys.exit(sys.executable + ': No module named ' + sys.argv[0])\n"
     "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
 )
 
