@@ -334,12 +334,22 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 km.ip = os.path.join(self._channel_dir, kc.SOCKET_DIR, "k")
             else:
                 km.ip = "127.0.0.1"
-        # Ports (even on loopback) are reachable by every local user: encrypt when the image can.
-        if (
-            transport == "tcp"
-            and "transport_encryption" not in kwargs
-            and await engine.call(images.supports_curve, client, self._choice.resolved, self.python)
-        ):
+        # tcp ports are reachable by every local user and, on a bridge network, by every other container on
+        # it (publishing on 127.0.0.1 does not stop container-to-container traffic): the channels must be
+        # encrypted, or the kernel does not start.
+        if transport == "tcp" and self.network_mode != "none":
+            if not await engine.call(images.supports_curve, client, self._choice.resolved, self.python):
+                raise ConfigError(
+                    f"Image '{self._choice.name}' has an ipykernel that cannot encrypt its channels (CurveZMQ), "
+                    "and with transport='tcp' its ports would be open to every container on the engine's network "
+                    "and every user of this machine, so envpin does not start it. Use transport='ipc' with a local "
+                    "engine, or an image with a newer ipykernel (pip install -U ipykernel pyzmq)."
+                )
+            if kwargs.get("transport_encryption", "required") != "required":
+                raise ConfigError(
+                    f"transport_encryption={kwargs['transport_encryption']!r} with transport='tcp' would leave the "
+                    "kernel's ports unencrypted and open to other containers; envpin requires 'required' there."
+                )
             kwargs["transport_encryption"] = "required"
         kwargs = await super().pre_launch(**kwargs)
         owner = self._kernel_owner()

@@ -88,3 +88,53 @@ def test_envpin_launch_refuses_to_mount_a_shared_runtime_folder(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "kernel-other.json" in out.stderr and "tcp transport" in out.stderr, out.stderr
+
+
+PLAIN_PEER = """
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.linger = 0
+s.connect(sys.argv[1])
+s.send_multipart([b'<IDS|MSG>', b'', b'{}', b'{}', b'{}', b'{}'])
+print('answered' if s.poll(3000) else 'silent')
+"""
+
+
+async def test_tcp_kernels_speak_only_curve_to_other_containers(docker_client, install_kernelspec, notebook_dir):
+    """On the bridge, another container reaches the kernel's ports: without its CurveZMQ key it gets nothing."""
+    name = install_kernelspec(PY311, transport="tcp")
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        assert km.curve_publickey  # the channels are CurveZMQ-encrypted
+        (container,) = containers(docker_client, kernel=km.kernel_id)
+        address = container.attrs["NetworkSettings"]["IPAddress"]
+        url = f"tcp://{address}:{km.shell_port}"
+        out = docker_client.containers.run(
+            PY311, ["python3", "-c", PLAIN_PEER, url], remove=True, network_mode="bridge"
+        )
+        assert out.decode().strip() == "silent"
+        assert (await run(kc, "1"))["status"] == "ok"  # and the kernel is unharmed
+
+
+async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, install_kernelspec, notebook_dir):
+    """An ipykernel without CurveZMQ would open plaintext ports to every container: no start, a clear error.
+
+    The image's answer to the CurveZMQ probe is seeded into envpin's per-image cache (no test image has an
+    ipykernel old enough); everything else is real, and no container may be left.
+    """
+    import pytest
+    from jupyter_client.manager import AsyncKernelManager
+
+    from envpin_provisioner import images
+
+    image_id = docker_client.images.get(PY311).id
+    name = install_kernelspec(PY311, transport="tcp")
+    images._curve_support[image_id] = False
+    try:
+        km = AsyncKernelManager(kernel_name=name)
+        with pytest.raises(Exception, match="cannot encrypt its channels"):
+            await km.start_kernel(cwd=str(notebook_dir))
+        await km.cleanup_resources()
+    finally:
+        images._curve_support.pop(image_id, None)
+    assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("envpin.kernel-id") == km.kernel_id]
