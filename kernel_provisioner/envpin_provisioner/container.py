@@ -47,7 +47,7 @@ from docker.types import DeviceRequest, Mount
 from envpin import boot, engines, host_docker, safe_files
 from envpin.container_spec import base_options
 
-from . import ownership
+from . import ownership, quota
 from .errors import ConfigError, KernelStartFailed
 from .images import ResolvedImage
 
@@ -529,6 +529,8 @@ def make_channel_dir(owner: tuple[int, int] | None = None) -> str:
         os.fchmod(top, 0o700)
         for name in (SOCKET_DIR, CONTROL_DIR):
             os.close(safe_files.make_private_dir(top, name, 0o700, owner))
+    for name in (SOCKET_DIR, CONTROL_DIR):
+        quota.limit(os.path.join(path, name), owner)
     return path
 
 
@@ -582,6 +584,8 @@ def remove_channel_dir(path: str, budget: float = REMOVAL_BUDGET) -> bool:
     if not path or not Path(path).name.startswith("envpin-"):
         return True
     remove_connection_files(path)
+    for sub in (SOCKET_DIR, CONTROL_DIR):
+        quota.release(os.path.join(path, sub))
     parent, name = os.path.split(path)
     try:
         with safe_files.directory(parent) as parent_fd:

@@ -497,7 +497,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 await engine.call(kc.remove_connection_files, channel_dir)
             except OSError as exc:
                 self.log.warning("envpin: could not remove the connection file in %s: %s", channel_dir, exc)
-            asyncio.get_running_loop().run_in_executor(None, self._remove_channel_dir, channel_dir)
+            removal = asyncio.get_running_loop().run_in_executor(None, self._remove_channel_dir, channel_dir)
+            try:  # usually done in milliseconds: then the folder is gone when the shutdown returns
+                await asyncio.wait_for(asyncio.shield(removal), 1.0)
+            except asyncio.TimeoutError:
+                self.log.info(
+                    "envpin: kernel %s left a crowded channel folder; removing it in the background", self.kernel_id
+                )
         if not restart:
             for pinned in {id(p): p for p in (self._folder, self._pin_dir) if p is not None}.values():
                 pinned.close()
