@@ -11,15 +11,17 @@ built on it.
 image, so ``LABEL envpin.role=kernel`` in a Dockerfile made each plain
 ``docker run`` of that image look like envpin's, and ``envpin gc`` removed
 it.  So :func:`signed` adds two labels at create time: a random
-``envpin.nonce`` and ``envpin.proof``, an HMAC-SHA256 over all the
-``envpin.*`` labels (nonce included) keyed by a secret only this user's
-processes can read (:func:`key_path`, a 0600 file, made on first use).
-:func:`made_by_envpin` is the one test every path that *finds* containers
-uses (gc, a server's start-up collection, a kernel's sweep of its stale
-containers, doctor's counts, a restarted server's adoption): the proof must
-hold under this user's key, and the container's image must define no
-``envpin.*`` label of its own (an image that copied a real container's
-labels, proof included, is not envpin's either).
+``envpin.nonce`` and ``envpin.proof``, which names the labels envpin set and
+carries an HMAC-SHA256 over their values (nonce included) keyed by a secret
+only this user's processes can read (:func:`key_path`, a 0600 file, made on
+first use).  :func:`made_by_envpin` is the one test every path that *finds*
+containers uses (gc, a server's start-up collection, a kernel's sweep of its
+stale containers, doctor's counts, a restarted server's adoption): the proof
+must hold under this user's key, and the container's image must define none
+of the labels the proof covers (an image that copied a real container's
+labels, proof included, makes containers that are not envpin's).  Other
+``envpin.*`` labels of an image (the test images' ``envpin.test-recipe``)
+are inherited harmlessly: the proof does not cover them.
 
 What this does not do: someone who may run containers on the engine can copy
 a real container's labels onto one of theirs (``docker run --label ...``);
@@ -53,7 +55,7 @@ IMAGE_REF = "envpin.image"
 NONCE = "envpin.nonce"
 PROOF = "envpin.proof"
 
-#: Every label envpin sets starts with this; an image that sets one itself never makes envpin's containers.
+#: Every label envpin sets starts with this (the proof covers only such labels).
 PREFIX = "envpin."
 _PROOF_SCHEME = "v1"
 _KEY_NAME = "owner.key"
@@ -198,10 +200,21 @@ def owner_key(create: bool) -> bytes | None:
         return key
 
 
-def _mac(key: bytes, labels: dict[str, str]) -> str:
-    signed_part = {k: v for k, v in labels.items() if k.startswith(PREFIX) and k != PROOF}
-    message = json.dumps(signed_part, sort_keys=True, separators=(",", ":")).encode()
-    return f"{_PROOF_SCHEME}:{hmac.new(key, message, hashlib.sha256).hexdigest()}"
+def _mac(key: bytes, labels: dict[str, str], names: list[str]) -> str:
+    message = json.dumps([[n, labels.get(n)] for n in names], separators=(",", ":")).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _covered(proof: str) -> list[str] | None:
+    """The label names a proof covers (``v1;NAME,NAME,...;MAC``), None when it is not one of envpin's."""
+    scheme, _, rest = proof.partition(";")
+    names_text, _, mac = rest.rpartition(";")
+    names = names_text.split(",")
+    if scheme != _PROOF_SCHEME or len(mac) != 64 or NONCE not in names or ROLE not in names:
+        return None
+    if any(not n.startswith(PREFIX) or n == PROOF for n in names):
+        return None
+    return names
 
 
 def signed(labels: dict[str, str]) -> dict[str, str]:
@@ -226,31 +239,36 @@ def signed(labels: dict[str, str]) -> dict[str, str]:
             )
         return out
     assert key is not None  # made when missing
-    out[PROOF] = _mac(key, out)
+    names = sorted(k for k in out if k.startswith(PREFIX))
+    out[PROOF] = f"{_PROOF_SCHEME};{','.join(names)};{_mac(key, out, names)}"
     return out
 
 
 def proof_holds(labels: dict[str, str]) -> bool:
-    """True when ``labels`` carry a proof made with this user's key over exactly these ``envpin.*`` labels."""
-    proof = labels.get(PROOF)
-    if not proof or not labels.get(NONCE):
+    """True when ``labels`` carry a proof made with this user's key over the values of the labels it names."""
+    names = _covered(labels.get(PROOF) or "")
+    if names is None or any(n not in labels for n in names):
         return False
     try:
         key = owner_key(create=False)
     except (OSError, OwnerKeyError):
         return False
-    return key is not None and hmac.compare_digest(proof, _mac(key, labels))
+    return key is not None and hmac.compare_digest(labels[PROOF].rsplit(";", 1)[1], _mac(key, labels, names))
 
 
-def image_claims(image_labels: dict[str, str] | None) -> bool:
-    """True when an image defines an ``envpin.*`` label itself: its containers are never envpin's."""
-    return any(k.startswith(PREFIX) for k in image_labels or {})
+def image_claims(image_labels: dict[str, str] | None, container_labels: dict[str, str]) -> bool:
+    """True when the image defines a label envpin sets on ``container_labels`` (one its proof covers, or the proof)."""
+    names = _covered(container_labels.get(PROOF) or "") or []
+    return any(n in (image_labels or {}) for n in (*names, PROOF, NONCE, ROLE))
 
 
 def made_by_envpin(container_labels: dict[str, str] | None, image_labels: dict[str, str] | None) -> bool:
-    """The one ownership test: a proof made with this user's key, and an image that claims no envpin label.
+    """The one ownership test: a proof made with this user's key, over labels the image does not define.
 
     ``image_labels`` None means the image could not be looked at (removed):
     then the container is not taken for envpin's.
     """
-    return image_labels is not None and not image_claims(image_labels) and proof_holds(container_labels or {})
+    container_labels = container_labels or {}
+    return (
+        image_labels is not None and proof_holds(container_labels) and not image_claims(image_labels, container_labels)
+    )

@@ -5,8 +5,8 @@ that finds containers on the engine rather than holding the one it made:
 ``envpin gc`` and a server's start-up collection (:func:`collect_garbage`),
 a kernel's sweep of its stale containers, doctor's count of warm containers,
 a restarted server's adoption.  It rests on ``envpin.labels.made_by_envpin``
-(a proof an image cannot preset, and an image that claims no ``envpin.*``
-label), with the image's labels looked up once per image id and process.
+(a proof an image cannot preset, over labels the image does not define
+itself), with the image's labels looked up once per image id and process.
 
 A kernel container outlives its server when the server dies hard (SIGKILL, a
 crash, a closed laptop): the ipykernel inside has no way to notice.  So every
@@ -120,7 +120,7 @@ def owned(client: docker.DockerClient, container: docker.models.containers.Conta
     one per image id and process otherwise.
     """
     container_labels = container.labels or {}
-    if not labels.proof_holds(container_labels):
+    if not labels.proof_holds(container_labels):  # the look-alikes stop here, before any engine call
         return False
     image_id = (container.attrs or {}).get("Image") or ""
     return labels.made_by_envpin(container_labels, image_labels(client, image_id) if image_id else None)
