@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inst.set_defaults(func=_kernelspec_install)
 
-    gc = sub.add_parser("gc", help="remove envpin containers whose owning process is gone")
+    gc = sub.add_parser("gc", help="remove this user's envpin containers whose owning process is gone")
     gc.add_argument("--other-hosts", action="store_true", help="also remove those owned by other hosts")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.set_defaults(func=_gc)

@@ -135,6 +135,9 @@ def envpin_containers(client: docker.DockerClient, label: str = ROLE) -> list:
 def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False) -> list[str]:
     """Remove envpin containers whose owner is gone, and exited kernel containers; return their short ids.
 
+    Only containers :func:`owned` says envpin made (this user's key): never a
+    look-alike, never another user's.
+
     With ``other_hosts`` also those owned by processes on other hosts (whose
     liveness cannot be checked from here): only for a single-user engine.
     """
