@@ -10,7 +10,8 @@ envpin, as the invoking user.  So each gets:
 * the invoking uid:gid, and a private tmpfs ``HOME`` because that uid may not
   exist in the image while IPython writes under ``$HOME``;
 * docker-init as PID 1 (signals forwarded, zombies reaped), no privileges;
-* the ``envpin.*`` labels with the owning process, for ``envpin gc``.
+* the ``envpin.*`` labels with the owning process and the proof that envpin
+  made the container (``envpin.labels.signed``), for ``envpin gc``.
 
 Pure data (dicts of plain values): no Docker SDK needed to build them.
 """
@@ -80,12 +81,15 @@ def base_options(
     return dict(
         image=image_id,
         environment=env,
-        labels={
-            labels.ROLE: role,
-            labels.IMAGE_REF: reference,
-            **labels.owner_labels(owner_pid),
-            **(extra_labels or {}),
-        },
+        # Signed last: the proof covers every envpin.* label, extra ones included (see envpin.labels).
+        labels=labels.signed(
+            {
+                labels.ROLE: role,
+                labels.IMAGE_REF: reference,
+                **labels.owner_labels(owner_pid),
+                **(extra_labels or {}),
+            }
+        ),
         mounts=mounts,
         working_dir=cwd or None,
         user=user,

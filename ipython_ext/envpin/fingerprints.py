@@ -93,13 +93,34 @@ def image_fingerprint(name: str) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     out = host_docker.run_python(client, image, "import envpin.fingerprints as f; f._print()")
-    result = json.loads(out.strip().splitlines()[-1])
+    result = _parse_probe(out, name)
     result.update(image=name, image_id=image.immutable)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(result))
     except OSError:
         pass  # a read-only home only costs a container run next time
+    return result
+
+
+def _parse_probe(out: str, name: str) -> dict[str, Any]:
+    """The fingerprint an image's probe printed (its last line, a JSON object); EnvpinError for anything else.
+
+    What the image's ``python3`` prints is the image's word: it may be
+    anything, and is checked for shape here (its values stay untrusted text).
+    """
+    from .errors import EnvpinError
+
+    lines = out.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise EnvpinError(
+            f"Image '{name}' printed no environment fingerprint when envpin probed it with python3 "
+            "(the output was not envpin's). Check that python3 in the image is a real Python interpreter."
+        )
     return result
 
 

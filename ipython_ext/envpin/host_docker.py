@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import aliases, engines, image_policy, references
+from . import aliases, engines, image_policy, printable, references
 from .container_spec import base_options
 from .errors import EnvpinError, MissingDependency
 
@@ -134,7 +134,9 @@ def run_python(c, image: Image, code: str, timeout: float = 60) -> str:
         out = container.logs(stdout=True, stderr=False).decode(errors="replace")
         if result.get("StatusCode") != 0:
             err = container.logs(stdout=False, stderr=True).decode(errors="replace").strip()
-            raise EnvpinError(f"Probing image '{image.name}' failed (exit {result.get('StatusCode')}): {err[-500:]}")
+            raise EnvpinError(  # its stderr is the image's text: escaped, on one line
+                f"Probing image '{image.name}' failed (exit {result.get('StatusCode')}): {printable.one_line(err[-500:])}"
+            )
         return out
     finally:
         remove(container)

@@ -8,7 +8,9 @@
     envpin launch [--image IMAGE] -f CONNECTION_FILE   # what a kernelspec's argv runs
 
 Errors envpin raises on purpose are printed as their one-paragraph message,
-without a traceback, and exit with status 2.
+without a traceback, and exit with status 2; the message is escaped onto one
+line (``envpin.printable``) because it may quote what an image, a pin or a
+job said.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from envpin import printable
 
 from .errors import EnvpinError
 
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inst.set_defaults(func=_kernelspec_install)
 
-    gc = sub.add_parser("gc", help="remove envpin containers whose owning process is gone")
+    gc = sub.add_parser("gc", help="remove this user's envpin containers whose owning process is gone")
     gc.add_argument("--other-hosts", action="store_true", help="also remove those owned by other hosts")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.set_defaults(func=_gc)
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EnvpinError as exc:
-        print(f"envpin: {exc}", file=sys.stderr)
+        print(f"envpin: {printable.one_line(exc)}", file=sys.stderr)  # may quote an image, a pin or a job
         return 2
 
 

@@ -44,7 +44,7 @@ import docker.errors
 import zmq
 from docker.types import DeviceRequest, Mount
 
-from envpin import boot, engines, host_docker, safe_files
+from envpin import boot, engines, host_docker, printable, safe_files
 from envpin.container_spec import base_options
 
 from . import ownership, quota
@@ -301,10 +301,17 @@ def _start_error(launch: KernelLaunch, exc: docker.errors.APIError) -> str:
 
 
 def logs_tail(container, lines: int = 15) -> str:
+    """The container's last output lines, escaped and marked as its own (``envpin.printable.lines``), or ''.
+
+    It is the image's text and ends up in errors, notebooks and the server's
+    log: it must neither add lines that pass for envpin's nor reach a terminal
+    with its control characters.
+    """
     try:
-        return container.logs(tail=lines).decode(errors="replace").strip()
+        raw = container.logs(tail=lines).decode(errors="replace").strip()
     except docker.errors.APIError:
         return ""
+    return printable.lines(raw) if raw else ""
 
 
 def _died_message(launch: KernelLaunch, exit_code: int, logs: str) -> str:

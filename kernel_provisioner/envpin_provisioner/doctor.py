@@ -5,6 +5,10 @@ there is one.  Images are probed the way kernels use them: envpin's
 fingerprint module runs inside a short-lived container of each image, and the
 result is compared with this Python, because a kernel and its jobs only share
 pickles when Python's minor version and cloudpickle's version match.
+
+What an image prints is the image's word: a finding shows it escaped on one
+line (``envpin.printable``), so an image cannot add lines, colours or cursor
+moves to the report.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from envpin import engines, fingerprints
+from envpin import engines, fingerprints, printable
 
 from . import engine
 from .errors import EnvpinError
@@ -26,7 +30,8 @@ class Finding:
     text: str
 
     def __str__(self) -> str:
-        return f"{self.level:4s}  {self.subject}: {self.text}"
+        # Subjects and texts carry what images said (fingerprints, probe errors): one line each, escaped.
+        return f"{self.level:4s}  {printable.one_line(self.subject)}: {printable.one_line(self.text)}"
 
 
 def envpin_kernelspecs() -> dict[str, dict]:
@@ -102,13 +107,13 @@ def check() -> list[Finding]:
 
 def _warm_pool(client) -> Finding:
     """What waiting warm containers (pool_size) cost on this engine right now."""
+    from . import ownership
     from .container import WARM_NAME_PREFIX
-    from .ownership import ROLE
 
     warm = [
         c
-        for c in client.containers.list(filters={"label": f"{ROLE}=pool"}, ignore_removed=True)
-        if c.name.startswith(WARM_NAME_PREFIX)
+        for c in ownership.envpin_containers(client, f"{ownership.ROLE}=pool")
+        if c.status == "running" and c.name.startswith(WARM_NAME_PREFIX)
     ]
     if not warm:
         return Finding("ok", "warm pool", "no warm containers (pool_size 0, or no kernel started since)")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import docker
 import docker.errors
 
-from envpin import aliases, control, image_policy, pins, safe_files
+from envpin import aliases, control, image_policy, pins, printable, safe_files
 from envpin.errors import PinFileError
 
 from . import images
@@ -96,7 +96,9 @@ def choose(
         raise PinFileError(f"The envpin pin file {pins.pin_file_for(folder)} is damaged: an 'image_id' is not text.")
     if not pinned_id or pinned_id in (current.id, current.immutable):
         return ImageChoice(name, current, pinned=True, options=options)
-    note = f"'{name}' has moved since this notebook pinned it: pinned {pinned_id}, now {current.immutable}."
+    # The pin file is the kernel's to write: its values are quoted escaped (the note reaches the server's log).
+    quoted, pinned = printable.one_line(name, 300), printable.one_line(pinned_id, 200)
+    note = f"'{quoted}' has moved since this notebook pinned it: pinned {pinned}, now {current.immutable}."
     try:
         old = client.images.get(pinned_id)
     except (docker.errors.ImageNotFound, docker.errors.APIError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
-from envpin import references
+from envpin import printable, references
 
 from .errors import ImageUnavailable, InvalidImageReference
 
@@ -69,7 +69,7 @@ def check_reference(reference: str) -> None:
         elif " " in reference:
             hint = " It contains a space."
         raise InvalidImageReference(
-            f"'{reference}' is not a valid Docker image reference.{hint} "
+            f"'{printable.one_line(reference, 300)}' is not a valid Docker image reference.{hint} "
             "A reference looks like NAME[:TAG] or NAME@sha256:DIGEST, e.g. python:3.11-slim or "
             "registry.example.com/team/image:1.2; fix the image setting of this kernel."
         )

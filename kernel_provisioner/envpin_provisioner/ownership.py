@@ -1,4 +1,12 @@
-"""Who owns an envpin container, and garbage collection of orphans.
+"""Which containers are envpin's, who owns them, and garbage collection of orphans.
+
+:func:`owned` is the one test of "envpin made this container" for every path
+that finds containers on the engine rather than holding the one it made:
+``envpin gc`` and a server's start-up collection (:func:`collect_garbage`),
+a kernel's sweep of its stale containers, doctor's count of warm containers,
+a restarted server's adoption.  It rests on ``envpin.labels.made_by_envpin``
+(a proof an image cannot preset, over labels the image does not define
+itself), with the image's labels looked up once per image id and process.
 
 A kernel container outlives its server when the server dies hard (SIGKILL, a
 crash, a closed laptop): the ipykernel inside has no way to notice.  So every
@@ -21,12 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from envpin import host_docker
+from envpin import host_docker, labels
 from envpin.labels import (  # noqa: F401  (re-exported: the label names are part of this module's interface)
     IMAGE_REF,
     KERNEL_ID,
@@ -82,12 +91,52 @@ def owner_state(labels: dict[str, str]) -> str:
     return "alive"
 
 
-def envpin_containers(client: docker.DockerClient) -> list:
-    return client.containers.list(all=True, filters={"label": ROLE}, ignore_removed=True)  # one may go meanwhile
+#: Image id -> its labels (None: the image is gone).  An id names one image configuration for good.
+_image_labels: dict[str, dict[str, str] | None] = {}
+_image_labels_lock = threading.Lock()
+_IMAGE_LABELS_KEPT = 1024
+
+
+def image_labels(client: docker.DockerClient, image_id: str) -> dict[str, str] | None:
+    """The labels image ``image_id`` defines itself, None when it is gone; one engine call per id and process."""
+    with _image_labels_lock:
+        if image_id in _image_labels:
+            return _image_labels[image_id]
+    try:
+        found: dict[str, str] | None = dict(client.images.get(image_id).labels or {})
+    except docker.errors.ImageNotFound:
+        found = None
+    with _image_labels_lock:
+        if len(_image_labels) >= _IMAGE_LABELS_KEPT:
+            _image_labels.clear()
+        _image_labels[image_id] = found
+    return found
+
+
+def owned(client: docker.DockerClient, container: docker.models.containers.Container) -> bool:
+    """True when envpin (a process of this user) made ``container``; see ``envpin.labels.made_by_envpin``.
+
+    No engine call for a container without a valid proof (the look-alikes);
+    one per image id and process otherwise.
+    """
+    container_labels = container.labels or {}
+    if not labels.proof_holds(container_labels):  # the look-alikes stop here, before any engine call
+        return False
+    image_id = (container.attrs or {}).get("Image") or ""
+    return labels.made_by_envpin(container_labels, image_labels(client, image_id) if image_id else None)
+
+
+def envpin_containers(client: docker.DockerClient, label: str = ROLE) -> list:
+    """envpin's containers on the engine (stopped ones too), those carrying ``label`` (``KEY`` or ``KEY=VALUE``)."""
+    found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)  # one may go meanwhile
+    return [c for c in found if owned(client, c)]
 
 
 def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False) -> list[str]:
     """Remove envpin containers whose owner is gone, and exited kernel containers; return their short ids.
+
+    Only containers :func:`owned` says envpin made (this user's key): never a
+    look-alike, never another user's.
 
     With ``other_hosts`` also those owned by processes on other hosts (whose
     liveness cannot be checked from here): only for a single-user engine.

@@ -49,7 +49,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from envpin import safe_files
+from envpin import labels, safe_files
 
 from . import container as kc
 from . import engine
@@ -151,7 +151,7 @@ PER_START_ENV = frozenset(
 def shape_of(options: dict[str, Any]) -> str:
     """A digest of container options with what differs between two starts of one configuration left out.
 
-    Left out: the command, the name, the role label, the hand-over mount
+    Left out: the command, the name, the role, nonce and proof labels, the hand-over mount
     and the per-start variables (:data:`PER_START_ENV`, the hand-over marker
     and the session options, all envpin's own).  Everything a kernel can
     observe of its container (the rest of its creation environment, mounts,
@@ -167,7 +167,9 @@ def shape_of(options: dict[str, Any]) -> str:
         for k, v in (options.get("environment") or {}).items()
         if k not in PER_START_ENV and k != EXPECT_ENV and not control.is_session_option_env(k)
     }
-    kept["labels"] = {k: v for k, v in (options.get("labels") or {}).items() if k != "envpin.role"}
+    # The role differs (pool vs kernel); the nonce and the proof differ for every container made.
+    unshaped = (labels.ROLE, labels.NONCE, labels.PROOF)
+    kept["labels"] = {k: v for k, v in (options.get("labels") or {}).items() if k not in unshaped}
     kept["mounts"] = sorted(
         (dict(m) for m in options.get("mounts") or () if "/handoff-" not in str(dict(m).get("Target", ""))),
         key=lambda m: str(m.get("Target")),

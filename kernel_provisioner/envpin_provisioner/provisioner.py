@@ -222,9 +222,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         standbys = self._warm.standby_ids()
         try:
-            for other in client.containers.list(
-                all=True, filters={"label": f"{ownership.KERNEL_ID}={self.kernel_id}"}, ignore_removed=True
-            ):
+            for other in ownership.envpin_containers(client, f"{ownership.KERNEL_ID}={self.kernel_id}"):
                 if other.id != keep.id and other.id not in standbys:
                     kc.remove(other)
                     self.log.info("envpin: removed stale container %s of kernel %s", other.short_id, self.kernel_id)
@@ -561,6 +559,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             container = await engine.call(client.containers.get, cid)
         except docker.errors.NotFound:
             self.log.warning("envpin: container %s of kernel %s is gone", cid[:12], self.kernel_id)
+            self._container = None
+            return
+        if not await engine.call(ownership.owned, client, container):  # a look-alike is never adopted, nor removed
+            self.log.warning(
+                "envpin: container %s named for kernel %s was not made by envpin here; leaving it alone",
+                container.short_id, self.kernel_id,
+            )  # fmt: skip
             self._container = None
             return
         self._container = container
