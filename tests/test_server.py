@@ -14,6 +14,7 @@ import time
 
 import requests
 
+from envpin import boot
 from testutils import PY311, PY313, containers, wait_for
 
 
@@ -96,7 +97,8 @@ def test_a_slow_kernel_start_does_not_block_the_server(server, install_kernelspe
 
     # The escape hatch delays the kernel by 6 s inside the container (an image with a slow entrypoint).
     name = install_kernelspec(
-        PY311, extra_container_options={"entrypoint": ["sh", "-c", 'sleep 6; exec python3 "$@"', "sh"]}
+        PY311,
+        extra_container_options={"entrypoint": ["sh", "-c", 'sleep 6; exec "$@"', "sh", *boot.entrypoint("python3")]},
     )
     srv = server()
     result = {}
