@@ -23,131 +23,14 @@ import os
 import random
 import stat
 import uuid
-from pathlib import Path
 
 import pytest
 
 from testutils import PY311, PY313
+from testutils.hostile import KERNEL_UID, Canaries, toolbox
 from testutils.kernels import kernel, run, run_json
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the findings need a server running as root")
-
-KERNEL_UID = 4242
-
-
-class Canaries:
-    """Root-only files and folders outside the kernel's mounts, and a snapshot to compare against."""
-
-    def __init__(self, base: Path):
-        self.dir = base / "canary"
-        self.dir.mkdir(mode=0o700)
-        self.secret = f"ENVPIN-CANARY-{uuid.uuid4().hex}"
-        self.secret_file = self.dir / "secret.txt"
-        self.secret_file.write_text(self.secret)
-        self.json_file = self.dir / "target.json"
-        self.json_file.write_text(json.dumps({"notebooks": {"*": {"image": "evil/image"}}, "secret": self.secret}))
-        self.root_only = self.dir / "rootonly"
-        self.root_only.mkdir(mode=0o700)
-        (self.root_only / "inner.txt").write_text(self.secret)
-        for p in (self.secret_file, self.json_file, self.root_only / "inner.txt"):
-            p.chmod(0o600)
-        self.before = self.snapshot()
-
-    def snapshot(self) -> dict[str, tuple]:
-        out = {}
-        for root, dirs, files in os.walk(self.dir):
-            for name in [".", *dirs, *files]:
-                p = os.path.normpath(os.path.join(root, name))
-                st = os.lstat(p)
-                out[p] = (
-                    stat.S_IFMT(st.st_mode),
-                    st.st_mode & 0o7777,
-                    st.st_uid,
-                    st.st_gid,
-                    st.st_size,
-                    st.st_mtime_ns,
-                )
-        return out
-
-    def assert_untouched(self) -> None:
-        assert self.snapshot() == self.before, "a canary outside the kernel's mounts was created, changed or chowned"
-        assert self.secret_file.read_text() == self.secret
-
-    def assert_not_leaked(self, *texts: str) -> None:
-        for text in texts:
-            assert self.secret not in text, "the canary's secret reached the kernel"
-
-
-@pytest.fixture
-def canaries(tmp_path):
-    return Canaries(tmp_path)
-
-
-@pytest.fixture
-def hostile_setup(install_kernelspec, notebook_dir, tmp_path):
-    """A kernelspec running kernels as KERNEL_UID, and a notebook folder that uid owns."""
-    os.chown(notebook_dir, KERNEL_UID, KERNEL_UID)
-    name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
-    env = {"JPY_SESSION_NAME": str(notebook_dir / "analysis.ipynb")}
-    return name, env
-
-
-# Kernel-side helpers, defined once per kernel: the attacker's toolbox.
-TOOLBOX = r'''
-import json, os, time, uuid
-CONTROL = os.environ["ENVPIN_CONTROL_DIR"]
-SOCK = os.path.join(os.path.dirname(CONTROL), "sock")
-def _put(name, data):
-    tmp = os.path.join(CONTROL, "." + uuid.uuid4().hex)
-    with open(tmp, "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else json.dumps(data).encode())
-    os.replace(tmp, os.path.join(CONTROL, name))
-def send(request):
-    _put("request.json", request)
-def wait_answer(rid, timeout=10.0):
-    """The final answer to request rid (None when none came): what the kernel side of %use_image does."""
-    path = os.path.join(CONTROL, f"response-{rid}.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = json.loads(open(path).read())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-            continue
-        if data.get("status") != "working":
-            os.unlink(path)
-            return data
-        time.sleep(0.05)
-    return None
-def all_answers():
-    out = []
-    for n in os.listdir(CONTROL):
-        p = os.path.join(CONTROL, n)
-        if n.startswith("response-") and os.path.isfile(p) and not os.path.islink(p):
-            try:
-                out.append(open(p).read())
-            except OSError:
-                pass
-    return out
-def plant_link(folder, name, target):
-    p = os.path.join(folder, name)
-    try:
-        if os.path.isdir(p) and not os.path.islink(p):
-            os.rmdir(p)
-        else:
-            os.unlink(p)
-    except OSError:
-        pass
-    try:
-        os.symlink(target, p)
-    except OSError:
-        pass
-'''
-
-
-async def toolbox(kc):
-    res = await run(kc, TOOLBOX)
-    assert res["status"] == "ok", res
 
 
 async def same_image_pin_works(kc, notebook_dir) -> None:
