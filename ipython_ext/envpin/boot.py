@@ -17,7 +17,9 @@ envpin starts is::
 
 ``-c`` adds ``''`` (the working folder, looked up at each import) as
 ``sys.path[0]`` after ``site`` has run; the bootstrap's first statement
-removes it, then runs ``MODULE`` as ``python -m`` would (``runpy``, as
+removes it, and the working folder itself wherever it is on the path (an
+empty ``PYTHONPATH`` entry, as ``ENV PYTHONPATH=$PYTHONPATH:/app`` leaves in
+many images, means the working folder), then runs ``MODULE`` as ``python -m`` would (``runpy``, as
 ``__main__``, ``sys.argv[0]`` its file).  ``site`` itself never looks in the
 working folder (``sitecustomize``/``usercustomize`` and ``.pth`` files are
 found only in the site folders and on ``PYTHONPATH``), so nothing planted
@@ -31,11 +33,14 @@ kernel side (``envpin.pid1``, job workers) too.
 from __future__ import annotations
 
 #: The ``-c`` program: drop the working folder from the path, then run sys.argv[1] as ``python -m`` would.
+#: (A Python environment that lives *below* a kernel-writable folder, a project's ``.venv`` inside the
+#: notebook folder, stays on the path: whoever can write it owns that environment, whatever envpin does.)
 #: A module that is not there is reported in ``python -m``'s own words (one line, no traceback), which
 #: the provisioner's start errors recognise ("No module named ipykernel_launcher").
 BOOTSTRAP = (
-    "import sys\n"
-    "if sys.path[:1] == ['']: del sys.path[0]\n"
+    "import os, sys\n"
+    "cwd = os.getcwd()\n"
+    "sys.path[:] = [p for p in sys.path if p and p != cwd]\n"
     "import importlib.util, runpy\n"
     "del sys.argv[0]\n"
     "try: found = importlib.util.find_spec(sys.argv[0])\n"

@@ -74,7 +74,11 @@ def base_options(
         mounts.append(
             {"Target": f"{ENVPIN_PYTHONPATH}/envpin", "Source": envpin_package_dir(), "Type": "bind", "ReadOnly": True}
         )
-        image_path = image_env_value(image_env, "PYTHONPATH")
+        # The image's own entries are kept, but not an empty or relative one: Python reads those as the
+        # working folder (the notebook's, which the kernel writes) and a folder below it.
+        image_path = ":".join(
+            p for p in (image_env_value(image_env, "PYTHONPATH") or "").split(":") if p.startswith("/")
+        )
         env["PYTHONPATH"] = ENVPIN_PYTHONPATH + (f":{image_path}" if image_path else "")
     if cwd:
         mounts.append({"Target": cwd, "Source": cwd_source or cwd, "Type": "bind", "ReadOnly": False})
