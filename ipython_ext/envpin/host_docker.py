@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from . import aliases, engines, image_policy, printable, references
+from . import aliases, docker_client, engines, image_policy, printable, references
 from .container_spec import base_options
-from .errors import EnvpinError, MissingDependency
+from .errors import EnvpinError
 
 
 @dataclass(frozen=True)
@@ -32,41 +32,9 @@ class Image:
     env: tuple[str, ...]
 
 
-_clients: dict[str, Any] = {}
-_clients_lock = threading.Lock()
-
-
 def client():
-    """This process's Docker client for the engine ``DOCKER_HOST`` names, checked with a ping once.
-
-    One per process and address, shared by every executor, probe and
-    respawn: a client holds a connection pool, and making one per use leaked
-    them (nobody knew when to close a shared one).
-    """
-    try:
-        import docker
-        import docker.errors
-        import requests.exceptions
-    except ImportError:
-        raise MissingDependency(
-            "This needs the Docker SDK for Python, which is not installed here: pip install docker "
-            "(it comes with envpin: pip install envpin)."
-        ) from None
-    address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    with _clients_lock:
-        cached = _clients.get(address)
-        if cached is not None:
-            return cached
-        try:
-            c = docker.from_env(timeout=60)
-            c.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:  # unreachable
-            raise EnvpinError(
-                f"No Docker engine answers at {address} ({type(exc).__name__}). Start the engine "
-                "(sudo systemctl start docker) or set DOCKER_HOST to one that runs."
-            ) from None
-        _clients[address] = c
-        return c
+    """This process's shared Docker client (``docker_client.shared``: one per engine address, both sides)."""
+    return docker_client.shared()
 
 
 def remove(container) -> None:

@@ -10,18 +10,15 @@ Every Docker call of the provisioner goes through :func:`call`, which runs it
 in a worker thread: the Jupyter server's event loop keeps serving other
 notebooks while an image is pulled or a container starts.
 
-The Docker SDK reports an unreachable engine as a ``DockerException`` wrapping
-a ``requests`` error wrapping an ``OSError``; the useful fact (refused, missing
-socket, permission denied, timeout) sits at the bottom of that chain.  We dig
-it out and say what to do.  ``DOCKER_HOST`` (and the other ``DOCKER_*``
-variables) are honoured because ``docker.from_env`` reads them.
+The address, the client itself and the one explanation of an engine that
+cannot be reached are ``envpin.docker_client``'s, shared with the kernel
+side's host entry points.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -30,6 +27,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from envpin import docker_client
+
 from .errors import EngineUnavailable
 
 T = TypeVar("T")
@@ -37,76 +36,12 @@ T = TypeVar("T")
 #: What a Docker call raises when the engine fails or cannot be reached (not a bug of ours).
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, EngineUnavailable)
 
-#: Seconds an API call may take before we call the engine unresponsive.  Pulls
-#: and waits pass their own timeouts.
-API_TIMEOUT = 30
-PING_TIMEOUT = 5
-
-
-def engine_address() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def is_local_engine() -> bool:
-    """True when the engine shares this machine's filesystem (a unix socket).
-
-    Bind mounts (the notebook folder, the ipc channel directory, envpin's own
-    code) only mean something when the engine runs here.
-    """
-    return engine_address().startswith(("unix://", "npipe://"))
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = set()
-    while True:
-        nxt = exc.__cause__ or exc.__context__
-        if nxt is None or id(nxt) in seen:
-            return exc
-        seen.add(id(exc))
-        exc = nxt
-
-
-def explain_engine_failure(exc: BaseException) -> EngineUnavailable:
-    """Build the one-paragraph error for an engine that cannot be reached."""
-    address = engine_address()
-    text = f"{exc} {_root_cause(exc)}".lower()
-    if isinstance(_root_cause(exc), PermissionError) or "permission denied" in text:
-        return EngineUnavailable(
-            f"envpin cannot use the Docker engine at {address}: permission denied on its socket. "
-            "Add this user to the 'docker' group (sudo usermod -aG docker $USER, then log in again) "
-            "or point DOCKER_HOST at an engine this user may use."
-        )
-    if "timed out" in text or "timeout" in text:
-        return EngineUnavailable(
-            f"The Docker engine at {address} did not answer within {PING_TIMEOUT}s. "
-            "Check that it is running and not overloaded (docker info), or point DOCKER_HOST at another engine."
-        )
-    return EngineUnavailable(
-        f"No Docker engine answers at {address}, so envpin cannot start a container. "
-        "Start the engine (sudo systemctl start docker, or sudo dockerd &; for rootless Podman: "
-        "systemctl --user start podman.socket, then DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock), "
-        "or set DOCKER_HOST to an engine that is running."
-    )
-
-
-def connect(timeout: float = API_TIMEOUT) -> docker.DockerClient:
-    """A client for the engine named by the environment, checked with a ping.
-
-    Blocking: call it from a worker thread in async code.
-    """
-    try:
-        client = docker.from_env(timeout=timeout)
-    except docker.errors.DockerException as exc:
-        raise explain_engine_failure(exc) from exc
-    try:
-        client.api.timeout = PING_TIMEOUT
-        client.ping()
-    except ENGINE_ERRORS as exc:  # refused, missing socket, permission, timeout: "not reachable"
-        client.close()
-        raise explain_engine_failure(exc) from exc
-    finally:
-        client.api.timeout = timeout
-    return client
+# The address, the client and the explanation of an unreachable engine are the kernel side's (one layer for
+# both sides); the server's additions are below: per-engine facts, and calls off the event loop.
+engine_address = docker_client.engine_address
+is_local_engine = docker_client.is_local_engine
+explain_engine_failure = docker_client.explain_engine_failure
+connect = docker_client.connect
 
 
 class Engine:
@@ -157,7 +92,7 @@ def shared() -> Engine:
     with _engines_lock:
         engine = _engines.get(address)
         if engine is None:
-            engine = _engines[address] = Engine(address, connect())
+            engine = _engines[address] = Engine(address, docker_client.shared())
         return engine
 
 

@@ -10,6 +10,7 @@ for the server log, never shown instead.
 
 from __future__ import annotations
 
+from envpin.docker_client import EngineUnavailable  # the one Docker layer's (both sides)
 from envpin.errors import EnvpinError  # the kernel side's base: one hierarchy for both sides
 
 __all__ = [
@@ -20,10 +21,6 @@ __all__ = [
     "KernelStartFailed",
     "ConfigError",
 ]
-
-
-class EngineUnavailable(EnvpinError):
-    """No Docker engine answers, or this user may not talk to it."""
 
 
 class InvalidImageReference(EnvpinError):
