@@ -205,7 +205,6 @@ def judge(sent: Side, here: Side) -> Verdict:
                 f"not measured for Python {sent.python} -> {here.python}, but every one of the {len(cross)} measured "
                 f"pairs of different Python minors broke ({', '.join(minors)}): code objects change between minors",
             )
-        return verdict("unmeasured", f"not measured: pickles made under {sent}, loaded under {here}")
     return verdict("unmeasured", f"not measured: pickles made under {sent}, loaded under {here}")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -81,8 +80,4 @@ def install(
         src = Path(tmp) / name
         src.mkdir()
         (src / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
-        logo = Path(__file__).resolve().parents[2] / "kernelspecs" / STATIC_KERNELSPEC
-        for png in ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg"):
-            if (logo / png).exists():
-                shutil.copy(logo / png, src / png)
         return KernelSpecManager().install_kernel_spec(str(src), name, user=user, prefix=prefix)

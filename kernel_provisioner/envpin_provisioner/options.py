@@ -159,7 +159,14 @@ class ProvisionerOptions(Configurable):
 
     @default("launch_timeout")
     def _launch_timeout_default(self) -> float:
-        return float(_env("launch_timeout", 60))
+        value = _env("launch_timeout", "60")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise ConfigError(f"ENVPIN_LAUNCH_TIMEOUT is '{value}': it must be a number of seconds above 0, like 60.")
+        return seconds
 
     mount_envpin = Bool(
         True,
