@@ -14,10 +14,25 @@ came from and the patterns:
   ``ContainerExecutor`` in container mode and ``fingerprint(image=...)``:
   the environment variable ``ENVPIN_ALLOWED_IMAGES`` (comma-separated).
 
-Patterns match the reference after alias expansion (``python:3.11``,
-``registry.example.com/ml/*``); a reference without a tag or digest is also
-tried as ``NAME:latest``, which is what the engine runs.  No patterns (the
-default): every image is allowed.
+Patterns are matched on the *parsed* reference (``envpin.references``), after
+alias expansion, never on the text as typed:
+
+* a reference with a tag (no digest) matches a pattern as ``REPO:TAG``; an
+  untagged one is also tried as ``REPO:latest``, which is what the engine
+  runs (``python:3.11*``, ``registry.example.com/ml/*``);
+* a reference with a digest names content, whatever tag is written beside it
+  (the engine ignores that tag): it is allowed only by a pattern that names
+  digests (``REPO@sha256:...``, or ``REPO@*`` for any digest of REPO) or by a
+  pattern that allows *every* tag of its repository (``REPO:*``, or a
+  pattern ending in ``*`` that matches REPO, such as ``registry.example.com/ml/*``).
+  ``app:3.11*`` does not allow ``app:3.11@sha256:...``: that digest may be
+  the content of ``app:evil``.  A bare ``REPO`` pattern means ``REPO:latest``
+  only, so it allows no digest either;
+* an image id (``sha256:...``, or 12 to 64 hex digits) matches a pattern as
+  written.
+* text that is no reference matches nothing (when patterns are set).
+
+No patterns (the default): every image is allowed.
 
 Standard library only (the kernel side uses it too).
 """
@@ -28,6 +43,7 @@ import fnmatch
 import os
 from collections.abc import Iterable, Sequence
 
+from . import printable, references
 from .errors import EnvpinError
 
 ENV = "ENVPIN_ALLOWED_IMAGES"
@@ -43,28 +59,52 @@ def patterns_from_env(environ: dict[str, str] | None = None) -> list[str]:
     return [p for p in raw.replace(",", " ").split() if p]
 
 
-def _has_tag_or_digest(reference: str) -> bool:
-    if "@" in reference:
+def candidates(reference: str | references.Reference) -> list[str]:
+    """The spellings of a tag reference or id a pattern may match ([] for a digest: see :func:`allowed`)."""
+    ref = reference if isinstance(reference, references.Reference) else references.parse(reference)
+    if ref.repository is None:
+        return [ref.text]
+    if ref.digest:
+        return []
+    if ref.tag:
+        return [f"{ref.repository}:{ref.tag}"]
+    return [ref.repository, f"{ref.repository}:latest"]
+
+
+def _allows_every_tag(repository: str, pattern: str) -> bool:
+    """Whether ``pattern`` matches ``REPOSITORY:TAG`` for every tag (so it may allow any digest of it too).
+
+    ``REPO:*`` does; so does a pattern ending in ``*`` that matches the
+    repository itself, since that ``*`` also takes any ``:TAG``.
+    """
+    if "@" in pattern:
+        return False
+    if pattern.endswith(":*") and fnmatch.fnmatchcase(repository, pattern[:-2]):
         return True
-    last = reference.rsplit("/", 1)[-1]
-    return ":" in last
+    return pattern.endswith("*") and fnmatch.fnmatchcase(repository, pattern)
 
 
-def candidates(reference: str) -> list[str]:
-    """The spellings of ``reference`` a pattern may match."""
-    out = [reference]
-    if not _has_tag_or_digest(reference):
-        out.append(f"{reference}:latest")
-    return out
+def _allows_digest(ref: references.Reference, pattern: str) -> bool:
+    assert ref.repository is not None and ref.digest is not None
+    if "@" in pattern:  # a pattern naming digests: matched on REPO@DIGEST, the tag left out
+        return fnmatch.fnmatchcase(f"{ref.repository}@{ref.digest}", pattern)
+    return _allows_every_tag(ref.repository, pattern)
 
 
-def allowed(reference: str, patterns: Sequence[str]) -> bool:
+def allowed(reference: str | references.Reference, patterns: Sequence[str]) -> bool:
+    """Whether ``reference`` matches one of ``patterns`` (see the module's docstring); no patterns: True."""
     if not patterns:
         return True
-    return any(fnmatch.fnmatchcase(c, p) for c in candidates(reference) for p in patterns)
+    try:
+        ref = reference if isinstance(reference, references.Reference) else references.parse(reference)
+    except references.BadReference:
+        return False
+    if ref.digest:
+        return any(_allows_digest(ref, p) for p in patterns)
+    return any(fnmatch.fnmatchcase(c, p) for c in candidates(ref) for p in patterns)
 
 
-def check(reference: str, patterns: Iterable[str], source: str, name: str | None = None) -> None:
+def check(reference: str | references.Reference, patterns: Iterable[str], source: str, name: str | None = None) -> None:
     """Raise ImageNotAllowed unless ``reference`` matches one of ``patterns`` (none: all allowed).
 
     ``source`` says where the name came from ("the pin file /x/.envpin.json",
@@ -74,10 +114,20 @@ def check(reference: str, patterns: Iterable[str], source: str, name: str | None
     patterns = list(patterns)
     if allowed(reference, patterns):
         return
-    shown = f"'{name}' ({reference})" if name and name != reference else f"'{reference}'"
+    if isinstance(reference, references.Reference):
+        reference = reference.text
+    digest_hint = ""
+    if "@" in reference:
+        digest_hint = (
+            " A reference with a digest runs that digest whatever tag is written beside it, so it needs a "
+            "pattern naming the digest (REPO@sha256:...) or one allowing every tag of the repository (REPO:*)."
+        )
+    # Names can come from a pin file or a kernel: escaped, on one line, before they reach a log or terminal.
+    ref_text, name_text = printable.one_line(reference, 300), printable.one_line(name, 300) if name else None
+    shown = f"'{name_text}' ({ref_text})" if name_text and name != reference else f"'{ref_text}'"
     raise ImageNotAllowed(
         f"envpin will not run image {shown}, named by {source}: it matches none of the allowed_images "
-        f"patterns ({', '.join(repr(p) for p in patterns)}). Use an image that matches, or, if you trust "
+        f"patterns ({', '.join(repr(p) for p in patterns)}).{digest_hint} Use an image that matches, or, if you trust "
         "this one, add a pattern for it to allowed_images (c.EnvpinProvisioner.allowed_images, the "
         f"kernelspec's config, or {ENV})."
     )

@@ -6,14 +6,21 @@ Precedence (see the provisioner's docstring for the other options):
    beside the notebook; the folder's ``"*"`` pin for headless runs);
 2. the ``image`` option (kernelspec config > Jupyter config > ``$ENVPIN_IMAGE``).
 
-Names go through the user's aliases (``envpin.aliases``), then through
-``allowed_images`` (``envpin.image_policy``), before anything is pulled.
+Names go through the user's aliases (``envpin.aliases``, read once per
+start or request), are parsed into one ``envpin.references.Reference``, and
+that value goes through ``allowed_images`` (``envpin.image_policy``) before
+anything is pulled; the engine is then asked for exactly that value
+(:func:`checked_reference`), never for a name looked up again.
 
 A pin file is a file in the notebook folder: it may have come with a cloned
 repository, and then nobody here chose the image it names.  So a pinned
 image is never *pulled* on the pin file's word alone: when the engine does not
 have it (and it is not the kernel's configured image, which someone did
 choose), the start is refused with the way to accept it (``docker pull``).
+"The configured image" is decided on the *reference the pin makes envpin
+use* (its ``reference``, else its ``image`` expanded), never on the name it
+shows: a pin whose ``image`` is the configured image but whose
+``reference`` names another is a pin of that other image.
 An image the engine already has was pulled or built here by someone; with
 ``allowed_images`` set, even those must match.
 
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field, replace
 import docker
 import docker.errors
 
-from envpin import aliases, control, image_policy, pins, printable, safe_files
+from envpin import aliases, control, image_policy, pins, printable, references, safe_files
 from envpin.errors import PinFileError
 
 from . import images
@@ -58,9 +65,56 @@ def notebook_folder(notebook: str | None, cwd: str | None) -> str:
     return os.path.abspath(cwd or os.getcwd())
 
 
-def resolve_name(client: docker.DockerClient, name: str, pull_policy: str, log, progress=None) -> images.ResolvedImage:
-    """Resolve a user-written name (alias, reference or id); ``progress`` hears about pulls."""
-    return images.resolve(client, aliases.expand(name), pull_policy, log, progress)
+def checked_reference(
+    name: str,
+    allowed: list[str] | tuple[str, ...],
+    source: str,
+    table: dict[str, str] | None = None,
+) -> references.Reference:
+    """The one parsed reference ``name`` stands for, checked against ``allowed``: what the engine is then asked for.
+
+    ``table``: the aliases already read for this start or request (else they
+    are read here, once).  Blocking (reads the aliases file): call from a
+    worker thread.
+    """
+    return _checked(aliases.expand(name, aliases.load() if table is None else table), allowed, source, name)
+
+
+def _checked(expanded: str, allowed: list[str] | tuple[str, ...], source: str, shown: str) -> references.Reference:
+    try:
+        ref = references.parse(expanded)
+    except references.BadReference:
+        if allowed and expanded.strip():
+            image_policy.check(expanded, allowed, source, shown)  # refused, naming the patterns
+        images.check_reference(expanded)  # refused, saying what a reference looks like
+        raise
+    image_policy.check(ref, allowed, source, shown)
+    return ref
+
+
+def _pinned_reference(
+    pin: dict, table: dict[str, str], allowed: list[str] | tuple[str, ...], source: str, pin_file: str
+) -> references.Reference:
+    """The reference a pin makes envpin use (its ``reference``, else its ``image`` expanded), checked.
+
+    The pin's ``reference`` is used as written (an alias table is not applied to it again).
+    """
+    text = pin.get("reference") or aliases.expand(pin["image"], table)
+    if not isinstance(text, str):
+        raise PinFileError(f"The envpin pin file {pin_file} is damaged: a 'reference' is not text.")
+    return _checked(text, allowed, source, pin["image"])
+
+
+def _configured_reference(configured: str, table: dict[str, str]) -> references.Reference | None:
+    try:
+        return references.parse(aliases.expand(configured, table))
+    except references.BadReference:
+        return None
+
+
+def _is_configured(ref: references.Reference, configured: references.Reference | None) -> bool:
+    """Whether a pin's reference is the kernel's configured image, compared as the engine would be asked."""
+    return configured is not None and ref.engine_name == configured.engine_name
 
 
 def choose(
@@ -76,19 +130,16 @@ def choose(
     # The provisioner passes the folder it pinned (a PinnedDir: read through its descriptor); others a path.
     folder = cwd if isinstance(cwd, safe_files.PinnedDir) else notebook_folder(notebook, cwd)
     pin = pins.lookup(folder, notebook)  # a damaged pin file stops the start
+    table = aliases.load()  # once per start: the check and the resolution use the same table
     if not pin:
-        image_policy.check(aliases.expand(configured), allowed, "this kernel's configuration (kernelspec)", configured)
-        return ImageChoice(configured, resolve_name(client, configured, pull_policy, log), pinned=False)
+        ref = checked_reference(configured, allowed, "this kernel's configuration (kernelspec)", table)
+        return ImageChoice(configured, images.resolve(client, ref, pull_policy, log), pinned=False)
     name = pin["image"]
     options = control.session_options(pin.get("options"))
     source = f"the pin file {pins.pin_file_for(folder)}"
-    reference = pin.get("reference") or aliases.expand(name)
-    if not isinstance(reference, str):
-        raise PinFileError(f"The envpin pin file {pins.pin_file_for(folder)} is damaged: a 'reference' is not text.")
-    image_policy.check(reference, allowed, source, name)
-    configured_ref = aliases.expand(configured)
-    if reference in (configured, configured_ref) or name in (configured, configured_ref):
-        current = resolve_name(client, reference, pull_policy, log)
+    reference = _pinned_reference(pin, table, allowed, source, str(pins.pin_file_for(folder)))
+    if _is_configured(reference, _configured_reference(configured, table)):
+        current = images.resolve(client, reference, pull_policy, log)
     else:
         current = _resolve_pinned(client, name, reference, pull_policy, log, folder, notebook)
     pinned_id = pin.get("image_id")
@@ -127,7 +178,9 @@ def choose(
     )
 
 
-def _resolve_pinned(client, name: str, reference: str, pull_policy: str, log, folder: str, notebook: str | None):
+def _resolve_pinned(
+    client, name: str, reference: references.Reference, pull_policy: str, log, folder: str, notebook: str | None
+):
     """Resolve a pinned image the engine must already have: a pin file alone never causes a pull.
 
     With pull_policy 'always' an image that is present is still refreshed (it was
@@ -142,9 +195,10 @@ def _resolve_pinned(client, name: str, reference: str, pull_policy: str, log, fo
         pass
     key = pins.notebook_key(notebook)
     raise ImageUnavailable(
-        f"The pin file {pins.pin_file_for(folder)} pins this notebook to image '{name}' ({reference}), which "
+        f"The pin file {pins.pin_file_for(folder)} pins this notebook to image '{printable.one_line(name, 300)}' "
+        f"({reference.engine_name}), which "
         "this Docker engine does not have, and envpin does not pull an image because a file in the notebook "
         "folder names it (it may have come with the folder, chosen by someone else). If you trust it, pull it "
-        f"yourself (docker pull {reference}) and start the kernel again; otherwise remove the entry "
+        f"yourself (docker pull {reference.engine_name}) and start the kernel again; otherwise remove the entry "
         f"'{key}' from that file (or the file) to start in the kernel's own image."
     ) from None

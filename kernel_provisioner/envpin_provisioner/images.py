@@ -11,10 +11,10 @@ local ``sha256:`` id).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -23,18 +23,15 @@ from envpin import printable, references
 
 from .errors import ImageUnavailable, InvalidImageReference
 
+
+class PullTooLarge(ImageUnavailable):
+    """A pull a kernel caused was cancelled: its layers passed the kernel's byte allowance."""
+
+
 PULL_POLICIES = ("if-missing", "always", "never")
 
-# The grammar of github.com/distribution/reference, reduced to what we check.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_REFERENCE = re.compile(
-    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
-    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
-)
-_IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{12,64}$")
+if TYPE_CHECKING:
+    from .pull_budget import PullRecord
 
 
 @dataclass(frozen=True)
@@ -52,27 +49,28 @@ class ResolvedImage:
         return self.digest or self.id
 
 
-def check_reference(reference: str) -> None:
-    """Raise :class:`InvalidImageReference` unless ``reference`` is a valid Docker reference."""
+def check_reference(reference: str) -> references.Reference:
+    """The parsed ``reference``; raise :class:`InvalidImageReference` unless it is a valid Docker reference."""
     if not isinstance(reference, str) or not reference.strip():
         raise InvalidImageReference(
             "No image is configured for this kernel. Set one in the kernelspec "
             "(envpin kernelspec install --image IMAGE), with c.EnvpinProvisioner.image in a Jupyter "
             "config file, or with the ENVPIN_IMAGE environment variable."
         )
-    if _IMAGE_ID.match(reference):
-        return
-    if not _REFERENCE.match(reference) or len(reference) > 255:
-        hint = ""
-        if reference != reference.lower() and _REFERENCE.match(reference.lower()):
-            hint = f" Repository names must be lowercase: did you mean '{reference.lower()}'?"
-        elif " " in reference:
-            hint = " It contains a space."
-        raise InvalidImageReference(
-            f"'{printable.one_line(reference, 300)}' is not a valid Docker image reference.{hint} "
-            "A reference looks like NAME[:TAG] or NAME@sha256:DIGEST, e.g. python:3.11-slim or "
-            "registry.example.com/team/image:1.2; fix the image setting of this kernel."
-        )
+    try:
+        return references.parse(reference)
+    except references.BadReference:
+        pass
+    hint = ""
+    if reference != reference.lower() and references.is_valid(reference.lower()):
+        hint = f" Repository names must be lowercase: did you mean '{reference.lower()}'?"
+    elif " " in reference:
+        hint = " It contains a space."
+    raise InvalidImageReference(
+        f"'{printable.one_line(reference, 300)}' is not a valid Docker image reference.{hint} "
+        "A reference looks like NAME[:TAG] or NAME@sha256:DIGEST, e.g. python:3.11-slim or "
+        "registry.example.com/team/image:1.2; fix the image setting of this kernel."
+    )
 
 
 def _split(reference: str) -> tuple[str, str | None]:
@@ -90,35 +88,81 @@ def _resolved(reference: str, image: docker.models.images.Image) -> ResolvedImag
     return ResolvedImage(reference=reference, id=image.id, digest=digest, env=env)
 
 
+def _pull_stream(client: docker.DockerClient, repository: str, tag: str) -> tuple[Any, Any]:
+    """``(response, events)`` of the engine's pull (``POST /images/create``), the registry login included.
+
+    docker-py's ``api.pull`` is this same request, but it hides the HTTP
+    response, and closing that response is the only way to cancel a pull on
+    the engine (it stops when its client goes away): a pull over a kernel's
+    byte allowance must stop, not finish in the background.  So this uses
+    docker-py's request helpers (``_post``, ``_stream_helper``) directly.
+    """
+    from docker import auth
+
+    api = client.api
+    headers = {}
+    header = auth.get_config_header(api, auth.resolve_repository_name(repository)[0])
+    if header:
+        headers["X-Registry-Auth"] = header
+    response = api._post(
+        api._url("/images/create"),
+        params={"fromImage": repository, "tag": tag},
+        headers=headers,
+        stream=True,
+        timeout=None,
+    )
+    api._raise_for_status(response)
+    return response, api._stream_helper(response, decode=True)
+
+
 def pull(
     client: docker.DockerClient,
-    reference: str,
+    reference: str | references.Reference,
     log: logging.Logger | logging.LoggerAdapter,
     progress: Callable[[str, float | None], None] | None = None,
     interval: float = 2.0,
     present: bool = False,
+    record: PullRecord | None = None,
 ) -> None:
     """Pull ``reference``, reporting progress to ``log`` every ``interval`` seconds.
 
     The pull has no timeout of its own: a large image on a slow link takes what
     it takes, and the kernel's launch timeout only starts once the image is here.
+    ``record``: the pull is one a kernel caused; it is admitted and counted by
+    the kernel's budget (``pull_budget``), and cancelled as soon as the sizes
+    of its layers pass the bytes the kernel has left.
     """
-    repo, tag = _split(reference)
-    log.info("envpin: pulling image %s ...", reference)
+    ref = reference if isinstance(reference, references.Reference) else check_reference(reference)
+    name = ref.engine_name
+    if ref.repository is None:
+        raise ImageUnavailable(f"'{name}' is an image id: only names can be pulled.")
+    allowance = record.before_pull(client, name) if record is not None else None
+    log.info("envpin: pulling image %s ...", name)
     layers: dict[str, tuple[int, int]] = {}
     last = last_told = 0.0
+    response = None
     try:
-        for event in client.api.pull(repo, tag=tag, stream=True, decode=True):
+        response, events = _pull_stream(client, ref.repository, ref.digest or ref.tag_or_latest)
+        for event in events:
             if "error" in event:
                 raise docker.errors.APIError(event["error"])
             detail = event.get("progressDetail") or {}
             if event.get("id") and detail.get("total"):
                 layers[event["id"]] = (detail.get("current", 0), detail["total"])
+            total = sum(t for _, t in layers.values())
+            if record is not None:
+                record.downloaded(total)
+                if allowance is not None and total > allowance:
+                    raise PullTooLarge(
+                        f"envpin cancelled the pull of '{name}': its layers ({total / 2**20:.0f} MiB so far) pass "
+                        f"what this kernel may still download ({allowance / 2**20:.0f} MiB of max_pull_bytes). "
+                        "Pull it on the engine yourself (docker pull) if you trust it, or raise max_pull_bytes "
+                        "in the kernel's configuration."
+                    )
             now = time.monotonic()
             if now - last_told >= 0.3 or now - last >= interval:
                 done = sum(c for c, _ in layers.values())
-                total = sum(t for _, t in layers.values())
-                msg = f"envpin: pulling {reference}: {len(layers)} layers, {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
+                msg = f"envpin: pulling {name}: {len(layers)} layers, {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
                 if now - last >= interval:  # the server log hears less often than a watching person
                     last = now
                     log.info(msg)
@@ -129,57 +173,69 @@ def pull(
         reason = getattr(exc, "explanation", None) or str(exc)
         if present:
             raise ImageUnavailable(
-                f"Image '{reference}' could not be pulled (pull policy 'always' or --pull): {reason}. "
+                f"Image '{name}' could not be pulled (pull policy 'always' or --pull): {reason}. "
                 "The local copy was not used. Check the registry and your login (docker login), or use "
                 "pull_policy='if-missing' (without --pull) to run the local copy."
             ) from exc
         raise ImageUnavailable(
-            f"Image '{reference}' is not on the Docker engine and could not be pulled: {reason}. "
+            f"Image '{name}' is not on the Docker engine and could not be pulled: {reason}. "
             "Check the name and tag, log in to its registry (docker login), or build/load the image "
             "locally (docker build / docker load) and start the kernel again."
         ) from exc
-    log.info("envpin: pulled %s", reference)
+    finally:
+        if response is not None:
+            response.close()  # an unfinished pull stops on the engine
+    log.info("envpin: pulled %s", name)
+
+
+def local_image(client: docker.DockerClient, reference: references.Reference) -> Any | None:
+    """The engine's image for ``reference``, None when absent.  Blocking."""
+    try:
+        return client.images.get(reference.engine_name)
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:  # e.g. "invalid reference format" from the engine
+        raise InvalidImageReference(
+            f"The Docker engine rejects the image reference '{reference.engine_name}': {exc.explanation}. "
+            "Fix the image setting of this kernel."
+        ) from exc
 
 
 def resolve(
     client: docker.DockerClient,
-    reference: str,
+    reference: str | references.Reference,
     pull_policy: str,
     log: logging.Logger | logging.LoggerAdapter,
     progress: Callable[[str, float | None], None] | None = None,
+    record: PullRecord | None = None,
 ) -> ResolvedImage:
     """Resolve ``reference`` on the engine, pulling it as ``pull_policy`` says.
 
-    Blocking: call from a worker thread.
+    ``reference``: text, or the :class:`~envpin.references.Reference` that was
+    checked against ``allowed_images``; either way the engine is asked for
+    exactly its :attr:`~envpin.references.Reference.engine_name` (a digest
+    without the tag the engine would ignore).  ``record``: the pulls are a
+    kernel's (``pull_budget``).  Blocking: call from a worker thread.
     """
-    check_reference(reference)
-    if pull_policy == "always" and not _IMAGE_ID.match(reference):
-        try:
-            client.images.get(reference)
-            present = True
-        except docker.errors.DockerException:
-            present = False
-        pull(client, reference, log, progress, present=present)
-    try:
-        return _resolved(reference, client.images.get(reference))
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:  # e.g. "invalid reference format" from the engine
-        raise InvalidImageReference(
-            f"The Docker engine rejects the image reference '{reference}': {exc.explanation}. "
-            "Fix the image setting of this kernel."
-        ) from exc
-    if pull_policy == "never" or _IMAGE_ID.match(reference):
+    ref = reference if isinstance(reference, references.Reference) else check_reference(reference)
+    name = ref.engine_name
+    if pull_policy == "always" and not ref.is_id:
+        present = local_image(client, ref) is not None
+        pull(client, ref, log, progress, present=present, record=record)
+    image = local_image(client, ref)
+    if image is not None:
+        return _resolved(name, image)
+    if pull_policy == "never" or ref.is_id:
         raise ImageUnavailable(
-            f"Image '{reference}' is not present on the Docker engine and the pull policy is "
+            f"Image '{name}' is not present on the Docker engine and the pull policy is "
             f"'{pull_policy}', so envpin will not pull it. Build or load it locally "
             "(docker build -t / docker load), or allow pulling with pull_policy='if-missing'."
         )
-    pull(client, reference, log, progress)
-    try:
-        return _resolved(reference, client.images.get(reference))
-    except docker.errors.ImageNotFound as exc:
-        raise ImageUnavailable(f"Image '{reference}' was pulled but the engine cannot find it.") from exc
+    pull(client, ref, log, progress, record=record)
+    image = local_image(client, ref)
+    if image is None:
+        raise ImageUnavailable(f"Image '{name}' was pulled but the engine cannot find it.")
+    return _resolved(name, image)
 
 
 _curve_support: dict[str, bool] = {}

@@ -16,6 +16,13 @@ is hostile input, see ``control_server``) and hands over a typed
 * ``error``: one paragraph, for any request that fails.  The watcher goes on
   serving: a kernel waiting for an answer must never hang.
 
+The requested name is turned into one checked reference off the event loop
+(``image_choice.checked_reference``: the aliases file read once, the
+parsed value checked against ``allowed_images``) and the engine is asked for
+exactly that value.  A pull the request causes is admitted and counted by
+the kernel's ``pull_budget.PullBudget``; unless the request ends with the
+kernel in (or pinned to) the pulled image, what it pulled is removed again.
+
 It works on the :class:`~.provisioner.EnvpinProvisioner` that owns it, and
 uses exactly the members :class:`MovableKernel` lists.
 """
@@ -28,13 +35,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from envpin import aliases, image_policy, pins, safe_files
+from envpin import pins, references, safe_files
 from envpin.hooks import require_digest
 
 from . import container as kc
-from . import engine, image_choice
+from . import engine, image_choice, images
 from .control_server import ControlChannel, ControlRequest
 from .errors import EnvpinError
+from .pull_budget import PullBudget, PullRecord
 
 if TYPE_CHECKING:
     import docker.models.containers
@@ -48,6 +56,10 @@ class MovableKernel(Protocol):
     allowed_images: list[str]
     pull_policy: str
     cwd: str | None
+
+    @property
+    def pull_budget(self) -> PullBudget:
+        """The pulls this kernel may still cause (kept across restarts and moves)."""
 
     @property
     def choice(self) -> image_choice.ImageChoice | None: ...
@@ -111,14 +123,37 @@ class MoveServer:
         if current is None:
             raise EnvpinError("This kernel has not finished starting; run %use_image again in a moment.")
         channel.respond(request.id, status="working", message=f"envpin: resolving {name} ...")
-        image_policy.check(aliases.expand(name), kernel.allowed_images, "%use_image in this kernel", name)
+        reference = await engine.call(
+            image_choice.checked_reference, name, kernel.allowed_images, "%use_image in this kernel"
+        )
         client = (await engine.call(engine.shared)).client
+        pulls = kernel.pull_budget.record()
+        try:
+            used = await self._answer(request, current, reference, client, pulls)
+        except BaseException:
+            await engine.call(pulls.undo, client, kernel.log)
+            raise
+        if used:
+            pulls.keep()
+        else:
+            await engine.call(pulls.undo, client, kernel.log)
+
+    async def _answer(
+        self,
+        request: ControlRequest,
+        current: image_choice.ImageChoice,
+        reference: references.Reference,
+        client: Any,
+        pulls: PullRecord,
+    ) -> bool:
+        """Answer ``request`` for the checked ``reference``; True when the kernel now uses the image."""
+        kernel, channel, name = self.kernel, self.channel, request.image
         policy = "always" if request.pull else kernel.pull_policy
 
         def progress(message: str, fraction: float | None = None) -> None:  # shown under the %use_image cell
             channel.respond(request.id, status="working", message=message, fraction=fraction)
 
-        resolved = await engine.call(image_choice.resolve_name, client, name, policy, kernel.log, progress)
+        resolved = await engine.call(images.resolve, client, reference, policy, kernel.log, progress, pulls)
         notes = list(current.notes) if current.latest_id and resolved.immutable == current.latest_id else []
         answer = {"name": name, "reference": resolved.reference, "image_id": resolved.immutable, "notes": notes}
         options = request.options.as_dict()
@@ -134,13 +169,14 @@ class MoveServer:
             await engine.call(pins.record, pin_folder, notebook, record, owner)
             kernel.set_choice(image_choice.ImageChoice(name, current.resolved, pinned=True, options=options))
             channel.respond(request.id, status="same", **answer)
-            return
+            return True
         if not request.allow_restart:
             channel.respond(request.id, status="refused", **answer)
-            return
+            return False
         await engine.call(pins.read, pin_folder)  # a damaged pin file stops the move before it starts
         choice = image_choice.ImageChoice(name, resolved, pinned=True, options=options)
         await self.move(request, choice, answer, lambda: pins.record(pin_folder, notebook, record, owner))
+        return True
 
     async def move(
         self, request: ControlRequest, choice: image_choice.ImageChoice, answer: dict, record_pin: Callable[[], object]

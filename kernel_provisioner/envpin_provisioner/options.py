@@ -20,7 +20,20 @@ import difflib
 import os
 from typing import Any
 
-from traitlets import Bool, CaselessStrEnum, Dict, Float, HasTraits, Integer, List, TraitError, Unicode, Union, default
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    HasTraits,
+    Integer,
+    List,
+    TraitError,
+    TraitType,
+    Unicode,
+    Union,
+    default,
+)
 from traitlets.config import Configurable
 
 from envpin import image_policy
@@ -32,6 +45,21 @@ from .errors import ConfigError
 def _env(name: str, fallback: Any = None) -> Any:
     """The server's ``ENVPIN_<NAME>`` variable: the lowest configured level, above the defaults."""
     return os.environ.get(f"ENVPIN_{name.upper()}", fallback)
+
+
+class ByteSize(TraitType):
+    """A size in bytes: a whole number, or a string like '20g' or '500m' (docker's units)."""
+
+    info_text = "a size: a whole number of bytes, or a string like '20g' or '500m'"
+
+    def validate(self, obj: Any, value: Any) -> int | str:
+        if not isinstance(value, (int, str)):
+            self.error(obj, value)
+        try:
+            byte_count(value, self.name or "size")
+        except TraitError:
+            self.error(obj, value)
+        return value
 
 
 class ProvisionerOptions(Configurable):
@@ -188,6 +216,48 @@ class ProvisionerOptions(Configurable):
     def _allowed_images_default(self) -> list[str]:
         return image_policy.patterns_from_env()
 
+    max_pulls_per_kernel = Integer(
+        min=0,
+        config=True,
+        help="""How many image pulls one kernel may cause (%use_image --pull, or %use_image of an image the
+        engine lacks), over its whole life, restarts and moves included; 0: none. A pull whose request does
+        not end with the kernel in that image (refused, failed) is removed again, but still counts.
+        Default: $ENVPIN_MAX_PULLS_PER_KERNEL, else 10.""",
+    )
+
+    @default("max_pulls_per_kernel")
+    def _max_pulls_per_kernel_default(self) -> int:
+        return _whole_number("max_pulls_per_kernel", 10)
+
+    max_pull_bytes = ByteSize(
+        config=True,
+        help="""How many bytes the pulls one kernel causes may download (the compressed layer sizes the
+        registry announces; on disk an image takes about two to three times that), bytes or a string like
+        '20g'. A pull that would pass it is cancelled. Default: $ENVPIN_MAX_PULL_BYTES, else '20g'.""",
+    )
+
+    @default("max_pull_bytes")
+    def _max_pull_bytes_default(self) -> int | str:
+        return _env("max_pull_bytes", "20g")
+
+    pull_interval = Float(
+        min=0.0,
+        config=True,
+        help="""Seconds between two pulls one kernel causes; a request sooner is refused, saying how long to
+        wait. Default: $ENVPIN_PULL_INTERVAL, else 10.""",
+    )
+
+    @default("pull_interval")
+    def _pull_interval_default(self) -> float:
+        value = _env("pull_interval", "10")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number >= 0:  # also NaN
+            raise ConfigError(f"ENVPIN_PULL_INTERVAL is '{value}': it must be a number of seconds, 0 or more.")
+        return number
+
     pool_size = Integer(
         min=0,
         config=True,
@@ -222,6 +292,33 @@ class ProvisionerOptions(Configurable):
         help="""Escape hatch: keyword arguments merged last into docker's containers.create()
         (e.g. {"shm_size": "2g", "cap_add": ["SYS_PTRACE"]}). Use with care: they override envpin's.""",
     )
+
+
+def _whole_number(name: str, fallback: int) -> int:
+    value = _env(name, str(fallback))
+    if not str(value).isdigit():
+        raise ConfigError(f"ENVPIN_{name.upper()} is '{value}': it must be a whole number, 0 or more.")
+    return int(value)
+
+
+def byte_count(value: int | str, option: str) -> int:
+    """``value`` (bytes, or a string like '20g') in bytes; raise TraitError naming ``option``."""
+    from docker.errors import DockerException
+    from docker.utils import parse_bytes
+
+    if isinstance(value, bool):
+        raise TraitError(f"{option}={value!r} is not a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise TraitError(f"{option}={value!r} is negative")
+        return value
+    try:
+        number = parse_bytes(value.strip())
+    except (DockerException, ValueError):  # text docker's parser does not know
+        number = None
+    if not isinstance(number, int) or number < 0:
+        raise TraitError(f"{option}={value!r} is not a size: use bytes or a string like '20g' or '500m'")
+    return number
 
 
 def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any) -> None:

@@ -42,7 +42,8 @@ from . import engine, image_choice, images, ownership
 from .control_server import ControlChannel
 from .errors import ConfigError, EnvpinError
 from .move_server import MoveServer
-from .options import ProvisionerOptions, check_options
+from .options import ProvisionerOptions, byte_count, check_options
+from .pull_budget import PullBudget
 from .warm_kernels import WarmKernels
 
 
@@ -91,6 +92,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _notebook: str | None = None
     #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
     _sockets: dict[str, tuple[int, int]] | None = None
+    _pull_budget: PullBudget | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
@@ -257,6 +259,15 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
 
     def set_choice(self, choice: image_choice.ImageChoice) -> None:
         self._choice = choice
+
+    @property
+    def pull_budget(self) -> PullBudget:
+        """The pulls this kernel may still cause: one allowance for the provisioner's life (restarts included)."""
+        if self._pull_budget is None:
+            self._pull_budget = PullBudget(
+                self.max_pulls_per_kernel, byte_count(self.max_pull_bytes, "max_pull_bytes"), self.pull_interval
+            )
+        return self._pull_budget
 
     def pin_location(self) -> tuple[safe_files.PinnedDir, str | None, tuple[int, int] | None]:
         """Where this kernel's pin is recorded: the folder pinned at its first start, by descriptor."""
