@@ -238,7 +238,9 @@ async def test_hostile_kernel_fuzz(canaries, hostile_setup, notebook_dir, tmp_pa
             # The server still answers a well-formed request: "same", "refused" (after a move into 3.13:
             # moving back needs --restart) or "error" (the pin file is hostile now).
             answer = await run_json(
-                kc, "(lambda rid: (send({'id': rid, 'image': %r}), wait_answer(rid, 15))[1])(uuid.uuid4().hex)" % PY311
+                kc,
+                "(lambda rid: (tidy(), send({'id': rid, 'image': %r}), wait_answer(rid, 15))[2])(uuid.uuid4().hex)"
+                % PY311,
             )
             assert answer is not None and answer["status"] in ("same", "refused", "error"), (seed, answer)
             seen.append(json.dumps(answer))

@@ -88,6 +88,18 @@ def wait_answer(rid, timeout=10.0):
             return data
         time.sleep(0.05)
     return None
+def tidy():
+    """Clear what the attacks left in the control folder (temporary files, folders, links): a kernel that
+    wants to talk to the server again cleans up first, as the quota (tmpfs) may be full of its own junk."""
+    import shutil
+    for n in os.listdir(CONTROL):
+        p = os.path.join(CONTROL, n)
+        if n.startswith("response-") and os.path.isfile(p) and not os.path.islink(p):
+            continue
+        try:
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        except OSError:
+            pass
 def all_answers():
     out = []
     for n in os.listdir(CONTROL):
