@@ -180,7 +180,6 @@ class _Slot:
                 raise envelope.ProtocolError("a probe answer without a list of module names")
             future.set_result(missing)
             return
-        header["env"] = envelope.clean_environment(header.get("env"))
         try:
             status, value, tb = envelope.loads(header, payload, buffers, "job result", self.envelope_mode)
         except envelope.EnvelopeMismatch:

@@ -28,18 +28,19 @@ TOKEN_VAR = "ENVPIN_WORKER_TOKEN"
 #: What the executor sends a worker.
 JOB_KINDS = frozenset({"job", "probe"})
 
-#: Frames above this are received into anonymous memory (``mmap``): pages are committed as bytes arrive,
-#: so a peer announcing a huge frame and sending nothing costs nothing.
-_LAZY_FRAME = 1 << 20
+#: Frames up to this size are allocated when announced (a ``bytearray``: the fastest to fill; a peer that
+#: lies costs at most this much per connection, as much as really sending it would).  Larger ones are
+#: received into anonymous memory (``mmap``), whose pages are committed only as bytes arrive, so a peer
+#: announcing a huge frame and sending nothing costs nothing (an ``mmap`` is about 20% slower to fill).
+_LAZY_FRAME = 1 << 28
 
 
 def recv_exact(sock: socket.socket, n: int):
     """Exactly ``n`` bytes from ``sock`` (EOFError if it closes first), as a writable buffer.
 
-    ``n`` comes from the peer (``envelope.read_frames`` bounds it): a small
-    frame is a ``bytearray``; a large one lives in an anonymous ``mmap``,
-    whose untouched pages cost no memory, so a lie about the length is
-    answered by EOF, not by filling the caller's memory up front.
+    ``n`` comes from the peer (``envelope.read_frames`` bounds it): see
+    ``_LAZY_FRAME`` for where it is received, so that a lie about a huge
+    length is answered by EOF, not by filling the caller's memory up front.
     """
     if n < 0:
         raise ValueError(f"negative frame length {n}")
