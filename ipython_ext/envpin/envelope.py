@@ -15,6 +15,15 @@ Wire format of one message (all lengths big-endian u64)::
 
 The payload is pickled with protocol 5 and large buffers (NumPy arrays, ...)
 travel out of band, as separate frames, without being copied into the pickle.
+
+The peer may be hostile (a job's code runs in the worker that answers), so
+``read_frames`` checks every length and the header's shape before it trusts
+them: a header is a JSON object of at most ``MAX_HEADER`` bytes naming a
+``kind`` the reader expects, a frame is at most ``MAX_FRAME`` bytes, a
+message has at most ``MAX_BUFFERS`` buffers.  Anything else is a
+``ProtocolError`` (never an ``OverflowError`` or a ``MemoryError``), and the
+reader drops the connection.  Memory for a frame is committed as its bytes
+arrive (``recv_exact`` of ``envpin.worker``), not when a length is declared.
 """
 
 from __future__ import annotations
@@ -34,9 +43,22 @@ from .errors import EnvpinError
 _U64 = struct.Struct(">Q")
 PICKLE_PROTOCOL = 5
 
+#: Largest header accepted (JSON: a kind, the sender's environment, a short message or module list).
+MAX_HEADER = 256 * 1024
+#: Largest single frame (a pickle or one out-of-band buffer): a sanity bound, far above any real job.
+MAX_FRAME = 1 << 40
+#: Most out-of-band buffers in one message.
+MAX_BUFFERS = 1 << 20
+#: Longest value kept of a peer's environment field (``clean_environment``).
+_MAX_ENV_VALUE = 200
+
 
 class EnvelopeMismatch(EnvpinError):
     """A payload was made under a Python or pickler this side cannot safely load."""
+
+
+class ProtocolError(EnvpinError):
+    """A peer sent something that is not a valid message: a bad length, header or kind."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,13 +137,56 @@ def dumps(obj: Any, kind: str, dumper: Callable | None = None) -> list:
     return frames
 
 
-def read_frames(recv_exact: Callable[[int], Any]) -> tuple[dict, Any, list]:
-    """Read one envelope with ``recv_exact(n)``; return (header, payload, buffers) without unpickling."""
-    header = json.loads(bytes(recv_exact(_U64.unpack(recv_exact(8))[0])))
-    payload = recv_exact(_U64.unpack(recv_exact(8))[0])
-    count = _U64.unpack(recv_exact(8))[0]
-    buffers = [recv_exact(_U64.unpack(recv_exact(8))[0]) for _ in range(count)]
+def _length(recv_exact: Callable[[int], Any], what: str, limit: int) -> int:
+    (n,) = _U64.unpack(bytes(recv_exact(8)))
+    if n > limit:
+        raise ProtocolError(f"the peer announced a {what} of {n} bytes (at most {limit} are accepted)")
+    return n
+
+
+def parse_header(data: bytes, kinds: frozenset[str] | None = None) -> dict[str, Any]:
+    """The header's JSON object, checked: an object with a string ``kind`` (one of ``kinds`` when given)."""
+    try:
+        header = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("the peer sent a header that is not JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+        raise ProtocolError("the peer sent a header without a kind")
+    if kinds is not None and header["kind"] not in kinds:
+        raise ProtocolError(f"the peer sent a message of kind {header['kind'][:40]!r}, expected one of {sorted(kinds)}")
+    return header
+
+
+def read_frames(
+    recv_exact: Callable[[int], Any], kinds: frozenset[str] | None = None, max_header: int = MAX_HEADER
+) -> tuple[dict, Any, list]:
+    """Read one envelope with ``recv_exact(n)``; return (header, payload, buffers) without unpickling.
+
+    Raises ``ProtocolError`` for anything that is not a valid message of one of ``kinds``.
+    """
+    header = parse_header(bytes(recv_exact(_length(recv_exact, "header", max_header))), kinds)
+    payload = recv_exact(_length(recv_exact, "payload", MAX_FRAME))
+    count = _length(recv_exact, "buffer count", MAX_BUFFERS)
+    buffers = [recv_exact(_length(recv_exact, "buffer", MAX_FRAME)) for _ in range(count)]
     return header, payload, buffers
+
+
+def clean_environment(env: Any) -> dict[str, str | None]:
+    """A peer's ``env`` reduced to the fields ``sender_environment`` sends, as short printable strings.
+
+    These values end up in messages the user reads: a hostile peer must not
+    forge lines or terminal escapes there, nor make them huge.
+    """
+    out: dict[str, str | None] = {}
+    if not isinstance(env, dict):
+        return out
+    for key in ("python", "python_minor", "implementation", "pickler", "pickler_version", "image", "image_id"):
+        value = env.get(key)
+        if isinstance(value, str):
+            out[key] = "".join(c for c in value[:_MAX_ENV_VALUE] if c.isprintable())
+        else:
+            out[key] = None
+    return out
 
 
 _last_accepted: dict[tuple[str, str | None], dict] = {}
@@ -132,7 +197,7 @@ def loads(header: dict, payload: Any, buffers: list, what: str, mode: str | None
     import pickle
 
     sent = header.get("env") or {}
-    if sent != _last_accepted.get((what, mode)):
-        check(sent, sender_environment(), what, mode)
+    if sent != _last_accepted.get((what, mode)):  # once per sender: judged on printable values only
+        check(clean_environment(sent), sender_environment(), what, mode)
         _last_accepted[(what, mode)] = sent
     return pickle.loads(payload, buffers=buffers)

@@ -8,8 +8,11 @@ processes of its own container), ``container`` mode otherwise (each worker
 is a container of the image, removed on shutdown).
 
 Jobs and results travel as envelopes (``envpin.envelope``) over a unix socket
-in a private directory, mounted into worker containers: checked before
-unpickling in both directions, large buffers out of band.
+in a private folder of this executor (``envpin.job_listener``: only workers
+it started are answered, and nothing a peer sends stops it), mounted
+read-only into its own worker containers: checked before unpickling in both
+directions, large buffers out of band.  A job's code is hostile to its
+caller: worker containers get only what the job needs (``envpin.workers``).
 
 Code shipping: functions and classes of modules that are not installed
 (the notebook's own ``helpers.py``, anything outside site-packages) are
@@ -24,19 +27,19 @@ import concurrent.futures as cf
 import functools
 import os
 import queue
-import shutil
 import socket
 import sys
-import tempfile
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import compat, envelope, session, shipping, worker, workers
+from . import compat, envelope, job_listener, session, shipping, worker, workers
 from .errors import EnvpinError
+
+#: What a worker may answer, per kind of request.
+_ANSWERS = {"job": frozenset({"result", "refused"}), "probe": frozenset({"probe", "refused"})}
 
 
 class WorkerDied(EnvpinError):
@@ -134,9 +137,21 @@ class _Slot:
                     if self.cancelled is future:  # cancelled while its worker started: nothing to kill then
                         raise EOFError("the job was cancelled before it was sent")
                 worker.send_frames(self.conn, frames)
-                header, payload, buffers = envelope.read_frames(functools.partial(worker.recv_exact, self.conn))
+                header, payload, buffers = envelope.read_frames(
+                    functools.partial(worker.recv_exact, self.conn), _ANSWERS[kind]
+                )
                 future._slot = None
                 self._deliver(future, header, payload, buffers, kind)
+            except envelope.ProtocolError as exc:  # the job (or its image) broke the protocol: not trusted again
+                future._slot = None
+                self.kill_worker()
+                future.set_exception(
+                    WorkerDied(
+                        f"The worker running this job in {self.image} sent a malformed answer ({exc}); it was "
+                        "stopped, and only this job failed. A job that writes to the worker's own connection "
+                        "(file descriptors it did not open) breaks it: leave them alone."
+                    )
+                )
             except (EOFError, OSError):
                 future._slot = None
                 dead, self.worker = self.worker, None
@@ -153,11 +168,17 @@ class _Slot:
                 future.set_exception(exc)
 
     def _deliver(self, future: JobFuture, header: dict, payload, buffers, kind: str) -> None:
-        if header.get("kind") == "refused":
-            future.set_exception(envelope.EnvelopeMismatch(header["message"]))
+        if header["kind"] == "refused":
+            message = header.get("message")
+            if not isinstance(message, str):
+                raise envelope.ProtocolError("a refusal without a message")
+            future.set_exception(envelope.EnvelopeMismatch(message[:4000]))
             return
         if kind == "probe":
-            future.set_result(header.get("missing", []))
+            missing = header.get("missing")
+            if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
+                raise envelope.ProtocolError("a probe answer without a list of module names")
+            future.set_result(missing)
             return
         try:
             status, value, tb = envelope.loads(header, payload, buffers, "job result", self.envelope_mode)
@@ -201,6 +222,14 @@ class ContainerExecutor(cf.Executor):
     jobs and results are checked against the measured pickle matrix,
     ``compatible`` or ``strict`` (``envpin.compat``; default: the pin's
     ``%use_image --envelope``, else ``$ENVPIN_ENVELOPE``, else compatible).
+
+    Container mode only (process-mode workers are the caller's own
+    processes, with its files and user): ``workdir``: the current folder
+    mounted into worker containers at its own path, ``"ro"`` (or True) or
+    ``"rw"``; None (default): not mounted, jobs start in a private empty
+    folder.  ``user``: ``uid`` or ``"uid:gid"`` the workers run as; default:
+    the caller's, but ``nobody`` (65534) for a root caller; ``user="0:0"``
+    runs a root caller's jobs as root.
     """
 
     def __init__(
@@ -210,6 +239,8 @@ class ContainerExecutor(cf.Executor):
         mode: str = "auto",
         mem_limit: str | None = None,
         envelope: str | None = None,
+        workdir: str | bool | None = None,
+        user: str | int | None = None,
     ):
         pin = session.current_pin()
         self.envelope = compat.resolve_mode(envelope, pin.envelope if pin else None)
@@ -228,14 +259,17 @@ class ContainerExecutor(cf.Executor):
             image_policy.check(
                 aliases.expand(self.image), image_policy.patterns_from_env(), "a ContainerExecutor", self.image
             )
-        self._dir = tempfile.mkdtemp(prefix="envpin-jobs-")
-        self._socket_path = os.path.join(self._dir, "jobs.sock")
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self._socket_path)
-        self._listener.listen(64)
-        self._hellos: dict[str, queue.Queue[tuple[socket.socket, dict]]] = {}
-        self._hello_lock = threading.Lock()
-        threading.Thread(target=self._accept_loop, name="envpin-accept", daemon=True).start()
+        workers.check_workdir(workdir)  # both validated in every mode: a typo is an error, not a no-op
+        workers.worker_user(user)
+        self._listener = job_listener.JobListener()
+        try:
+            self._box: workers.WorkerSandbox | None = None
+            if self.mode == "container":
+                self._box = workers.sandbox(self._listener.folder, self._listener.base, user, workdir)
+                self._listener.open_to(self._box.uid, self._box.gid)
+        except BaseException:
+            self._listener.close()
+            raise
         self._queue: queue.Queue[Any] = queue.Queue()
         self._slots: list[_Slot] = []
         self._shutdown = False
@@ -255,31 +289,33 @@ class ContainerExecutor(cf.Executor):
     def _start_worker(self, slot_id: str) -> tuple[workers.Worker, socket.socket]:
         """A new worker for slot ``slot_id``, and its connection once it said hello."""
         w: workers.Worker
+        token = self._listener.expect()
+        try:
+            w = self._new_worker(slot_id, token)
+        except BaseException:
+            self._listener.forget(token)
+            raise
+        try:
+            conn, hello = self._wait_hello(token, w.exit_status)
+            self._check_pickles_cross(hello["env"])
+            return w, conn
+        except BaseException:
+            w.stop()
+            raise
+
+    def _new_worker(self, slot_id: str, token: str) -> workers.Worker:
         if self.mode == "process":
-            w = workers.ProcessWorker(self._socket_path, slot_id, self.envelope)
+            return workers.ProcessWorker(self._listener.socket_path, slot_id, token, self.envelope)
         else:
             if self._image is None:  # resolved once, at the first container worker
                 from . import host_docker
 
                 self._docker = host_docker.client()
                 self._image = host_docker.resolve(self._docker, self.image, source="a ContainerExecutor")
-            w = workers.ContainerWorker(
-                self._docker,
-                self._image,
-                self.image,
-                self._dir,
-                self._socket_path,
-                slot_id,
-                self.mem_limit,
-                self.envelope,
+            assert self._box is not None
+            return workers.ContainerWorker(
+                self._docker, self._image, self.image, self._box, slot_id, token, self.mem_limit, self.envelope
             )
-        try:
-            conn, hello = self._wait_hello(slot_id, w.exit_status)
-            self._check_pickles_cross(hello.get("env") or {})
-            return w, conn
-        except BaseException:
-            w.stop()
-            raise
 
     def _check_pickles_cross(self, theirs: dict) -> None:
         """Judge, once per worker, both directions a pickle takes, before any job is sent.
@@ -295,38 +331,17 @@ class ContainerExecutor(cf.Executor):
 
     # -- connections ----------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                header, _, _ = envelope.read_frames(functools.partial(worker.recv_exact, conn))
-            except (EOFError, OSError, ValueError):
-                conn.close()
-                continue
-            self._hello_queue(header.get("slot", "")).put((conn, header))
-
-    def _hello_queue(self, slot_id: str) -> queue.Queue[tuple[socket.socket, dict]]:
-        with self._hello_lock:
-            return self._hellos.setdefault(slot_id, queue.Queue())
-
     def _wait_hello(
-        self, slot_id: str, exit_status: Callable[[], int | None], timeout: float = 60
+        self, token: str, exit_status: Callable[[], int | None], timeout: float = 60
     ) -> tuple[socket.socket, dict]:
-        q = self._hello_queue(slot_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                return q.get(timeout=0.05)
-            except queue.Empty:
-                code = exit_status()
-                if code is not None:
-                    raise WorkerDied(
-                        f"A job worker in {self.image} exited (code {code}) before it was ready. The image needs "
-                        "Python 3 with cloudpickle installed (pip install cloudpickle)."
-                    ) from None
+        got = self._listener.wait(token, exit_status, timeout)
+        if isinstance(got, tuple):
+            return got
+        if got is not None:
+            raise WorkerDied(
+                f"A job worker in {self.image} exited (code {got}) before it was ready. The image needs "
+                "Python 3 with cloudpickle installed (pip install cloudpickle)."
+            )
         raise WorkerDied(f"A job worker in {self.image} did not start within {timeout:.0f}s.")
 
     # -- the Executor interface --------------------------------------------------------
@@ -435,7 +450,6 @@ class ContainerExecutor(cf.Executor):
             for slot in self._slots:
                 slot.kill_worker()
         self._listener.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
         _live.discard(self)
 
 

@@ -8,8 +8,12 @@ started somewhere that runs the pinned image:
   engine access by default), the same interpreter as the caller;
 * :class:`ContainerWorker`: a container of the image, when the caller runs
   elsewhere (a kernel on the host); labelled ``envpin.role=job`` with its
-  owner, envpin mounted read-only as for kernels, the executor's socket
-  folder mounted at its own path.
+  owner.  A job's code is hostile to its caller, so the container gets only
+  what a job needs (``WorkerSandbox``): envpin's package and its executor's
+  socket folder, both read-only; the caller's working folder only when the
+  executor was asked for it (read-only unless asked for ``rw``); a private
+  tmpfs ``HOME`` as its working folder otherwise; all capabilities dropped,
+  ``no-new-privileges``, and an unprivileged user when the caller is root.
 
 The executor only ever talks to a :class:`Worker`: how to tell whether it
 still runs, how to stop it, and why it died.  Everything about one kind of
@@ -26,6 +30,9 @@ from typing import Any, Protocol
 
 from . import boot, engines
 from .compat import ENV_VAR as ENVELOPE_VAR  # tells a worker how strictly to check the jobs it loads
+from .errors import EnvpinError
+from .job_listener import CONTAINER_SOCKET_DIR, SOCKET_NAME
+from .worker import TOKEN_VAR
 
 #: The worker's entry point, relative to the interpreter: ``python -m envpin.run_worker SOCKET SLOT``.
 WORKER_MODULE = "envpin.run_worker"
@@ -64,12 +71,106 @@ def envpin_parent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class ProcessWorker:
-    """A worker process of this container, on this interpreter."""
+#: The user a root caller's worker containers run as unless asked otherwise (``nobody``).
+UNPRIVILEGED_USER = "65534:65534"
+#: ``workdir`` values: how the caller's working folder is mounted into worker containers.
+WORKDIR_MODES = ("ro", "rw", None)
 
-    def __init__(self, socket_path: str, slot_id: str, envelope_mode: str) -> None:
+
+def worker_user(user: str | int | None) -> tuple[int, int]:
+    """The ``uid, gid`` worker containers run as, from the executor's ``user`` option.
+
+    Default: the caller's own ids, except for root, whose jobs run as
+    ``nobody`` (65534) so that a job cannot create root-owned or setuid-root
+    files.  Root only when asked (``user=0`` or ``"0:0"``).
+    """
+    if user is None:
+        if os.geteuid() == 0:
+            user = UNPRIVILEGED_USER
+        else:
+            return os.getuid(), os.getgid()
+    text = str(user)
+    uid, sep, gid = text.partition(":")
+    if not uid.isdigit() or (sep and not gid.isdigit()) or not uid.isascii() or not gid.isascii():
+        raise EnvpinError(
+            f"ContainerExecutor(user={user!r}) is not a user id: give a numeric uid or uid:gid "
+            f"(for example user={UNPRIVILEGED_USER!r}; user='0:0' runs jobs as root, which only makes sense "
+            "if the jobs must write root's files). Names are not accepted: the image may not know them."
+        )
+    return int(uid), int(gid) if sep else int(uid)
+
+
+def check_workdir(workdir: object) -> str | None:
+    """The ``workdir`` option, validated: ``"ro"``, ``"rw"`` or None (``True`` means ``"ro"``)."""
+    if workdir is True:
+        return "ro"
+    if workdir is False:
+        return None
+    if workdir in WORKDIR_MODES:
+        return workdir
+    raise EnvpinError(
+        f"ContainerExecutor(workdir={workdir!r}) is not a mount mode: give workdir='ro' to mount the current "
+        "folder read-only into the workers (jobs can read its files), workdir='rw' to let jobs write it too, "
+        "or workdir=None (the default) to mount nothing of the caller's."
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSandbox:
+    """What a worker container may reach of the caller: decided once per executor.
+
+    ``socket_dir``: the executor's private folder (``job_listener``), mounted
+    read-only at ``CONTAINER_SOCKET_DIR``; ``folder_base``: the folder holding
+    every executor's folder, hidden by an empty read-only tmpfs when the
+    working folder mount would show it; ``workdir``: the caller's working
+    folder and its mode, or None.
+    """
+
+    socket_dir: str
+    folder_base: str
+    uid: int
+    gid: int
+    workdir: str | None
+    workdir_mode: str | None
+
+    def options(self) -> dict[str, Any]:
+        """The ``containers.create`` keyword arguments this sandbox adds to ``base_options``."""
+        mounts = [{"Target": CONTAINER_SOCKET_DIR, "Source": self.socket_dir, "Type": "bind", "ReadOnly": True}]
+        tmpfs: dict[str, str] = {}
+        if self.workdir:
+            mounts.append(
+                {"Target": self.workdir, "Source": self.workdir, "Type": "bind", "ReadOnly": self.workdir_mode != "rw"}
+            )
+            if _contains(self.workdir, self.folder_base):
+                tmpfs[self.folder_base] = "ro,size=4k,mode=0"  # other executors' sockets: not in this container
+        return {"mounts": mounts, "tmpfs": tmpfs, "cap_drop": ["ALL"]}
+
+
+def _contains(folder: str, path: str) -> bool:
+    folder = folder.rstrip(os.sep) or os.sep
+    return path == folder or path.startswith(folder if folder == os.sep else folder + os.sep)
+
+
+def sandbox(socket_dir: str, folder_base: str, user: str | int | None, workdir: object) -> WorkerSandbox:
+    """The sandbox of an executor's worker containers (validating its options; see ``worker_user``, ``check_workdir``)."""
+    uid, gid = worker_user(user)
+    mode = check_workdir(workdir)
+    cwd = os.path.realpath(os.getcwd()) if mode else None
+    if cwd and _contains(folder_base, cwd):
+        raise EnvpinError(
+            f"ContainerExecutor(workdir={mode!r}) from {cwd}: that folder is inside envpin's private job-socket "
+            f"folder {folder_base}; change to your project's folder first."
+        )
+    return WorkerSandbox(socket_dir, folder_base, uid, gid, cwd, mode)
+
+
+class ProcessWorker:
+    """A worker process of this container, on this interpreter (the caller's user, the caller's files)."""
+
+    def __init__(self, socket_path: str, slot_id: str, token: str, envelope_mode: str) -> None:
         env = dict(os.environ)
         env[ENVELOPE_VAR] = envelope_mode
+        env[TOKEN_VAR] = token
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [envpin_parent(), env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
             boot.argv(sys.executable, WORKER_MODULE, socket_path, slot_id), env=env, stdin=subprocess.DEVNULL
@@ -91,7 +192,7 @@ class ContainerWorker:
     """A worker container of the pinned image, created through the Docker SDK's ``client``.
 
     ``image`` is a ``host_docker.Image`` (resolved once per executor);
-    ``socket_dir`` is the executor's private folder holding its socket.
+    ``box`` says what of the caller it may reach; ``token`` is its one-time hello token.
     """
 
     def __init__(
@@ -99,13 +200,13 @@ class ContainerWorker:
         client: Any,
         image: Any,
         name: str,
-        socket_dir: str,
-        socket_path: str,
+        box: WorkerSandbox,
         slot_id: str,
+        token: str,
         mem_limit: str | None,
         envelope_mode: str,
     ) -> None:
-        from .container_spec import base_options
+        from .container_spec import CONTAINER_HOME, base_options
 
         options = base_options(
             image_id=image.id,
@@ -113,14 +214,21 @@ class ContainerWorker:
             immutable=image.immutable,
             role="job",
             image_env=image.env,
-            cwd=os.getcwd(),
+            user=f"{box.uid}:{box.gid}",
+            cwd=None,  # mounted by the sandbox, and only when asked
             extra_labels={"envpin.job-slot": slot_id},
         )
+        extra = box.options()
+        options["mounts"] += extra["mounts"]
+        options["tmpfs"].update(extra["tmpfs"])
+        options["cap_drop"] = extra["cap_drop"]
+        options["working_dir"] = box.workdir or CONTAINER_HOME
         options["environment"]["ENVPIN_IMAGE_NAME"] = name
         options["environment"][ENVELOPE_VAR] = envelope_mode  # the worker checks jobs as strictly as we do
-        options["mounts"].append({"Target": socket_dir, "Source": socket_dir, "Type": "bind", "ReadOnly": False})
+        options["environment"][TOKEN_VAR] = token
         if mem_limit:
             options.update(mem_limit=mem_limit, memswap_limit=mem_limit)
+        socket_path = f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}"
         self._container = engines.create(
             client, entrypoint=boot.entrypoint("python3"), command=[WORKER_MODULE, socket_path, slot_id], **options
         )
