@@ -69,6 +69,11 @@ def _address(client: Any) -> str:
     return f"unix://{socket_path}" if socket_path else str(getattr(client.api, "base_url", "?"))
 
 
+def address(client: Any) -> str:
+    """The engine's address as envpin keys facts by it (``unix:///path`` for a socket, else the URL)."""
+    return _address(client)
+
+
 def is_local(client: Any) -> bool:
     """True when the client talks to an engine on this machine (a unix socket): its processes are in our /proc."""
     return _address(client).startswith("unix://")

@@ -91,10 +91,10 @@ def _options(image: Image, role: str, cwd: str | None, env: dict[str, str] | Non
     return opts
 
 
-def run_python(c, image: Image, code: str, timeout: float = 60) -> str:
-    """Run ``python3 -c code`` in a short-lived container of ``image``; return its stdout."""
+def run_python(c, image: Image, code: str, timeout: float = 60, python: str = "python3") -> str:
+    """Run ``python -c code`` in a short-lived container of ``image`` (labelled, so gc sees it); return its stdout."""
     container = engines.create(
-        c, entrypoint=["python3", "-c", code], network_mode="none", **_options(image, "probe", None, None)
+        c, entrypoint=[python, "-c", code], network_mode="none", **_options(image, "probe", None, None)
     )
     try:
         container.start()

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import docker
 import docker.errors
 
-from envpin import printable, references
+from envpin import engines, host_docker, printable, references
 
-from .errors import ImageUnavailable, InvalidImageReference
+from .errors import EnvpinError, ImageUnavailable, InvalidImageReference
 
 
 class PullTooLarge(ImageUnavailable):
@@ -238,22 +238,29 @@ def resolve(
     return _resolved(name, image)
 
 
-_curve_support: dict[str, bool] = {}
+#: Whether an image's ipykernel speaks CurveZMQ, by (engine address, image id): an id means one image per engine.
+_curve_support: dict[tuple[str, str], bool] = {}
 
 
 def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: str = "python3") -> bool:
-    """Whether the image's ipykernel reads CurveZMQ keys from its connection file (cached by image id).
+    """Whether the image's ipykernel reads CurveZMQ keys from its connection file (cached per engine and image).
 
-    Asked of the image itself, in a short-lived container without network, because the image's
-    ipykernel, not the server's, decides; an image that cannot answer counts as "no".
+    Asked of the image itself, in a short-lived container without network (created like every envpin
+    container, labelled, so gc sees it), because the image's ipykernel, not the server's, decides; an
+    image that cannot answer counts as "no".
     """
-    if image.id not in _curve_support:
+    key = (engines.address(client), image.id)
+    if key not in _curve_support:
         code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
+        probe = host_docker.Image(image.reference, image.reference, image.id, image.immutable, tuple(image.env))
         try:
-            out = client.containers.run(
-                image.id, [python, "-c", code], entrypoint=[], network_mode="none", remove=True, stderr=False
-            )
-            _curve_support[image.id] = out.decode().strip().endswith("True")
-        except docker.errors.DockerException:
-            _curve_support[image.id] = False
-    return _curve_support[image.id]
+            out = host_docker.run_python(client, probe, code, python=python)
+            _curve_support[key] = out.strip().endswith("True")
+        except (docker.errors.DockerException, EnvpinError):
+            _curve_support[key] = False
+    return _curve_support[key]
+
+
+def reset_caches() -> None:
+    """Forget what was learnt about images (tests that rebuild an image under the same id)."""
+    _curve_support.clear()
