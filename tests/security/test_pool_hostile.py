@@ -439,6 +439,8 @@ class Ticker:
         self.interval = interval
         self.max_stall = 0.0
         self.ticks = 0
+        self.phase = ""  #: what the test is doing now: the longest stall of each phase is kept
+        self.by_phase: dict[str, float] = {}
         self._task: asyncio.Task | None = None
 
     async def _tick(self) -> None:
@@ -447,7 +449,9 @@ class Ticker:
         while True:
             await asyncio.sleep(self.interval)
             now = loop.time()
-            self.max_stall = max(self.max_stall, now - last - self.interval)
+            stall = now - last - self.interval
+            self.max_stall = max(self.max_stall, stall)
+            self.by_phase[self.phase] = max(self.by_phase.get(self.phase, 0.0), stall)
             last, self.ticks = now, self.ticks + 1
 
     def start(self) -> Ticker:
@@ -755,7 +759,7 @@ async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(r
         f"max event-loop stall {stall * 1000:.0f} ms over {ticker.ticks} ticks; channel folder "
         f"{'still there after 30 s' if os.path.lexists(channel) else 'removed'}"
     )
-    assert files > 1000 and depth > 100, "the kernel could not flood its folders at all"
+    assert files > 100 and depth > 10, "the kernel could not flood its folders at all: nothing was tested"
     assert key_gone, f"the connection file {key_file} (the kernel's key) outlived the shutdown"
     assert stall < STALL_LIMIT, f"the server's event loop stalled {stall:.2f} s at shutdown"
 
@@ -881,6 +885,7 @@ async def test_pooled_hostile_kernel_fuzz(realm, specs, server, docker_client):
     for label in ("alice", "nested", "bob"):
         live[label] = await server.start(label, spec[label], realm.folders[label] / f"{label}.ipynb")
     ticker = Ticker().start()  # from here on, every start, restart, move and shutdown happens under its eye
+    ticker.phase = "actions"
     figures: collections.Counter = collections.Counter()
     kinds: collections.Counter = collections.Counter()
     refusals: list[str] = []
@@ -960,20 +965,23 @@ async def test_pooled_hostile_kernel_fuzz(realm, specs, server, docker_client):
                 pin.unlink()
         if rng.random() < 0.5:
             await asyncio.to_thread(realm.restore)
-        label = rng.choice(sorted(live))
-        event = rng.choice(["restart", "restart", "move", "pin", "new"])
-        if event == "new":
-            await replace(label)
-            assert_in_own_folder(realm, live[label], await live[label].probe())
-        else:
-            await lifecycle(label, event)
-        realm.assert_untouched()
+        for label in rng.sample(sorted(live), 2):
+            event = rng.choice(["restart", "restart", "move", "pin", "new"])
+            ticker.phase = event
+            if event == "new":
+                await replace(label)
+                assert_in_own_folder(realm, live[label], await live[label].probe())
+            else:
+                await lifecycle(label, event)
+            ticker.phase = "actions"
+            realm.assert_untouched()
     # Every kernel, at the end, in its own folder with nothing planted run.
     await asyncio.to_thread(realm.restore)
     for kernel in live.values():
         assert_in_own_folder(realm, kernel, await kernel.probe())
     realm.assert_untouched()
     assert_no_leak(realm, server.kernels)
+    ticker.phase = "final shutdown"
     await server.close()  # the shutdowns remove the flooded channel folders: still under the ticker
     stall = await ticker.stop()
     ids = {k.kid for k in server.kernels}
@@ -990,7 +998,8 @@ async def test_pooled_hostile_kernel_fuzz(realm, specs, server, docker_client):
         f"pooled fuzz: {figures['actions']} hostile actions by {len(server.kernels)} kernels (2 users); "
         f"{figures['restarts']} restarts, {figures['moves']} moves, {figures['pins']} pins, "
         f"{figures['new kernels']} new kernels; refused: {sum(v for k, v in figures.items() if 'refused' in k)} "
-        f"({refusals}); max event-loop stall {stall * 1000:.0f} ms over {ticker.ticks} ticks; "
+        f"({refusals}); max event-loop stall {stall * 1000:.0f} ms over {ticker.ticks} ticks "
+        f"(by phase, ms: { {k: round(v * 1000) for k, v in ticker.by_phase.items()} }); "
         f"actions by kind: {dict(kinds)}"
     )
     assert figures["actions"] >= 300
