@@ -52,11 +52,13 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 
 from envpin_provisioner.pool import pools
 from testutils import PY311, PY313, async_wait_for, containers, envpin_containers
+from testutils.hostile import KERNEL_UID, Canaries
+from testutils.hostile import TOOLBOX as HOSTILE_TOOLBOX
 from testutils.kernels import run
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the findings need a server running as root")
 
-ALICE = 4242
+ALICE = KERNEL_UID
 BOB = 4343
 #: The longest the server's event loop may go without running a ready task.
 STALL_LIMIT = 0.2
@@ -84,7 +86,7 @@ WATCHED = (
 
 
 class Vault:
-    """A folder no kernel may read or change (a secret file, a subfolder), with a snapshot to compare against."""
+    """A user's folder that kernels of other folders may neither read nor change (snapshot by content too)."""
 
     def __init__(self, path: Path, owner: tuple[int, int] | None = None):
         self.dir = path
@@ -94,11 +96,12 @@ class Vault:
         self.secret_file.write_text(self.secret)
         inner = path / "inner"
         inner.mkdir(mode=0o700)
-        (inner / "inner.txt").write_text(self.secret)
-        for p in (self.secret_file, inner / "inner.txt"):
+        self.inner_file = inner / "inner.txt"
+        self.inner_file.write_text(self.secret)
+        for p in (self.secret_file, self.inner_file):
             p.chmod(0o600)
         if owner:
-            for p in (path, inner, self.secret_file, inner / "inner.txt"):
+            for p in (path, inner, self.secret_file, self.inner_file):
                 os.chown(p, *owner)
         self.before = self.snapshot()
 
@@ -137,10 +140,15 @@ class Realm:
             folder.mkdir()
             folder.chmod(mode)
             os.chown(folder, uid, uid)
-        self.canary = Vault(base / "canary")  # root's, outside every notebook folder
+        self.canary = Canaries(base)  # root's, outside every notebook folder
         self.alice_vault = Vault(self.alice / "vault", (ALICE, ALICE))  # alice's, outside her nested folder
         self.bob_vault = Vault(self.bob / "vault", (BOB, BOB))
-        self.vaults = (self.canary, self.alice_vault, self.bob_vault)
+        self.vaults: tuple[Canaries | Vault, ...] = (self.canary, self.alice_vault, self.bob_vault)
+        #: Every file holding a secret, for the attacks that try to read one.
+        self.secret_files = [str(v.secret_file) for v in self.vaults] + [
+            str(self.canary.root_only / "inner.txt"),
+            *(str(v.inner_file) for v in (self.alice_vault, self.bob_vault)),
+        ]
         self.folders = {"alice": self.alice, "nested": self.nested, "bob": self.bob}
         self.owners = {"alice": ALICE, "nested": ALICE, "bob": BOB}
         for label, folder in self.folders.items():
@@ -230,33 +238,13 @@ def specs(install_kernelspec):
 # ---- the server: jupyter_server's kernel manager in this event loop ------------------------------
 
 
-# Kernel-side helpers, defined in every kernel after each start: the attacker's toolbox.
-TOOLBOX = r'''
-import builtins, json, os, sys, time, uuid
-CONTROL = os.environ.get("ENVPIN_CONTROL_DIR", "")
-SOCK = os.path.join(os.path.dirname(CONTROL), "sock") if CONTROL else ""
+# Kernel-side helpers, defined in every kernel after each start: the security tests' toolbox (send,
+# wait_answer, plant_link ...) and what attacks on a pooled kernel's folders need.
+TOOLBOX = (
+    HOSTILE_TOOLBOX
+    + r'''
+import builtins, sys
 NB = os.getcwd()
-def _put(name, data):
-    tmp = os.path.join(CONTROL, "." + uuid.uuid4().hex)
-    with open(tmp, "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else json.dumps(data).encode())
-    os.replace(tmp, os.path.join(CONTROL, name))
-def send(request):
-    _put("request.json", request)
-def wait_answer(rid, timeout=10.0):
-    path = os.path.join(CONTROL, f"response-{rid}.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = json.loads(open(path).read())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-            continue
-        if data.get("status") != "working":
-            os.unlink(path)
-            return data
-        time.sleep(0.05)
-    return None
 def peek(path, limit=4096):
     """What reading path gives: its text, or the error's name (printed: a leak shows in the output)."""
     try:
@@ -269,19 +257,6 @@ def plant(folder, name, body):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         fh.write(body)
-def plant_link(folder, name, target):
-    p = os.path.join(folder, name)
-    try:
-        if os.path.isdir(p) and not os.path.islink(p):
-            os.rmdir(p)
-        else:
-            os.unlink(p)
-    except OSError:
-        pass
-    try:
-        os.symlink(target, p)
-    except OSError:
-        pass
 def relink(folder, target):
     """Move a folder aside and put a link to target at its name."""
     aside = folder.rstrip("/") + "-" + uuid.uuid4().hex[:6]
@@ -337,6 +312,7 @@ def steal(paths):
                     found[f"{base}/{pid}/root{path}"] = text
     return found
 '''
+)
 
 #: What a kernel says of itself after each start: which user, which folder, where its modules came from.
 PROBE = (
@@ -801,9 +777,7 @@ async def test_a_kernel_shut_down_as_it_starts_leaves_no_container(realm, specs,
 
 def _pooled_attack(rng: random.Random, kernel: Kernel, realm: Realm, keys_at: list[str]) -> tuple[str, str]:
     """One hostile action for ``kernel``, as (kind, kernel-side code)."""
-    vault_paths = [str(v.secret_file) for v in realm.vaults] + [
-        str(v.dir / "inner" / "inner.txt") for v in realm.vaults
-    ]
+    vault_paths = realm.secret_files
     link_targets = [str(v.dir) for v in realm.vaults] + ["/proc", "/", "/etc", str(realm.root), *keys_at]
     folders = ["NB"] + (["os.path.join(NB, 'nb')"] if kernel.label == "alice" else [])
     folder = rng.choice(folders)
