@@ -422,10 +422,13 @@ class Server:
 
 
 @pytest.fixture
-async def server(realm, jupyter_env):
+async def server(realm, jupyter_env, docker_client):
+    """The server; at the end its kernels are shut down, its pools emptied, and nothing of it stays on the engine."""
+    before = await envpin_container_ids(docker_client)
     srv = Server(realm.root)
     yield srv
     await srv.close()
+    await assert_nothing_left(docker_client, before)
 
 
 class Ticker:
@@ -536,6 +539,22 @@ def assert_clear_refusal(message: str, folder: Path) -> None:
 
 async def envpin_container_ids(docker_client) -> set[str]:
     return await asyncio.to_thread(lambda: {c.id for c in envpin_containers(docker_client)})
+
+
+async def assert_nothing_left(docker_client, before: set[str], timeout: float = 20) -> None:
+    """No envpin container but those of ``before`` remains (a cancelled fill's goes once its creation returns)."""
+
+    def left() -> list:
+        return [c for c in envpin_containers(docker_client) if c.id not in before]
+
+    try:
+        await async_wait_for(lambda: not left(), timeout=timeout, what="the run's containers to go")
+    except AssertionError:
+        names = [
+            f"{c.name} ({c.status}, {c.labels.get('envpin.role')}, {c.labels.get('envpin.kernel-id', '')})"
+            for c in left()
+        ]
+        raise AssertionError(f"envpin containers left on the engine after {timeout:.0f} s: {names}") from None
 
 
 # ---- finding 1: the server writes and mounts through a link the kernel planted -------------------
@@ -713,7 +732,9 @@ async def test_a_kernelspec_s_environment_never_reaches_another_kernelspec_s_ker
 # ---- finding 4: shutdown blocks the server ---------------------------------------------------------
 
 
-async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(realm, specs, jupyter_env):
+async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(
+    realm, specs, jupyter_env, docker_client
+):
     """Finding 4: 300,000 files in the control folder and a 1,500-deep tree in sock/, then shutdown.
 
     The kernel manager runs in this event loop, as in jupyter_server: a
@@ -722,6 +743,7 @@ async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(r
     shutdown returns.  A quota may stop the kernel early: the figures say
     how far it got.
     """
+    before = await envpin_container_ids(docker_client)
     km = AsyncKernelManager(kernel_name=specs.alice)
     env = {**os.environ, "JPY_SESSION_NAME": str(realm.nested / "a.ipynb")}
     await km.start_kernel(cwd=str(realm.nested), env=env)
@@ -749,6 +771,7 @@ async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(r
     stall = await ticker.stop()
     gone = pools.drain()
     await asyncio.to_thread(lambda: [warm.discard() for warm in gone])
+    await assert_nothing_left(docker_client, before)
     print(
         f"finding 4: shutdown took {took:.2f} s, "
         f"max event-loop stall {stall * 1000:.0f} ms over {ticker.ticks} ticks; channel folder "
@@ -763,7 +786,12 @@ async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(r
 
 
 async def test_a_kernel_shut_down_as_it_starts_leaves_no_container(realm, specs, docker_client, jupyter_env):
-    """Finding 5: shutdowns 0 to 0.3 s after a start (its standby being created): no container of it remains."""
+    """Finding 5: shutdowns 0 to 0.3 s after a start (its standby being created): no container of it remains.
+
+    Then the pool is emptied while it refills: a fill cancelled as its
+    container is being created removes that container once creation returns.
+    """
+    before = await envpin_container_ids(docker_client)
     delays = [round(0.025 * i, 3) for i in range(13)]
     env = {**os.environ, "JPY_SESSION_NAME": str(realm.nested / "a.ipynb")}
     kernels = {}
@@ -789,6 +817,7 @@ async def test_a_kernel_shut_down_as_it_starts_leaves_no_container(realm, specs,
         await asyncio.to_thread(lambda: [warm.discard() for warm in gone])
     print(f"finding 5: shut down {len(delays)} kernels at {delays} s after their start; left behind: {left}")
     assert not left, f"containers of a kernel shut down as it started remain (by delay in s): {left}"
+    await assert_nothing_left(docker_client, before)
 
 
 # ---- the pooled fuzz ----------------------------------------------------------------------------
@@ -887,7 +916,6 @@ async def test_pooled_hostile_kernel_fuzz(realm, specs, server, docker_client):
     figures: collections.Counter = collections.Counter()
     kinds: collections.Counter = collections.Counter()
     refusals: list[str] = []
-    image = {label: PY311 for label in live}
 
     async def replace(label: str) -> None:
         """A new kernel for ``label``'s notebook (from the pool when one waits), its folder put back first."""
@@ -899,27 +927,28 @@ async def test_pooled_hostile_kernel_fuzz(realm, specs, server, docker_client):
         live[label] = await server.start(
             label, spec[label], realm.folders[label] / f"{label}-{uuid.uuid4().hex[:4]}.ipynb"
         )
-        image[label] = PY311
         figures["new kernels"] += 1
 
     async def lifecycle(label: str, event: str) -> None:
         kernel, displaced = live[label], realm.displaced(label)
         # A kernel that filled its own quota cannot bind its sockets or ask for a move: its own loss, not the
         # server's. It keeps some of its junk (1000 files, a deep tree) across the restart or move.
-        assert (await kernel.run("trim(CONTROL); trim(SOCK)", timeout=60))["status"] == "ok"
+        # Its image now, from itself: a restart after its pin file was replaced starts it in the kernelspec's.
+        res = await kernel.run("trim(CONTROL); trim(SOCK); print(sys.version_info[:2] == (3, 13))", timeout=60)
+        assert res["status"] == "ok", res
+        image = PY313 if res["stdout"].split()[-1] == "True" else PY311
         try:
             if event == "restart":
                 await server.restart(kernel)
                 res = None
             elif event == "move":
-                target = PY313 if image[label] == PY311 else PY311
+                target = PY313 if image == PY311 else PY311
                 res = await kernel.run(f"%load_ext envpin\n%use_image {target} --restart", timeout=120)
                 if res["status"] == "ok":
-                    image[label] = target
                     await kernel.kc.wait_for_ready(timeout=60)
                     await kernel.run(TOOLBOX)
             else:  # pin: the same image, recorded
-                res = await kernel.run(f"%load_ext envpin\n%use_image {image[label]}", timeout=120)
+                res = await kernel.run(f"%load_ext envpin\n%use_image {image}", timeout=120)
         except Exception as exc:  # allowed only for a kernel whose folder was moved: checked below
             assert displaced, f"{event} of {label} failed with its folder in place: {exc}"
             assert_clear_refusal(str(exc), realm.folders[label])
@@ -988,16 +1017,7 @@ async def test_pooled_hostile_kernel_fuzz(realm, specs, server, docker_client):
     ticker.phase = "final shutdown"
     await server.close()  # the shutdowns remove the flooded channel folders: still under the ticker
     stall = await ticker.stop()
-    ids = {k.kid for k in server.kernels}
-
-    def left_behind() -> list:
-        return [c for c in envpin_containers(docker_client) if c.id not in before]
-
-    try:
-        await async_wait_for(lambda: not left_behind(), timeout=30, what="the run's containers to go")
-    except AssertionError:
-        left = [f"{c.name} {c.labels.get('envpin.kernel-id', '')}" for c in left_behind()]
-        raise AssertionError(f"containers left on the engine (kernels {sorted(ids)}): {left}") from None
+    await assert_nothing_left(docker_client, before)
     print(
         f"pooled fuzz: {figures['actions']} hostile actions by {len(server.kernels)} kernels (2 users); "
         f"{figures['restarts']} restarts, {figures['moves']} moves, {figures['pins']} pins, "
