@@ -29,6 +29,7 @@ the same for every engine where the directory is shared.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -115,7 +116,16 @@ def ask(
     """
     request = dict(request, id=new_request_id())
     path = response_path(folder, request["id"])
-    write_json(folder / REQUEST, request)
+    try:
+        write_json(folder / REQUEST, request)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise EnvpinError(
+            f"This kernel's control folder {folder} is full (it holds at most a few thousand files, and code in "
+            "this kernel filled it), so the request cannot reach the envpin provisioner. Delete the files that "
+            "are not response-*.json there (they are this kernel's own), or restart the kernel, and try again."
+        ) from None
     started = last = time.monotonic()
     answered = False
     while True:
