@@ -98,7 +98,7 @@ def new_request_id() -> str:
 
 
 #: What a request id must look like: it becomes part of a file name the provisioner writes.
-REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" would take a trailing newline
 
 
 def ask(

@@ -88,6 +88,8 @@ def read(folder: str | os.PathLike) -> dict[str, Any]:
             isinstance(v, dict) and isinstance(v.get("image"), str) and v.get("image") for v in pins.values()
         ):
             raise ValueError("each pin needs an 'image'")
+        if not all(_printable(v["image"]) and _printable(v.get("reference", "x")) for v in pins.values()):
+            raise ValueError("an image name holds control characters or is too long")
     except json.JSONDecodeError as exc:
         raise PinFileError(
             f"The envpin pin file {path} is damaged (line {exc.lineno}): {exc.msg}. envpin will not overwrite "
@@ -99,6 +101,11 @@ def read(folder: str | os.PathLike) -> dict[str, Any]:
             "it holds are kept; fix the file by hand (it is JSON) or delete it to start over."
         ) from None
     return pins
+
+
+def _printable(value: Any) -> bool:
+    """A name envpin may show and log as it is: text, printable, of a reasonable length."""
+    return isinstance(value, str) and value.isprintable() and len(value) <= 512
 
 
 def _describe(exc: Exception) -> str:

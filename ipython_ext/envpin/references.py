@@ -25,10 +25,10 @@ _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REFERENCE = re.compile(
     rf"^(?P<repository>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?\Z"
 )
 #: A local image id, full or short, with or without ``sha256:``.
-IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{12,64}$")
+IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{12,64}\Z")  # \Z: "$" would take a trailing newline
 MAX_LENGTH = 255
 
 

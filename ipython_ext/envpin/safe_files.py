@@ -87,11 +87,20 @@ def open_real_path(real: str) -> int:
     """
     if not os.path.isabs(real):
         raise ValueError(f"not an absolute path: {real!r}")
-    fd = os.open("/", _DIR_FLAGS)
+    root = os.open("/", _DIR_FLAGS)
     try:
-        for part in [p for p in real.split("/") if p]:
+        return open_below(root, real)
+    finally:
+        os.close(root)
+
+
+def open_below(root_fd: int, path: str) -> int:
+    """A descriptor of the folder at absolute ``path`` below the folder ``root_fd``, following no link."""
+    fd = os.dup(root_fd)
+    try:
+        for part in [p for p in path.split("/") if p]:
             if part in (".", ".."):
-                raise FolderChanged(errno.EINVAL, f"{real} is not a plain path")
+                raise FolderChanged(errno.EINVAL, f"{path} is not a plain path")
             child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = child

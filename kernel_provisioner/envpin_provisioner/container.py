@@ -228,25 +228,41 @@ def verify_folder_mount(container, launch: KernelLaunch, log: logging.Logger | l
     """Once the container runs: what is mounted at the notebook folder is the pinned folder (same device, inode).
 
     The check before creation leaves a window (the engine resolves the
-    source path itself, later); this closes it by looking through the
-    container's root (``/proc/PID/root``) at what was really mounted.  Only
-    for a local engine, whose processes this machine's ``/proc`` shows; a
-    server that may not look (another user's container) keeps the first check.
+    source path itself, later, and a kernel that can write the folder's
+    parent can race it); this closes it by looking, from the container's own
+    root (``/proc/PID/root``), at what was really mounted.  The walk follows
+    no link, inside the container either (an image whose path to the
+    notebook folder holds a link would otherwise lead the look elsewhere on
+    this machine), and it fails closed: a running container whose folder
+    cannot be seen to be the pinned one does not become a kernel.  Only for a
+    local engine, whose processes this machine's ``/proc`` shows.
     """
     if launch.folder is None or not launch.cwd:
         return
     container.reload()
     pid = (container.attrs.get("State") or {}).get("Pid") or 0
-    if not pid:
+    if not pid or container.status != "running":
         return  # exited already: waiting for it reports why
     try:
-        st = os.stat(f"/proc/{int(pid)}/root{launch.cwd}")
-    except (FileNotFoundError, ProcessLookupError):
-        return  # exited meanwhile
+        root = os.open(f"/proc/{int(pid)}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = safe_files.open_below(root, launch.cwd)
+        finally:
+            os.close(root)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        seen = (st.st_dev, st.st_ino)
     except OSError as exc:
-        log.debug("envpin: cannot look into container %s to check its folder: %s", container.short_id, exc)
-        return
-    if (st.st_dev, st.st_ino) != launch.folder.identity:
+        container.reload()
+        if container.status != "running":
+            return  # it exited meanwhile: waiting for it reports why
+        log.warning("envpin: cannot see the notebook folder inside container %s: %s", container.short_id, exc)
+        raise _folder_changed(
+            launch, f"its path inside the image cannot be followed without a link ({exc.strerror or exc})"
+        ) from None
+    if seen != launch.folder.identity:
         raise _folder_changed(launch, "another folder was mounted in its place")
 
 

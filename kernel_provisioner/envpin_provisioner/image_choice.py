@@ -165,7 +165,7 @@ def choose(
         names = [*(old.attrs.get("RepoTags") or []), *(old.attrs.get("RepoDigests") or [])]
         if not any(image_policy.allowed(n, allowed) for n in names):
             image_policy.check(pinned_id, allowed, source, name)
-    log.warning("envpin: %s Starting the pinned one; %%use_image %s moves to the current one.", note, name)
+    log.warning("envpin: %s Starting the pinned one; %%use_image %s moves to the current one.", note, quoted)
     digest = pinned_id if "@" in pinned_id else None
     env = tuple((old.attrs.get("Config") or {}).get("Env") or ())
     return ImageChoice(

@@ -60,6 +60,9 @@ FIFO = "go"
 RETRY_AFTER = 60.0
 #: Seconds a new warm container may take to reach its FIFO (it imports ipykernel; pulls are done by then).
 WARM_TIMEOUT = 60.0
+#: Seconds a folder's pools stay after the last kernel of that folder has gone (a notebook reopened soon
+#: starts warm), before they are drained: a folder opened once does not hold containers until the server exits.
+LINGER = 300.0
 
 
 def make_handoff_dir(channel_dir: str, owner: tuple[int, int] | None) -> str:
@@ -202,6 +205,9 @@ class Pools:
         self._failed: dict[str, tuple[float, str]] = {}
         self._groups: dict[str, str] = {}
         self._standbys: dict[str, Warm] = {}  #: every kernel's standbys, by container id, for the exit
+        self._folder_of: dict[str, str] = {}  #: pool key -> its folder (engine, user, notebook folder)
+        self._holders: dict[str, set[str]] = {}  #: folder -> the kernels open there
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  #: folder -> its pending drain
         self._lock = threading.Lock()
 
     def take(self, key: str) -> Warm | None:
@@ -226,14 +232,20 @@ class Pools:
         make: Callable[[], Awaitable[Warm]],
         log: logging.Logger | logging.LoggerAdapter,
         group: str = "",
+        folder: str = "",
     ) -> None:
         """Start (in the background) filling ``key`` up to ``size``; pools of the same ``group`` are drained.
+
+        ``folder`` names the notebook folder the key's containers mount: its
+        pools go :data:`LINGER` seconds after its last kernel (:meth:`release`).
 
         ``group`` names what a key replaces: the same image reference and user
         with another image id (the tag moved) or another configuration.
         """
         if size <= 0 or self.failure(key):
             return
+        if folder:
+            self._folder_of[key] = folder
         task = self._filling.get(key)
         if task is not None and not task.done():
             return
@@ -263,6 +275,42 @@ class Pools:
         if gone:
             threading.Thread(target=_discard_all, args=(gone,), name="envpin-pool-drain", daemon=True).start()
 
+    def hold(self, folder: str, kernel_id: str) -> None:
+        """A kernel of ``folder`` is open: that folder's pools stay."""
+        timer = self._lingering.pop(folder, None)
+        if timer is not None:
+            timer.cancel()
+        self._holders.setdefault(folder, set()).add(kernel_id)
+
+    def release(self, folder: str, kernel_id: str, linger: float | None = None) -> None:
+        """A kernel of ``folder`` has gone; with none left, the folder's pools are drained after ``linger`` s."""
+        holders = self._holders.get(folder)
+        if holders is None:
+            return
+        holders.discard(kernel_id)
+        if holders or folder in self._lingering:
+            return
+        delay = LINGER if linger is None else linger
+        self._lingering[folder] = asyncio.get_running_loop().call_later(delay, self._drain_folder, folder)
+
+    def _drain_folder(self, folder: str) -> None:
+        self._lingering.pop(folder, None)
+        if self._holders.get(folder):
+            return
+        self._holders.pop(folder, None)
+        with self._lock:
+            keys = [k for k, f in self._folder_of.items() if f == folder]
+            gone = [w for k in keys for w in self._ready.pop(k, [])]
+            for k in keys:
+                self._folder_of.pop(k, None)
+                self._groups.pop(k, None)
+        for k in keys:
+            task = self._filling.pop(k, None)
+            if task is not None:
+                task.cancel()
+        if gone:
+            threading.Thread(target=_discard_all, args=(gone,), name="envpin-pool-drain", daemon=True).start()
+
     def track(self, warm: Warm) -> None:
         """Remember a kernel's standby, so a server that exits removes it too."""
         with self._lock:
@@ -283,6 +331,11 @@ class Pools:
             gone = [w for ready in self._ready.values() for w in ready] + list(self._standbys.values())
             self._ready.clear()
             self._standbys.clear()
+            self._folder_of.clear()
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
+        self._holders.clear()
         for task in self._filling.values():
             task.cancel()
         return gone

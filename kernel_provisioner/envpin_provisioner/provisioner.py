@@ -23,6 +23,7 @@ containers (``warm_kernels``, ``pool``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fnmatch
 import os
 import signal
@@ -45,6 +46,10 @@ from .move_server import MoveServer
 from .options import ProvisionerOptions, byte_count, check_options
 from .pull_budget import PullBudget
 from .warm_kernels import WarmKernels
+
+#: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
+#: hold the threads every Docker call of every kernel runs in (asyncio's default executor).
+_REMOVALS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="envpin-removal")
 
 
 def pin_folders(notebook: str | None, cwd: str | None) -> tuple[safe_files.PinnedDir, safe_files.PinnedDir]:
@@ -506,7 +511,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 await engine.call(kc.remove_connection_files, channel_dir)
             except OSError as exc:
                 self.log.warning("envpin: could not remove the connection file in %s: %s", channel_dir, exc)
-            removal = asyncio.get_running_loop().run_in_executor(None, self._remove_channel_dir, channel_dir)
+            removal = asyncio.get_running_loop().run_in_executor(_REMOVALS, self._remove_channel_dir, channel_dir)
             try:  # usually done in milliseconds: then the folder is gone when the shutdown returns
                 await asyncio.wait_for(asyncio.shield(removal), 1.0)
             except asyncio.TimeoutError:

@@ -64,6 +64,7 @@ class WarmKernels:
         self._standbys: dict[str, pool.Warm] = {}  #: by image id
         self._task: asyncio.Task | None = None
         self._moved_from: kc.KernelLaunch | None = None  #: the launch before the last move
+        self._folder_key: str | None = None  #: the shared pools' folder this kernel holds open (see Pools.hold)
 
     def standby_ids(self) -> set[str]:
         """Container ids of this kernel's standbys (they carry its kernel id, and are not stale)."""
@@ -105,8 +106,12 @@ class WarmKernels:
         folder = kernel._folder
         shape = pool.shape_of(kc.container_options(self._template(choice, env)))
         where = f"{folder.identity[0]}:{folder.identity[1]}" if folder is not None else ""
-        key = f"{engine.engine_address()}|{choice.resolved.id}|{kernel.user}|{where}|{shape}"
-        group = f"{engine.engine_address()}|{choice.resolved.reference}|{kernel.user}|{where}"
+        folder_key = f"{engine.engine_address()}|{kernel.user}|{where}"
+        key = f"{folder_key}|{choice.resolved.id}|{shape}"
+        group = f"{folder_key}|{choice.resolved.reference}|{shape}"  # the same, but for the tag: it moved
+        if self._folder_key != folder_key and kernel.kernel_id:
+            self._folder_key = folder_key
+            pool.pools.hold(folder_key, kernel.kernel_id)
         self._taken = pool.pools.take(key)
         owner = kernel._kernel_owner()
 
@@ -119,7 +124,7 @@ class WarmKernels:
             launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
             return await self._make(launch, shape, channel_dir=channel_dir)
 
-        pool.pools.refill(key, kernel.pool_size, make, kernel.log, group)
+        pool.pools.refill(key, kernel.pool_size, make, kernel.log, group, folder=folder_key)
         if self._taken is not None:
             kernel.log.info(
                 "envpin: kernel %s takes warm container %s", kernel.kernel_id, self._taken.container.short_id
@@ -227,6 +232,9 @@ class WarmKernels:
             self._task = None
         warms = [*self._standbys.values(), *([self._taken] if self._taken else [])]
         self._standbys, self._taken, self._moved_from = {}, None, None
+        if self._folder_key is not None and self.kernel.kernel_id:
+            pool.pools.release(self._folder_key, self.kernel.kernel_id)
+            self._folder_key = None
         for warm in warms:
             pool.pools.untrack(warm)
             try:

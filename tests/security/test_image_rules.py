@@ -17,39 +17,23 @@ import uuid
 
 import pytest
 
-from testutils import PY311, PY313, envpin_containers
+from testutils import PY311, PY313, envpin_containers, hostile
 from testutils.kernels import PROBE, kernel, run, run_json
 
 KERNEL_UID = 4242
 ONLY_311 = "envpin-test/py311*"
 
-TOOLBOX = r"""
-import json, os, threading, time, uuid
-CONTROL = os.environ["ENVPIN_CONTROL_DIR"]
-def send(request):
-    tmp = os.path.join(CONTROL, "." + uuid.uuid4().hex)
-    with open(tmp, "w") as fh:
-        json.dump(request, fh)
-    os.replace(tmp, os.path.join(CONTROL, "request.json"))
-def wait_answer(rid, timeout=60.0):
-    path = os.path.join(CONTROL, f"response-{rid}.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = json.loads(open(path).read())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-            continue
-        if data.get("status") != "working":
-            os.unlink(path)
-            return data
-        time.sleep(0.05)
-    return None
+#: The shared attacker's toolbox (send, wait_answer, ...) and a %use_image request in one call.
+TOOLBOX = (
+    hostile.TOOLBOX
+    + r"""
+import threading
 def ask(image, pull=False, restart=False, timeout=60.0):
     rid = uuid.uuid4().hex
     send({"id": rid, "image": image, "pull": pull, "allow_restart": restart})
     return wait_answer(rid, timeout)
 """
+)
 
 
 @pytest.fixture

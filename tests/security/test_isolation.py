@@ -102,15 +102,21 @@ async def test_a_cold_kernel_imports_nothing_planted_in_its_folder(hostile_setup
     assert sorted(os.listdir(marker)) == [], "planted code ran in a container"
 
 
-async def test_a_kernel_cannot_relink_a_nested_notebook_folder(canaries, install_kernelspec, tmp_path, docker_client):
-    """Finding 10: kernel A (proj) renamed kernel B's folder (proj/sub) and put a link to a root-only folder
-    in its place; B's next %use_image made the root server write .envpin.json inside that folder."""
-    name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
+def nested_folders(tmp_path):
+    """Notebook folder ``proj`` holding another notebook folder ``proj/sub``, both the kernels' uid's."""
     proj = tmp_path / "proj"
     sub = proj / "sub"
     sub.mkdir(parents=True)
     for folder in (proj, sub):
         os.chown(folder, KERNEL_UID, KERNEL_UID)
+    return proj, sub
+
+
+async def test_a_kernel_cannot_relink_a_nested_notebook_folder(canaries, install_kernelspec, tmp_path, docker_client):
+    """Finding 10: kernel A (proj) renamed kernel B's folder (proj/sub) and put a link to a root-only folder
+    in its place; B's next %use_image made the root server write .envpin.json inside that folder."""
+    name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
+    proj, sub = nested_folders(tmp_path)
     target = str(canaries.root_only)
     async with (
         kernel(name, cwd=proj, env={"JPY_SESSION_NAME": str(proj / "a.ipynb")}) as (_, kc_a),
@@ -231,11 +237,7 @@ async def test_the_mount_is_checked_from_inside_the_running_container(
     from envpin_provisioner import container as kc
 
     name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
-    proj = tmp_path / "proj"
-    sub = proj / "sub"
-    sub.mkdir(parents=True)
-    for folder in (proj, sub):
-        os.chown(folder, KERNEL_UID, KERNEL_UID)
+    proj, sub = nested_folders(tmp_path)
     async with kernel(name, cwd=sub, env={"JPY_SESSION_NAME": str(sub / "b.ipynb")}) as (km, kc_b):
         assert (await run(kc_b, "1"))["status"] == "ok"
         os.rename(sub, proj / "sub-moved")
