@@ -218,3 +218,24 @@ async def test_a_moved_tag_drains_the_old_pool(docker_client, pooled_spec, noteb
         assert new.image.id == docker_client.images.get(PY313).id
     finally:
         docker_client.images.remove(tag, noprune=True)
+
+
+async def test_a_folder_s_pool_goes_a_while_after_its_last_kernel(docker_client, pooled_spec, tmp_path, monkeypatch):
+    """Pools are per notebook folder: one opened once must not hold warm containers until the server exits."""
+    from envpin_provisioner import pool
+
+    monkeypatch.setattr(pool, "LINGER", 1.0)
+    name = pooled_spec(PY311, size=1)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        async with kernel(name, cwd=folder, env={"JPY_SESSION_NAME": str(folder / "n.ipynb")}):
+            await async_wait_for(
+                lambda f=folder: [
+                    c for c in warm_waiting(docker_client) if any(m["Source"] == str(f) for m in c.attrs["Mounts"])
+                ],
+                timeout=60,
+                what=f"the pool of {folder.name} to fill",
+            )
+    # Both kernels are gone: within LINGER (1 s here) both folders' pools are drained.
+    await async_wait_for(lambda: not warm_waiting(docker_client), timeout=30, what="the pools to be drained")

@@ -23,6 +23,8 @@ It uses exactly the provisioner members :class:`WarmableKernel` lists.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 from typing import Any, Protocol
@@ -104,11 +106,15 @@ class WarmKernels:
             WarmKernels._warned_pool_root = True
             kernel.log.warning("envpin: pool_root is ignored: warm containers mount exactly their notebook folder")
         folder = kernel._folder
-        shape = pool.shape_of(kc.container_options(self._template(choice, env)))
+        template = self._template(choice, env)
+        shape = pool.shape_of(kc.container_options(template))
         where = f"{folder.identity[0]}:{folder.identity[1]}" if folder is not None else ""
         folder_key = f"{engine.engine_address()}|{kernel.user}|{where}"
         key = f"{folder_key}|{choice.resolved.id}|{shape}"
-        group = f"{folder_key}|{choice.resolved.reference}|{shape}"  # the same, but for the tag: it moved
+        # What a new pool of this key replaces: the same reference and configuration with another image id
+        # (the tag moved). Another configuration in the same folder (a second kernelspec) is another group.
+        config = hashlib.sha256(json.dumps(sorted(template.env.items())).encode()).hexdigest()[:16]
+        group = f"{folder_key}|{choice.resolved.reference}|{config}"
         if self._folder_key != folder_key and kernel.kernel_id:
             self._folder_key = folder_key
             pool.pools.hold(folder_key, kernel.kernel_id)
