@@ -122,13 +122,18 @@ class WarmKernels:
         owner = kernel._kernel_owner()
 
         async def make() -> pool.Warm:
-            channel_dir = await engine.call(kc.make_channel_dir, owner)
-            launch = self._template(choice, env)
-            launch.channel_root = channel_dir
-            launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
-            launch.connection_file = os.path.join(launch.handoff_dir, kc.CONNECTION_FILE)
-            launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
-            return await self._make(launch, shape, channel_dir=channel_dir)
+            # Its own channel folder: removed again whatever stops the fill (a failed start, a drain meanwhile).
+            channel_dir = await engine.create_owned(kc.make_channel_dir, owner, dispose=kc.remove_channel_dir)
+            try:
+                launch = self._template(choice, env)
+                launch.channel_root = channel_dir
+                launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
+                launch.connection_file = os.path.join(launch.handoff_dir, kc.CONNECTION_FILE)
+                launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
+                return await self._make(launch, shape, channel_dir=channel_dir)
+            except BaseException:
+                await engine.call_through(kc.remove_channel_dir, channel_dir)
+                raise
 
         pool.pools.refill(key, kernel.pool_size, make, kernel.log, group, folder=folder_key)
         if self._taken is not None:
