@@ -36,6 +36,26 @@ def docker_client():
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def channel_folders_cleared():
+    """Tests that SIGKILL a server on purpose leave its kernels' channel folders (and, as root, their quota
+    tmpfs mounts) behind, as a real crash would (envpin gc removes containers, not folders): clear the ones
+    this session made, so the machine is as it was."""
+    import glob
+    import shutil
+    import tempfile
+
+    from envpin_provisioner import quota
+
+    pattern = os.path.join(tempfile.gettempdir(), "envpin-*")
+    before = set(glob.glob(pattern))
+    yield
+    for path in set(glob.glob(pattern)) - before:
+        for sub in ("sock", "control"):
+            quota.release(os.path.join(path, sub))
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def no_container_left_behind(request):
     if "unit" in request.node.path.parts:  # the unit tier runs without any engine
