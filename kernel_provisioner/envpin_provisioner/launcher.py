@@ -23,10 +23,10 @@ import uuid
 
 import docker.errors
 
-from envpin import aliases, image_policy, safe_files
+from envpin import image_policy, safe_files
 
 from . import container as kc
-from . import engine, images
+from . import engine, image_choice, images
 from .errors import ConfigError
 
 log = logging.getLogger("envpin.launch")
@@ -69,9 +69,10 @@ def run(
     connection_file = os.path.abspath(connection_file)
     if info.get("transport", "tcp") == "ipc":
         _check_private_ipc_folder(connection_file, info)
-    image_policy.check(aliases.expand(image), image_policy.patterns_from_env(), "envpin launch", image)
+    # The name checked is the name used: one reading of the aliases, one parsed reference.
+    reference = image_choice.checked_reference(image, image_policy.patterns_from_env(), "envpin launch")
     client = engine.shared().client
-    resolved = images.resolve(client, aliases.expand(image), pull_policy, log)
+    resolved = images.resolve(client, reference, pull_policy, log)
     launch = kc.KernelLaunch(
         image=resolved,
         kernel_id=info.get("kernel_name") or f"launch-{uuid.uuid4().hex[:12]}",
