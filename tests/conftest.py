@@ -109,6 +109,23 @@ def install_kernelspec(jupyter_env):
 
 
 @pytest.fixture
+def executor():
+    """``executor(*args, **kwargs)`` makes a ContainerExecutor; every one made is shut down at the end."""
+    from envpin import ContainerExecutor
+
+    made = []
+
+    def make(*args, **kwargs):
+        ex = ContainerExecutor(*args, **kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown()
+
+
+@pytest.fixture
 def notebook_dir(tmp_path):
     d = tmp_path / "notebooks" / "project one"  # a space: paths are passed through, not split
     d.mkdir(parents=True)

@@ -15,7 +15,7 @@ import pytest
 
 import envpin
 from envpin import envelope
-from envpin.executor import ContainerExecutor, ModuleNotInImage, WorkerDied
+from envpin.executor import ModuleNotInImage, WorkerDied
 from testutils import PY311, PY313, containers, wait_for
 from testutils.kernels import kernel, run, run_json
 
@@ -35,20 +35,6 @@ def image_python(client, image) -> str:
         .decode()
         .strip()
     )
-
-
-@pytest.fixture
-def executor(request):
-    made = []
-
-    def make(*args, **kwargs):
-        ex = ContainerExecutor(*args, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield make
-    for ex in made:
-        ex.shutdown()
 
 
 async def test_jobs_from_a_containerized_kernel_run_in_its_image(install_kernelspec, notebook_dir, docker_client):

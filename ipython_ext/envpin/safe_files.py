@@ -177,8 +177,8 @@ def remove_tree(dir_fd: int, name: str, deadline: float) -> bool:
             top = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
         except FileNotFoundError:
             return True
-        except (NotADirectoryError, OSError) as exc:
-            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a link at that name: unlink it, never follow
                 remove(dir_fd, name)
                 return True
             raise

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from testutils import PY311, PY313, envpin_containers
+from testutils import PY311, PY313, envpin_containers, image_absent
 from testutils.kernels import PROBE, kernel, run, run_json
 
 ONLY_311 = "envpin-test/py311*"
@@ -24,16 +24,6 @@ ONLY_311 = "envpin-test/py311*"
 
 def write_pin(folder, image, notebook="*"):
     (folder / ".envpin.json").write_text(json.dumps({"version": 1, "notebooks": {notebook: {"image": image}}}))
-
-
-def absent(docker_client, reference) -> bool:
-    import docker.errors
-
-    try:
-        docker_client.images.get(reference)
-    except docker.errors.ImageNotFound:
-        return True
-    return False
 
 
 async def test_a_pin_file_never_pulls_an_image_the_engine_lacks(
@@ -51,7 +41,7 @@ async def test_a_pin_file_never_pulls_an_image_the_engine_lacks(
     message = str(info.value)
     assert time.monotonic() - started < 20
     assert ".envpin.json pins this notebook to image" in message and f"docker pull {reference}" in message
-    assert absent(docker_client, reference)  # nothing was pulled on the pin file's word
+    assert image_absent(docker_client, reference)  # nothing was pulled on the pin file's word
     assert not envpin_containers(docker_client)
     # Accepting it is one command: then the notebook starts in the pinned image.
     docker_client.images.pull(reference)
@@ -85,7 +75,7 @@ async def test_allowed_images_refuses_the_kernelspec_image_before_any_pull(
     message = str(info.value)
     assert f"envpin will not run image '{reference}'" in message
     assert "kernel's configuration" in message and repr(ONLY_311) in message and "allowed_images" in message
-    assert absent(docker_client, reference)
+    assert image_absent(docker_client, reference)
 
 
 async def test_allowed_images_refuses_a_pinned_image_and_a_use_image(install_kernelspec, notebook_dir):

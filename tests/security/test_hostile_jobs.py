@@ -34,20 +34,6 @@ SOCKET = f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}"
 
 
 @pytest.fixture
-def executor():
-    made = []
-
-    def make(*args, **kwargs):
-        ex = ContainerExecutor(*args, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield make
-    for ex in made:
-        ex.shutdown()
-
-
-@pytest.fixture
 def root_only_cwd(tmp_path, monkeypatch):
     """The caller works in a root-only folder holding a root-only secret; returns (folder, snapshot)."""
     folder = tmp_path / "caller"

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from testutils import PY311, PY313, envpin_containers, hostile
+from testutils import PY311, PY313, envpin_containers, hostile, image_absent
 from testutils.kernels import PROBE, kernel, run, run_json
 
 KERNEL_UID = 4242
@@ -48,16 +48,6 @@ def setup(install_kernelspec, notebook_dir):
         return name, {"JPY_SESSION_NAME": str(notebook_dir / "analysis.ipynb")}
 
     return make
-
-
-def absent(docker_client, reference) -> bool:
-    import docker.errors
-
-    try:
-        docker_client.images.get(reference)
-    except docker.errors.ImageNotFound:
-        return True
-    return False
 
 
 def push_tags(docker_client, registry, repo: str, tags: list[str]) -> dict[str, str]:
@@ -111,7 +101,7 @@ async def test_a_pin_naming_the_configured_image_with_another_reference_pulls_no
         assert f"envpin will not run image '{PY311}' ({other})" in message, message
     else:
         assert ".envpin.json pins this notebook to image" in message and f"docker pull {other}" in message, message
-    assert absent(docker_client, other)  # nothing pulled on the pin's word
+    assert image_absent(docker_client, other)  # nothing pulled on the pin's word
     assert not envpin_containers(docker_client)
 
 
@@ -133,7 +123,7 @@ async def test_refused_pulls_are_removed_and_counted(docker_client, registry, te
         assert (await run_json(kc, PROBE))["image"] == PY311  # still where it was
     assert docker_client.images.get(f"{base}:t0").id == before_t0
     for t in ("t1", "t2", "t3"):
-        assert absent(docker_client, f"{base}:{t}"), t
+        assert image_absent(docker_client, f"{base}:{t}"), t
 
 
 async def test_a_pull_past_the_byte_bound_is_cancelled_and_pulls_are_spaced(
@@ -150,7 +140,7 @@ async def test_a_pull_past_the_byte_bound_is_cancelled_and_pulls_are_spaced(
         second = await run_json(kc, f"ask({base + ':s1'!r}, pull=True)", 60)
         assert second["status"] == "error" and "pull_interval" in second["message"], second
         assert (await run_json(kc, PROBE))["image"] == PY311
-    assert absent(docker_client, big) and absent(docker_client, f"{base}:s1")
+    assert image_absent(docker_client, big) and image_absent(docker_client, f"{base}:s1")
 
 
 # ---- finding 4: a digest is matched as a digest, never by the tag written beside it --------------------
@@ -164,7 +154,7 @@ async def test_a_digest_beside_an_allowed_tag_is_refused(docker_client, registry
         evil = f"{base}:3.11@{digests['evil']}"
         answer = await run_json(kc, f"ask({evil!r}, pull=True, restart=True)")
         assert answer["status"] == "error" and "will not run image" in answer["message"], answer
-        assert absent(docker_client, f"{base}@{digests['evil']}") and absent(docker_client, f"{base}:evil")
+        assert image_absent(docker_client, f"{base}@{digests['evil']}") and image_absent(docker_client, f"{base}:evil")
         # The digest the patterns name moves the kernel, into exactly that digest (the tag beside it ignored).
         good = f"{base}:3.11@{digests['3.11']}"
         res = await run(kc, f"%load_ext envpin\n%use_image {good} --restart", timeout=120)

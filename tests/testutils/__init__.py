@@ -57,6 +57,17 @@ def containers(client: Any, *, role: str | None = None, kernel: str | None = Non
     return found
 
 
+def image_absent(client: Any, reference: str) -> bool:
+    """True when the engine has no image called ``reference`` (nothing was pulled or tagged under it)."""
+    import docker.errors
+
+    try:
+        client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        return True
+    return False
+
+
 def envpin_containers(client: Any) -> list:
     """Every container envpin made on this engine, stopped ones included."""
     return containers(client)
