@@ -21,11 +21,16 @@ import os
 import sys
 import time
 
+import pytest
+
 from testutils.kernels import kernel, run, run_json
 
 IMAGE = "envpin-test/py311"
 TESTS = os.path.dirname(os.path.abspath(__file__))
 PIN = f"%load_ext envpin\n%use_image {IMAGE}"
+
+#: Every test here runs kernels and pins an image of the engine: each asks for the engine.
+pytestmark = pytest.mark.usefixtures("docker_client")
 
 
 async def _ok(kc, code: str, timeout: float = 60) -> str:

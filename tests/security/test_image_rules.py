@@ -37,8 +37,8 @@ def ask(image, pull=False, restart=False, timeout=60.0):
 
 
 @pytest.fixture
-def setup(install_kernelspec, notebook_dir):
-    """``setup(**config)``: a PY311 kernelspec (kernels as uid 4242 when root) and its start environment."""
+def setup(install_kernelspec, notebook_dir, docker_client):
+    """``setup(**config)``: a PY311 kernelspec (kernels as uid 4242 when root, on the engine) and its start environment."""
 
     def make(**config):
         if os.getuid() == 0:

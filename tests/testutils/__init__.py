@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +72,30 @@ def image_absent(client: Any, reference: str) -> bool:
 def envpin_containers(client: Any) -> list:
     """Every container envpin made on this engine, stopped ones included."""
     return containers(client)
+
+
+# ---- no engine, for the tests that did not ask for one ------------------------------------------
+
+#: A Docker address where nothing answers (the discard port): a client made for it fails at its first call.
+NO_ENGINE = "tcp://127.0.0.1:9"
+
+
+@contextmanager
+def no_engine(monkeypatch: Any) -> Iterator[None]:
+    """``DOCKER_HOST`` pointed at nothing while the block runs, and envpin's cached clients forgotten around it.
+
+    For the tests that did not ask for the engine (the unit tier, and any other
+    test without the ``docker_client`` fixture): one that reaches for an engine
+    anyway fails at once instead of quietly using the machine's.
+    """
+    from envpin import docker_client
+
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    docker_client.reset()
+    try:
+        yield
+    finally:
+        docker_client.reset()
 
 
 # ---- waiting for an event instead of sleeping ----------------------------------------------------
