@@ -58,6 +58,12 @@ def warm_waiting(client):
     ]
 
 
+def fill_failed(image_id: str) -> bool:
+    """The fill of a pool of ``image_id`` has ended, and failed (``Pools`` keys name the image id)."""
+    keys = [k for k in pools._failed if image_id in k]
+    return bool(keys) and all(pools._filling[k].done() for k in keys if k in pools._filling)
+
+
 @pytest.fixture
 def pooled_spec(install_kernelspec):
     def install(image=PY311, size=1, **config):
@@ -166,7 +172,9 @@ async def test_an_image_that_cannot_run_a_kernel_fails_the_same_way_with_a_pool(
         km = AsyncKernelManager(kernel_name=name)
         with pytest.raises(KernelStartFailed, match="ipykernel"):
             await km.start_kernel()
-    await asyncio.sleep(0.5)
+    # The event itself: the fill of this image's pool has ended, failed (its container removed before that).
+    image_id = docker_client.images.get(NO_IPYKERNEL).id
+    await async_wait_for(lambda: fill_failed(image_id), timeout=60, what="the pool's fill to fail")
     assert not warm_waiting(docker_client)
 
 

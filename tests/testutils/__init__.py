@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,10 @@ if str(ROOT) not in sys.path:  # the dev tools (tools.engine, tools.images) live
     sys.path.insert(0, str(ROOT))
 
 from envpin import labels  # noqa: E402
+
+#: Set by scripts/test, which prepares everything first (engine, images, Ray releases): a missing piece is then
+#: a failure, where a test run on its own skips with what to run.
+FROM_SCRIPTS_TEST = "ENVPIN_FROM_SCRIPTS_TEST"
 
 # ---- the offline-built test images (tools/images.py builds them) --------------------------------
 
@@ -101,36 +105,45 @@ def no_engine(monkeypatch: Any) -> Iterator[None]:
 # ---- waiting for an event instead of sleeping ----------------------------------------------------
 
 
-def _polls(predicate: Callable[[], T], timeout: float, what: str) -> Iterator[T | None]:
-    """Look at ``predicate`` once per step: yields its value (true: the last step), fails naming ``what`` at ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            yield value
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        yield None
+class _Deadline:
+    """``timeout`` seconds from now; :meth:`check` fails naming ``what`` once they have passed."""
+
+    def __init__(self, timeout: float, what: str):
+        self.timeout, self.what = timeout, what
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise AssertionError(f"timed out after {self.timeout:.0f}s waiting for {self.what}")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something true, and return that; fail naming ``what`` at ``timeout``."""
-    for value in _polls(predicate, timeout, what):
+    deadline = _Deadline(timeout, what)
+    while True:
+        value = predicate()
         if value:
             return value
+        deadline.check()
         time.sleep(interval)
-    raise AssertionError("unreachable")
 
 
 async def async_wait_for(
-    predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05
+    predicate: Callable[[], T | Awaitable[T]], timeout: float = 30, what: str = "the condition", interval: float = 0.05
 ) -> T:
-    """:func:`wait_for` for async tests: the event loop keeps running between polls."""
-    import asyncio
+    """:func:`wait_for` for async tests: the event loop keeps running between polls.
 
-    for value in _polls(predicate, timeout, what):
+    ``predicate`` may be a coroutine function (``km.is_alive``): each poll awaits it.
+    """
+    import asyncio
+    import inspect
+
+    deadline = _Deadline(timeout, what)
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
+        deadline.check()
         await asyncio.sleep(interval)
-    raise AssertionError("unreachable")
