@@ -19,7 +19,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from envpin_provisioner.container import WARM_NAME_PREFIX
 from envpin_provisioner.pool import pools
-from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers, wait_for
+from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers, program, wait_for
 from testutils.kernels import PROBE, kernel, run, run_json
 
 #: What a kernel must look like, whichever way it started (the notebook's folder, its session name, ...).
@@ -29,24 +29,6 @@ IDENTITY = (
     " 'path': __import__('sys').path, 'imports_local': __import__('importlib.util').util.find_spec('helper') is not None, 'argv_ok': '-f' in __import__('sys').argv,"
     " 'lang': __import__('os').environ.get('LANG')}"
 )
-
-
-#: A hostile kernel's attempts at its warm container's hand-over folder (found in its mount table).
-TAMPER = """
-import os
-def _tamper():
-    out = {"handoff": None}
-    for line in open("/proc/self/mountinfo"):
-        if "/handoff-" in line.split()[4]:
-            out["handoff"] = line.split()[4]
-    for what, act in (("write", lambda d: open(os.path.join(d, "x"), "w")), ("unlink", lambda d: os.unlink(os.path.join(d, "go")))):
-        try:
-            act(out["handoff"])
-            out[what] = "done"
-        except OSError as exc:
-            out[what] = f"OSError {exc.errno}"
-    return out
-"""
 
 
 def warm_waiting(client):
@@ -98,7 +80,7 @@ async def test_a_pooled_kernel_is_the_cold_kernel_and_each_warm_container_serves
         async with kernel(pooled, cwd=notebook_dir, env=env) as (km2, kc2):
             second = await run_json(kc2, IDENTITY)
             # The hand-over folder is the server's: the kernel can neither write there nor replace the FIFO.
-            assert (await run(kc2, TAMPER))["status"] == "ok"
+            assert (await run(kc2, program("handoff_tamper")))["status"] == "ok"
             tamper = await run_json(kc2, "_tamper()")
             assert (
                 tamper["handoff"] and tamper["write"].startswith("OSError") and tamper["unlink"].startswith("OSError")

@@ -19,25 +19,18 @@ from pathlib import Path
 import pytest
 
 from envpin.adapters import ray_compat
-from testutils import FROM_SCRIPTS_TEST, REPO
+from testutils import FROM_SCRIPTS_TEST, REPO, program
 from tools import ray_versions
 
 LOWEST, NEWEST = ray_compat.SUPPORTED
-
-_PROBE = """
-import json, warnings
-warnings.simplefilter("ignore")
-import ray
-from envpin.adapters import ray_compat
-print(json.dumps({"version": ray.__version__, "missing": ray_compat.missing(),
-                  "unsupported": ray_compat.unsupported()}))
-"""
 
 
 def _probe(extra_path: str | None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, str(REPO / "ipython_ext"), env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", program("ray_compat_probe")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -7,6 +7,7 @@ wait_for``), never from ``conftest`` or from each other; fixtures live in
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -76,6 +77,38 @@ def image_absent(client: Any, reference: str) -> bool:
 def envpin_containers(client: Any) -> list:
     """Every container envpin made on this engine, stopped ones included."""
     return containers(client)
+
+
+# ---- programs that run inside kernels (tests/kernel_programs/NAME.py) ------------------------------
+
+#: Where the programs live: real files, so ruff checks them like any other code.
+PROGRAMS = ROOT / "tests" / "kernel_programs"
+#: A parameter: ``NAME = ...`` on a line of its own (a literal Ellipsis keeps the file valid Python).
+_PARAMETER = re.compile(r"^([A-Z][A-Z0-9_]*) = \.\.\.(?:[ \t]*#.*)?$", re.M)
+#: A cell of a program run in steps: ``# %% NAME`` up to the next marker (VS Code's and Jupytext's spelling).
+_CELL = re.compile(r"^# %% ([\w-]+).*\n", re.M)
+
+
+def program(name: str, cell: str | None = None, **params: Any) -> str:
+    """The text of ``tests/kernel_programs/NAME.py`` (or of its cell ``# %% CELL``), its parameters set.
+
+    Each parameter the text declares (``NAME = ...``) becomes ``NAME = repr(value)``;
+    one missing or one too many is an error, so a program never runs with a
+    placeholder.  A file of cells is one program run in steps (the cells share
+    its names, and ruff sees them together); ``program`` returns one step.
+    """
+    text = (PROGRAMS / f"{name}.py").read_text(encoding="utf-8")
+    where = f"{name}.py"
+    if cell is not None:
+        parts = _CELL.split(text)  # [before the first marker, name, body, name, body, ...]
+        cells = dict(zip(parts[1::2], parts[2::2], strict=True))
+        if cell not in cells:
+            raise KeyError(f"{where} has no cell {cell!r}; its cells: {sorted(cells)}")
+        text, where = cells[cell], f"{where}, cell {cell!r},"
+    declared = set(_PARAMETER.findall(text))
+    if declared != set(params):
+        raise TypeError(f"{where} takes the parameters {sorted(declared)}, not {sorted(params)}")
+    return _PARAMETER.sub(lambda m: f"{m.group(1)} = {params[m.group(1)]!r}", text)
 
 
 # ---- no engine, for the tests that did not ask for one ------------------------------------------
