@@ -48,7 +48,8 @@ def docker_client():
     client.close()
 
 
-def pytest_collection_modifyitems(config, items):
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the mark
+def pytest_collection_modifyitems(items):
     """Mark ``docker`` exactly the tests that ask for the engine; a hand-made mark without it is a mistake."""
     for item in items:
         asks = ENGINE_FIXTURE in getattr(item, "fixturenames", ())
