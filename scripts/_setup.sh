@@ -21,7 +21,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   touch "$STAMP"
 fi
 say "checking the Docker engine"
-"$PY" -m tools.engine
+"$PY" -m tools.docker_engine
 if [ "$EXTRAS" = test ]; then
   say "checking the Ray releases the compat test imports (fetched once into .cache/ray-compat)"
   "$PY" -m tools.ray_versions 2> >(grep -v "is ignored: it is neither" >&2)

@@ -5,7 +5,7 @@ import yt.wrapper as yt
 from flytekit import task
 
 import envpin
-from envpin import hooks
+from envpin.session import stamping
 from envpin.adapters.ray_adapter import stamp_runtime_env
 
 PROXY = ...  # the fake YTsaurus proxy
@@ -24,5 +24,5 @@ yt.YtClient(proxy=PROXY).run_map(mapper, "//tmp/in", "//tmp/out", sync=False)
 seen = {
     "stamp": envpin.stamp()["image"],
     "flyte": double.container_image,
-    "ray": stamp_runtime_env({}, hooks.current_stamp(), "image_uri", "x")["image_uri"],
+    "ray": stamp_runtime_env({}, stamping.current_stamp(), "image_uri", "x")["image_uri"],
 }

@@ -1,12 +1,13 @@
-"""A container made by envpin's own code (``container_spec.base_options``, ``engines.create``) in a process that
+"""A container made by envpin's own code (``container_spec.base_options``, ``dialect.create``) in a process that
 then exits (tests/security/test_ownership.py): ``python -c PROGRAM IMAGE ROLE [KERNEL_ID]``; prints its id."""
 
 import sys
 
-from envpin import engines, host_docker
-from envpin.container_spec import base_options
+from envpin.host import dialect
+from envpin.host import images
+from envpin.host.container_spec import base_options
 
-client = host_docker.client()
+client = images.client()
 image = client.images.get(sys.argv[1])
 options = base_options(
     image_id=image.id,
@@ -16,6 +17,6 @@ options = base_options(
     mount_envpin=False,
     extra_labels={"envpin.kernel-id": sys.argv[3]} if sys.argv[3] else None,
 )
-container = engines.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
+container = dialect.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
 container.start()
 print(container.id)

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from envpin.executor import ContainerExecutor
+from envpin.jobs.executor import ContainerExecutor
 
 
 def probe():

@@ -16,7 +16,7 @@ import requests
 
 from testutils import PY311, containers, wait_for
 from testutils.server import FAST_RESTARTER
-from tools.engine import engine_answers, ensure_engine
+from tools.docker_engine import engine_answers, ensure_engine
 
 
 def dockerd_pid() -> int | None:

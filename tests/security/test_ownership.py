@@ -25,7 +25,7 @@ import uuid
 import docker.errors
 import pytest
 
-from envpin import labels
+from envpin.host import labels
 from testutils import PY311, program
 from testutils.kernels import kernel
 
@@ -111,7 +111,9 @@ def lookalikes(docker_client):
 
 
 def test_gc_and_the_startup_collection_spare_lookalikes_and_collect_real_orphans(docker_client, lookalikes):
-    from envpin_provisioner import doctor, engine, ownership
+    from envpin_provisioner import engine
+    from envpin_provisioner.cli import doctor
+    from envpin_provisioner.kernel import ownership
 
     run, image = lookalikes
     # The two images of the finding: LABEL envpin.role=kernel; LABEL envpin.role=job with this host as owner.
@@ -165,7 +167,7 @@ def test_a_lookalike_costs_no_engine_call_and_images_are_looked_at_once(docker_c
     """The hot paths: a container without a valid proof is judged from its labels alone; image labels are cached."""
     from docker.models.images import ImageCollection
 
-    from envpin_provisioner import ownership
+    from envpin_provisioner.kernel import ownership
 
     run, _image = lookalikes
     forged = run(

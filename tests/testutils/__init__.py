@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the dev tools (tools.engine, tools.images) live at the repo root
+if str(ROOT) not in sys.path:  # the dev tools (tools.docker_engine, tools.images) live at the repo root
     sys.path.insert(0, str(ROOT))
 
-from envpin import labels  # noqa: E402
+from envpin.host import labels  # noqa: E402
 
 #: Set by scripts/test, which prepares everything first (engine, images, Ray releases): a missing piece is then
 #: a failure, where a test run on its own skips with what to run.
@@ -37,7 +37,7 @@ DEMO = "ubuntu-22.04-py3"
 T = TypeVar("T")
 
 
-# ---- containers, by envpin's labels (envpin.labels names them) -----------------------------------
+# ---- containers, by envpin's labels (envpin.host.labels names them) -----------------------------------
 
 
 def containers(client: Any, *, role: str | None = None, kernel: str | None = None, running: bool = False) -> list:
@@ -125,7 +125,7 @@ def no_engine(monkeypatch: Any) -> Iterator[None]:
     test without the ``docker_client`` fixture): one that reaches for an engine
     anyway fails at once instead of quietly using the machine's.
     """
-    from envpin import docker_client
+    from envpin.host import docker_client
 
     monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
     docker_client.reset()

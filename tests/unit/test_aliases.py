@@ -1,4 +1,4 @@
-"""envpin.aliases: short names for images, from the file ``ENVPIN_ALIASES`` names."""
+"""envpin.session.aliases: short names for images, from the file ``ENVPIN_ALIASES`` names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from envpin import aliases
+from envpin.session import aliases
 from envpin.errors import EnvpinError
 
 

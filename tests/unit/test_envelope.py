@@ -1,11 +1,11 @@
-"""envpin.envelope: a job or result travels as a checked envelope (cloudpickle, buffers out of band), and
+"""envpin.jobs.envelope: a job or result travels as a checked envelope (cloudpickle, buffers out of band), and
 one made under another Python is refused naming both sides."""
 
 from __future__ import annotations
 
 import pytest
 
-from envpin import envelope
+from envpin.jobs import envelope
 
 
 def _frames_reader(frames):

@@ -1,8 +1,8 @@
-"""envpin.fingerprints: comparing two environments, the pickle-breaking differences first."""
+"""envpin.compat.fingerprints: comparing two environments, the pickle-breaking differences first."""
 
 from __future__ import annotations
 
-from envpin import fingerprints
+from envpin.compat import fingerprints
 
 
 def test_compare_puts_pickle_breaking_differences_first_and_skips_absent_engine_clients():

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from envpin import hooks
+from envpin.session import stamping
 
 
 def _stamp(**kw):
-    return hooks.Stamp(image="reg.example/py:3.11", image_id="sha256:" + "d" * 64, **kw)
+    return stamping.Stamp(image="reg.example/py:3.11", image_id="sha256:" + "d" * 64, **kw)
 
 
 def test_ray_runtime_env_gets_image_uri_and_env_vars_and_the_users_values_win():
@@ -39,7 +39,7 @@ def test_ray_refuses_pip_beside_the_pinned_image_and_says_what_to_do():
 def test_ray_keeps_a_task_s_own_image_uri_with_a_warning():
     from envpin.adapters.ray_adapter import stamp_runtime_env
 
-    with pytest.warns(hooks.ImageConflictWarning):
+    with pytest.warns(stamping.ImageConflictWarning):
         env = stamp_runtime_env({"image_uri": "other:2"}, _stamp(), "image_uri", "Ray task f")
     assert env == {"image_uri": "other:2"}
 

@@ -1,10 +1,10 @@
-"""envpin.references: the one parser of image references (a registry's port is not a tag)."""
+"""envpin.images.references: the one parser of image references (a registry's port is not a tag)."""
 
 from __future__ import annotations
 
 import pytest
 
-from envpin import references
+from envpin.images import references
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,18 @@
-"""envpin.workers: how a dead worker is described to the user."""
+"""envpin.jobs.worker_hosts: how a dead worker is described to the user."""
 
 from __future__ import annotations
 
 import pytest
 
-from envpin import workers
+from envpin.jobs import worker_hosts
 
 
 @pytest.mark.parametrize(
     "death, says",
     [
-        (workers.Death(1), "exited with code 1"),
-        (workers.Death(137), "was killed (out of memory, or from outside)"),
-        (workers.Death(137, oom=True), "ran out of memory"),
+        (worker_hosts.Death(1), "exited with code 1"),
+        (worker_hosts.Death(137), "was killed (out of memory, or from outside)"),
+        (worker_hosts.Death(137, oom=True), "ran out of memory"),
     ],
 )
 def test_a_dead_worker_is_described_in_words(death, says):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from envpin import hooks
+from envpin.session import stamping
 
 
 def _stamp(**kw):
-    return hooks.Stamp(image="reg.example/py:3.11", image_id="sha256:" + "d" * 64, **kw)
+    return stamping.Stamp(image="reg.example/py:3.11", image_id="sha256:" + "d" * 64, **kw)
 
 
 def test_yt_jobs_carry_the_image_and_a_chain_of_config_patches():
