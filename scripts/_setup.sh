@@ -21,4 +21,4 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   touch "$STAMP"
 fi
 say "checking the Docker engine"
-"$PY" -m tools.engine
+"$PY" -m tools.docker_engine

@@ -20,7 +20,7 @@ import pytest
 
 from testutils import PY311, envpin_containers
 from testutils.server import Server
-from tools import engine as dev_engine
+from tools import docker_engine as dev_engine
 from tools import images as dev_images
 from tools.registry import LocalRegistry
 
@@ -45,7 +45,7 @@ def channel_folders_cleared():
     import shutil
     import tempfile
 
-    from envpin_provisioner import quota
+    from envpin_provisioner.kernel import quota
 
     pattern = os.path.join(tempfile.gettempdir(), "envpin-*")
     before = set(glob.glob(pattern))
@@ -99,7 +99,7 @@ def jupyter_env(tmp_path, monkeypatch):
 @pytest.fixture
 def install_kernelspec(jupyter_env):
     """``install_kernelspec(image, name=..., **config)`` writes a kernelspec under the private JUPYTER_PATH."""
-    from envpin_provisioner import kernelspec
+    from envpin_provisioner.cli import kernelspec
 
     def install(image, name=None, display_name=None, **config):
         path = kernelspec.install(image, name=name, display_name=display_name, user=True, config=config)

@@ -11,7 +11,7 @@ in a worker thread: the Jupyter server's event loop keeps serving other
 notebooks while an image is pulled or a container starts.
 
 The address, the client itself and the one explanation of an engine that
-cannot be reached are ``envpin.docker_client``'s, shared with the kernel
+cannot be reached are ``envpin.host.docker_client``'s, shared with the kernel
 side's host entry points.
 """
 
@@ -27,9 +27,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from envpin import docker_client
-
-from .errors import EngineUnavailable
+from envpin.host import docker_client
+from envpin_provisioner.errors import EngineUnavailable
 
 T = TypeVar("T")
 
@@ -68,7 +67,7 @@ class Engine:
 
     def collect_garbage_once(self, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Remove containers orphaned by earlier servers, at this server's first kernel start.  Blocking."""
-        from . import ownership
+        from envpin_provisioner.kernel import ownership
 
         with self._lock:
             if self._collected:

@@ -25,7 +25,7 @@ import uuid
 import docker.errors
 import pytest
 
-from envpin import labels
+from envpin.host import labels
 from testutils import PY311
 from testutils.kernels import kernel
 
@@ -66,13 +66,14 @@ def build_labelled(client, image_labels: dict[str, str], tag: str) -> str:
 
 ENVPIN_CREATE = """
 import sys
-from envpin import engines, host_docker
-from envpin.container_spec import base_options
-client = host_docker.client()
+from envpin.host import dialect
+from envpin.host import images
+from envpin.host.container_spec import base_options
+client = images.client()
 image = client.images.get(sys.argv[1])
 options = base_options(image_id=image.id, reference=sys.argv[1], immutable=image.id, role=sys.argv[2],
                        mount_envpin=False, extra_labels={"envpin.kernel-id": sys.argv[3]} if sys.argv[3] else None)
-container = engines.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
+container = dialect.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
 container.start()
 print(container.id)
 """
@@ -125,7 +126,9 @@ def lookalikes(docker_client):
 
 
 def test_gc_and_the_startup_collection_spare_lookalikes_and_collect_real_orphans(docker_client, lookalikes):
-    from envpin_provisioner import doctor, engine, ownership
+    from envpin_provisioner import engine
+    from envpin_provisioner.cli import doctor
+    from envpin_provisioner.kernel import ownership
 
     run, image = lookalikes
     # The two images of the finding: LABEL envpin.role=kernel; LABEL envpin.role=job with this host as owner.
@@ -179,7 +182,7 @@ def test_a_lookalike_costs_no_engine_call_and_images_are_looked_at_once(docker_c
     """The hot paths: a container without a valid proof is judged from its labels alone; image labels are cached."""
     from docker.models.images import ImageCollection
 
-    from envpin_provisioner import ownership
+    from envpin_provisioner.kernel import ownership
 
     run, _image = lookalikes
     forged = run(

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the dev tools (tools.engine, tools.images) live at the repo root
+if str(ROOT) not in sys.path:  # the dev tools (tools.docker_engine, tools.images) live at the repo root
     sys.path.insert(0, str(ROOT))
 
-from envpin import labels  # noqa: E402
+from envpin.host import labels  # noqa: E402
 
 # ---- the offline-built test images (tools/images.py builds them) --------------------------------
 
@@ -31,7 +31,7 @@ DEMO = "ubuntu-22.04-py3"
 T = TypeVar("T")
 
 
-# ---- containers, by envpin's labels (envpin.labels names them) -----------------------------------
+# ---- containers, by envpin's labels (envpin.host.labels names them) -----------------------------------
 
 
 def containers(client: Any, *, role: str | None = None, kernel: str | None = None, running: bool = False) -> list:

@@ -39,8 +39,8 @@ from __future__ import annotations
 import os
 import warnings
 
-from ..hooks import ImageConflictWarning, Stamp
-from .base import LibraryAdapter
+from envpin.adapters.base import LibraryAdapter
+from envpin.session.stamping import ImageConflictWarning, Stamp
 
 ENV_DEFAULT_IMAGE = "FLYTE_INTERNAL_IMAGE"
 

@@ -72,10 +72,10 @@ import shutil
 import warnings
 from typing import Any
 
-from ..errors import EnvpinError
-from ..hooks import Stamp
-from . import _imports, ray_compat
-from .base import LibraryAdapter
+from envpin.adapters import _imports, ray_compat
+from envpin.adapters.base import LibraryAdapter
+from envpin.errors import EnvpinError
+from envpin.session.stamping import Stamp
 
 MODES = ("image_uri", "env_vars")
 #: runtime_env fields that install things on the worker: they rebuild the environment the image pins.
@@ -386,15 +386,15 @@ def _cluster_versions(dashboard: str, headers: dict[str, str] | None = None) -> 
 
 def _pickle_evidence(image_python: str | None, cluster_python: str) -> str:
     """What envpin's measured pickle matrix says about the two Pythons, when their minor versions differ."""
-    from .. import compat
+    from envpin.compat import policy
 
     minor = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
     if not image_python or minor(image_python) == minor(cluster_python):
         return ""
     # Ray pickles with its own cloudpickle, the same on both sides once Ray matches: only Python differs.
-    verdict = compat.judge(
-        compat.Side("CPython", minor(image_python), "cloudpickle", "ray"),
-        compat.Side("CPython", minor(cluster_python), "cloudpickle", "ray"),
+    verdict = policy.judge(
+        policy.Side("CPython", minor(image_python), "cloudpickle", "ray"),
+        policy.Side("CPython", minor(cluster_python), "cloudpickle", "ray"),
     )
     return f" ({verdict.evidence})" if verdict.broken else ""
 
@@ -407,7 +407,7 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
         import ray
 
         return {"ray": ray.__version__, "python": platform.python_version()}
-    from .. import fingerprints
+    from envpin.compat import fingerprints
 
     facts = fingerprints.fingerprint(image=stamp.image)
     return {"ray": facts.get("ray"), "python": facts.get("python_version")}
