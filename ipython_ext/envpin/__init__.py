@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+from envpin import names
 from envpin._version import __version__ as __version__
 from envpin.compat.fingerprints import compare, fingerprint
 from envpin.errors import EnvpinError
@@ -46,7 +47,7 @@ __all__ = [
 
 def in_container() -> bool:
     """True inside a Docker (``/.dockerenv``) or Podman (``/run/.containerenv``) container."""
-    return os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+    return names.in_container()
 
 
 def kernel_image() -> dict:
@@ -56,11 +57,11 @@ def kernel_image() -> dict:
     reference (``ENVPIN_IMAGE``); ``id``: what it resolved to when the kernel
     started (``ENVPIN_IMAGE_ID``).  All ``None`` outside an envpin container.
     """
-    ref = os.environ.get("ENVPIN_IMAGE")
+    ref = os.environ.get(names.IMAGE)
     return {
-        "name": os.environ.get("ENVPIN_IMAGE_NAME") or ref,
+        "name": os.environ.get(names.IMAGE_NAME) or ref,
         "reference": ref,
-        "id": os.environ.get("ENVPIN_IMAGE_ID"),
+        "id": os.environ.get(names.IMAGE_ID),
     }
 
 
@@ -78,9 +79,9 @@ def load_ipython_extension(ipython) -> None:
     ipython.register_magics(EnvpinMagics)
     short_errors.install(ipython)
     for adapter in adapters.builtin():  # envpin.submit, YTsaurus, Ray, Flyte: armed by %use_image when usable
-        if adapter.name not in stamping.names():
+        if adapter.name not in stamping.adapter_names():
             stamping.register(adapter)
-    pin = state.pin_from_environment() if os.environ.get("ENVPIN_PINNED") == "1" else None
+    pin = state.pin_from_environment() if os.environ.get(names.PINNED) == "1" else None
     if pin is not None and state.current_pin() is None:
         stamping.pin_session(pin)
     folder = control.control_dir()

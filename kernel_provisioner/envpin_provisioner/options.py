@@ -36,6 +36,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
+from envpin import names
 from envpin.images import allowlist
 from envpin_provisioner.errors import ConfigError
 from envpin_provisioner.images import pulling
@@ -116,7 +117,7 @@ class ProvisionerOptions(Configurable):
 
     env_passthrough = List(
         Unicode(),
-        default_value=["JPY_SESSION_NAME", "LANG", "LC_*", "TZ", "ENVPIN_ENVELOPE"],
+        default_value=[names.SESSION_NAME, "LANG", "LC_*", "TZ", names.ENVELOPE],
         config=True,
         help="""Names (fnmatch patterns) of server environment variables passed into the container.
         Everything else in the server's environment stays out, so the image's own PATH, HOME

@@ -35,9 +35,8 @@ from docker.types import Mount
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from envpin import safe_files
-from envpin.notebook import control
-from envpin.notebook.handoff import EXPECT_ENV as handoff_env
+from envpin import names, safe_files
+from envpin.session.options import SessionOptions
 from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError, EnvpinError
 from envpin_provisioner.images import pulling, selection
@@ -175,19 +174,19 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         km = self.parent
         if self._folder is None:
             raise EnvpinError("build_launch ran before pre_launch pinned the notebook folder; this is a bug in envpin.")
-        extra_env = {"ENVPIN_IMAGE_NAME": choice.name}
+        extra_env = {names.IMAGE_NAME: choice.name}
         kernel_args: list[str] = []
         if self._control_dir and self.transport_supports_control:
-            extra_env["ENVPIN_CONTROL_DIR"] = self._control_dir
+            extra_env[names.CONTROL_DIR] = self._control_dir
         if choice.pinned or moved:
-            extra_env["ENVPIN_PINNED"] = "1"
+            extra_env[names.PINNED] = "1"
             if self.mount_envpin:
                 kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
         if moved:
-            extra_env[handoff_env] = "1"
-        extra_env.update(control.session_option_env(choice.options))
+            extra_env[names.HANDOFF_EXPECTED] = "1"
+        extra_env.update(SessionOptions.parse(choice.options, strict_schema=False).as_env())
         if choice.latest_id:
-            extra_env["ENVPIN_IMAGE_LATEST_ID"] = choice.latest_id
+            extra_env[names.IMAGE_LATEST_ID] = choice.latest_id
         return kc.KernelLaunch(
             image=choice.resolved,
             kernel_id=self.kernel_id,
@@ -229,7 +228,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         standbys = self._warm.standby_ids()
         try:
-            for other in ownership.envpin_containers(client, f"{ownership.KERNEL_ID}={self.kernel_id}"):
+            for other in ownership.envpin_containers(client, f"{names.LABEL_KERNEL_ID}={self.kernel_id}"):
                 if other.id != keep.id and other.id not in standbys:
                     kc.remove(other)
                     self.log.info("envpin: removed stale container %s of kernel %s", other.short_id, self.kernel_id)
@@ -308,7 +307,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             await engine.call(self._engine.memory_total)  # asked once per engine, before build_launch needs it
         env = kwargs.get("env") or {}
         # The notebook and its folder come from jupyter_server's start request, and from nowhere else.
-        self._notebook = env.get("JPY_SESSION_NAME") or None
+        self._notebook = env.get(names.SESSION_NAME) or None
         if self._folder is None:  # the first start pins them; restarts and moves use what was pinned
             self._folder, self._pin_dir = await engine.call(pin_folders, self._notebook, kwargs.get("cwd"))
         self._choice = await engine.call(

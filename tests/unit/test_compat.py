@@ -15,7 +15,6 @@ import pytest
 from envpin.compat import fingerprints, policy
 from envpin.compat.policy import Side
 from envpin.jobs import envelope
-from envpin.notebook import control
 
 
 def env(python: str, version: str, pickler: str = "cloudpickle", patch: str = "0") -> dict:
@@ -179,9 +178,11 @@ def test_an_executor_with_a_bad_mode_fails_before_any_worker():
 
 
 def test_use_image_carries_the_mode_across_a_move_and_drops_anything_else():
-    assert control.session_options({"envelope": "strict"}) == {"envelope": "strict"}
-    assert control.session_options({"envelope": "yes; rm -rf /"}) == {}
-    assert control.session_option_env({"envelope": "strict"}) == {"ENVPIN_ENVELOPE": "strict"}
+    from envpin.session.options import SessionOptions
+
+    assert SessionOptions.parse({"envelope": "strict"}, strict_schema=False).as_dict() == {"envelope": "strict"}
+    assert SessionOptions.parse({"envelope": "yes; rm -rf /"}, strict_schema=False).as_dict() == {}
+    assert SessionOptions(envelope="strict").as_env() == {"ENVPIN_ENVELOPE": "strict"}
 
 
 # ---- the same policy in envpin.compare -------------------------------------------------------------

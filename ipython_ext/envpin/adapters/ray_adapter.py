@@ -72,12 +72,13 @@ import shutil
 import warnings
 from typing import Any
 
+from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
 from envpin.errors import EnvpinError
+from envpin.session.options import RAY_MODES
 from envpin.session.stamping import Stamp
 
-MODES = ("image_uri", "env_vars")
 #: runtime_env fields that install things on the worker: they rebuild the environment the image pins.
 INSTALLING_FIELDS = ("pip", "uv", "conda", "py_executable")
 _JOB_SDK = "ray.dashboard.modules.job.sdk"
@@ -96,8 +97,8 @@ class LocalClusterInImage(UserWarning):
 
 
 def default_mode() -> str:
-    mode = os.environ.get("ENVPIN_RAY_MODE", "image_uri").strip() or "image_uri"
-    if mode not in MODES:
+    mode = os.environ.get(names.RAY_MODE, "image_uri").strip() or "image_uri"
+    if mode not in RAY_MODES:
         raise EnvpinError(
             f"ENVPIN_RAY_MODE is '{mode}', which envpin does not know. Set it to 'image_uri' (Ray starts workers in "
             "the pinned image) or 'env_vars' (the cluster's nodes already run it), or unset it."
@@ -280,7 +281,7 @@ class RayAdapter(LibraryAdapter):
     def _check_local_cluster(self) -> bool:
         """``ray.init`` is about to start a cluster on this machine: True when its workers run the pin already."""
         stamp = self._active_stamp()
-        if os.environ.get("ENVPIN_IMAGE") == stamp.image:
+        if os.environ.get(names.IMAGE) == stamp.image:
             warnings.warn(
                 f"envpin: this local Ray cluster runs its workers in this kernel's container, which is "
                 f"{stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
@@ -347,8 +348,8 @@ def _address(args: tuple, kwargs: dict) -> str:
 
 def _dashboard_for(address: str) -> str | None:
     """The dashboard of the cluster at ``address``: ``$ENVPIN_RAY_DASHBOARD``, else port 8265 of its host."""
-    if os.environ.get("ENVPIN_RAY_DASHBOARD"):
-        return os.environ["ENVPIN_RAY_DASHBOARD"]
+    if os.environ.get(names.RAY_DASHBOARD):
+        return os.environ[names.RAY_DASHBOARD]
     host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return f"http://{host}:8265" if host else None
 
@@ -403,7 +404,7 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
     """Ray and Python of the pinned image: this process's when the kernel runs in it, else its fingerprint's."""
     import platform
 
-    if os.environ.get("ENVPIN_IMAGE") in (stamp.image, stamp.job_image):
+    if os.environ.get(names.IMAGE) in (stamp.image, stamp.job_image):
         import ray
 
         return {"ray": ray.__version__, "python": platform.python_version()}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envpin import names
 from envpin.compat import policy
 
 FINGERPRINT_VERSION = 4
@@ -68,9 +69,9 @@ def local_fingerprint() -> dict[str, Any]:
         "flytekit": version_of("flytekit"),
         "distributions": len(dists),
         "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
-        "image": os.environ.get("ENVPIN_IMAGE"),
-        "image_id": os.environ.get("ENVPIN_IMAGE_ID"),
-        "code_in_image": os.environ.get("ENVPIN_CODE_IN_IMAGE") or None,
+        "image": os.environ.get(names.IMAGE),
+        "image_id": os.environ.get(names.IMAGE_ID),
+        "code_in_image": os.environ.get(names.CODE_IN_IMAGE) or None,
     }
 
 

@@ -49,12 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envpin import names
 from envpin.errors import EnvpinError
+from envpin.session.options import ENVELOPE_MODES
 
 DATA_FILE = Path(__file__).with_name("pickle_matrix.json")
-MODES = ("compatible", "strict")
 DEFAULT_MODE = "compatible"
-ENV_VAR = "ENVPIN_ENVELOPE"
 REFUSED = ("measured-broken", "inferred-broken")
 
 
@@ -105,11 +105,11 @@ class Verdict:
         return self.broken or (mode == "strict" and self.status != "same")
 
 
-def check_mode(mode: str | None, source: str = ENV_VAR) -> str | None:
+def check_mode(mode: str | None, source: str = names.ENVELOPE) -> str | None:
     """``mode`` if it is a known strictness setting (None stays None); a clear error naming ``source`` if not."""
     if mode is None or mode == "":
         return None
-    if mode not in MODES:
+    if mode not in ENVELOPE_MODES:
         raise EnvelopeModeError(
             f"{source} is '{mode}', which is not a pickle-compatibility setting: use 'compatible' (refuse what "
             "is measured to break, warn about what was never measured) or 'strict' (refuse any difference of "
@@ -123,7 +123,7 @@ def resolve_mode(explicit: str | None = None, pinned: str | None = None) -> str:
     return (
         check_mode(explicit, "envelope=")
         or check_mode(pinned, "%use_image --envelope")
-        or check_mode(os.environ.get(ENV_VAR))
+        or check_mode(os.environ.get(names.ENVELOPE))
         or DEFAULT_MODE
     )
 
@@ -223,7 +223,7 @@ def enforce(
             why = verdict.evidence
         else:
             why = (
-                f"{verdict.evidence}; strict mode ({ENV_VAR}=strict or envelope='strict') refuses any difference "
+                f"{verdict.evidence}; strict mode ({names.ENVELOPE}=strict or envelope='strict') refuses any difference "
                 f"of Python minor or pickler release (compatible mode would "
                 f"{'allow it' if verdict.status == 'measured-ok' else 'warn and proceed'})"
             )
@@ -234,7 +234,7 @@ def enforce(
             _warned.add(key)
             warnings.warn(
                 UnmeasuredPairWarning(
-                    f"envpin: {verdict.evidence}; proceeding (compatible mode; {ENV_VAR}=strict refuses). "
+                    f"envpin: {verdict.evidence}; proceeding (compatible mode; {names.ENVELOPE}=strict refuses). "
                     f"If {what} fails to load, run both sides in one image."
                 ),
                 stacklevel=3,

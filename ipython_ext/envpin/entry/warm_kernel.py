@@ -7,7 +7,7 @@ most of a second) is already done when a notebook opens, restarts or moves.
 
 ``HANDOFF_DIR`` is a folder of the server's, mounted read-only: the kernel
 cannot write there, so everything in it is the server's word.  It holds a
-FIFO, ``go``.  This process opens it for reading and blocks; the server
+names.WARM_KERNEL_FIFO, ``go``.  This process opens it for reading and blocks; the server
 opening it for writing is both its readiness probe (a non-blocking open
 succeeds only while a reader waits) and, when it writes one JSON object and
 closes, the hand-over::
@@ -29,7 +29,8 @@ import json
 import os
 import sys
 
-FIFO = "go"
+from envpin import names
+
 #: Largest hand-over the server writes; a longer one is refused (it would come from no server of ours).
 MAX_MESSAGE = 1 << 20
 
@@ -76,7 +77,7 @@ def _preload() -> None:
 
 
 def _wait(handoff_dir: str) -> dict:
-    path = os.path.join(handoff_dir, FIFO)
+    path = os.path.join(handoff_dir, names.WARM_KERNEL_FIFO)
     while True:
         fd = os.open(path, os.O_RDONLY)  # blocks until the server opens it for writing
         try:

@@ -24,10 +24,6 @@ from typing import Any
 from envpin import names
 from envpin.host import labels
 
-#: Where envpin's kernel-side package is mounted (read-only) inside containers.
-ENVPIN_PYTHONPATH = "/opt/envpin/python"
-CONTAINER_HOME = "/tmp/envpin-home"
-
 
 def envpin_package_dir() -> str:
     return names.PACKAGE_DIR
@@ -65,22 +61,27 @@ def base_options(
     user = user or f"{os.getuid()}:{os.getgid()}"
     uid, _, gid = user.partition(":")
     env = {
-        "ENVPIN_IMAGE": reference,
-        "ENVPIN_IMAGE_ID": immutable,
-        "YT_JOB_DOCKER_IMAGE": reference,
-        "HOME": CONTAINER_HOME,
+        names.IMAGE: reference,
+        names.IMAGE_ID: immutable,
+        names.YT_JOB_DOCKER_IMAGE: reference,
+        "HOME": names.CONTAINER_HOME,
     }
     mounts: list[dict[str, Any]] = []
     if mount_envpin:
         mounts.append(
-            {"Target": f"{ENVPIN_PYTHONPATH}/envpin", "Source": envpin_package_dir(), "Type": "bind", "ReadOnly": True}
+            {
+                "Target": f"{names.CONTAINER_PYTHONPATH}/envpin",
+                "Source": envpin_package_dir(),
+                "Type": "bind",
+                "ReadOnly": True,
+            }
         )
         # The image's own entries are kept, but not an empty or relative one: Python reads those as the
         # working folder (the notebook's, which the kernel writes) and a folder below it.
         image_path = ":".join(
             p for p in (image_env_value(image_env, "PYTHONPATH") or "").split(":") if p.startswith("/")
         )
-        env["PYTHONPATH"] = ENVPIN_PYTHONPATH + (f":{image_path}" if image_path else "")
+        env["PYTHONPATH"] = names.CONTAINER_PYTHONPATH + (f":{image_path}" if image_path else "")
     if cwd:
         mounts.append({"Target": cwd, "Source": cwd_source or cwd, "Type": "bind", "ReadOnly": False})
     return dict(
@@ -89,8 +90,8 @@ def base_options(
         # Signed last: the proof covers every envpin.* label, extra ones included (see envpin.host.labels).
         labels=labels.signed(
             {
-                labels.ROLE: role,
-                labels.IMAGE_REF: reference,
+                names.LABEL_ROLE: role,
+                names.LABEL_IMAGE: reference,
                 **labels.owner_labels(owner_pid),
                 **(extra_labels or {}),
             }
@@ -99,7 +100,7 @@ def base_options(
         working_dir=cwd or None,
         user=user,
         init=True,
-        tmpfs={CONTAINER_HOME: f"rw,exec,mode=0700,uid={uid},gid={gid or uid}"},
+        tmpfs={names.CONTAINER_HOME: f"rw,exec,mode=0700,uid={uid},gid={gid or uid}"},
         security_opt=["no-new-privileges"],
         privileged=False,
     )

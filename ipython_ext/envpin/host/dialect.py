@@ -37,10 +37,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from envpin import names
 from envpin.entry import boot
-
-#: The init envpin brings where the engine has none (``boot.argv(python, PID1_MODULE, PROGRAM, ARGS...)``).
-PID1_MODULE = "envpin.entry.pid1"
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def adapt(client: Any, options: dict[str, Any]) -> dict[str, Any]:
         if entrypoint:  # envpin always names the program it runs; the image's Python runs the init
             program = str(entrypoint[0])
             python = program if program.rsplit("/", 1)[-1].startswith("python") else "python3"
-            out["entrypoint"] = [*boot.entrypoint(python), PID1_MODULE, *entrypoint]
+            out["entrypoint"] = [*boot.entrypoint(python), names.ENTRY_PID1, *entrypoint]
     requests = out.pop("device_requests", None)
     if requests:
         out["devices"] = [*(out.get("devices") or []), *cdi_devices(requests)]

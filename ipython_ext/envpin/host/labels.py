@@ -42,21 +42,10 @@ import threading
 import uuid
 from pathlib import Path
 
+from envpin import names
 from envpin.errors import EnvpinError
 
-ROLE = "envpin.role"
-KERNEL_ID = "envpin.kernel-id"
-OWNER_HOST = "envpin.owner-host"
-OWNER_BOOT = "envpin.owner-boot"
-OWNER_PID = "envpin.owner-pid"
-OWNER_START = "envpin.owner-start"
-OWNER_UID = "envpin.owner-uid"
-IMAGE_REF = "envpin.image"
-NONCE = "envpin.nonce"
-PROOF = "envpin.proof"
-
 #: Every label envpin sets starts with this (the proof covers only such labels).
-PREFIX = "envpin."
 _PROOF_SCHEME = "v1"
 _KEY_NAME = "owner.key"
 _KEY_HEX = 64  #: 32 random bytes, as hex
@@ -85,11 +74,11 @@ def owner_labels(pid: int | None = None) -> dict[str, str]:
     """Labels naming ``pid`` (this process by default) as a container's owner."""
     pid = pid or os.getpid()
     return {
-        OWNER_HOST: socket.gethostname(),
-        OWNER_BOOT: boot_id(),
-        OWNER_PID: str(pid),
-        OWNER_START: start_ticks(pid),
-        OWNER_UID: str(os.getuid()),
+        names.LABEL_OWNER_HOST: socket.gethostname(),
+        names.LABEL_OWNER_BOOT: boot_id(),
+        names.LABEL_OWNER_PID: str(pid),
+        names.LABEL_OWNER_START: start_ticks(pid),
+        names.LABEL_OWNER_UID: str(os.getuid()),
     }
 
 
@@ -200,8 +189,8 @@ def owner_key(create: bool) -> bytes | None:
         return key
 
 
-def _mac(key: bytes, labels: dict[str, str], names: list[str]) -> str:
-    message = json.dumps([[n, labels.get(n)] for n in names], separators=(",", ":")).encode()
+def _mac(key: bytes, labels: dict[str, str], covered: list[str]) -> str:
+    message = json.dumps([[n, labels.get(n)] for n in covered], separators=(",", ":")).encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
@@ -209,12 +198,12 @@ def _covered(proof: str) -> list[str] | None:
     """The label names a proof covers (``v1;NAME,NAME,...;MAC``), None when it is not one of envpin's."""
     scheme, _, rest = proof.partition(";")
     names_text, _, mac = rest.rpartition(";")
-    names = names_text.split(",")
-    if scheme != _PROOF_SCHEME or len(mac) != 64 or NONCE not in names or ROLE not in names:
+    covered = names_text.split(",")
+    if scheme != _PROOF_SCHEME or len(mac) != 64 or names.LABEL_NONCE not in covered or names.LABEL_ROLE not in covered:
         return None
-    if any(not n.startswith(PREFIX) or n == PROOF for n in names):
+    if any(not n.startswith(names.LABEL_PREFIX) or n == names.LABEL_PROOF for n in covered):
         return None
-    return names
+    return covered
 
 
 def signed(labels: dict[str, str]) -> dict[str, str]:
@@ -225,8 +214,8 @@ def signed(labels: dict[str, str]) -> dict[str, str]:
     so once: it works, but envpin gc never collects it.
     """
     global _warned
-    out = {k: v for k, v in labels.items() if k != PROOF}
-    out[NONCE] = uuid.uuid4().hex
+    out = {k: v for k, v in labels.items() if k != names.LABEL_PROOF}
+    out[names.LABEL_NONCE] = uuid.uuid4().hex
     try:
         key = owner_key(create=True)
     except (OSError, OwnerKeyError) as exc:
@@ -239,27 +228,29 @@ def signed(labels: dict[str, str]) -> dict[str, str]:
             )
         return out
     assert key is not None  # made when missing
-    names = sorted(k for k in out if k.startswith(PREFIX))
-    out[PROOF] = f"{_PROOF_SCHEME};{','.join(names)};{_mac(key, out, names)}"
+    covered = sorted(k for k in out if k.startswith(names.LABEL_PREFIX))
+    out[names.LABEL_PROOF] = f"{_PROOF_SCHEME};{','.join(covered)};{_mac(key, out, covered)}"
     return out
 
 
 def proof_holds(labels: dict[str, str]) -> bool:
     """True when ``labels`` carry a proof made with this user's key over the values of the labels it names."""
-    names = _covered(labels.get(PROOF) or "")
-    if names is None or any(n not in labels for n in names):
+    covered = _covered(labels.get(names.LABEL_PROOF) or "")
+    if covered is None or any(n not in labels for n in covered):
         return False
     try:
         key = owner_key(create=False)
     except (OSError, OwnerKeyError):
         return False
-    return key is not None and hmac.compare_digest(labels[PROOF].rsplit(";", 1)[1], _mac(key, labels, names))
+    return key is not None and hmac.compare_digest(
+        labels[names.LABEL_PROOF].rsplit(";", 1)[1], _mac(key, labels, covered)
+    )
 
 
 def image_claims(image_labels: dict[str, str] | None, container_labels: dict[str, str]) -> bool:
     """True when the image defines a label envpin sets on ``container_labels`` (one its proof covers, or the proof)."""
-    names = _covered(container_labels.get(PROOF) or "") or []
-    return any(n in (image_labels or {}) for n in (*names, PROOF, NONCE, ROLE))
+    covered = _covered(container_labels.get(names.LABEL_PROOF) or "") or []
+    return any(n in (image_labels or {}) for n in (*covered, names.LABEL_PROOF, names.LABEL_NONCE, names.LABEL_ROLE))
 
 
 def made_by_envpin(container_labels: dict[str, str] | None, image_labels: dict[str, str] | None) -> bool:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import os
 import sys
 
+from envpin import names
 from envpin.session import aliases
-
-RESPAWNED_ENV = "ENVPIN_RESPAWNED"
 
 
 def already_in(image: str) -> bool:
     """True in a respawned child, or inside a container of ``image``."""
-    if os.environ.get(RESPAWNED_ENV) == "1":
+    if os.environ.get(names.RESPAWNED) == "1":
         return True
-    here = os.environ.get("ENVPIN_IMAGE")
-    inside = os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+    here = os.environ.get(names.IMAGE)
+    inside = names.in_container()
     return bool(inside and here and here in (image, aliases.expand(image)))
 
 
@@ -34,7 +33,7 @@ def run(image: str, argv: list[str], cwd: str | None = None) -> int:
 
     client = images.client()
     resolved = images.resolve(client, image, source="envpin run / envpin.use_image()")
-    env = {RESPAWNED_ENV: "1", "ENVPIN_IMAGE_NAME": image}
+    env = {names.RESPAWNED: "1", names.IMAGE_NAME: image}
     try:
         return images.run_attached(client, resolved, argv, cwd or os.getcwd(), env)
     finally:

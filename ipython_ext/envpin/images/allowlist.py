@@ -43,11 +43,11 @@ import fnmatch
 import os
 from collections.abc import Iterable, Sequence
 
-from envpin import printable
+from envpin import names, printable
 from envpin.errors import EnvpinError
 from envpin.images import references
 
-ENV = "ENVPIN_ALLOWED_IMAGES"
+ENV = names.ALLOWED_IMAGES
 
 
 class ImageNotAllowed(EnvpinError):

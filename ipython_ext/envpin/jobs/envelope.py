@@ -37,6 +37,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from envpin import names
 from envpin.compat import policy
 from envpin.errors import EnvpinError
 
@@ -75,8 +76,8 @@ def sender_environment() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "pickler": "cloudpickle",
         "pickler_version": cloudpickle.__version__,
-        "image": os.environ.get("ENVPIN_IMAGE"),
-        "image_id": os.environ.get("ENVPIN_IMAGE_ID"),
+        "image": os.environ.get(names.IMAGE),
+        "image_id": os.environ.get(names.IMAGE_ID),
     }
 
 
@@ -104,7 +105,7 @@ def verdict(sent: dict[str, Any], here: dict[str, Any]) -> policy.Verdict:
 def check(sent: dict[str, Any], here: dict[str, Any], what: str, mode: str | None = None, where: str = "here") -> None:
     """Raise EnvelopeMismatch if a ``what`` made under ``sent`` must not be loaded ``here`` (under ``mode``).
 
-    ``mode`` is the strictness (``policy.MODES``); None: ``$ENVPIN_ENVELOPE``, else compatible.
+    ``mode`` is the strictness (``envpin.session.options.ENVELOPE_MODES``); None: ``$ENVPIN_ENVELOPE``, else compatible.
     ``where`` names the receiving side in the message (the executor judges for its worker too).
     An unmeasured pair in compatible mode warns once and passes.
     """
@@ -129,7 +130,7 @@ def dumps(obj: Any, kind: str, dumper: Callable | None = None) -> list:
 
     buffers: list = []
     payload = (dumper or cloudpickle.dumps)(obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append)
-    header = _header(kind, os.environ.get("ENVPIN_IMAGE"), os.environ.get("ENVPIN_IMAGE_ID"))
+    header = _header(kind, os.environ.get(names.IMAGE), os.environ.get(names.IMAGE_ID))
     frames: list = [_U64.pack(len(header)), header, _U64.pack(len(payload)), payload, _U64.pack(len(buffers))]
     for buf in buffers:
         raw = buf.raw()

@@ -35,6 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from envpin import names
 from envpin.compat import policy
 from envpin.errors import EnvpinError
 from envpin.jobs import envelope, listener, shipping, worker, worker_hosts
@@ -246,7 +247,7 @@ class ContainerExecutor(cf.Executor):
     ):
         pin = state.current_pin()
         self.envelope = policy.resolve_mode(envelope, pin.envelope if pin else None)
-        chosen = image or (pin.name if pin else None) or os.environ.get("ENVPIN_IMAGE")
+        chosen = image or (pin.name if pin else None) or os.environ.get(names.IMAGE)
         if not chosen:
             raise EnvpinError(
                 "ContainerExecutor needs an image: pin the session first (%use_image IMAGE) or pass image=..."
@@ -463,7 +464,7 @@ _shared_lock = threading.Lock()
 def submit(fn: Callable, /, *args: Any, **kwargs: Any) -> JobFuture:
     """Run ``fn(*args, **kwargs)`` in the session's pinned image, on a shared executor."""
     pin = state.current_pin()
-    image = (pin.name if pin else None) or os.environ.get("ENVPIN_IMAGE")
+    image = (pin.name if pin else None) or os.environ.get(names.IMAGE)
     if not image:
         raise EnvpinError("envpin.submit needs a pinned image: run %use_image IMAGE first.")
     with _shared_lock:

@@ -47,8 +47,6 @@ HANDSHAKE_SECONDS = 10.0
 MAX_PENDING = 32
 #: Largest hello accepted (its JSON header: kind, slot, token, pid, environment).
 MAX_HELLO = 16 * 1024
-#: Where a worker container finds its executor's folder (read-only).
-CONTAINER_SOCKET_DIR = "/run/envpin-jobs"
 SOCKET_NAME = "jobs.sock"
 
 _U64 = struct.Struct(">Q")

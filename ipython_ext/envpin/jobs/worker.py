@@ -21,10 +21,9 @@ import os
 import socket
 import traceback
 
+from envpin import names
 from envpin.jobs import envelope
 
-#: The variable a worker finds its one-time hello token in (removed from ``os.environ`` before any job runs).
-TOKEN_VAR = "ENVPIN_WORKER_TOKEN"
 #: What the executor sends a worker.
 JOB_KINDS = frozenset({"job", "probe"})
 
@@ -105,7 +104,7 @@ def _missing_modules(names: list[str]) -> list[str]:
 
 
 def serve(path: str, slot: str) -> None:
-    token = os.environ.pop(TOKEN_VAR, "")  # the jobs this worker runs need not see it
+    token = os.environ.pop(names.WORKER_TOKEN, "")  # the jobs this worker runs need not see it
     hello = envelope.control_frames(
         {"kind": "hello", "slot": slot, "token": token, "pid": os.getpid(), "env": envelope.sender_environment()}
     )  # made before connecting: the executor gives a silent connection a few seconds only

@@ -29,15 +29,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from envpin import names
-from envpin.compat.policy import ENV_VAR as ENVELOPE_VAR  # tells a worker how strictly to check the jobs it loads
 from envpin.entry import boot
 from envpin.errors import EnvpinError
 from envpin.host import dialect
-from envpin.jobs.listener import CONTAINER_SOCKET_DIR, SOCKET_NAME
-from envpin.jobs.worker import TOKEN_VAR
-
-#: The worker's entry point, relative to the interpreter: ``python -m envpin.entry.job_worker SOCKET SLOT``.
-WORKER_MODULE = "envpin.entry.job_worker"
+from envpin.jobs.listener import SOCKET_NAME
 
 
 @dataclass(frozen=True)
@@ -122,7 +117,7 @@ class WorkerSandbox:
     """What a worker container may reach of the caller: decided once per executor.
 
     ``socket_dir``: the executor's private folder (``job_listener``), mounted
-    read-only at ``CONTAINER_SOCKET_DIR``; ``folder_base``: the folder holding
+    read-only at ``names.CONTAINER_JOB_SOCKETS``; ``folder_base``: the folder holding
     every executor's folder, hidden by an empty read-only tmpfs when the
     working folder mount would show it; ``workdir``: the caller's working
     folder and its mode, or None.
@@ -137,7 +132,7 @@ class WorkerSandbox:
 
     def options(self) -> dict[str, Any]:
         """The ``containers.create`` keyword arguments this sandbox adds to ``base_options``."""
-        mounts = [{"Target": CONTAINER_SOCKET_DIR, "Source": self.socket_dir, "Type": "bind", "ReadOnly": True}]
+        mounts = [{"Target": names.CONTAINER_JOB_SOCKETS, "Source": self.socket_dir, "Type": "bind", "ReadOnly": True}]
         tmpfs: dict[str, str] = {}
         if self.workdir:
             mounts.append(
@@ -171,11 +166,11 @@ class ProcessWorker:
 
     def __init__(self, socket_path: str, slot_id: str, token: str, envelope_mode: str) -> None:
         env = dict(os.environ)
-        env[ENVELOPE_VAR] = envelope_mode
-        env[TOKEN_VAR] = token
+        env[names.ENVELOPE] = envelope_mode
+        env[names.WORKER_TOKEN] = token
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [envpin_parent(), env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
-            boot.argv(sys.executable, WORKER_MODULE, socket_path, slot_id), env=env, stdin=subprocess.DEVNULL
+            boot.argv(sys.executable, names.ENTRY_JOB_WORKER, socket_path, slot_id), env=env, stdin=subprocess.DEVNULL
         )
 
     def exit_status(self) -> int | None:
@@ -208,7 +203,7 @@ class ContainerWorker:
         mem_limit: str | None,
         envelope_mode: str,
     ) -> None:
-        from envpin.host.container_spec import CONTAINER_HOME, base_options
+        from envpin.host.container_spec import base_options
 
         options = base_options(
             image_id=image.id,
@@ -224,15 +219,18 @@ class ContainerWorker:
         options["mounts"] += extra["mounts"]
         options["tmpfs"].update(extra["tmpfs"])
         options["cap_drop"] = extra["cap_drop"]
-        options["working_dir"] = box.workdir or CONTAINER_HOME
-        options["environment"]["ENVPIN_IMAGE_NAME"] = name
-        options["environment"][ENVELOPE_VAR] = envelope_mode  # the worker checks jobs as strictly as we do
-        options["environment"][TOKEN_VAR] = token
+        options["working_dir"] = box.workdir or names.CONTAINER_HOME
+        options["environment"][names.IMAGE_NAME] = name
+        options["environment"][names.ENVELOPE] = envelope_mode  # the worker checks jobs as strictly as we do
+        options["environment"][names.WORKER_TOKEN] = token
         if mem_limit:
             options.update(mem_limit=mem_limit, memswap_limit=mem_limit)
-        socket_path = f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}"
+        socket_path = f"{names.CONTAINER_JOB_SOCKETS}/{SOCKET_NAME}"
         self._container = dialect.create(
-            client, entrypoint=boot.entrypoint("python3"), command=[WORKER_MODULE, socket_path, slot_id], **options
+            client,
+            entrypoint=boot.entrypoint("python3"),
+            command=[names.ENTRY_JOB_WORKER, socket_path, slot_id],
+            **options,
         )
         try:
             self._container.start()

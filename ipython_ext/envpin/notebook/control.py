@@ -39,17 +39,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from envpin import safe_files
+from envpin import names, safe_files
 from envpin.errors import EnvpinError
 
 REQUEST = "request.json"
 HANDOFF = "handoff.json"
-CONTROL_DIR_ENV = "ENVPIN_CONTROL_DIR"
 
 
 def control_dir() -> Path | None:
     """The control folder when this kernel runs under the envpin provisioner, else None."""
-    d = os.environ.get(CONTROL_DIR_ENV)
+    d = os.environ.get(names.CONTROL_DIR)
     return Path(d) if d and os.path.isdir(d) else None
 
 
@@ -150,51 +149,3 @@ def ask(
         if answered and now - last > idle_timeout:
             raise EnvpinError("The envpin provisioner stopped answering while preparing the image.")
         time.sleep(0.05)
-
-
-#: %use_image options that outlive the kernel process (kept in the pin record, passed to a moved kernel).
-SESSION_OPTIONS = {
-    "strict": "ENVPIN_STRICT",
-    "ray_mode": "ENVPIN_RAY_MODE",
-    "by_digest": "ENVPIN_BY_DIGEST",
-    "envelope": "ENVPIN_ENVELOPE",
-}
-
-
-def session_options(raw) -> dict:
-    """The known session options in ``raw`` (from a request or a pin record), set ones only."""
-    raw = raw if isinstance(raw, dict) else {}
-    out = {}
-    if raw.get("strict"):
-        out["strict"] = True
-    if raw.get("by_digest"):
-        out["by_digest"] = True
-    if raw.get("ray_mode") in ("image_uri", "env_vars"):
-        out["ray_mode"] = raw["ray_mode"]
-    if raw.get("envelope") in ("compatible", "strict"):  # compat.MODES
-        out["envelope"] = raw["envelope"]
-    return out
-
-
-#: The variables :func:`session_option_env` may set.
-SESSION_OPTION_VARS = frozenset({"ENVPIN_STRICT", "ENVPIN_BY_DIGEST", "ENVPIN_RAY_MODE", "ENVPIN_ENVELOPE"})
-
-
-def is_session_option_env(name: str) -> bool:
-    """True for a variable that carries a session option (set per start, from the pin or %use_image)."""
-    return name in SESSION_OPTION_VARS
-
-
-def session_option_env(options) -> dict[str, str]:
-    """The kernel environment that carries ``options`` into a new kernel process."""
-    options = session_options(options)
-    env = {}
-    if options.get("strict"):
-        env["ENVPIN_STRICT"] = "1"
-    if options.get("by_digest"):
-        env["ENVPIN_BY_DIGEST"] = "1"
-    if options.get("ray_mode"):
-        env["ENVPIN_RAY_MODE"] = options["ray_mode"]
-    if options.get("envelope"):
-        env["ENVPIN_ENVELOPE"] = options["envelope"]
-    return env

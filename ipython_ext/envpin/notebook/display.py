@@ -11,6 +11,7 @@ import html
 import os
 import platform
 
+from envpin import names
 from envpin.session import stamping
 from envpin.session.state import Pin, runs_in_image
 
@@ -29,7 +30,7 @@ class Status:
         self.title = title
 
     def rows(self) -> list[tuple[str, str]]:
-        kernel_ref = os.environ.get("ENVPIN_IMAGE_NAME") or os.environ.get("ENVPIN_IMAGE")
+        kernel_ref = os.environ.get(names.IMAGE_NAME) or os.environ.get(names.IMAGE)
         kernel_image = (
             f"{kernel_ref} ({os.environ.get('ENVPIN_IMAGE_ID', '?')})" if kernel_ref else "not in an envpin container"
         )

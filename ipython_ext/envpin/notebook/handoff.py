@@ -27,10 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from envpin import names
 from envpin.notebook import control
-
-#: Set by the provisioner on a kernel started by a move: a handoff will arrive.
-EXPECT_ENV = "ENVPIN_HANDOFF_EXPECTED"
 
 
 def hand_over_and_exit(shell: Any, folder: Path) -> None:
@@ -75,9 +73,9 @@ def _as_bytes(frame: Any) -> bytes:
 def expect_handoff(shell: Any, folder: Path, wait: float = 120.0) -> None:
     """In a kernel started by a move: answer the moved cell once the handoff arrives."""
     kernel = getattr(shell, "kernel", None)
-    if kernel is None or os.environ.get(EXPECT_ENV) != "1":
+    if kernel is None or os.environ.get(names.HANDOFF_EXPECTED) != "1":
         return
-    os.environ.pop(EXPECT_ENV, None)
+    os.environ.pop(names.HANDOFF_EXPECTED, None)
 
     def waiter():
         deadline = time.monotonic() + wait

@@ -27,11 +27,12 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from envpin import names
 from envpin.compat import fingerprints, policy
 from envpin.errors import EnvironmentMismatch, EnvpinError
 from envpin.notebook import control, handoff
 from envpin.notebook.display import Progress, Status
-from envpin.session import aliases, pin_file, stamping
+from envpin.session import aliases, options, pin_file, stamping
 from envpin.session.state import Pin, current_pin, pin_from_environment
 
 
@@ -68,8 +69,8 @@ def _in_foreign_container() -> bool:
     A container that declares nothing (a dev machine that is itself a
     container) is treated like a host: all we can do there is compare.
     """
-    inside = os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
-    return inside and bool(os.environ.get("ENVPIN_IMAGE")) and control.control_dir() is None
+    inside = names.in_container()
+    return inside and bool(os.environ.get(names.IMAGE)) and control.control_dir() is None
 
 
 @magics_class
@@ -78,27 +79,11 @@ class EnvpinMagics(Magics):
     @magic_arguments()
     @argument("image", nargs="?", help="image to pin (reference, id or alias); omit to show the current pin")
     @argument("--restart", action="store_true", help="move the kernel even though it holds state (which is lost)")
-    @argument("--strict", action="store_true", help="refuse, instead of warning, when the environments differ")
+    @argument("--strict", action="store_true", help=options.BY_NAME["strict"].help)
     @argument("--pull", action="store_true", help="pull the image first even if it is present")
-    @argument(
-        "--envelope",
-        choices=("compatible", "strict"),
-        default=None,
-        help="how jobs' pickles are checked: compatible (refuse what is measured to break, warn about what "
-        "was never measured; default, or $ENVPIN_ENVELOPE) or strict (refuse any Python or pickler difference)",
-    )
-    @argument(
-        "--by-digest",
-        action="store_true",
-        help="jobs name the image by its registry digest (repo@sha256:...), not by a tag that may move",
-    )
-    @argument(
-        "--ray-mode",
-        choices=("image_uri", "env_vars"),
-        default=None,
-        help="Ray jobs: image_uri (Ray starts workers in the image; default, or $ENVPIN_RAY_MODE) "
-        "or env_vars (the cluster's nodes already run the image)",
-    )
+    @argument("--envelope", choices=options.ENVELOPE_MODES, default=None, help=options.BY_NAME["envelope"].help)
+    @argument("--by-digest", action="store_true", help=options.BY_NAME["by_digest"].help)
+    @argument("--ray-mode", choices=options.RAY_MODES, default=None, help=options.BY_NAME["ray_mode"].help)
     def use_image(self, line: str):
         """Run this notebook and the jobs it submits in IMAGE.
 
@@ -111,8 +96,7 @@ class EnvpinMagics(Magics):
         except _IPythonUsageError as exc:
             raise UsageError(
                 f"%use_image takes one image and options, not '{line.strip()}' ({exc}). "
-                "Usage: %use_image IMAGE [--restart] [--strict] [--pull] [--by-digest] "
-                "[--ray-mode image_uri|env_vars] [--envelope compatible|strict]; "
+                f"Usage: %use_image IMAGE [--restart] [--pull] {options.usage()}; "
                 "%use_image alone shows the pin."
             ) from None
         try:
@@ -145,12 +129,12 @@ class EnvpinMagics(Magics):
                 "allow_restart": bool(args.restart or not state),
                 "pull": bool(args.pull),
                 "python": platform.python_version(),
-                "options": {
-                    "strict": bool(args.strict),
-                    "ray_mode": args.ray_mode,
-                    "by_digest": bool(args.by_digest),
-                    "envelope": args.envelope,
-                },
+                "options": options.SessionOptions(
+                    strict=bool(args.strict),
+                    by_digest=bool(args.by_digest),
+                    ray_mode=args.ray_mode,
+                    envelope=args.envelope,
+                ).as_dict(),
             },
             on_progress=lambda answer: progress.update(answer["message"], answer.get("fraction")),
         )
@@ -183,8 +167,8 @@ class EnvpinMagics(Magics):
     # -- a container envpin cannot restart ------------------------------------------
 
     def _in_foreign_container(self, args):
-        here = os.environ.get("ENVPIN_IMAGE")
-        if here and (args.image in (here, os.environ.get("ENVPIN_IMAGE_NAME")) or aliases.expand(args.image) == here):
+        here = os.environ.get(names.IMAGE)
+        if here and (args.image in (here, os.environ.get(names.IMAGE_NAME)) or aliases.expand(args.image) == here):
             pin = _pin_of_this_container("container")
             pin.name = args.image
             set_pin(pin, args)
@@ -233,7 +217,7 @@ class EnvpinMagics(Magics):
             print(f"envpin warning: {text}", file=sys.stderr, flush=True)
         elif diffs:
             pin.notes.append("minor differences: " + "; ".join(str(d) for d in diffs))
-        notebook = os.environ.get("JPY_SESSION_NAME")
+        notebook = os.environ.get(names.SESSION_NAME)
         if notebook:
             pin_file.record(os.path.dirname(notebook), notebook, _pin_record(pin))
         set_pin(pin, args)

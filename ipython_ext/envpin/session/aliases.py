@@ -27,7 +27,7 @@ import json
 import os
 from pathlib import Path
 
-from envpin import safe_files
+from envpin import names, safe_files
 from envpin.errors import EnvpinError
 
 #: An aliases file holds a few lines per image; anything this large is not one.
@@ -35,8 +35,8 @@ MAX_ALIASES_BYTES = 256 * 1024
 
 
 def aliases_file() -> Path:
-    if os.environ.get("ENVPIN_ALIASES"):
-        return Path(os.environ["ENVPIN_ALIASES"]).expanduser()
+    if os.environ.get(names.ALIASES):
+        return Path(os.environ[names.ALIASES]).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "envpin" / "aliases.json"
 

@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from envpin import names
 from envpin.errors import EnvpinError
 from envpin.session import aliases, state
 
@@ -57,9 +58,9 @@ class Stamp:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {"ENVPIN_IMAGE": self.image, "YT_JOB_DOCKER_IMAGE": self.image}
+        env = {names.IMAGE: self.image, names.YT_JOB_DOCKER_IMAGE: self.image}
         if self.image_id:
-            env["ENVPIN_IMAGE_ID"] = self.image_id
+            env[names.IMAGE_ID] = self.image_id
         return env
 
     def check_explicit(self, named: str | None, what: str = "This job") -> bool:
@@ -79,8 +80,6 @@ class Stamp:
 def _library_dirs() -> tuple[str, ...]:
     import os
     import sysconfig
-
-    from envpin import names
 
     dirs = {names.PACKAGE_DIR}
     for key in ("purelib", "platlib", "stdlib", "platstdlib"):
@@ -154,7 +153,7 @@ def unregister(name: str) -> None:
     _registry.pop(name, None)
 
 
-def names() -> list[str]:
+def adapter_names() -> list[str]:
     """Every registered adapter's name."""
     return sorted(_registry)
 

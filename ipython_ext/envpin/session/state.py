@@ -13,6 +13,8 @@ import os
 import platform
 from dataclasses import dataclass, field
 
+from envpin import names
+
 
 def _cloudpickle_version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
@@ -56,26 +58,30 @@ def set_pin(pin: Pin | None) -> None:
 
 def pin_from_environment(mode: str = "kernel in image") -> Pin | None:
     """The pin of a kernel the provisioner started in the image (None outside one)."""
-    reference = os.environ.get("ENVPIN_IMAGE")
+    reference = os.environ.get(names.IMAGE)
     if not reference:
         return None
+    from envpin.session.options import SessionOptions
+
+    carried = SessionOptions.from_environ(os.environ)
     return Pin(
-        name=os.environ.get("ENVPIN_IMAGE_NAME") or reference,
+        name=os.environ.get(names.IMAGE_NAME) or reference,
         reference=reference,
-        image_id=os.environ.get("ENVPIN_IMAGE_ID"),
+        image_id=os.environ.get(names.IMAGE_ID),
         python=platform.python_version(),
         cloudpickle=_cloudpickle_version(),
         mode=mode,
-        code_in_image=os.environ.get("ENVPIN_CODE_IN_IMAGE") or None,
-        strict=os.environ.get("ENVPIN_STRICT") == "1",  # %use_image --strict, carried across a move or restart
-        by_digest=os.environ.get("ENVPIN_BY_DIGEST") == "1",
+        code_in_image=os.environ.get(names.CODE_IN_IMAGE) or None,
+        # %use_image --strict / --by-digest, carried across a move or restart
+        strict=carried.strict,
+        by_digest=carried.by_digest,
     )
 
 
 def kernel_image_names() -> set[str]:
     """Every name the provisioner gave this process's image (reference, name as written, id); empty outside one."""
-    names = {os.environ.get("ENVPIN_IMAGE"), os.environ.get("ENVPIN_IMAGE_NAME"), os.environ.get("ENVPIN_IMAGE_ID")}
-    return {n for n in names if n}
+    given = {os.environ.get(names.IMAGE), os.environ.get(names.IMAGE_NAME), os.environ.get(names.IMAGE_ID)}
+    return {n for n in given if n}
 
 
 def runs_in_image(*names: str | None) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from envpin import printable
+from envpin import names, printable
 from envpin.compat import fingerprints
 from envpin.host import dialect
 from envpin_provisioner import engine
@@ -113,7 +113,7 @@ def _warm_pool(client) -> Finding:
 
     warm = [
         c
-        for c in ownership.envpin_containers(client, f"{ownership.ROLE}=pool")
+        for c in ownership.envpin_containers(client, f"{names.LABEL_ROLE}=pool")
         if c.status == "running" and c.name.startswith(WARM_NAME_PREFIX)
     ]
     if not warm:

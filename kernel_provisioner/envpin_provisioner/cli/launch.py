@@ -23,7 +23,7 @@ import uuid
 
 import docker.errors
 
-from envpin import safe_files
+from envpin import names, safe_files
 from envpin.images import allowlist
 from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError
@@ -64,7 +64,7 @@ def run(
     python: str = "python3",
     launch_timeout: float = 60.0,
 ) -> int:
-    image = image or os.environ.get("ENVPIN_IMAGE") or "ubuntu-22.04-py3"
+    image = image or os.environ.get(names.IMAGE) or "ubuntu-22.04-py3"
     with open(connection_file) as fh:
         info = json.load(fh)
     connection_file = os.path.abspath(connection_file)
@@ -82,7 +82,7 @@ def run(
         python=python,
         cwd=os.getcwd(),
         folder=safe_files.PinnedDir(os.getcwd()),  # mounted only if it is still this folder once the container runs
-        env={k: v for k, v in os.environ.items() if k in ("JPY_SESSION_NAME", "LANG", "TZ")},
+        env={k: v for k, v in os.environ.items() if k in (names.SESSION_NAME, "LANG", "TZ")},
         network_mode=network_mode,
     )
     container = kc.start(client, launch, log)

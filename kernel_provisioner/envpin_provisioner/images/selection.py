@@ -43,8 +43,8 @@ import docker.errors
 from envpin import printable, safe_files
 from envpin.errors import PinFileError
 from envpin.images import allowlist, references
-from envpin.notebook import control
 from envpin.session import aliases, pin_file
+from envpin.session.options import SessionOptions
 from envpin_provisioner.errors import ImageUnavailable
 from envpin_provisioner.images import pulling
 
@@ -137,7 +137,7 @@ def choose(
         ref = checked_reference(configured, allowed, "this kernel's configuration (kernelspec)", table)
         return ImageChoice(configured, pulling.resolve(client, ref, pull_policy, log), pinned=False)
     name = pin["image"]
-    options = control.session_options(pin.get("options"))
+    options = SessionOptions.parse(pin.get("options"), strict_schema=False).as_dict()
     source = f"the pin file {pin_file.pin_file_for(folder)}"
     reference = _pinned_reference(pin, table, allowed, source, str(pin_file.pin_file_for(folder)))
     if _is_configured(reference, _configured_reference(configured, table)):

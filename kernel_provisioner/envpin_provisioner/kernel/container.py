@@ -44,16 +44,14 @@ import docker.errors
 import zmq
 from docker.types import DeviceRequest, Mount
 
-from envpin import printable, safe_files
+from envpin import names, printable, safe_files
 from envpin.entry import boot
 from envpin.host import dialect, images
 from envpin.host.container_spec import base_options
 from envpin_provisioner.errors import ConfigError, KernelStartFailed
 from envpin_provisioner.images.pulling import ResolvedImage
-from envpin_provisioner.kernel import ownership, quota
+from envpin_provisioner.kernel import quota
 
-#: Where the connection file goes inside the container with the tcp transport.
-TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
 #: Names of warm containers while they wait; a kernel that takes one renames it ``envpin-<kernel id>-...``.
 WARM_NAME_PREFIX = "envpin-warm-"
 #: Never forwarded: ipykernel's parent poller would watch a pid that means nothing in the container.
@@ -105,7 +103,7 @@ class KernelLaunch:
         return self.channel_root or os.path.dirname(self.connection_file)
 
     def in_container_connection_file(self) -> str:
-        return self.connection_file if self.transport == "ipc" else TCP_CONNECTION_FILE
+        return self.connection_file if self.transport == "ipc" else names.CONTAINER_TCP_CONNECTION_FILE
 
 
 def parse_gpus(value: str) -> list[DeviceRequest]:
@@ -154,7 +152,7 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
         cwd_source=launch.folder.real if launch.folder is not None else None,
         mount_envpin=launch.mount_envpin,
         owner_pid=launch.owner_pid,
-        extra_labels={ownership.KERNEL_ID: launch.kernel_id} if launch.kernel_id else None,
+        extra_labels={names.LABEL_KERNEL_ID: launch.kernel_id} if launch.kernel_id else None,
     )
     env = {**launch.env, **options["environment"]}
     env.update(launch.extra_env)
@@ -164,7 +162,7 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
     mounts.extend(launch.extra_mounts)
     if launch.handoff_dir:  # a warm container: it waits to be told its kernel's arguments (envpin.entry.warm_kernel)
         mounts.append(Mount(target=launch.handoff_dir, source=launch.handoff_dir, type="bind", read_only=True))
-        command = ["envpin.entry.warm_kernel", launch.handoff_dir]
+        command = [names.ENTRY_WARM_KERNEL, launch.handoff_dir]
         options["name"] = f"{WARM_NAME_PREFIX}{os.path.basename(launch.handoff_dir)}-{os.urandom(3).hex()}"
     else:
         command = ["ipykernel_launcher", "-f", launch.in_container_connection_file(), *launch.kernel_args]
@@ -201,7 +199,7 @@ def _connection_tar(launch: KernelLaunch, uid: int, gid: int) -> bytes:
     data = json.dumps(info, indent=1).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        ti = tarfile.TarInfo(os.path.basename(TCP_CONNECTION_FILE))
+        ti = tarfile.TarInfo(os.path.basename(names.CONTAINER_TCP_CONNECTION_FILE))
         ti.size, ti.mode, ti.uid, ti.gid, ti.mtime = len(data), 0o600, uid, gid, int(time.time())
         tar.addfile(ti, io.BytesIO(data))
     return buf.getvalue()
@@ -282,7 +280,7 @@ def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger
         if launch.transport == "tcp":
             uid, _, gid = options["user"].partition(":")
             container.put_archive(
-                os.path.dirname(TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid))
+                os.path.dirname(names.CONTAINER_TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid))
             )
         container.start()
         if dialect.is_local(client):

@@ -35,20 +35,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from envpin import names
 from envpin.host import images, labels
-from envpin.host.labels import (  # noqa: F401  (re-exported: the label names are part of this module's interface)
-    IMAGE_REF,
-    KERNEL_ID,
-    OWNER_BOOT,
-    OWNER_HOST,
-    OWNER_PID,
-    OWNER_START,
-    OWNER_UID,
-    ROLE,
-    boot_id,
-    owner_labels,
-    start_ticks,
-)
+from envpin.host.labels import boot_id, owner_labels, start_ticks
 
 log = logging.getLogger("envpin")
 
@@ -77,16 +66,16 @@ def _owner(container: docker.models.containers.Container) -> dict[str, str]:
 
 def owner_state(labels: dict[str, str]) -> str:
     """``alive``, ``gone`` or ``unknown`` (owned by a process on another host)."""
-    if labels.get(OWNER_HOST) != socket.gethostname():
+    if labels.get(names.LABEL_OWNER_HOST) != socket.gethostname():
         return "unknown"
-    if labels.get(OWNER_BOOT) and labels[OWNER_BOOT] != boot_id():
+    if labels.get(names.LABEL_OWNER_BOOT) and labels[names.LABEL_OWNER_BOOT] != boot_id():
         return "gone"
     try:
-        pid = int(labels.get(OWNER_PID, ""))
+        pid = int(labels.get(names.LABEL_OWNER_PID, ""))
     except ValueError:
         return "gone"
     start = start_ticks(pid)
-    if not start or (labels.get(OWNER_START) and start != labels[OWNER_START]):
+    if not start or (labels.get(names.LABEL_OWNER_START) and start != labels[names.LABEL_OWNER_START]):
         return "gone"
     return "alive"
 
@@ -126,7 +115,7 @@ def owned(client: docker.DockerClient, container: docker.models.containers.Conta
     return labels.made_by_envpin(container_labels, image_labels(client, image_id) if image_id else None)
 
 
-def envpin_containers(client: docker.DockerClient, label: str = ROLE) -> list:
+def envpin_containers(client: docker.DockerClient, label: str = names.LABEL_ROLE) -> list:
     """envpin's containers on the engine (stopped ones too), those carrying ``label`` (``KEY`` or ``KEY=VALUE``)."""
     found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)  # one may go meanwhile
     return [c for c in found if owned(client, c)]
@@ -146,7 +135,10 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         state = owner_state(_owner(container))
         # A kernel container that has exited is never used again (a restart starts a new one): it is
         # garbage even while its owner lives, e.g. when the engine went away before the owner removed it.
-        finished = container.labels.get(ROLE) in ("kernel", "pool") and container.status in ("exited", "dead")
+        finished = container.labels.get(names.LABEL_ROLE) in ("kernel", "pool") and container.status in (
+            "exited",
+            "dead",
+        )
         if not finished and (state == "alive" or (state == "unknown" and not other_hosts)):
             continue
         removed.append(container.short_id)
@@ -155,10 +147,10 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         images.remove(container)
         log.info(
             "envpin: removed orphaned or finished %s container %s (kernel %s, owner pid %s)",
-            container.labels.get(ROLE),
+            container.labels.get(names.LABEL_ROLE),
             container.short_id,
-            container.labels.get(KERNEL_ID, "?"),
-            container.labels.get(OWNER_PID, "?"),
+            container.labels.get(names.LABEL_KERNEL_ID, "?"),
+            container.labels.get(names.LABEL_OWNER_PID, "?"),
         )
         try:
             (_adoption_dir() / f"{container.id}.json").unlink()

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envpin import safe_files
-from envpin.compat import policy
 from envpin.notebook import control
+from envpin.session.options import OptionError, SessionOptions
 
 #: A request is a few hundred bytes.
 MAX_REQUEST_BYTES = control.MAX_FILE_BYTES
@@ -58,22 +58,6 @@ class BadRequest(ValueError):
 
 
 @dataclass(frozen=True)
-class SessionOptions:
-    """``%use_image`` options that outlive the kernel process (kept in the pin record)."""
-
-    strict: bool = False
-    by_digest: bool = False
-    ray_mode: str | None = None
-    envelope: str | None = None  #: pickle-compatibility strictness (envpin.compat.policy.MODES)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The set options only, in the pin record's shape (``envpin.notebook.control.session_options``)."""
-        return control.session_options(
-            {"strict": self.strict, "by_digest": self.by_digest, "ray_mode": self.ray_mode, "envelope": self.envelope}
-        )
-
-
-@dataclass(frozen=True)
 class ControlRequest:
     """One ``%use_image`` request, validated."""
 
@@ -85,7 +69,6 @@ class ControlRequest:
     options: SessionOptions = field(default_factory=SessionOptions)
 
     _FIELDS = frozenset({"id", "image", "allow_restart", "pull", "python", "options"})
-    _OPTION_FIELDS = frozenset({"strict", "by_digest", "ray_mode", "envelope"})
 
     @classmethod
     def parse(cls, raw: bytes) -> ControlRequest:
@@ -120,27 +103,12 @@ class ControlRequest:
             options=cls._parse_options(data.get("options"), rid),
         )
 
-    @classmethod
-    def _parse_options(cls, raw: Any, rid: str) -> SessionOptions:
-        if raw is None:
-            return SessionOptions()
-        if not isinstance(raw, dict):
-            raise BadRequest("'options' must be an object", rid)
-        unknown = sorted(set(raw) - cls._OPTION_FIELDS)
-        if unknown:
-            raise BadRequest(f"unknown option(s) {', '.join(repr(u)[:40] for u in unknown[:5])}", rid)
-        for flag in ("strict", "by_digest"):
-            if not isinstance(raw.get(flag, False), bool):
-                raise BadRequest(f"option '{flag}' must be true or false", rid)
-        ray_mode = raw.get("ray_mode")
-        if ray_mode not in (None, "image_uri", "env_vars"):
-            raise BadRequest("option 'ray_mode' must be 'image_uri' or 'env_vars'", rid)
-        envelope = raw.get("envelope")
-        if envelope not in (None, *policy.MODES):
-            raise BadRequest("option 'envelope' must be 'compatible' or 'strict'", rid)
-        return SessionOptions(
-            strict=raw.get("strict", False), by_digest=raw.get("by_digest", False), ray_mode=ray_mode, envelope=envelope
-        )
+    @staticmethod
+    def _parse_options(raw: Any, rid: str) -> SessionOptions:
+        try:
+            return SessionOptions.parse(raw, strict_schema=True)
+        except OptionError as exc:
+            raise BadRequest(str(exc), rid) from None
 
 
 class ControlChannel:

@@ -2,9 +2,9 @@
 
 A cold start spends most of its time after the request: creating and
 starting the container (~0.2-0.3 s) and importing ipykernel in it (~0.5 s).
-A warm container has done both and waits (``envpin.entry.warm_kernel``) on a FIFO in a
+A warm container has done both and waits (``envpin.entry.warm_kernel``) on a names.WARM_KERNEL_FIFO in a
 folder of the server's (its *hand-over folder*, mounted read-only).  Taking
-one costs a connection file, one write to that FIFO and ipykernel binding
+one costs a connection file, one write to that names.WARM_KERNEL_FIFO and ipykernel binding
 its sockets.
 
 Two kinds, because a container's mounts and labels are fixed when it is
@@ -49,16 +49,13 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from envpin import safe_files
-from envpin.host import labels
+from envpin import names, safe_files
 from envpin_provisioner import engine
 from envpin_provisioner.kernel import container as kc
 
-#: The FIFO the waiting process reads (``envpin.entry.warm_kernel.FIFO``).
-FIFO = "go"
 #: A fill that failed is not retried for this long (seconds): a broken image must not loop.
 RETRY_AFTER = 60.0
-#: Seconds a new warm container may take to reach its FIFO (it imports ipykernel; pulls are done by then).
+#: Seconds a new warm container may take to reach its names.WARM_KERNEL_FIFO (it imports ipykernel; pulls are done by then).
 WARM_TIMEOUT = 60.0
 #: Seconds a folder's pools stay after the last kernel of that folder has gone (a notebook reopened soon
 #: starts warm), before they are drained: a folder opened once does not hold containers until the server exits.
@@ -66,14 +63,16 @@ LINGER = 300.0
 
 
 def make_handoff_dir(channel_dir: str, owner: tuple[int, int] | None) -> str:
-    """A new hand-over folder in ``channel_dir``: server-owned, with the FIFO only the kernel's user reads."""
+    """A new hand-over folder in ``channel_dir``: server-owned, with the names.WARM_KERNEL_FIFO only the kernel's user reads."""
     name = f"handoff-{uuid.uuid4().hex[:8]}"
     with safe_files.directory(channel_dir, nofollow=True) as top:
         os.mkdir(name, 0o755, dir_fd=top)
         with safe_files.directory(os.path.join(channel_dir, name), nofollow=True) as handoff:
-            os.mkfifo(FIFO, 0o600, dir_fd=handoff)
-            if owner is not None:  # on a descriptor of the FIFO we just made (non-blocking: no writer needed)
-                fd = os.open(FIFO, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=handoff)
+            os.mkfifo(names.WARM_KERNEL_FIFO, 0o600, dir_fd=handoff)
+            if (
+                owner is not None
+            ):  # on a descriptor of the names.WARM_KERNEL_FIFO we just made (non-blocking: no writer needed)
+                fd = os.open(names.WARM_KERNEL_FIFO, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=handoff)
                 try:
                     os.fchown(fd, *owner)
                 finally:
@@ -85,7 +84,9 @@ def _open_writer(handoff_dir: str) -> int | None:
     """The FIFO's write end, or None while nobody waits on it (ENXIO: not ready, or gone)."""
     with safe_files.directory(handoff_dir, nofollow=True) as top:
         try:
-            return os.open(FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+            return os.open(
+                names.WARM_KERNEL_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top
+            )
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 return None
@@ -105,7 +106,7 @@ class Warm:
     created: float = field(default_factory=time.monotonic)
 
     def waiting(self) -> bool:
-        """True while its process waits on the FIFO (the probe's empty write only makes it wait again)."""
+        """True while its process waits on the names.WARM_KERNEL_FIFO (the probe's empty write only makes it wait again)."""
         fd = _open_writer(self.handoff_dir)
         if fd is None:
             return False
@@ -116,7 +117,7 @@ class Warm:
         """Tell it to become a kernel; False when it no longer waits (then it is of no use).  Blocking.
 
         Right after a readiness probe the waiting process is briefly between
-        two opens of the FIFO: ``patience`` seconds cover that.
+        two opens of the names.WARM_KERNEL_FIFO: ``patience`` seconds cover that.
         """
         deadline = time.monotonic() + patience
         while (fd := _open_writer(self.handoff_dir)) is None and time.monotonic() < deadline:
@@ -147,7 +148,7 @@ class Warm:
 #: is visible to its kernel for good (``/proc/1/environ``), so it is part of the shape: a container made
 #: for a kernelspec with a secret in its ``environment`` is never handed to another configuration.
 PER_START_ENV = frozenset(
-    {"JPY_SESSION_NAME", "ENVPIN_IMAGE_NAME", "ENVPIN_PINNED", "ENVPIN_CONTROL_DIR", "ENVPIN_IMAGE_LATEST_ID"}
+    {names.SESSION_NAME, names.IMAGE_NAME, names.PINNED, names.CONTROL_DIR, names.IMAGE_LATEST_ID}
 )
 
 
@@ -161,17 +162,16 @@ def shape_of(options: dict[str, Any]) -> str:
     labels, user, limits) is in: a warm container of that shape can stand in
     for a cold start, and for nothing else.
     """
-    from envpin.notebook import control
-    from envpin.notebook.handoff import EXPECT_ENV
+    from envpin.session import options as session_options
 
     kept = {k: v for k, v in options.items() if k not in ("command", "name", "environment")}
     kept["environment"] = {
         k: v
         for k, v in (options.get("environment") or {}).items()
-        if k not in PER_START_ENV and k != EXPECT_ENV and not control.is_session_option_env(k)
+        if k not in PER_START_ENV and k != names.HANDOFF_EXPECTED and not session_options.is_option_env(k)
     }
     # The role differs (pool vs kernel); the nonce and the proof differ for every container made.
-    unshaped = (labels.ROLE, labels.NONCE, labels.PROOF)
+    unshaped = (names.LABEL_ROLE, names.LABEL_NONCE, names.LABEL_PROOF)
     kept["labels"] = {k: v for k, v in (options.get("labels") or {}).items() if k not in unshaped}
     kept["mounts"] = sorted(
         (dict(m) for m in options.get("mounts") or () if "/handoff-" not in str(dict(m).get("Target", ""))),
@@ -181,7 +181,7 @@ def shape_of(options: dict[str, Any]) -> str:
 
 
 def wait_warm(warm: Warm, log: logging.Logger | logging.LoggerAdapter, timeout: float = WARM_TIMEOUT) -> None:
-    """Block until ``warm`` waits on its FIFO; raise ``KernelStartFailed`` (with its logs) if it dies first."""
+    """Block until ``warm`` waits on its names.WARM_KERNEL_FIFO; raise ``KernelStartFailed`` (with its logs) if it dies first."""
     from envpin_provisioner.errors import KernelStartFailed
 
     deadline = time.monotonic() + timeout

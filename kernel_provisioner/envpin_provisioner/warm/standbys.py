@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from docker.models.containers import Container
 
+from envpin import names
 from envpin_provisioner import engine
 from envpin_provisioner.images import selection
 from envpin_provisioner.kernel import container as kc
@@ -83,7 +84,7 @@ class WarmKernels:
     def _template(self, choice: selection.ImageChoice, env: dict[str, str]) -> kc.KernelLaunch:
         """A launch for a shared-pool container: this kernel's (its pinned notebook folder included), without
         what only a start knows."""
-        template = self.kernel.build_launch(choice, {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"})
+        template = self.kernel.build_launch(choice, {k: v for k, v in env.items() if k != names.SESSION_NAME})
         template.kernel_id = ""
         template.extra_env = {}
         template.kernel_args = []
