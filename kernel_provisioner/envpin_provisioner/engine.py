@@ -37,10 +37,6 @@ ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExcep
 
 # The address, the client and the explanation of an unreachable engine are the kernel side's (one layer for
 # both sides); the server's additions are below: per-engine facts, and calls off the event loop.
-engine_address = docker_client.engine_address
-is_local_engine = docker_client.is_local_engine
-explain_engine_failure = docker_client.explain_engine_failure
-connect = docker_client.connect
 
 
 class Engine:
@@ -87,7 +83,7 @@ def shared() -> Engine:
 
     Blocking the first time: call it through :func:`call` in async code.
     """
-    address = engine_address()
+    address = docker_client.engine_address()
     with _engines_lock:
         engine = _engines.get(address)
         if engine is None:
@@ -105,7 +101,7 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except requests.exceptions.ConnectionError as exc:
-        raise explain_engine_failure(exc) from exc
+        raise docker_client.explain_engine_failure(exc) from exc
 
 
 _log = logging.getLogger("envpin")

@@ -36,6 +36,8 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
 from envpin import names, safe_files
+from envpin.host import docker_client
+from envpin.host.images import ResolvedImage
 from envpin.session.options import SessionOptions
 from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError, EnvpinError
@@ -106,7 +108,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         self._warm = WarmKernels(self)
 
     @property
-    def _resolved(self) -> pulling.ResolvedImage | None:
+    def _resolved(self) -> ResolvedImage | None:
         return self._choice.resolved if self._choice else None
 
     # ---- helpers -----------------------------------------------------------------------
@@ -150,7 +152,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def _transport(self) -> str:
         if self.transport != "auto":
             return self.transport
-        return "ipc" if engine.is_local_engine() else "tcp"
+        return "ipc" if docker_client.is_local_engine() else "tcp"
 
     @property
     def _control_dir(self) -> str | None:

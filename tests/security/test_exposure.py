@@ -136,9 +136,8 @@ async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, i
 
     image_id = docker_client.images.get(PY311).id
     name = install_kernelspec(PY311, transport="tcp")
-    from envpin.host import dialect
 
-    key = (dialect.address(docker_client), image_id)
+    key = (docker_client.address_of(docker_client), image_id)
     pulling._curve_support[key] = False
     try:
         km = AsyncKernelManager(kernel_name=name)

@@ -26,6 +26,7 @@ import docker.errors
 import pytest
 
 from envpin import names
+from envpin.host import docker_client as envpin_docker_client
 from envpin.host import labels
 from testutils import PY311
 from testutils.kernels import kernel
@@ -170,7 +171,7 @@ def test_gc_and_the_startup_collection_spare_lookalikes_and_collect_real_orphans
     # A server's start-up collection (the first kernel start of each server runs exactly this).
     import logging
 
-    engine.Engine(engine.engine_address(), docker_client).collect_garbage_once(logging.getLogger("test"))
+    engine.Engine(envpin_docker_client.engine_address(), docker_client).collect_garbage_once(logging.getLogger("test"))
     assert not exists(docker_client, orphan_job) and not exists(docker_client, orphan_kernel)
     gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0, gc.stdout + gc.stderr

@@ -39,6 +39,7 @@ from typing import Any
 
 from envpin import names
 from envpin.entry import boot
+from envpin.host import docker_client
 
 
 @dataclass(frozen=True)
@@ -61,25 +62,9 @@ _without_init: set[str] = set()  # engines that refused init=True (Podman withou
 _lock = threading.Lock()
 
 
-def _address(client: Any) -> str:
-    """The engine's address: ``unix:///path`` for a socket (every socket's base_url is the same), else the URL."""
-    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
-    return f"unix://{socket_path}" if socket_path else str(getattr(client.api, "base_url", "?"))
-
-
-def address(client: Any) -> str:
-    """The engine's address as envpin keys facts by it (``unix:///path`` for a socket, else the URL)."""
-    return _address(client)
-
-
-def is_local(client: Any) -> bool:
-    """True when the client talks to an engine on this machine (a unix socket): its processes are in our /proc."""
-    return _address(client).startswith("unix://")
-
-
 def kind(client: Any) -> EngineKind:
     """Docker or Podman, rootless or not; asked once per engine address."""
-    address = _address(client)
+    address = docker_client.address_of(client)
     with _lock:
         known = _kinds.get(address)
     if known is not None:
@@ -109,7 +94,7 @@ def adapt(client: Any, options: dict[str, Any]) -> dict[str, Any]:
     tmpfs = out.get("tmpfs")
     if tmpfs:
         out["tmpfs"] = {path: _podman_tmpfs(opts) for path, opts in tmpfs.items()}
-    if out.get("init") and _address(client) in _without_init:
+    if out.get("init") and docker_client.address_of(client) in _without_init:
         out["init"] = False
         entrypoint = out.get("entrypoint") or []
         if entrypoint:  # envpin always names the program it runs; the image's Python runs the init
@@ -160,7 +145,7 @@ def create(client: Any, **options: Any) -> Any:
         if not (options.get("init") and kind(client).podman and _init_refused(exc)):
             raise
         with _lock:
-            _without_init.add(_address(client))
+            _without_init.add(docker_client.address_of(client))
         return _create(client, adapt(client, options))
 
 

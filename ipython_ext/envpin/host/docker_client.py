@@ -45,6 +45,21 @@ def is_local_engine() -> bool:
     return engine_address().startswith(("unix://", "npipe://"))
 
 
+def address_of(client: Any) -> str:
+    """The address of the engine ``client`` talks to, as envpin keys facts by it.
+
+    ``unix:///path`` for a socket (docker-py gives every socket client the same
+    ``base_url``, so the socket path is read from its adapter), else the URL.
+    """
+    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
+    return f"unix://{socket_path}" if socket_path else str(getattr(client.api, "base_url", "?"))
+
+
+def is_local_client(client: Any) -> bool:
+    """True when ``client`` talks to an engine on this machine (a unix socket): its processes are in our /proc."""
+    return address_of(client).startswith("unix://")
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     seen = set()
     while True:

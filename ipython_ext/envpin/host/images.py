@@ -27,12 +27,39 @@ from envpin.session import aliases
 
 
 @dataclass(frozen=True)
-class Image:
-    name: str  #: as the user wrote it (maybe an alias)
-    reference: str  #: after alias expansion
-    id: str
-    immutable: str  #: registry digest if any, else the id
-    env: tuple[str, ...]
+class ResolvedImage:
+    """What an image name meant when envpin resolved it on an engine: the one type both sides use."""
+
+    reference: str  #: what the engine was asked for (aliases expanded)
+    id: str  #: local image id, ``sha256:...``: what a container is created from
+    digest: str | None  #: ``repo@sha256:...`` when the image has a registry digest
+    env: tuple[str, ...] = ()  #: the image's own ``ENV`` entries (``KEY=VALUE``)
+    name: str = ""  #: as the user wrote it (maybe an alias); empty: the reference
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.reference)
+
+    @property
+    def immutable(self) -> str:
+        """The value of ``ENVPIN_IMAGE_ID``: the registry digest if known, else the id."""
+        return self.digest or self.id
+
+
+def resolved(reference: str, image: Any, name: str = "") -> ResolvedImage:
+    """The :class:`ResolvedImage` of the engine's ``image`` (a docker-py Image) found for ``reference``.
+
+    The digest is the one of ``reference``'s repository (``localhost:5000/img``: the
+    port is not a tag); an image pulled by digest from a repository it is no longer
+    tagged in still names the first digest it has.
+    """
+    repo = references.repository(reference)
+    digests = image.attrs.get("RepoDigests") or []
+    digest = next((d for d in digests if d.split("@", 1)[0] == repo), None)
+    if digest is None and digests and "@" in reference:
+        digest = digests[0]
+    env = tuple((image.attrs.get("Config") or {}).get("Env") or ())
+    return ResolvedImage(reference=reference, id=image.id, digest=digest, env=env, name=name)
 
 
 def client():
@@ -53,7 +80,7 @@ def remove(container) -> None:
             raise
 
 
-def resolve(c, name: str, pull: bool = True, source: str = "this program") -> Image:
+def resolve(c, name: str, pull: bool = True, source: str = "this program") -> ResolvedImage:
     """Find image ``name`` (alias, reference or id) on the engine, pulling it if missing.
 
     ``$ENVPIN_ALLOWED_IMAGES`` is checked first (``envpin.images.allowlist``): a
@@ -79,14 +106,10 @@ def resolve(c, name: str, pull: bool = True, source: str = "this program") -> Im
             ) from None
     except docker.errors.APIError as exc:
         raise EnvpinError(f"'{name}' is not a usable image reference: {exc.explanation or exc}.") from None
-    repo = references.repository(reference)  # localhost:5000/img: the port is not a tag
-    digests = image.attrs.get("RepoDigests") or []
-    digest = next((d for d in digests if d.split("@", 1)[0] == repo), None)
-    env = tuple((image.attrs.get("Config") or {}).get("Env") or ())
-    return Image(name=name, reference=reference, id=image.id, immutable=digest or image.id, env=env)
+    return resolved(reference, image, name)
 
 
-def _options(image: Image, role: str, cwd: str | None, env: dict[str, str] | None) -> dict[str, Any]:
+def _options(image: ResolvedImage, role: str, cwd: str | None, env: dict[str, str] | None) -> dict[str, Any]:
     opts = base_options(
         image_id=image.id, reference=image.name, immutable=image.immutable, role=role, image_env=image.env, cwd=cwd
     )
@@ -94,7 +117,7 @@ def _options(image: Image, role: str, cwd: str | None, env: dict[str, str] | Non
     return opts
 
 
-def run_python(c, image: Image, code: str, timeout: float = 60, python: str = "python3") -> str:
+def run_python(c, image: ResolvedImage, code: str, timeout: float = 60, python: str = "python3") -> str:
     """Run ``python -c code`` in a short-lived container of ``image`` (labelled, so gc sees it); return its stdout."""
     container = dialect.create(
         c, entrypoint=[python, "-c", code], network_mode="none", **_options(image, "probe", None, None)
@@ -113,7 +136,7 @@ def run_python(c, image: Image, code: str, timeout: float = 60, python: str = "p
         remove(container)
 
 
-def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str], role: str = "run") -> int:
+def run_attached(c, image: ResolvedImage, argv: list[str], cwd: str, env: dict[str, str], role: str = "run") -> int:
     """Run ``argv`` in a container of ``image`` wired to this process's stdin/stdout/stderr.
 
     The working directory is mounted at the same path; SIGINT/SIGTERM/SIGHUP

@@ -188,7 +188,7 @@ class ProcessWorker:
 class ContainerWorker:
     """A worker container of the pinned image, created through the Docker SDK's ``client``.
 
-    ``image`` is a ``host_docker.Image`` (resolved once per executor);
+    ``image`` is a ``envpin.host.images.ResolvedImage`` (resolved once per executor);
     ``box`` says what of the caller it may reach; ``token`` is its one-time hello token.
     """
 

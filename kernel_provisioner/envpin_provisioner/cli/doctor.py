@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from envpin import names, printable
 from envpin.compat import fingerprints
-from envpin.host import dialect
+from envpin.host import dialect, docker_client
 from envpin_provisioner import engine
 from envpin_provisioner.cli.kernelspec import PROVISIONER_NAME
 from envpin_provisioner.errors import EnvpinError
@@ -60,7 +60,7 @@ def check() -> list[Finding]:
         client = engine.shared().client
         findings.append(Finding("ok", "engine", dialect.kind(client).describe()))
     except engine.ENGINE_ERRORS as exc:
-        return [Finding("FAIL", "engine", str(engine.explain_engine_failure(exc)))]
+        return [Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc)))]
     except EnvpinError as exc:
         return [Finding("FAIL", "engine", str(exc))]
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 
 from envpin import printable
-from envpin.host import dialect, images
+from envpin.host import docker_client, images
+from envpin.host.images import ResolvedImage
 from envpin.images import references
 from envpin_provisioner.errors import EnvpinError, ImageUnavailable, InvalidImageReference
 
@@ -33,21 +33,6 @@ PULL_POLICIES = ("if-missing", "always", "never")
 
 if TYPE_CHECKING:
     from envpin_provisioner.images.pull_budget import PullRecord
-
-
-@dataclass(frozen=True)
-class ResolvedImage:
-    """What a reference meant when the kernel started."""
-
-    reference: str  #: as the user wrote it
-    id: str  #: local image id, ``sha256:...``: what the container is created from
-    digest: str | None  #: ``repo@sha256:...`` when the image has a registry digest
-    env: tuple[str, ...] = ()  #: the image's own ``ENV`` entries (``KEY=VALUE``)
-
-    @property
-    def immutable(self) -> str:
-        """The value of ``ENVPIN_IMAGE_ID``: the digest if known, else the id."""
-        return self.digest or self.id
 
 
 def check_reference(reference: str) -> references.Reference:
@@ -77,16 +62,6 @@ def check_reference(reference: str) -> references.Reference:
 def _split(reference: str) -> tuple[str, str | None]:
     """``(repository, tag-or-digest)`` for the pull API (``envpin.images.references``: one parser for both sides)."""
     return references.split(reference)
-
-
-def _resolved(reference: str, image: docker.models.images.Image) -> ResolvedImage:
-    repo = _split(reference)[0]
-    digests = image.attrs.get("RepoDigests") or []
-    digest = next((d for d in digests if d.split("@", 1)[0] == repo), None)
-    if digest is None and digests and "@" in reference:
-        digest = digests[0]
-    env = tuple((image.attrs.get("Config") or {}).get("Env") or ())
-    return ResolvedImage(reference=reference, id=image.id, digest=digest, env=env)
 
 
 def _pull_stream(client: docker.DockerClient, repository: str, tag: str) -> tuple[Any, Any]:
@@ -225,7 +200,7 @@ def resolve(
         pull(client, ref, log, progress, present=present, record=record)
     image = local_image(client, ref)
     if image is not None:
-        return _resolved(name, image)
+        return images.resolved(name, image)
     if pull_policy == "never" or ref.is_id:
         raise ImageUnavailable(
             f"Image '{name}' is not present on the Docker engine and the pull policy is "
@@ -236,7 +211,7 @@ def resolve(
     image = local_image(client, ref)
     if image is None:
         raise ImageUnavailable(f"Image '{name}' was pulled but the engine cannot find it.")
-    return _resolved(name, image)
+    return images.resolved(name, image)
 
 
 #: Whether an image's ipykernel speaks CurveZMQ, by (engine address, image id): an id means one image per engine.
@@ -250,12 +225,11 @@ def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: st
     container, labelled, so gc sees it), because the image's ipykernel, not the server's, decides; an
     image that cannot answer counts as "no".
     """
-    key = (dialect.address(client), image.id)
+    key = (docker_client.address_of(client), image.id)
     if key not in _curve_support:
         code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
-        probe = images.Image(image.reference, image.reference, image.id, image.immutable, tuple(image.env))
         try:
-            out = images.run_python(client, probe, code, python=python)
+            out = images.run_python(client, image, code, python=python)
             _curve_support[key] = out.strip().endswith("True")
         except (docker.errors.DockerException, EnvpinError):
             _curve_support[key] = False

@@ -42,6 +42,7 @@ import docker.errors
 
 from envpin import printable, safe_files
 from envpin.errors import PinFileError
+from envpin.host.images import ResolvedImage
 from envpin.images import allowlist, references
 from envpin.session import aliases, pin_file
 from envpin.session.options import SessionOptions
@@ -52,7 +53,7 @@ from envpin_provisioner.images import pulling
 @dataclass
 class ImageChoice:
     name: str  #: as written by the user (maybe an alias)
-    resolved: pulling.ResolvedImage
+    resolved: ResolvedImage
     pinned: bool  #: chosen because of a pin
     latest_id: str | None = None  #: what the tag means now, when a pin holds an older id
     notes: list[str] = field(default_factory=list)

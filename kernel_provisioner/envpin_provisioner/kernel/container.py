@@ -46,10 +46,10 @@ from docker.types import DeviceRequest, Mount
 
 from envpin import names, printable, safe_files
 from envpin.entry import boot
-from envpin.host import dialect, images
+from envpin.host import dialect, docker_client, images
 from envpin.host.container_spec import base_options
+from envpin.host.images import ResolvedImage
 from envpin_provisioner.errors import ConfigError, KernelStartFailed
-from envpin_provisioner.images.pulling import ResolvedImage
 from envpin_provisioner.kernel import quota
 
 #: Names of warm containers while they wait; a kernel that takes one renames it ``envpin-<kernel id>-...``.
@@ -283,7 +283,7 @@ def start(client: docker.DockerClient, launch: KernelLaunch, log: logging.Logger
                 os.path.dirname(names.CONTAINER_TCP_CONNECTION_FILE), _connection_tar(launch, int(uid), int(gid or uid))
             )
         container.start()
-        if dialect.is_local(client):
+        if docker_client.is_local_client(client):
             verify_folder_mount(container, launch, log)
     except docker.errors.APIError as exc:
         remove(container)

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from docker.models.containers import Container
 
 from envpin import names
+from envpin.host import docker_client
 from envpin_provisioner import engine
 from envpin_provisioner.images import selection
 from envpin_provisioner.kernel import container as kc
@@ -112,7 +113,7 @@ class WarmKernels:
         template = self._template(choice, env)
         shape = pool.shape_of(kc.container_options(template))
         where = f"{folder.identity[0]}:{folder.identity[1]}" if folder is not None else ""
-        folder_key = f"{engine.engine_address()}|{kernel.user}|{where}"
+        folder_key = f"{docker_client.engine_address()}|{kernel.user}|{where}"
         key = f"{folder_key}|{choice.resolved.id}|{shape}"
         # What a new pool of this key replaces: the same reference and configuration with another image id
         # (the tag moved). Another configuration in the same folder (a second kernelspec) is another group.
