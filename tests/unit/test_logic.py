@@ -401,6 +401,6 @@ def test_yt_base_layer_is_left_out_for_an_uppercase_reference_the_client_would_l
     ],
 )
 def test_flyte_images_always_carry_a_tag(reference, flyte):
-    from envpin.adapters.flyte_adapter import with_tag
+    from envpin.images.references import with_tag
 
     assert with_tag(reference) == flyte

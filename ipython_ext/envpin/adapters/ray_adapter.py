@@ -76,6 +76,7 @@ from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
 from envpin.errors import EnvpinError
+from envpin.session import state
 from envpin.session.options import RAY_MODES
 from envpin.session.stamping import Stamp
 
@@ -281,7 +282,7 @@ class RayAdapter(LibraryAdapter):
     def _check_local_cluster(self) -> bool:
         """``ray.init`` is about to start a cluster on this machine: True when its workers run the pin already."""
         stamp = self._active_stamp()
-        if os.environ.get(names.IMAGE) == stamp.image:
+        if state.runs_in_image(stamp.image):
             warnings.warn(
                 f"envpin: this local Ray cluster runs its workers in this kernel's container, which is "
                 f"{stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
@@ -404,7 +405,7 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
     """Ray and Python of the pinned image: this process's when the kernel runs in it, else its fingerprint's."""
     import platform
 
-    if os.environ.get(names.IMAGE) in (stamp.image, stamp.job_image):
+    if state.runs_in_image(stamp.image, stamp.job_image):
         import ray
 
         return {"ray": ray.__version__, "python": platform.python_version()}

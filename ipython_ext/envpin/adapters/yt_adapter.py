@@ -41,13 +41,12 @@ keep it, with the conflict warning.
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from typing import Any
 
-from envpin import names
 from envpin.adapters.base import LibraryAdapter
+from envpin.session import state
 from envpin.session.stamping import Stamp
 
 
@@ -138,12 +137,12 @@ class YtsaurusAdapter(LibraryAdapter):
         if (
             pickling.get("python_binary") is None
             and pickling.get("use_local_python_in_jobs") is None
-            and os.environ.get(names.IMAGE) == stamp.image  # this kernel runs in the pinned image
+            and state.runs_in_image(stamp.image)  # this kernel runs in the pinned image
         ):
             self._set(config, "pickling", "python_binary", sys.executable)
         if (
             not pickling.get("ignore_system_modules")
-            and os.environ.get(names.IMAGE) == stamp.image  # the jobs' image has this very stdlib and site-packages
+            and state.runs_in_image(stamp.image)  # the jobs' image has this very stdlib and site-packages
         ):
             # Ship only the notebook's own modules: the image has the rest. Shipping the stdlib also hides
             # a wrong image: a job under another Python would die importing this Python's threading.py
@@ -171,7 +170,7 @@ class YtsaurusAdapter(LibraryAdapter):
         the pickler release, which the client does not compare.  Judged once
         per (image, pickler): every user job of every operation comes here.
         """
-        if os.environ.get(names.IMAGE) in (stamp.image, stamp.job_image):
+        if state.runs_in_image(stamp.image, stamp.job_image):
             return
         named = getattr(builder, "_spec", {}).get("docker_image")
         if named and named not in (stamp.image, stamp.job_image):

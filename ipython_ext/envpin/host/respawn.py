@@ -15,16 +15,14 @@ import os
 import sys
 
 from envpin import names
-from envpin.session import aliases
+from envpin.session import state
 
 
 def already_in(image: str) -> bool:
     """True in a respawned child, or inside a container of ``image``."""
     if os.environ.get(names.RESPAWNED) == "1":
         return True
-    here = os.environ.get(names.IMAGE)
-    inside = names.in_container()
-    return bool(inside and here and here in (image, aliases.expand(image)))
+    return names.in_container() and state.runs_in_image(image)
 
 
 def run(image: str, argv: list[str], cwd: str | None = None) -> int:

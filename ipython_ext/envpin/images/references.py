@@ -111,6 +111,22 @@ def repository(reference: str) -> str:
     return split(reference)[0]
 
 
+def with_tag(reference: str) -> str:
+    """``reference`` with an explicit tag or digest: ``:latest`` added when it has neither (Flyte wants one).
+
+    >>> with_tag("localhost:5000/img")
+    'localhost:5000/img:latest'
+    >>> with_tag("python:3.11")
+    'python:3.11'
+    >>> with_tag("python@sha256:abc")
+    'python@sha256:abc'
+    """
+    if "@" in reference:
+        return reference
+    repo, tag = split(reference)
+    return f"{repo}:{tag}"
+
+
 def is_valid(text: str) -> bool:
     try:
         parse(text)

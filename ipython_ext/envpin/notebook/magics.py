@@ -143,7 +143,7 @@ class EnvpinMagics(Magics):
             pin = _pin_of_this_container()
             pin.name = args.image
             pin.notes += answer.get("notes", [])
-            set_pin(pin, args)
+            _pin_with_flags(pin, args)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         if status == "refused":
@@ -171,7 +171,7 @@ class EnvpinMagics(Magics):
         if here and (args.image in (here, os.environ.get(names.IMAGE_NAME)) or aliases.expand(args.image) == here):
             pin = _pin_of_this_container("container")
             pin.name = args.image
-            set_pin(pin, args)
+            _pin_with_flags(pin, args)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
         raise EnvpinError(
@@ -220,7 +220,7 @@ class EnvpinMagics(Magics):
         notebook = os.environ.get(names.SESSION_NAME)
         if notebook:
             pin_file.record(os.path.dirname(notebook), notebook, _pin_record(pin))
-        set_pin(pin, args)
+        _pin_with_flags(pin, args)
         display(Status(pin, f"envpin: jobs pinned to {args.image}"))
 
 
@@ -242,7 +242,7 @@ def _ray_adapter():
     return adapter
 
 
-def set_pin(pin: Pin, args) -> None:
+def _pin_with_flags(pin: Pin, args) -> None:
     """Pin the session with ``%use_image``'s flags (they replace what the pin carried)."""
     pin.strict, pin.by_digest, pin.envelope = bool(args.strict), bool(args.by_digest), args.envelope
     stamping.pin_session(pin)

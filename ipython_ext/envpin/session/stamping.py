@@ -203,14 +203,14 @@ def pin_session(pin: state.Pin) -> list[str]:
     """
     if pin.by_digest:
         require_digest(pin.name, pin.image_id)
-    state.set_pin(pin)
+    state._set_pin(pin)
     return activate_all(_stamp_for(pin))
 
 
 def unpin_session() -> None:
     """Forget the pin and deactivate every adapter (``%unload_ext envpin``)."""
     deactivate_all()
-    state.set_pin(None)
+    state._set_pin(None)
 
 
 def current_stamp(strict: bool = False) -> Stamp | None:

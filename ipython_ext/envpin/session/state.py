@@ -51,7 +51,8 @@ def current_pin() -> Pin | None:
     return _current
 
 
-def set_pin(pin: Pin | None) -> None:
+def _set_pin(pin: Pin | None) -> None:
+    """Replace the state only: ``envpin.session.stamping.pin_session`` is the one way a pin takes effect (adapters too)."""
     global _current
     _current = pin
 

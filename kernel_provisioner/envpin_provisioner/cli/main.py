@@ -21,6 +21,7 @@ import sys
 
 from envpin import printable
 from envpin_provisioner.errors import EnvpinError
+from envpin_provisioner.images import pulling
 
 
 def _parse_config(pairs: list[str]) -> dict:
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="run a containerized kernel in the foreground (kernelspec argv)")
     la.add_argument("-f", dest="connection_file", required=True, help="connection file written by the client")
     la.add_argument("--image", help="image (default: $ENVPIN_IMAGE, else ubuntu-22.04-py3)")
-    la.add_argument("--pull-policy", default="if-missing", choices=["if-missing", "always", "never"])
+    la.add_argument("--pull-policy", default="if-missing", choices=pulling.PULL_POLICIES)
     la.add_argument("--network", default="bridge", help="network mode of the container")
     la.add_argument("--python", default="python3", help="Python interpreter inside the image")
     la.add_argument("--launch-timeout", type=float, default=60.0)
