@@ -23,7 +23,7 @@ from envpin import __version__  # noqa: E402  (after the path is set)
 
 project = "envpin"
 author = "envpin developers"
-copyright = "envpin developers"  # noqa: A001  (Sphinx's name)
+copyright = "envpin developers"
 release = __version__
 version = __version__
 
@@ -37,9 +37,12 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
-myst_enable_extensions = ["colon_fence", "deflist", "fieldlist"]
+# attrs_block: "{#label}" before a heading labels it (the generated reference labels every item so).
+myst_enable_extensions = ["attrs_block", "colon_fence", "deflist", "fieldlist"]
 # Headings get anchors (so a page can link to "#the-pin-file" as it would on GitHub).
 myst_heading_anchors = 4
+# Messages and commands are shown as written: no curly quotes in `pip install 'ray[client]'`.
+smartquotes = False
 
 # Broken references are errors (the build runs with -W); nitpicky also checks every Python cross-reference.
 nitpicky = True

@@ -20,5 +20,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$PY" -m pip install -q -e ".[$EXTRAS]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$STAMP"
 fi
-say "checking the Docker engine"
-"$PY" -m tools.docker_engine
+if [ "$EXTRAS" != docs ]; then  # the documentation needs no engine
+  say "checking the Docker engine"
+  "$PY" -m tools.docker_engine
+fi

@@ -146,8 +146,15 @@ class MarkdownDirective(SphinxDirective):
         from envpin.compat import policy
 
         self.env.note_dependency(str(policy.DATA_FILE))
+        lines = text.splitlines()
+        headings = [i for i, line in enumerate(lines) if re.match(r"#+ ", line)]
+        if headings and any(line.strip() and not line.startswith("{#") for line in lines[: headings[0]]):
+            # MyST attaches the sections to the page as it parses them, and what comes before the first
+            # heading is returned after them: it would land at the end of the page.  (A heading's label is
+            # written as a block attribute, "{#label}", which MyST puts on the heading itself.)
+            self.warn(f"{self.name} writes text before its first heading; start it with a heading")
         holder = nodes.Element()
-        self.state.nested_parse(StringList(text.splitlines(), source=f"<{self.name}>"), 0, holder, match_titles=True)
+        self.state.nested_parse(StringList(lines, source=f"<{self.name}>"), 0, holder, match_titles=True)
         return list(holder.children)
 
 
@@ -256,6 +263,8 @@ class OptionsDirective(MarkdownDirective):
     def markdown(self) -> str:
         facts = option_facts()
         out = [
+            f"{self.h} Summary",
+            "",
             "| option | type | default | server variable |",
             "|---|---|---|---|",
         ]
@@ -269,12 +278,12 @@ class OptionsDirective(MarkdownDirective):
             if not f["help"]:
                 self.warn(f"option {f['name']} has no help text")
             out += [
-                f"(option-{f['name']})=",
+                f"{{#option-{f['name']}}}",
                 f"{self.h} `{f['name']}`",
                 "",
                 f"{f['type'].capitalize()}; default {code(f['default'])}"
                 + (f"; the server's {code(f['env'])} sets the default." if f["env"] else "."),
-                f"Kernelspec: `\"{f['name']}\": ...` in `metadata.kernel_provisioner.config`;"
+                f'Kernelspec: `"{f["name"]}": ...` in `metadata.kernel_provisioner.config`;'
                 f" Jupyter config: `c.EnvpinProvisioner.{f['name']}`.",
                 "",
                 escape(f["help"]),
@@ -321,7 +330,9 @@ def usage(parser: argparse.ArgumentParser) -> str:
     return re.sub(r"^usage: ", "", text.strip())
 
 
-def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, argparse.ArgumentParser]]:
+def leaf_commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], str, argparse.ArgumentParser]]:
     """(command words, help, parser) of every command that takes no further sub-command."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -341,13 +352,13 @@ class CliDirective(MarkdownDirective):
         from envpin_provisioner.cli.main import build_parser
 
         parser = build_parser()
-        out = [escape(parser.description or ""), "", "```text", usage(parser), "```", ""]
+        out = [f"{self.h} `envpin`", "", escape(parser.description or ""), "", "```text", usage(parser), "```", ""]
         for words, help_text, sub in leaf_commands(parser):
             command = " ".join(("envpin", *words))
             if not help_text:
                 self.warn(f"the command '{command}' has no help text")
             label = "cli-" + "-".join(words)
-            out += [f"({label})=", f"{self.h} `{command}`", "", escape(help_text.capitalize()) + ".", ""]
+            out += [f"{{#{label}}}", f"{self.h} `{command}`", "", escape(help_text.capitalize()) + ".", ""]
             out += ["```text", usage(sub), "```", ""]
             out += arguments_table(sub)
         return "\n".join(out)
@@ -440,6 +451,8 @@ class PickleMatrixDirective(MarkdownDirective):
         data = json.loads(Path(policy.DATA_FILE).read_text())
         pairs = data["pairs"]
         out = [
+            f"{self.h} How it was measured",
+            "",
             escape(data["about"]),
             "",
             f"Measured on {data['generated']} by {code(data['command'])} (the corpus: {code(data['corpus_source'])}); "
@@ -450,7 +463,9 @@ class PickleMatrixDirective(MarkdownDirective):
         for pickler, envs in sorted(data["environments"].items()):
             pythons = sorted({e["python"] for e in envs}, key=_version_key)
             patches = {e["python"]: e["python_patch"] for e in envs}
-            senders = sorted({(e["python"], e["version"]) for e in envs}, key=lambda s: (_version_key(s[0]), _version_key(s[1])))
+            senders = sorted(
+                {(e["python"], e["version"]) for e in envs}, key=lambda s: (_version_key(s[0]), _version_key(s[1]))
+            )
             mine = [p for p in pairs if p["pickler"] == pickler]
             out += [
                 f"{self.h} {pickler}",
@@ -531,27 +546,25 @@ class _MessageReader:
             return [node.value]
         if isinstance(node, ast.JoinedStr):
             return [
-                "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "…" for v in node.values)
+                "".join(
+                    v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "…" for v in node.values
+                )
             ]
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             lefts, rights = self.render(node.left, at, depth), self.render(node.right, at, depth)
             return [a + b for a in lefts for b in rights][:20]
         if depth < 1 and isinstance(node, ast.Name):
             function = self.enclosing_function(at)
-            found = [
-                text
-                for assign in ast.walk(function) if function is not None
-                for text in self._assigned(assign, node.id, depth)
-            ] if function is not None else []
+            if function is None:
+                return ["…"]
+            found = [text for assign in ast.walk(function) for text in self._assigned(assign, node.id, depth)]
             return found or ["…"]
         if depth < 1 and isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             found = []
             for function in self.functions.get(node.func.id, []):
                 for inner in ast.walk(function):
                     value = None
-                    if isinstance(inner, ast.Return) and inner.value is not None:
-                        value = inner.value
-                    elif isinstance(inner, ast.Assign):
+                    if isinstance(inner, ast.Return) and inner.value is not None or isinstance(inner, ast.Assign):
                         value = inner.value
                     if value is not None:
                         found += [t for t in self.render(value, inner, depth + 1) if _literal(t) >= _MIN_LITERAL]
@@ -657,8 +670,10 @@ class _CatalogDirective(MarkdownDirective):
             if self.kind == "error" and not any(p.startswith("Fix:") for p in parts):
                 self.warn(f"{public_path(cls)}'s docstring has no 'Fix:' paragraph (what a user does about it)")
             bases = [b for b in cls.__bases__ if b.__module__.split(".")[0] in PACKAGES]
-            kind_of = f", a kind of {{ref}}`{bases[0].__name__} <{self.kind}-{bases[0].__name__.lower()}>`" if bases else ""
-            out += [f"({self.kind}-{cls.__name__.lower()})=", f"{self.h} `{cls.__name__}`", ""]
+            kind_of = (
+                f", a kind of {{ref}}`{bases[0].__name__} <{self.kind}-{bases[0].__name__.lower()}>`" if bases else ""
+            )
+            out += [f"{{#{self.kind}-{cls.__name__.lower()}}}", f"{self.h} `{cls.__name__}`", ""]
             out += [f"{code(public_path(cls))}{kind_of}.", ""]
             for p in parts:
                 p = rst_to_md(p)
