@@ -35,6 +35,7 @@ import os
 import pkgutil
 import re
 import string
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,7 @@ class OptionsDirective(MarkdownDirective):
                 f"{{#option-{f['name']}}}",
                 f"{self.h} `{f['name']}`",
                 "",
-                f"{f['type'].capitalize()}; default {code(f['default'])}"
+                f"{f['type'][:1].upper() + f['type'][1:]}; default {code(f['default'])}"
                 + (f"; the server's {code(f['env'])} sets the default." if f["env"] else "."),
                 f'Kernelspec: `"{f["name"]}": ...` in `metadata.kernel_provisioner.config`;'
                 f" Jupyter config: `c.EnvpinProvisioner.{f['name']}`.",
@@ -318,16 +319,18 @@ def arguments_table(parser: argparse.ArgumentParser) -> list[str]:
         default = action.default
         if default not in (None, False, [], argparse.SUPPRESS) and action.nargs != 0:
             meaning += f" (default: {default})"
-        rows.append(f"| {code(_argument_name(action))} | {cell(escape(meaning))} |")
+        rows.append(f"| {cell(code(_argument_name(action)))} | {cell(escape(meaning))} |")
     if not rows:
         return ["No arguments.", ""]
     return ["| argument | meaning |", "|---|---|", *rows, ""]
 
 
 def usage(parser: argparse.ArgumentParser) -> str:
+    """The parser's usage lines, without argparse's "usage: " (or IPython's "::" literal-block marker)."""
     with environment(COLUMNS="100"):
         text = parser.format_usage()
-    return re.sub(r"^usage: ", "", text.strip())
+    text = re.sub(r"^\s*(usage: |::\s*\n)", "", text)
+    return textwrap.dedent(text).strip()
 
 
 def leaf_commands(
@@ -358,7 +361,7 @@ class CliDirective(MarkdownDirective):
             if not help_text:
                 self.warn(f"the command '{command}' has no help text")
             label = "cli-" + "-".join(words)
-            out += [f"{{#{label}}}", f"{self.h} `{command}`", "", escape(help_text.capitalize()) + ".", ""]
+            out += [f"{{#{label}}}", f"{self.h} `{command}`", "", escape(help_text[:1].upper() + help_text[1:]) + ".", ""]
             out += ["```text", usage(sub), "```", ""]
             out += arguments_table(sub)
         return "\n".join(out)
@@ -371,7 +374,7 @@ class UseImageDirective(MarkdownDirective):
         from envpin.notebook.magics import EnvpinMagics
 
         parser = EnvpinMagics.use_image.parser
-        summary = paragraphs(EnvpinMagics.use_image.__doc__)[0]
+        summary = paragraphs(parser.description)[0]  # the magic's docstring (IPython rewrites __doc__)
         return "\n".join([escape(summary), "", "```text", usage(parser), "```", "", *arguments_table(parser)])
 
 
