@@ -361,7 +361,13 @@ class CliDirective(MarkdownDirective):
             if not help_text:
                 self.warn(f"the command '{command}' has no help text")
             label = "cli-" + "-".join(words)
-            out += [f"{{#{label}}}", f"{self.h} `{command}`", "", escape(help_text[:1].upper() + help_text[1:]) + ".", ""]
+            out += [
+                f"{{#{label}}}",
+                f"{self.h} `{command}`",
+                "",
+                escape(help_text[:1].upper() + help_text[1:]) + ".",
+                "",
+            ]
             out += ["```text", usage(sub), "```", ""]
             out += arguments_table(sub)
         return "\n".join(out)
