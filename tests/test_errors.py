@@ -71,7 +71,7 @@ async def test_engine_socket_permission_denied(install_kernelspec, notebook_dir,
     import os
 
     if os.getuid() == 0:  # root ignores file modes (the real socket is tested as nobody, below)
-        from envpin_provisioner.engine import explain_engine_failure
+        from envpin.host.docker_client import explain_engine_failure
 
         msg = str(explain_engine_failure(PermissionError(13, "Permission denied")))
     else:

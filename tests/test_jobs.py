@@ -230,8 +230,7 @@ def test_a_hung_job_can_be_cancelled(executor, docker_client):
 
 
 def test_stamp_for_systems_without_an_adapter(monkeypatch):
-    from envpin.session import stamping
-    from envpin.session import state
+    from envpin.session import stamping, state
 
     with pytest.raises(envpin.EnvpinError, match="pin the session first"):
         envpin.stamp()

@@ -5,8 +5,8 @@ import yt.wrapper as yt
 from flytekit import task
 
 import envpin
-from envpin.session import stamping
 from envpin.adapters.ray_adapter import stamp_runtime_env
+from envpin.session import stamping
 
 PROXY = ...  # the fake YTsaurus proxy
 

@@ -3,8 +3,7 @@ then exits (tests/security/test_ownership.py): ``python -c PROGRAM IMAGE ROLE [K
 
 import sys
 
-from envpin.host import dialect
-from envpin.host import images
+from envpin.host import dialect, images
 from envpin.host.container_spec import base_options
 
 client = images.client()

@@ -115,13 +115,13 @@ async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, i
     import pytest
     from jupyter_client.manager import AsyncKernelManager
 
+    from envpin.host import docker_client as envpin_docker_client
     from envpin_provisioner.images import pulling
 
     image_id = docker_client.images.get(PY311).id
     name = install_kernelspec(PY311, transport="tcp")
-    from envpin.host import dialect
 
-    key = (dialect.address(docker_client), image_id)
+    key = (envpin_docker_client.address_of(docker_client), image_id)
     pulling._curve_support[key] = False
     try:
         km = AsyncKernelManager(kernel_name=name)

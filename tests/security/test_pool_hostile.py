@@ -410,6 +410,7 @@ def evil_pth(folder: str) -> str:
 PLANTED = {
     "envpin/__init__.py": evil("envpin"),
     "envpin/entry/warm_kernel.py": evil("envpin.entry.warm_kernel"),
+    "envpin/entry/__init__.py": evil("envpin.entry"),
     "envpin/entry/boot.py": evil("envpin.entry.boot"),
     "ipykernel/__init__.py": evil("ipykernel"),
     "ipykernel_launcher.py": evil("ipykernel_launcher"),
@@ -575,7 +576,7 @@ async def test_planted_packages_never_run_in_the_next_warm_kernels(realm, specs,
     )
     res = await first.run(code)
     assert res["status"] == "ok" and str(realm.nested) in res["stdout"], res
-    assert (realm.nested / "envpin" / "pooled.py").exists() and (realm.nested / "zz-envpin.pth").exists()
+    assert (realm.nested / "envpin" / "entry" / "warm_kernel.py").exists() and (realm.nested / "zz-envpin.pth").exists()
     checked = []
 
     async def check(kernel: Kernel, how: str) -> None:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from envpin.session import aliases
 from envpin.errors import EnvpinError
+from envpin.session import aliases
 
 
 def test_aliases_expand_and_unknown_names_stay(tmp_path, monkeypatch):

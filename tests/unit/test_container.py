@@ -18,8 +18,8 @@ def test_gpus_take_docker_run_syntax(value, expected):
 
 
 def test_gpus_in_another_syntax_are_refused_with_the_three_forms():
-    from envpin_provisioner.kernel.container import parse_gpus
     from envpin_provisioner.errors import ConfigError
+    from envpin_provisioner.kernel.container import parse_gpus
 
     with pytest.raises(ConfigError, match="use 'all', a count like '2', or 'device=0,1'"):
         parse_gpus("nvidia")

@@ -15,6 +15,6 @@ import pytest
     ],
 )
 def test_flyte_images_always_carry_a_tag(reference, flyte):
-    from envpin.adapters.flyte_adapter import with_tag
+    from envpin.images.references import with_tag
 
     assert with_tag(reference) == flyte

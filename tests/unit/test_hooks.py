@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from envpin.session import stamping
-from envpin.session import state
 from envpin.errors import EnvpinError
+from envpin.session import stamping, state
 
 
 class _RecordingAdapter:

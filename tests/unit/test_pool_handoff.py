@@ -23,7 +23,8 @@ def _warm(handoff_dir):
 
 
 def test_the_handoff_folder_is_the_servers_and_its_fifo_the_kernels(tmp_path):
-    from envpin_provisioner.warm.pool import FIFO, make_handoff_dir
+    from envpin.names import WARM_KERNEL_FIFO as FIFO
+    from envpin_provisioner.warm.pool import make_handoff_dir
 
     handoff = make_handoff_dir(str(tmp_path), None)
     assert os.path.dirname(handoff) == str(tmp_path) and os.path.basename(handoff).startswith("handoff-")
