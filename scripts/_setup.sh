@@ -20,5 +20,10 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$PY" -m pip install -q -e ".[$EXTRAS]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$STAMP"
 fi
+if [ "$EXTRAS" = test ]; then
+  # The lowest version of each library whose internals envpin uses (envpin/internals.py), for
+  # tests/test_library_internals.py: fetched once into .cache/versions/, never during a test.
+  "$PY" -m tools.library_versions
+fi
 say "checking the Docker engine"
 "$PY" -m tools.engine
