@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from .errors import EnvpinError, MissingDependency
+from .internals import DOCKER
 
 #: Seconds an API call may take before the engine counts as unresponsive (pulls and waits pass their own).
 API_TIMEOUT = 30
@@ -107,13 +108,13 @@ def connect(timeout: float = API_TIMEOUT) -> Any:
     except docker.errors.DockerException as exc:
         raise explain_engine_failure(exc) from exc
     try:
-        client.api.timeout = PING_TIMEOUT
+        DOCKER.assign(client.api, "api_timeout", PING_TIMEOUT)  # the SDK reads it at each request
         client.ping()
     except engine_errors() as exc:  # refused, missing socket, permission, timeout: "not reachable"
         client.close()
         raise explain_engine_failure(exc) from exc
     finally:
-        client.api.timeout = timeout
+        DOCKER.assign(client.api, "api_timeout", timeout)
     return client
 
 

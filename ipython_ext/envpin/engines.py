@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import boot
+from .internals import DOCKER
 
 #: The init envpin brings where the engine has none (``boot.argv(python, PID1_MODULE, PROGRAM, ARGS...)``).
 PID1_MODULE = "envpin.pid1"
@@ -65,8 +66,8 @@ _lock = threading.Lock()
 
 def _address(client: Any) -> str:
     """The engine's address: ``unix:///path`` for a socket (every socket's base_url is the same), else the URL."""
-    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
-    return f"unix://{socket_path}" if socket_path else str(getattr(client.api, "base_url", "?"))
+    socket_path = DOCKER.attr(DOCKER.attr(client.api, "api_custom_adapter", None), "unix_socket_path", None)
+    return f"unix://{socket_path}" if socket_path else str(DOCKER.attr(client.api, "api_base_url", "?"))
 
 
 def address(client: Any) -> str:
@@ -91,7 +92,7 @@ def kind(client: Any) -> EngineKind:
     podman = "podman" in names.lower()
     rootless = False
     if podman:  # only Podman's options depend on it; Podman's own API says it (the compat /info does not)
-        response = client.api.get(client.api._url("/libpod/info"))
+        response = DOCKER.attr(client.api, "api_get")(DOCKER.attr(client.api, "api_url")("/libpod/info"))
         if response.ok:
             rootless = bool(((response.json().get("host") or {}).get("security") or {}).get("rootless"))
     found = EngineKind(podman=podman, rootless=rootless, version=str(version.get("Version", "?")), address=address)
@@ -173,9 +174,8 @@ def _create(client: Any, options: dict[str, Any]) -> Any:
             options["userns_mode"] = userns
         return client.containers.create(**options)
     # The SDK's HostConfig refuses any userns_mode but "host"; build its arguments, then set it.
-    from docker.models.containers import _create_container_args
-
-    args = _create_container_args({**options, "version": client.api._version})
+    create_container_args = DOCKER.get("create_container_args")
+    args = create_container_args({**options, "version": DOCKER.attr(client.api, "api_version")})
     args["host_config"]["UsernsMode"] = userns
     created = client.api.create_container(**args)
     return client.containers.get(created["Id"])

@@ -21,6 +21,7 @@ from typing import Any
 from . import aliases, docker_client, engines, image_policy, printable, references
 from .container_spec import base_options
 from .errors import EnvpinError
+from .internals import DOCKER
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def run_attached(c, image: Image, argv: list[str], cwd: str, env: dict[str, str]
     previous = {}
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
+        raw = DOCKER.attr(sock, "attach_socket_raw", sock)
 
         def forward(signum, _frame):
             import docker.errors

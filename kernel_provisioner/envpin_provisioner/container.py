@@ -46,6 +46,7 @@ from docker.types import DeviceRequest, Mount
 
 from envpin import boot, engines, host_docker, printable, safe_files
 from envpin.container_spec import base_options
+from envpin.internals import DOCKER
 
 from . import ownership, quota
 from .errors import ConfigError, KernelStartFailed
@@ -129,9 +130,7 @@ def shm_size_for(setting: str, mem_limit: str | int | None, engine_memory: int |
     if setting != "auto":
         return setting
     if mem_limit:
-        from docker.utils import parse_bytes
-
-        limit = parse_bytes(mem_limit) if isinstance(mem_limit, str) else int(mem_limit)
+        limit = DOCKER.get("parse_bytes")(mem_limit) if isinstance(mem_limit, str) else int(mem_limit)
         return max(64 * 2**20, limit // 2)
     return max(64 * 2**20, engine_memory // 2) if engine_memory else None
 
