@@ -41,6 +41,7 @@ and ``ast``, which only the checks need: kernels import this at start).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,10 +120,8 @@ class EntryPoint:
 
 
 def _sets_attribute(cls: type, name: str) -> bool:
-    """Whether ``cls`` or a base defines ``name`` or assigns ``<something>.name`` in its source."""
-    import ast
+    """Whether ``cls`` or a base defines ``name`` or assigns ``<something>.name`` in its class body's code."""
     import inspect
-    import textwrap
 
     for klass in inspect.getmro(cls):
         if klass is object:
@@ -130,13 +129,30 @@ def _sets_attribute(cls: type, name: str) -> bool:
         if name in vars(klass):
             return True
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):  # a class without Python source (C, generated)
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr == name and isinstance(node.ctx, ast.Store):
-                return True
+            filename = inspect.getsourcefile(klass)
+        except TypeError:  # a built-in class
+            filename = None
+        if filename and name in _assigned_attributes(filename).get(klass.__name__, ()):
+            return True
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def _assigned_attributes(filename: str) -> dict[str, frozenset[str]]:
+    """Per class name in a source file, the attribute names its code assigns (a file is parsed once)."""
+    import ast
+
+    try:
+        with open(filename, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename)
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    out: dict[str, frozenset[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            stored = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+            out[node.name] = out.get(node.name, frozenset()) | stored
+    return out
 
 
 class Library:

@@ -39,7 +39,6 @@ class RayCompatWarning(UserWarning):
 
 #: Every Ray internal envpin uses: the Ray section of the one registry (``envpin.internals.RAY``).
 ENTRY_POINTS = RAY.entries
-_BY_ATTRIBUTE = {e.key: e for e in ENTRY_POINTS}
 _warned: set[str] = set()
 
 
@@ -56,7 +55,7 @@ def missing(required_only: bool = False) -> list[str]:
 
 def _optional(short: str) -> Any | None:
     """An optional entry point, or None after one warning per Ray process saying what envpin does instead."""
-    entry = _BY_ATTRIBUTE[short]
+    entry = RAY.entry(short)
     try:
         return entry.resolve()
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
@@ -97,7 +96,7 @@ def image_uri_compatible_fields() -> set[str]:
 
 def auth_headers() -> dict[str, str]:
     """Ray's token-auth header when this process has a token (a dashboard with auth answers 401 without it)."""
-    entry = _BY_ATTRIBUTE["get_auth_headers_if_auth_enabled"]
+    entry = RAY.entry("get_auth_headers_if_auth_enabled")
     try:
         get = entry.resolve()
     except (ImportError, AttributeError):  # a Ray older than token auth: nothing to send, nothing to say
@@ -130,7 +129,7 @@ def parse_runtime_env(runtime_env: dict[str, Any]) -> Any:
     """The runtime_env object ``RemoteFunction._remote`` and ``ActorClass._remote`` expect."""
     parse = _resolved.get("parse")
     if parse is None:  # looked up once: the wrapper runs for every task
-        parse = _resolved["parse"] = _BY_ATTRIBUTE["parse_runtime_env_for_task_or_actor"].resolve()
+        parse = _resolved["parse"] = RAY.entry("parse_runtime_env_for_task_or_actor").resolve()
     return parse(runtime_env)
 
 
