@@ -13,7 +13,7 @@ DEFAULT_IMAGE = "envpin-test/py311:latest"
 
 def parse_and_prepare(extra: dict[str, int]) -> argparse.Namespace:
     """Parse ``--image`` plus integer options ``extra`` (name -> default); start the engine, build the image."""
-    from tools.engine import ensure_engine
+    from tools.docker_engine import ensure_engine
     from tools.images import build
 
     parser = argparse.ArgumentParser()

@@ -63,7 +63,7 @@ def main() -> None:
     import docker
     import numpy as np
 
-    from envpin.executor import ContainerExecutor
+    from envpin.jobs.executor import ContainerExecutor
 
     args = parse_and_prepare({"workers": 2})
     client = docker.from_env()

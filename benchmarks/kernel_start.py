@@ -64,7 +64,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["JUPYTER_DATA_DIR"] = tmp
         os.environ["JUPYTER_PATH"] = tmp
-        from envpin_provisioner import kernelspec
+        from envpin_provisioner.cli import kernelspec
 
         kernelspec.install(args.image, name="bench-container", user=True)
         kernelspec.install(args.image, name="bench-pooled", user=True, config={"pool_size": 1})
@@ -74,7 +74,7 @@ async def main() -> None:
         print(f"local ipykernel: {local.argv[0]} (Python {sys.version.split()[0]})")
         print(f"containerized  : image {args.image}")
         cwd = tmp
-        from envpin_provisioner.pool import pools
+        from envpin_provisioner.warm.pool import pools
 
         # Warm every path once (imports, page cache, gc, the pool's first fill), untimed.
         await one_start("python3", cwd)

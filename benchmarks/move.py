@@ -57,7 +57,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["JUPYTER_DATA_DIR"] = tmp
         os.environ["JUPYTER_PATH"] = tmp
-        from envpin_provisioner import kernelspec
+        from envpin_provisioner.cli import kernelspec
 
         kernelspec.install(IMAGES[0], name="bench-move-cold", user=True)
         kernelspec.install(IMAGES[0], name="bench-move-pooled", user=True, config={"pool_size": 1})

@@ -26,4 +26,4 @@ if [ "$EXTRAS" = test ]; then
   "$PY" -m tools.library_versions
 fi
 say "checking the Docker engine"
-"$PY" -m tools.engine
+"$PY" -m tools.docker_engine

@@ -25,7 +25,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 @pytest.fixture(scope="module")
 def chromium():
     if not os.path.exists(CHROMIUM):
-        from tools.engine import apt_install
+        from tools.docker_engine import apt_install
 
         apt_install("chromium", "chromium")
     return CHROMIUM

@@ -71,7 +71,7 @@ async def test_engine_socket_permission_denied(install_kernelspec, notebook_dir,
     import os
 
     if os.getuid() == 0:  # root ignores file modes (the real socket is tested as nobody, below)
-        from envpin_provisioner.engine import explain_engine_failure
+        from envpin.host.docker_client import explain_engine_failure
 
         msg = str(explain_engine_failure(PermissionError(13, "Permission denied")))
     else:
@@ -94,7 +94,7 @@ async def test_image_missing_and_pull_policy_never(install_kernelspec, notebook_
 
 
 async def test_invalid_reference(install_kernelspec, notebook_dir):
-    from envpin_provisioner import kernelspec
+    from envpin_provisioner.cli import kernelspec
 
     # The CLI refuses it up front ...
     with pytest.raises(InvalidImageReference):
@@ -143,7 +143,7 @@ async def test_ill_typed_config_value(install_kernelspec, notebook_dir):
 
 
 def test_cli_refuses_bad_options(jupyter_env, capsys):
-    from envpin_provisioner.cli import main
+    from envpin_provisioner.cli.main import main
 
     assert main(["kernelspec", "install", "--image", PY311, "--config", "cpu_limt=2", "--user"]) == 2
     err = capsys.readouterr().err
@@ -153,7 +153,7 @@ def test_cli_refuses_bad_options(jupyter_env, capsys):
 
 
 def test_gpus_option_is_checked():
-    from envpin_provisioner.container import parse_gpus
+    from envpin_provisioner.kernel.container import parse_gpus
 
     assert parse_gpus("all")[0]["Count"] == -1
     assert parse_gpus("2")[0]["Count"] == 2

@@ -14,8 +14,8 @@ import time
 import pytest
 
 import envpin
-from envpin import envelope
-from envpin.executor import ModuleNotInImage, WorkerDied
+from envpin.jobs import envelope
+from envpin.jobs.executor import ModuleNotInImage, WorkerDied
 from testutils import PY311, PY313, containers, wait_for
 from testutils.kernels import kernel, run, run_json
 
@@ -95,7 +95,7 @@ def test_a_job_pickled_under_another_python_is_refused_before_loads(executor, do
     # 3.13 -> 3.11 worker: a payload made inside the 3.13 image, sent to a 3.11 worker.
     made = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "run", "--image", PY313, "--", "python3", "-c",
-         "import envpin.envelope as e, sys; sys.stdout.buffer.write(b''.join(bytes(f) for f in e.dumps((abs, (-1,), {}), 'job')))"],
+         "import envpin.jobs.envelope as e, sys; sys.stdout.buffer.write(b''.join(bytes(f) for f in e.dumps((abs, (-1,), {}), 'job')))"],
         cwd=notebook_dir, capture_output=True, timeout=60,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -229,23 +229,23 @@ def test_a_hung_job_can_be_cancelled(executor, docker_client):
 
 
 def test_stamp_for_systems_without_an_adapter(monkeypatch):
-    from envpin import hooks, session
+    from envpin.session import stamping, state
 
     with pytest.raises(envpin.EnvpinError, match="pin the session first"):
         envpin.stamp()
-    pin = session.Pin(PY311, PY311, "sha256:abc", "3.11.2", "3.1.3", "host")
-    monkeypatch.setattr(session, "_current", pin)
+    pin = state.Pin(PY311, PY311, "sha256:abc", "3.11.2", "3.1.3", "host")
+    monkeypatch.setattr(state, "_current", pin)
     stamped = envpin.stamp()
     assert stamped["env"] == {"ENVPIN_IMAGE": PY311, "YT_JOB_DOCKER_IMAGE": PY311, "ENVPIN_IMAGE_ID": "sha256:abc"}
     job = envpin.stamp({"name": "train", "env": {"ENVPIN_IMAGE": "mine"}})
     assert job["image"] == PY311 and job["env"]["ENVPIN_IMAGE"] == "mine"  # explicit values win
     with pytest.warns(
-        hooks.ImageConflictWarning, match=f"names image 'other:1' but this session is pinned to '{PY311}'"
+        stamping.ImageConflictWarning, match=f"names image 'other:1' but this session is pinned to '{PY311}'"
     ):
         kept = envpin.stamp({"image": "other:1"})
     assert kept["image"] == "other:1"
     pin.strict = True
-    with pytest.raises(hooks.ImageConflict):
+    with pytest.raises(stamping.ImageConflict):
         envpin.stamp({"image": "other:1"})
 
     seen = []
@@ -262,9 +262,9 @@ def test_stamp_for_systems_without_an_adapter(monkeypatch):
         def deactivate(self):
             seen.append(("off", None))
 
-    hooks.register(Adapter())  # the session is pinned already: active at once
-    assert seen == [("on", PY311)] and "test-adapter" in hooks.active()
-    hooks.unregister("test-adapter")
+    stamping.register(Adapter())  # the session is pinned already: active at once
+    assert seen == [("on", PY311)] and "test-adapter" in stamping.active()
+    stamping.unregister("test-adapter")
     assert seen[-1] == ("off", None)
 
 

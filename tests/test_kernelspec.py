@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from envpin.boot import BOOTSTRAP
+from envpin.entry.boot import BOOTSTRAP
 from testutils import PY311, PY313, ROOT, containers
 from testutils.kernels import PROBE, execute_until_running, kernel, run_json
 
@@ -19,7 +19,7 @@ def test_shipped_kernelspec_names_the_provisioner():
     spec = json.loads((ROOT / "kernelspecs" / "containerized-python" / "kernel.json").read_text())
     assert spec["display_name"] == "Containerized Python"
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "envpin-docker"
-    # Started in the notebook's folder: imports nothing from it (envpin.boot)
+    # Started in the notebook's folder: imports nothing from it (envpin.entry.boot)
     assert spec["argv"][1:5] == ["-c", BOOTSTRAP, "envpin_provisioner", "launch"]
     # The provisioner is registered under the entry point jupyter_client looks in.
     from importlib.metadata import entry_points
@@ -57,7 +57,7 @@ def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
 
 async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, docker_client, notebook_dir):
     """VS Code runs argv itself: the kernel must still land in the image, answer interrupts, and clean up."""
-    from envpin_provisioner import kernelspec
+    from envpin_provisioner.cli import kernelspec
 
     spec = kernelspec.kernelspec_dict(PY313, "no provisioner")
     del spec["metadata"]["kernel_provisioner"]  # what such a client effectively sees

@@ -17,8 +17,9 @@ import os
 
 import pytest
 
-from envpin import compat, envelope
-from envpin.executor import ContainerExecutor
+from envpin.compat import policy
+from envpin.jobs import envelope
+from envpin.jobs.executor import ContainerExecutor
 from testutils import containers
 from tools import pickle_matrix
 
@@ -27,7 +28,7 @@ OLDER_CLOUDPICKLE = "envpin-test/py311-cloudpickle311:latest"
 
 def test_the_quick_matrix_reproduces_the_shipped_data(docker_client):
     measured = pickle_matrix.measure(pickle_matrix.QUICK["pythons"], pickle_matrix.QUICK["picklers"], jobs=2)
-    shipped = {(p["pickler"], tuple(p["sent"]), tuple(p["loaded"])): p for p in compat.matrix()["pairs"]}
+    shipped = {(p["pickler"], tuple(p["sent"]), tuple(p["loaded"])): p for p in policy.matrix()["pairs"]}
     assert len(measured["pairs"]) == 16
     for pair in measured["pairs"]:
         was = shipped[(pair["pickler"], tuple(pair["sent"]), tuple(pair["loaded"]))]
@@ -42,8 +43,8 @@ def test_the_quick_matrix_reproduces_the_shipped_data(docker_client):
 def host_and_image_a_patch_release_apart():
     here = importlib.metadata.version("cloudpickle")
     assert here != "3.1.1", "this test needs the venv's cloudpickle to differ from the image's 3.1.1"
-    verdict = compat.judge(
-        compat.Side.of_envelope(envelope.sender_environment()), compat.Side("CPython", "3.11", "cloudpickle", "3.1.1")
+    verdict = policy.judge(
+        policy.Side.of_envelope(envelope.sender_environment()), policy.Side("CPython", "3.11", "cloudpickle", "3.1.1")
     )
     assert verdict.status == "measured-ok", verdict.evidence  # the shipped matrix measured this pair
     return here

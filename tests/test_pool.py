@@ -2,7 +2,7 @@
 
 Real engine, real kernels.  The kernels run in this test process's
 jupyter_client (as in a notebook server), so the tests can watch the pool
-itself (``envpin_provisioner.pool.pools``) as well as the engine.
+itself (``envpin_provisioner.warm.pool.pools``) as well as the engine.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 import requests
 from jupyter_client.manager import AsyncKernelManager
 
-from envpin_provisioner.container import WARM_NAME_PREFIX
-from envpin_provisioner.pool import pools
+from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
+from envpin_provisioner.warm.pool import pools
 from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers, wait_for
 from testutils.kernels import PROBE, kernel, run, run_json
 
@@ -222,7 +222,7 @@ async def test_a_moved_tag_drains_the_old_pool(docker_client, pooled_spec, noteb
 
 async def test_a_folder_s_pool_goes_a_while_after_its_last_kernel(docker_client, pooled_spec, tmp_path, monkeypatch):
     """Pools are per notebook folder: one opened once must not hold warm containers until the server exits."""
-    from envpin_provisioner import pool
+    from envpin_provisioner.warm import pool
 
     monkeypatch.setattr(pool, "LINGER", 1.0)
     name = pooled_spec(PY311, size=1)

@@ -134,14 +134,14 @@ async def test_by_digest_jobs_name_the_image_by_its_registry_digest(
             assert res["status"] == "ok", res
             code = (
                 "import envpin, yt.wrapper as yt\n"
-                "from envpin import hooks\n"
+                "from envpin.session import stamping\n"
                 "from envpin.adapters.ray_adapter import stamp_runtime_env\n"
                 "from flytekit import task\n"
                 "@task\ndef double(x: int) -> int:\n    return 2 * x\n"
                 "def mapper(row):\n    yield row\n"
                 f"yt.YtClient(proxy={proxy.url!r}).run_map(mapper, '//tmp/in', '//tmp/out', sync=False)\n"
                 "seen = {'stamp': envpin.stamp()['image'], 'flyte': double.container_image,"
-                " 'ray': stamp_runtime_env({}, hooks.current_stamp(), 'image_uri', 'x')['image_uri']}"
+                " 'ray': stamp_runtime_env({}, stamping.current_stamp(), 'image_uri', 'x')['image_uri']}"
             )
             res = await run(kc, code, timeout=120)
             assert res["status"] == "ok", res

@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from envpin import boot
+from envpin.entry import boot
 from testutils import PY311, PY313, containers, wait_for
 
 

@@ -90,7 +90,7 @@ async def test_use_image_of_the_kernels_own_image_pins_without_moving(install_ke
         # Rich output for notebooks, text for terminals.
         status = await run(
             kc,
-            "from envpin.display import Status; print(Status(envpin_pin := __import__('envpin').current_pin())._repr_html_())",
+            "from envpin.notebook.display import Status; print(Status(envpin_pin := __import__('envpin').current_pin())._repr_html_())",
         )
         assert "<table" in status["stdout"] and PY311 in status["stdout"]
 
@@ -240,16 +240,16 @@ def test_fingerprint_and_compare(docker_client):
     assert diffs[0].key == "python_minor" and diffs[0].breaks_pickles
     assert not envpin.compare(there, dict(there))
     # Cached by image id: the second call starts no container.
-    from envpin import host_docker
+    from envpin.host import images
 
     def no_container(*args, **kwargs):
         raise AssertionError("a cached fingerprint started a container")
 
-    original, host_docker.run_python = host_docker.run_python, no_container
+    original, images.run_python = images.run_python, no_container
     try:
         assert envpin.fingerprint(image=PY313) == there
     finally:
-        host_docker.run_python = original
+        images.run_python = original
 
 
 def test_script_respawns_into_the_image(notebook_dir, docker_client):

@@ -37,7 +37,7 @@ import docker
 import docker.errors
 
 from envpin.adapters.ray_compat import SUPPORTED as _RAY_SUPPORTED
-from tools.engine import ensure_debootstrap, ensure_engine
+from tools.docker_engine import ensure_debootstrap, ensure_engine
 
 RAY_NEWEST = _RAY_SUPPORTED[1]
 

@@ -1,7 +1,7 @@
 """Measure which pickles survive a change of Python or pickler: envpin's compatibility matrix.
 
 envpin refuses to load a pickle made under another environment when, and
-only when, that is known to break (``envpin.compat``).  What is known comes
+only when, that is known to break (``envpin.compat.policy``).  What is known comes
 from here: every sender environment (a Python minor version, from a Debian
 suite's image, times a pickler release) pickles a fixed corpus (see
 ``pickle_matrix_probe``), and every receiver environment of the same pickler
@@ -14,7 +14,7 @@ loads and runs all of it, in containers of the real images, offline.  Each
 * ``crash``: loading or running a case killed the interpreter (a signal);
 
 with the per-case outcomes behind it.  The result is
-``ipython_ext/envpin/pickle_matrix.json``, shipped in the package::
+``ipython_ext/envpin/compat/pickle_matrix.json``, shipped in the package::
 
     python -m tools.pickle_matrix            # the full matrix (several minutes), rewrites the data file
     python -m tools.pickle_matrix --quick    # a subset (Python 3.11/3.13, two cloudpickle releases), printed
@@ -44,7 +44,7 @@ import docker
 from tools import images
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_FILE = REPO / "ipython_ext" / "envpin" / "pickle_matrix.json"
+DATA_FILE = REPO / "ipython_ext" / "envpin" / "compat" / "pickle_matrix.json"
 PROBE = Path(__file__).resolve().parent / "pickle_matrix_probe.py"
 
 #: Python minor -> the image that has it (Debian bullseye, bookworm, trixie: tools.images).
@@ -189,7 +189,7 @@ def measure(pythons: tuple[str, ...], picklers: dict[str, tuple[str, ...]], jobs
         "about": (
             "Measured pickle compatibility: a corpus pickled under each sender environment (Python minor, "
             "pickler release) and loaded and run under each receiver environment, in containers. envpin's "
-            "policy (envpin.compat) refuses what breaks here and allows what works."
+            "policy (envpin.compat.policy) refuses what breaks here and allows what works."
         ),
         "command": "python -m tools.pickle_matrix",
         "generated": datetime.date.today().isoformat(),

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tools.engine import apt_install
+from tools.docker_engine import apt_install
 from tools.rootless_podman import RootlessUser
 
 USER = "envpin-podman"

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tools.engine import apt_install
+from tools.docker_engine import apt_install
 from tools.images import CACHE_DIR
 
 _CONFIG = """\

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.engine import apt_install
+from tools.docker_engine import apt_install
 
 
 class RootlessUser:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 
-from ._version import __version__ as __version__
-from .errors import EnvpinError
-from .executor import ContainerExecutor, submit
-from .fingerprints import compare, fingerprint
-from .hooks import stamp
-from .respawn import use_image
-from .session import current_pin
+from envpin import names
+from envpin._version import __version__ as __version__
+from envpin.compat.fingerprints import compare, fingerprint
+from envpin.errors import EnvpinError
+from envpin.host.respawn import use_image
+from envpin.jobs.executor import ContainerExecutor, submit
+from envpin.session.stamping import stamp
+from envpin.session.state import current_pin
 
 __all__ = [
     "ContainerExecutor",
@@ -46,7 +47,7 @@ __all__ = [
 
 def in_container() -> bool:
     """True inside a Docker (``/.dockerenv``) or Podman (``/run/.containerenv``) container."""
-    return os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+    return names.in_container()
 
 
 def kernel_image() -> dict:
@@ -56,11 +57,11 @@ def kernel_image() -> dict:
     reference (``ENVPIN_IMAGE``); ``id``: what it resolved to when the kernel
     started (``ENVPIN_IMAGE_ID``).  All ``None`` outside an envpin container.
     """
-    ref = os.environ.get("ENVPIN_IMAGE")
+    ref = os.environ.get(names.IMAGE)
     return {
-        "name": os.environ.get("ENVPIN_IMAGE_NAME") or ref,
+        "name": os.environ.get(names.IMAGE_NAME) or ref,
         "reference": ref,
-        "id": os.environ.get("ENVPIN_IMAGE_ID"),
+        "id": os.environ.get(names.IMAGE_ID),
     }
 
 
@@ -70,17 +71,19 @@ def load_ipython_extension(ipython) -> None:
     A kernel the provisioner started for a pinned notebook (or moved into an
     image) loads this by itself and starts out pinned to its image.
     """
-    from . import adapters, control, handoff, hooks, session, short_errors
-    from .magics import EnvpinMagics
+    from envpin import adapters
+    from envpin.notebook import control, handoff, short_errors
+    from envpin.notebook.magics import EnvpinMagics
+    from envpin.session import stamping, state
 
     ipython.register_magics(EnvpinMagics)
     short_errors.install(ipython)
     for adapter in adapters.builtin():  # envpin.submit, YTsaurus, Ray, Flyte: armed by %use_image when usable
-        if adapter.name not in hooks.names():
-            hooks.register(adapter)
-    pin = session.pin_from_environment() if os.environ.get("ENVPIN_PINNED") == "1" else None
-    if pin is not None and session.current_pin() is None:
-        hooks.pin_session(pin)
+        if adapter.name not in stamping.adapter_names():
+            stamping.register(adapter)
+    pin = state.pin_from_environment() if os.environ.get(names.PINNED) == "1" else None
+    if pin is not None and state.current_pin() is None:
+        stamping.pin_session(pin)
     folder = control.control_dir()
     if folder is not None:
         handoff.expect_handoff(ipython, folder)
@@ -88,9 +91,11 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext envpin``: remove the magic and the submission hooks, forget the pin."""
-    from . import executor, hooks, short_errors
+    from envpin.jobs import executor
+    from envpin.notebook import short_errors
+    from envpin.session import stamping
 
     ipython.magics_manager.magics["line"].pop("use_image", None)
     short_errors.uninstall(ipython)
-    hooks.unpin_session()
+    stamping.unpin_session()
     executor.shutdown_shared()

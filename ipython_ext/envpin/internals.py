@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EnvpinError
+from envpin.errors import EnvpinError
 
 _NOT_GIVEN: Any = object()
 

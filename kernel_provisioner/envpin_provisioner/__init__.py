@@ -9,15 +9,14 @@ commands (``envpin gc``) need only the Docker SDK.
 """
 
 from envpin._version import __version__  # written in one place, on the kernel side
-
-from .errors import EnvpinError
+from envpin_provisioner.errors import EnvpinError
 
 __all__ = ["EnvpinError", "EnvpinProvisioner", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "EnvpinProvisioner":
-        from .provisioner import EnvpinProvisioner
+        from envpin_provisioner.provisioner import EnvpinProvisioner
 
         return EnvpinProvisioner
     raise AttributeError(f"module 'envpin_provisioner' has no attribute {name!r}")

@@ -11,7 +11,7 @@ in a worker thread: the Jupyter server's event loop keeps serving other
 notebooks while an image is pulled or a container starts.
 
 The address, the client itself and the one explanation of an engine that
-cannot be reached are ``envpin.docker_client``'s, shared with the kernel
+cannot be reached are ``envpin.host.docker_client``'s, shared with the kernel
 side's host entry points.
 """
 
@@ -27,9 +27,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from envpin import docker_client
-
-from .errors import EngineUnavailable
+from envpin.host import docker_client
+from envpin_provisioner.errors import EngineUnavailable
 
 T = TypeVar("T")
 
@@ -38,10 +37,6 @@ ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExcep
 
 # The address, the client and the explanation of an unreachable engine are the kernel side's (one layer for
 # both sides); the server's additions are below: per-engine facts, and calls off the event loop.
-engine_address = docker_client.engine_address
-is_local_engine = docker_client.is_local_engine
-explain_engine_failure = docker_client.explain_engine_failure
-connect = docker_client.connect
 
 
 class Engine:
@@ -68,7 +63,7 @@ class Engine:
 
     def collect_garbage_once(self, log: logging.Logger | logging.LoggerAdapter) -> None:
         """Remove containers orphaned by earlier servers, at this server's first kernel start.  Blocking."""
-        from . import ownership
+        from envpin_provisioner.kernel import ownership
 
         with self._lock:
             if self._collected:
@@ -88,7 +83,7 @@ def shared() -> Engine:
 
     Blocking the first time: call it through :func:`call` in async code.
     """
-    address = engine_address()
+    address = docker_client.engine_address()
     with _engines_lock:
         engine = _engines.get(address)
         if engine is None:
@@ -106,7 +101,7 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except requests.exceptions.ConnectionError as exc:
-        raise explain_engine_failure(exc) from exc
+        raise docker_client.explain_engine_failure(exc) from exc
 
 
 _log = logging.getLogger("envpin")

@@ -10,8 +10,8 @@ for the server log, never shown instead.
 
 from __future__ import annotations
 
-from envpin.docker_client import EngineUnavailable  # the one Docker layer's (both sides)
 from envpin.errors import EnvpinError  # the kernel side's base: one hierarchy for both sides
+from envpin.host.docker_client import EngineUnavailable  # the one Docker layer's (both sides)
 
 __all__ = [
     "EnvpinError",

@@ -36,10 +36,10 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
-from envpin import image_policy
-
-from . import images
-from .errors import ConfigError
+from envpin import names
+from envpin.images import allowlist
+from envpin_provisioner.errors import ConfigError
+from envpin_provisioner.images import pulling
 
 
 def _env(name: str, fallback: Any = None) -> Any:
@@ -76,7 +76,7 @@ class ProvisionerOptions(Configurable):
         return _env("image", "ubuntu-22.04-py3")
 
     pull_policy = CaselessStrEnum(
-        images.PULL_POLICIES,
+        pulling.PULL_POLICIES,
         config=True,
         help="""When to pull the image: 'if-missing' (default), 'always' or 'never'.
         Pull time does not count against launch_timeout; progress goes to the server log.""",
@@ -117,7 +117,7 @@ class ProvisionerOptions(Configurable):
 
     env_passthrough = List(
         Unicode(),
-        default_value=["JPY_SESSION_NAME", "LANG", "LC_*", "TZ", "ENVPIN_ENVELOPE"],
+        default_value=[names.SESSION_NAME, "LANG", "LC_*", "TZ", names.ENVELOPE],
         config=True,
         help="""Names (fnmatch patterns) of server environment variables passed into the container.
         Everything else in the server's environment stays out, so the image's own PATH, HOME
@@ -214,7 +214,7 @@ class ProvisionerOptions(Configurable):
 
     @default("allowed_images")
     def _allowed_images_default(self) -> list[str]:
-        return image_policy.patterns_from_env()
+        return allowlist.patterns_from_env()
 
     max_pulls_per_kernel = Integer(
         min=0,

@@ -35,17 +35,20 @@ from docker.types import Mount
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
-from envpin import control, safe_files
-from envpin.handoff import EXPECT_ENV as handoff_env
-
-from . import container as kc
-from . import engine, image_choice, images, ownership
-from .control_server import ControlChannel
-from .errors import ConfigError, EnvpinError
-from .move_server import MoveServer
-from .options import ProvisionerOptions, byte_count, check_options
-from .pull_budget import PullBudget
-from .warm_kernels import WarmKernels
+from envpin import names, safe_files
+from envpin.host import docker_client
+from envpin.host.images import ResolvedImage
+from envpin.session.options import SessionOptions
+from envpin_provisioner import engine
+from envpin_provisioner.errors import ConfigError, EnvpinError
+from envpin_provisioner.images import pulling, selection
+from envpin_provisioner.images.pull_budget import PullBudget
+from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import ownership
+from envpin_provisioner.moves.control_requests import ControlChannel
+from envpin_provisioner.moves.mover import MoveServer
+from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
+from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
 #: hold the threads every Docker call of every kernel runs in (asyncio's default executor).
@@ -61,7 +64,7 @@ def pin_folders(notebook: str | None, cwd: str | None) -> tuple[safe_files.Pinne
     after checking the path still leads there, see ``container.check_folder``).
     """
     folder_path = os.path.abspath(cwd or os.getcwd())
-    pin_path = image_choice.notebook_folder(notebook, folder_path)
+    pin_path = selection.notebook_folder(notebook, folder_path)
     try:
         folder = safe_files.PinnedDir(folder_path)
         pin_dir = folder if os.path.abspath(pin_path) == folder.path else safe_files.PinnedDir(pin_path)
@@ -83,7 +86,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _container: Container | None = None
     _engine: engine.Engine | None = None
     _channel_dir: str | None = None
-    _choice: image_choice.ImageChoice | None = None
+    _choice: selection.ImageChoice | None = None
     _launch: kc.KernelLaunch | None = None
     _watcher: asyncio.Task | None = None
     _control: ControlChannel | None = None
@@ -105,7 +108,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         self._warm = WarmKernels(self)
 
     @property
-    def _resolved(self) -> images.ResolvedImage | None:
+    def _resolved(self) -> ResolvedImage | None:
         return self._choice.resolved if self._choice else None
 
     # ---- helpers -----------------------------------------------------------------------
@@ -149,7 +152,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def _transport(self) -> str:
         if self.transport != "auto":
             return self.transport
-        return "ipc" if engine.is_local_engine() else "tcp"
+        return "ipc" if docker_client.is_local_engine() else "tcp"
 
     @property
     def _control_dir(self) -> str | None:
@@ -168,26 +171,24 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             ) from None
         return None if uid_i == 0 else (uid_i, gid_i)
 
-    def build_launch(
-        self, choice: image_choice.ImageChoice, env: dict[str, str], moved: bool = False
-    ) -> kc.KernelLaunch:
+    def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> kc.KernelLaunch:
         """The KernelLaunch for ``choice``: everything but the image comes from the options, the folder is the pinned one."""
         km = self.parent
         if self._folder is None:
             raise EnvpinError("build_launch ran before pre_launch pinned the notebook folder; this is a bug in envpin.")
-        extra_env = {"ENVPIN_IMAGE_NAME": choice.name}
+        extra_env = {names.IMAGE_NAME: choice.name}
         kernel_args: list[str] = []
         if self._control_dir and self.transport_supports_control:
-            extra_env["ENVPIN_CONTROL_DIR"] = self._control_dir
+            extra_env[names.CONTROL_DIR] = self._control_dir
         if choice.pinned or moved:
-            extra_env["ENVPIN_PINNED"] = "1"
+            extra_env[names.PINNED] = "1"
             if self.mount_envpin:
                 kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
         if moved:
-            extra_env[handoff_env] = "1"
-        extra_env.update(control.session_option_env(choice.options))
+            extra_env[names.HANDOFF_EXPECTED] = "1"
+        extra_env.update(SessionOptions.parse(choice.options, strict_schema=False).as_env())
         if choice.latest_id:
-            extra_env["ENVPIN_IMAGE_LATEST_ID"] = choice.latest_id
+            extra_env[names.IMAGE_LATEST_ID] = choice.latest_id
         return kc.KernelLaunch(
             image=choice.resolved,
             kernel_id=self.kernel_id,
@@ -229,7 +230,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         standbys = self._warm.standby_ids()
         try:
-            for other in ownership.envpin_containers(client, f"{ownership.KERNEL_ID}={self.kernel_id}"):
+            for other in ownership.envpin_containers(client, f"{names.LABEL_KERNEL_ID}={self.kernel_id}"):
                 if other.id != keep.id and other.id not in standbys:
                     kc.remove(other)
                     self.log.info("envpin: removed stale container %s of kernel %s", other.short_id, self.kernel_id)
@@ -259,10 +260,10 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     # ---- what the move server uses (move_server.MovableKernel) ----------------------------
 
     @property
-    def choice(self) -> image_choice.ImageChoice | None:
+    def choice(self) -> selection.ImageChoice | None:
         return self._choice
 
-    def set_choice(self, choice: image_choice.ImageChoice) -> None:
+    def set_choice(self, choice: selection.ImageChoice) -> None:
         self._choice = choice
 
     @property
@@ -280,7 +281,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             raise EnvpinError("This kernel has not finished starting; run %use_image again in a moment.")
         return self._pin_dir, self._notebook, self._kernel_owner()
 
-    def swap(self, container: Container, launch: kc.KernelLaunch, choice: image_choice.ImageChoice) -> Container | None:
+    def swap(self, container: Container, launch: kc.KernelLaunch, choice: selection.ImageChoice) -> Container | None:
         moved_from = self._launch
         previous, self._container, self._launch, self._choice = self._container, container, launch, choice
         self._sockets = kc.socket_inodes(launch) if launch.private_channels else None
@@ -308,11 +309,11 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             await engine.call(self._engine.memory_total)  # asked once per engine, before build_launch needs it
         env = kwargs.get("env") or {}
         # The notebook and its folder come from jupyter_server's start request, and from nowhere else.
-        self._notebook = env.get("JPY_SESSION_NAME") or None
+        self._notebook = env.get(names.SESSION_NAME) or None
         if self._folder is None:  # the first start pins them; restarts and moves use what was pinned
             self._folder, self._pin_dir = await engine.call(pin_folders, self._notebook, kwargs.get("cwd"))
         self._choice = await engine.call(
-            image_choice.choose,
+            selection.choose,
             client,
             self.image,
             self.pull_policy,
@@ -352,7 +353,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         # it (publishing on 127.0.0.1 does not stop container-to-container traffic): the channels must be
         # encrypted, or the kernel does not start.
         if transport == "tcp" and self.network_mode != "none":
-            if not await engine.call(images.supports_curve, client, self._choice.resolved, self.python):
+            if not await engine.call(pulling.supports_curve, client, self._choice.resolved, self.python):
                 raise ConfigError(
                     f"Image '{self._choice.name}' has an ipykernel that cannot encrypt its channels (CurveZMQ), "
                     "and with transport='tcp' its ports would be open to every container on the engine's network "

@@ -14,7 +14,7 @@ life (start, probe, interrupt, restart, shutdown), a ``%use_image`` move,
 labels with ``envpin gc`` and ``envpin doctor``, the clear errors, and jobs
 (``ContainerExecutor``, ``envpin run``, ``envpin.use_image()``).  Podman on
 Debian has no catatonit, so every container here also proves envpin's own
-init (``envpin.pid1``).
+init (``envpin.entry.pid1``).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def test_a_kernel_lives_its_life_on_rootless_podman(podman):
         assert probe["uid"] == user  # the kernel runs as the user (keep-id), not as a subordinate id
         assert probe["containerenv"] and not probe["dockerenv"]  # in a Podman container
         assert probe["python"] == "3.11.2" and probe["cwd"] == str(NOTEBOOKS) and probe["image"] == PY311
-        assert "envpin.pid1" in probe["pid1"]  # Debian's podman has no catatonit: envpin's own init
+        assert "envpin.entry.pid1" in probe["pid1"]  # Debian's podman has no catatonit: envpin's own init
     assert os.stat(NOTEBOOKS / "written-by-kernel.txt").st_uid == user  # the user's file on the host
     assert got["transport"] == "ipc"  # channels are sockets in a folder: no TCP port at all
     assert got["interrupted"][:2] == ["error", "KeyboardInterrupt"] and got["interrupted"][2] < 10
@@ -203,7 +203,7 @@ def test_clear_errors_on_podman(podman):
 JOBS = """
 import json, os, subprocess, sys
 import envpin
-from envpin.executor import ContainerExecutor
+from envpin.jobs.executor import ContainerExecutor
 probe = lambda: [os.path.exists("/run/.containerenv"), os.getuid(), __import__("platform").python_version()]
 ex = ContainerExecutor("envpin-test/py311:latest", mode="container", max_workers=1)
 job = ex.submit(probe).result(timeout=120)

@@ -16,7 +16,7 @@ import requests
 from reliability.test_lifecycle_faults import FAST_RESTARTER, answers
 
 from testutils import PY311, containers
-from tools.engine import engine_answers, ensure_engine
+from tools.docker_engine import engine_answers, ensure_engine
 
 
 def dockerd_pid() -> int | None:

@@ -49,7 +49,7 @@ async def test_the_fallback_launcher_imports_nothing_from_the_notebook_folder(
     jupyter_env, docker_client, notebook_dir, tmp_path
 ):
     """Finding 1: ``python -m envpin_provisioner launch`` ran a planted envpin_provisioner/ as the client's uid."""
-    from envpin_provisioner import kernelspec
+    from envpin_provisioner.cli import kernelspec
 
     marker = tmp_path / "marker"
     marker.mkdir(mode=0o777)
@@ -223,7 +223,7 @@ async def test_a_kernel_that_swaps_its_sockets_is_stopped(canaries, hostile_setu
 
 
 def _sockets(km):
-    from envpin_provisioner import container as kc
+    from envpin_provisioner.kernel import container as kc
 
     return kc.socket_paths(km.provisioner._launch)
 
@@ -234,7 +234,7 @@ async def test_the_mount_is_checked_from_inside_the_running_container(
     """The second line: if a relink wins the race past the check before creation (simulated by switching
     that check off), the server sees through /proc/PID/root that the mounted folder is not the pinned one,
     removes the container and refuses the start."""
-    from envpin_provisioner import container as kc
+    from envpin_provisioner.kernel import container as kc
 
     name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
     proj, sub = nested_folders(tmp_path)

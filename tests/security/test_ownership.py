@@ -25,7 +25,9 @@ import uuid
 import docker.errors
 import pytest
 
-from envpin import labels
+from envpin import names
+from envpin.host import docker_client as envpin_docker_client
+from envpin.host import labels
 from testutils import PY311
 from testutils.kernels import kernel
 
@@ -41,11 +43,11 @@ def dead_pid() -> int:
 def dead_owner() -> dict[str, str]:
     """Owner labels of a process of this host and boot that is gone: what an orphan of envpin's carries."""
     return {
-        labels.OWNER_HOST: socket.gethostname(),
-        labels.OWNER_BOOT: labels.boot_id(),
-        labels.OWNER_PID: str(dead_pid()),
-        labels.OWNER_START: "1",
-        labels.OWNER_UID: str(os.getuid()),
+        names.LABEL_OWNER_HOST: socket.gethostname(),
+        names.LABEL_OWNER_BOOT: labels.boot_id(),
+        names.LABEL_OWNER_PID: str(dead_pid()),
+        names.LABEL_OWNER_START: "1",
+        names.LABEL_OWNER_UID: str(os.getuid()),
     }
 
 
@@ -66,13 +68,14 @@ def build_labelled(client, image_labels: dict[str, str], tag: str) -> str:
 
 ENVPIN_CREATE = """
 import sys
-from envpin import engines, host_docker
-from envpin.container_spec import base_options
-client = host_docker.client()
+from envpin.host import dialect
+from envpin.host import images
+from envpin.host.container_spec import base_options
+client = images.client()
 image = client.images.get(sys.argv[1])
 options = base_options(image_id=image.id, reference=sys.argv[1], immutable=image.id, role=sys.argv[2],
                        mount_envpin=False, extra_labels={"envpin.kernel-id": sys.argv[3]} if sys.argv[3] else None)
-container = engines.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
+container = dialect.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
 container.start()
 print(container.id)
 """
@@ -125,23 +128,25 @@ def lookalikes(docker_client):
 
 
 def test_gc_and_the_startup_collection_spare_lookalikes_and_collect_real_orphans(docker_client, lookalikes):
-    from envpin_provisioner import doctor, engine, ownership
+    from envpin_provisioner import engine
+    from envpin_provisioner.cli import doctor
+    from envpin_provisioner.kernel import ownership
 
     run, image = lookalikes
     # The two images of the finding: LABEL envpin.role=kernel; LABEL envpin.role=job with this host as owner.
-    kernel_image = image({labels.ROLE: "kernel", **dead_owner()}, "kernel")
-    job_image = image({labels.ROLE: "job", labels.OWNER_HOST: socket.gethostname()}, "job")
+    kernel_image = image({names.LABEL_ROLE: "kernel", **dead_owner()}, "kernel")
+    job_image = image({names.LABEL_ROLE: "job", names.LABEL_OWNER_HOST: socket.gethostname()}, "job")
     from_kernel_image = run(kernel_image)
     from_job_image = run(job_image)
     # docker run --label ... with a forged proof (and a nonce), a dead owner, and a warm-container name.
     forged = {
-        labels.ROLE: "kernel",
+        names.LABEL_ROLE: "kernel",
         **dead_owner(),
-        labels.NONCE: uuid.uuid4().hex,
-        labels.PROOF: "v1;envpin.nonce,envpin.role;" + "ab" * 32,
+        names.LABEL_NONCE: uuid.uuid4().hex,
+        names.LABEL_PROOF: "v1;envpin.nonce,envpin.role;" + "ab" * 32,
     }
     with_forged_proof = run(PY311, **forged)
-    fake_warm = run(PY311, name=f"envpin-warm-handoff-{uuid.uuid4().hex[:6]}", **{**forged, labels.ROLE: "pool"})
+    fake_warm = run(PY311, name=f"envpin-warm-handoff-{uuid.uuid4().hex[:6]}", **{**forged, names.LABEL_ROLE: "pool"})
     # Real containers of envpin's whose owner is gone ...
     orphan_job = real_orphan(docker_client, "job")
     orphan_kernel = real_orphan(docker_client, "kernel", kernel_id=str(uuid.uuid4()))
@@ -166,7 +171,7 @@ def test_gc_and_the_startup_collection_spare_lookalikes_and_collect_real_orphans
     # A server's start-up collection (the first kernel start of each server runs exactly this).
     import logging
 
-    engine.Engine(engine.engine_address(), docker_client).collect_garbage_once(logging.getLogger("test"))
+    engine.Engine(envpin_docker_client.engine_address(), docker_client).collect_garbage_once(logging.getLogger("test"))
     assert not exists(docker_client, orphan_job) and not exists(docker_client, orphan_kernel)
     gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0, gc.stdout + gc.stderr
@@ -179,11 +184,16 @@ def test_a_lookalike_costs_no_engine_call_and_images_are_looked_at_once(docker_c
     """The hot paths: a container without a valid proof is judged from its labels alone; image labels are cached."""
     from docker.models.images import ImageCollection
 
-    from envpin_provisioner import ownership
+    from envpin_provisioner.kernel import ownership
 
     run, _image = lookalikes
     forged = run(
-        PY311, **{labels.ROLE: "job", labels.NONCE: "n", labels.PROOF: "v1;envpin.nonce,envpin.role;" + "00" * 32}
+        PY311,
+        **{
+            names.LABEL_ROLE: "job",
+            names.LABEL_NONCE: "n",
+            names.LABEL_PROOF: "v1;envpin.nonce,envpin.role;" + "00" * 32,
+        },
     )
     orphans = [real_orphan(docker_client, "job") for _ in range(2)]
     calls = []
@@ -210,13 +220,13 @@ async def test_a_kernel_sweep_and_an_adoption_leave_lookalikes_alone(docker_clie
     async with kernel(name) as (km, _kc):
         kid = km.kernel_id
         forged = {
-            labels.ROLE: "kernel",
-            labels.KERNEL_ID: kid,
-            labels.NONCE: "n",
-            labels.PROOF: "v1;envpin.kernel-id,envpin.nonce,envpin.role;" + "cd" * 32,
+            names.LABEL_ROLE: "kernel",
+            names.LABEL_KERNEL_ID: kid,
+            names.LABEL_NONCE: "n",
+            names.LABEL_PROOF: "v1;envpin.kernel-id,envpin.nonce,envpin.role;" + "cd" * 32,
         }
         with_forged_proof = run(PY311, **forged)
-        from_image = run(image({labels.ROLE: "kernel", labels.KERNEL_ID: kid, **dead_owner()}, "kid"))
+        from_image = run(image({names.LABEL_ROLE: "kernel", names.LABEL_KERNEL_ID: kid, **dead_owner()}, "kid"))
         stale = real_orphan(docker_client, "kernel", kernel_id=kid)  # envpin's own, left by an earlier start
         await km.restart_kernel()
         assert not exists(docker_client, stale)  # the sweep still works ...
@@ -239,17 +249,22 @@ def test_the_proof_covers_every_envpin_label_and_the_key_is_private(tmp_path, mo
     """Unit level: a changed label breaks the proof; a key file someone else could read or swap is refused."""
     monkeypatch.setattr(labels, "key_path", lambda: str(tmp_path / "state" / "owner.key"))
     monkeypatch.setattr(labels, "_keys", {})
-    signed = labels.signed({labels.ROLE: "job", **labels.owner_labels()})
+    signed = labels.signed({names.LABEL_ROLE: "job", **labels.owner_labels()})
     key_file = tmp_path / "state" / "owner.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert labels.made_by_envpin(signed, {"maintainer": "x", "envpin.test-recipe": "r"})  # labels it did not set
-    for key, value in ((labels.ROLE, "kernel"), (labels.OWNER_PID, "1"), (labels.NONCE, "x")):
+    for key, value in ((names.LABEL_ROLE, "kernel"), (names.LABEL_OWNER_PID, "1"), (names.LABEL_NONCE, "x")):
         assert not labels.proof_holds({**signed, key: value}), key
-    assert not labels.proof_holds({k: v for k, v in signed.items() if k != labels.OWNER_UID})
-    scheme, names, mac = signed[labels.PROOF].split(";")
-    fewer = ",".join(n for n in names.split(",") if n != labels.OWNER_PID)
-    assert not labels.proof_holds({**signed, labels.PROOF: f"{scheme};{fewer};{mac}"})  # the names are signed too
-    for claimed in (labels.ROLE, labels.OWNER_PID, labels.NONCE, labels.PROOF):  # an image that sets envpin's labels
+    assert not labels.proof_holds({k: v for k, v in signed.items() if k != names.LABEL_OWNER_UID})
+    scheme, covered, mac = signed[names.LABEL_PROOF].split(";")
+    fewer = ",".join(n for n in covered.split(",") if n != names.LABEL_OWNER_PID)
+    assert not labels.proof_holds({**signed, names.LABEL_PROOF: f"{scheme};{fewer};{mac}"})  # the names are signed too
+    for claimed in (
+        names.LABEL_ROLE,
+        names.LABEL_OWNER_PID,
+        names.LABEL_NONCE,
+        names.LABEL_PROOF,
+    ):  # an image that sets envpin's labels
         assert not labels.made_by_envpin(signed, {claimed: signed[claimed]}), claimed
     assert not labels.made_by_envpin(signed, None)  # an image that is gone
 
@@ -264,5 +279,5 @@ def test_the_proof_covers_every_envpin_label_and_the_key_is_private(tmp_path, mo
     key_file.symlink_to(elsewhere)
     with pytest.raises(labels.OwnerKeyError, match="symbolic link"):
         labels.owner_key(create=True)
-    unsigned = labels.signed({labels.ROLE: "job"})  # no usable key: made without a proof, never collected
-    assert labels.PROOF not in unsigned and not labels.proof_holds(unsigned)
+    unsigned = labels.signed({names.LABEL_ROLE: "job"})  # no usable key: made without a proof, never collected
+    assert names.LABEL_PROOF not in unsigned and not labels.proof_holds(unsigned)

@@ -50,7 +50,7 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
-from envpin_provisioner.pool import pools
+from envpin_provisioner.warm.pool import pools
 from testutils import PY311, PY313, async_wait_for, containers, envpin_containers
 from testutils.hostile import KERNEL_UID, Canaries
 from testutils.hostile import TOOLBOX as HOSTILE_TOOLBOX
@@ -65,8 +65,8 @@ STALL_LIMIT = 0.2
 #: Modules whose file says where a kernel's code came from (read from sys.modules: never imported by the probe).
 WATCHED = (
     "envpin",
-    "envpin.pooled",
-    "envpin.boot",
+    "envpin.entry.warm_kernel",
+    "envpin.entry.boot",
     "ipykernel",
     "ipykernel_launcher",
     "IPython",
@@ -491,8 +491,8 @@ def evil_pth(folder: str) -> str:
 #: Everything ``python -c BOOTSTRAP MODULE`` or ``python -m MODULE`` could pick up from its working folder.
 PLANTED = {
     "envpin/__init__.py": evil("envpin"),
-    "envpin/pooled.py": evil("envpin.pooled"),
-    "envpin/boot.py": evil("envpin.boot"),
+    "envpin/entry/warm_kernel.py": evil("envpin.entry.warm_kernel"),
+    "envpin/entry/boot.py": evil("envpin.entry.boot"),
     "ipykernel/__init__.py": evil("ipykernel"),
     "ipykernel_launcher.py": evil("ipykernel_launcher"),
     "IPython/__init__.py": evil("IPython"),

@@ -71,7 +71,7 @@ def build_with_python(client, script: str, kind: str) -> str:
 
 @pytest.fixture
 def hostile_images(docker_client):
-    from envpin import fingerprints
+    from envpin.compat import fingerprints
 
     made = {
         kind: build_with_python(docker_client, script, kind)

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the dev tools (tools.engine, tools.images) live at the repo root
+if str(ROOT) not in sys.path:  # the dev tools (tools.docker_engine, tools.images) live at the repo root
     sys.path.insert(0, str(ROOT))
 
-from envpin import labels  # noqa: E402
+from envpin import names  # noqa: E402
 
 # ---- the offline-built test images (tools/images.py builds them) --------------------------------
 
@@ -31,7 +31,7 @@ DEMO = "ubuntu-22.04-py3"
 T = TypeVar("T")
 
 
-# ---- containers, by envpin's labels (envpin.labels names them) -----------------------------------
+# ---- containers, by envpin's labels (envpin.host.labels names them) -----------------------------------
 
 
 def containers(client: Any, *, role: str | None = None, kernel: str | None = None, running: bool = False) -> list:
@@ -41,11 +41,11 @@ def containers(client: Any, *, role: str | None = None, kernel: str | None = Non
     container that merely stopped.  A kernel's containers are those labelled
     with its id and the warm container it took (named ``envpin-<kernel id>-...``).
     """
-    wanted = [f"{labels.ROLE}={role}" if role else labels.ROLE]
+    wanted = [f"{names.LABEL_ROLE}={role}" if role else names.LABEL_ROLE]
     # ignore_removed: a container removed between the listing and its inspection is simply not there.
     found = client.containers.list(
         all=not running,
-        filters={"label": [*wanted, f"{labels.KERNEL_ID}={kernel}"] if kernel else wanted},
+        filters={"label": [*wanted, f"{names.LABEL_KERNEL_ID}={kernel}"] if kernel else wanted},
         ignore_removed=True,
     )
     if kernel:  # a kernel that took a warm container (pool_size): labels cannot change, its name says whose it is

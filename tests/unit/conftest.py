@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(autouse=True)
 def no_engine(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # the discard port: nothing answers
-    from envpin import docker_client
+    from envpin.host import docker_client
 
     docker_client.reset()
     yield

@@ -1,4 +1,4 @@
-"""envpin.boot: a process envpin starts imports nothing from its working folder (issue 22 finding 2, 31 finding 1)."""
+"""envpin.entry.boot: a process envpin starts imports nothing from its working folder (issue 22 finding 2, 31 finding 1)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from envpin import boot
-from envpin.container_spec import base_options
+from envpin.entry import boot
+from envpin.host.container_spec import base_options
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The pickle-compatibility policy (envpin.compat) and the measured matrix it reads, without an engine.
+"""The pickle-compatibility policy (envpin.compat.policy) and the measured matrix it reads, without an engine.
 
 The matrix itself is measured in containers by ``python -m tools.pickle_matrix``
 (tests/test_pickle_matrix.py re-measures a subset and compares); here: that
@@ -12,8 +12,9 @@ import warnings
 
 import pytest
 
-from envpin import compat, control, envelope, fingerprints
-from envpin.compat import Side
+from envpin.compat import fingerprints, policy
+from envpin.compat.policy import Side
+from envpin.jobs import envelope
 
 
 def env(python: str, version: str, pickler: str = "cloudpickle", patch: str = "0") -> dict:
@@ -32,7 +33,7 @@ def env(python: str, version: str, pickler: str = "cloudpickle", patch: str = "0
 @pytest.fixture(autouse=True)
 def _fresh_policy_state(monkeypatch):
     monkeypatch.delenv("ENVPIN_ENVELOPE", raising=False)
-    compat._warned.clear()
+    policy._warned.clear()
     envelope._last_accepted.clear()
 
 
@@ -40,7 +41,7 @@ def _fresh_policy_state(monkeypatch):
 
 
 def test_the_shipped_matrix_covers_the_pythons_and_picklers_it_promises():
-    data = compat.matrix()
+    data = policy.matrix()
     assert data["command"] == "python -m tools.pickle_matrix"
     cloud = {(e["python"], e["version"]) for e in data["environments"]["cloudpickle"]}
     dill = {(e["python"], e["version"]) for e in data["environments"]["dill"]}
@@ -53,10 +54,10 @@ def test_the_shipped_matrix_covers_the_pythons_and_picklers_it_promises():
 
 
 def test_every_measured_pair_is_judged_as_it_was_measured():
-    for p in compat.matrix()["pairs"]:
+    for p in policy.matrix()["pairs"]:
         sent = Side("CPython", p["sent"][0], p["pickler"], p["sent"][1])
         here = Side("CPython", p["loaded"][0], p["pickler"], p["loaded"][1])
-        verdict = compat.judge(sent, here)
+        verdict = policy.judge(sent, here)
         if sent == here:
             assert verdict.status == "same"
         else:
@@ -108,23 +109,23 @@ def test_known_breaking_pairs_are_refused_in_both_modes_with_what_was_measured(m
 
 def test_a_new_python_minor_with_an_unmeasured_cloudpickle_is_still_refused():
     # Neither side's cloudpickle was measured; the Python minors differ, and every measured minor pair broke.
-    verdict = compat.judge(
+    verdict = policy.judge(
         Side("CPython", "3.12", "cloudpickle", "9.0.0"), Side("CPython", "3.14", "cloudpickle", "9.0.0")
     )
     assert verdict.status == "inferred-broken" and verdict.refused("compatible")
 
 
 def test_other_picklers_and_implementations_are_refused():
-    assert compat.judge(
+    assert policy.judge(
         Side("CPython", "3.11", "dill", "0.4.1"), Side("CPython", "3.11", "cloudpickle", "3.1.3")
     ).broken
-    assert compat.judge(
+    assert policy.judge(
         Side("PyPy", "3.11", "cloudpickle", "3.1.3"), Side("CPython", "3.11", "cloudpickle", "3.1.3")
     ).broken
 
 
 def test_dill_releases_on_one_python_load_each_other():
-    verdict = compat.judge(Side("CPython", "3.11", "dill", "0.3.6"), Side("CPython", "3.11", "dill", "0.4.1"))
+    verdict = policy.judge(Side("CPython", "3.11", "dill", "0.3.6"), Side("CPython", "3.11", "dill", "0.4.1"))
     assert verdict.status == "measured-ok", verdict.evidence
 
 
@@ -133,7 +134,7 @@ def test_dill_releases_on_one_python_load_each_other():
 
 def test_an_unmeasured_pair_warns_once_and_proceeds_in_compatible_mode():
     sent, here = env("3.11", "3.1.9"), env("3.11", "3.1.3")
-    with pytest.warns(compat.UnmeasuredPairWarning) as caught:
+    with pytest.warns(policy.UnmeasuredPairWarning) as caught:
         envelope.check(sent, here, "job")
     text = str(caught[0].message)
     assert text.startswith("envpin: not measured: pickles made under Python 3.11 with cloudpickle 3.1.9")
@@ -153,33 +154,35 @@ def test_an_unmeasured_pair_is_refused_in_strict_mode():
 
 
 def test_the_mode_precedence_is_argument_then_pin_then_environment_then_compatible(monkeypatch):
-    assert compat.resolve_mode() == "compatible"
+    assert policy.resolve_mode() == "compatible"
     monkeypatch.setenv("ENVPIN_ENVELOPE", "strict")
-    assert compat.resolve_mode() == "strict"
-    assert compat.resolve_mode(pinned="compatible") == "compatible"
-    assert compat.resolve_mode("strict", pinned="compatible") == "strict"
+    assert policy.resolve_mode() == "strict"
+    assert policy.resolve_mode(pinned="compatible") == "compatible"
+    assert policy.resolve_mode("strict", pinned="compatible") == "strict"
 
 
 def test_a_bad_mode_is_named_with_the_two_that_exist(monkeypatch):
     monkeypatch.setenv("ENVPIN_ENVELOPE", "lenient")
-    with pytest.raises(compat.EnvelopeModeError) as info:
-        compat.resolve_mode()
+    with pytest.raises(policy.EnvelopeModeError) as info:
+        policy.resolve_mode()
     assert "ENVPIN_ENVELOPE is 'lenient'" in str(info.value) and "'compatible'" in str(info.value)
-    with pytest.raises(compat.EnvelopeModeError, match="envelope= is 'loose'"):
-        compat.resolve_mode("loose")
+    with pytest.raises(policy.EnvelopeModeError, match="envelope= is 'loose'"):
+        policy.resolve_mode("loose")
 
 
 def test_an_executor_with_a_bad_mode_fails_before_any_worker():
-    from envpin.executor import ContainerExecutor
+    from envpin.jobs.executor import ContainerExecutor
 
-    with pytest.raises(compat.EnvelopeModeError, match="envelope= is 'sometimes'"):
+    with pytest.raises(policy.EnvelopeModeError, match="envelope= is 'sometimes'"):
         ContainerExecutor("some/image", mode="process", envelope="sometimes")
 
 
 def test_use_image_carries_the_mode_across_a_move_and_drops_anything_else():
-    assert control.session_options({"envelope": "strict"}) == {"envelope": "strict"}
-    assert control.session_options({"envelope": "yes; rm -rf /"}) == {}
-    assert control.session_option_env({"envelope": "strict"}) == {"ENVPIN_ENVELOPE": "strict"}
+    from envpin.session.options import SessionOptions
+
+    assert SessionOptions.parse({"envelope": "strict"}, strict_schema=False).as_dict() == {"envelope": "strict"}
+    assert SessionOptions.parse({"envelope": "yes; rm -rf /"}, strict_schema=False).as_dict() == {}
+    assert SessionOptions(envelope="strict").as_env() == {"ENVPIN_ENVELOPE": "strict"}
 
 
 # ---- the same policy in envpin.compare -------------------------------------------------------------

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["envpin.references"]
+MODULES = ["envpin.images.references"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,4 @@
-"""How envpin's container options change per engine (envpin.engines), with stand-in clients: no engine.
+"""How envpin's container options change per engine (envpin.host.dialect), with stand-in clients: no engine.
 
 The real thing runs in tests/podman/ (rootless Podman) and everywhere else (Docker).
 """
@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 from docker.types import DeviceRequest
 
-from envpin import boot, engines
-from envpin.container_spec import base_options
+from envpin.entry import boot
+from envpin.host import dialect
+from envpin.host.container_spec import base_options
 
 
 class FakeResponse:
@@ -39,8 +40,8 @@ def fake_client(name: str, rootless: bool = False, socket: str = "/run/fake.sock
 
 @pytest.fixture(autouse=True)
 def _forget_engines():
-    engines._kinds.clear()
-    engines._without_init.clear()
+    dialect._kinds.clear()
+    dialect._without_init.clear()
 
 
 def kernel_options(**extra):
@@ -52,32 +53,36 @@ def kernel_options(**extra):
 def test_docker_options_pass_unchanged():
     client = fake_client("Engine")
     options = kernel_options(device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])])
-    assert engines.adapt(client, options) == options
-    assert engines.kind(client).describe() == "Docker 28.2.2 at unix:///run/fake.sock"
+    assert dialect.adapt(client, options) == options
+    assert dialect.kind(client).describe() == "Docker 28.2.2 at unix:///run/fake.sock"
 
 
 def test_rootless_podman_keeps_the_users_id_and_owns_home_with_U():
     client = fake_client("Podman Engine", rootless=True, socket="/run/user/1000/podman/podman.sock")
-    out = engines.adapt(client, kernel_options())
+    out = dialect.adapt(client, kernel_options())
     assert out["userns_mode"] == "keep-id" and out["user"] == "1000:1000"
     assert out["tmpfs"] == {"/tmp/envpin-home": "rw,exec,mode=0700,U"}
     assert out["init"] is True and out["entrypoint"] == ["/opt/python/bin/python"]  # until the engine refuses init
-    assert engines.kind(client).describe() == "Podman 4.3.1 (rootless) at unix:///run/user/1000/podman/podman.sock"
+    assert dialect.kind(client).describe() == "Podman 4.3.1 (rootless) at unix:///run/user/1000/podman/podman.sock"
 
 
 def test_rootful_podman_needs_no_user_namespace():
-    out = engines.adapt(fake_client("Podman Engine", rootless=False), kernel_options())
+    out = dialect.adapt(fake_client("Podman Engine", rootless=False), kernel_options())
     assert "userns_mode" not in out and out["tmpfs"]["/tmp/envpin-home"].endswith(",U")
 
 
 def test_an_engine_without_init_gets_envpins_own():
     client = fake_client("Podman Engine", rootless=True)
-    engines.kind(client)
-    engines._without_init.add("unix:///run/fake.sock")
-    out = engines.adapt(client, kernel_options())
+    dialect.kind(client)
+    dialect._without_init.add("unix:///run/fake.sock")
+    out = dialect.adapt(client, kernel_options())
     assert out["init"] is False
     # the program's own Python runs the init (an image may have no python3 on PATH)
-    assert out["entrypoint"] == [*boot.entrypoint("/opt/python/bin/python"), "envpin.pid1", "/opt/python/bin/python"]
+    assert out["entrypoint"] == [
+        *boot.entrypoint("/opt/python/bin/python"),
+        "envpin.entry.pid1",
+        "/opt/python/bin/python",
+    ]
     assert out["command"] == ["-m", "ipykernel_launcher"]
 
 
@@ -90,7 +95,7 @@ def test_an_engine_without_init_gets_envpins_own():
     ],
 )
 def test_gpus_become_cdi_devices_on_podman(request_, devices):
-    out = engines.adapt(fake_client("Podman Engine"), kernel_options(device_requests=[request_]))
+    out = dialect.adapt(fake_client("Podman Engine"), kernel_options(device_requests=[request_]))
     assert "device_requests" not in out and out["devices"] == devices
 
 
@@ -108,7 +113,7 @@ def test_pid1_forwards_signals_and_returns_the_programs_status(tmp_path):
         "time.sleep(30)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "envpin.pid1", sys.executable, str(script)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "envpin.entry.pid1", sys.executable, str(script)], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     started = time.monotonic()

@@ -7,9 +7,11 @@ import os
 
 import pytest
 
-from envpin import image_policy, pins, safe_files
+from envpin import safe_files
 from envpin.errors import PinFileError
-from envpin_provisioner.control_server import BadRequest, ControlChannel, ControlRequest
+from envpin.images import allowlist
+from envpin.session import pin_file
+from envpin_provisioner.moves.control_requests import BadRequest, ControlChannel, ControlRequest
 
 RID = "0123456789abcdef0123456789abcdef"
 
@@ -118,22 +120,22 @@ def test_pin_file_link_is_refused_without_its_content(folder):
     secret.write_text(json.dumps({"notebooks": {"*": {"image": "evil"}}, "token": "SECRET"}))
     (d / ".envpin.json").symlink_to(secret)
     with pytest.raises(PinFileError) as info:
-        pins.read(d)
+        pin_file.read(d)
     assert "not a plain file" in str(info.value) and "SECRET" not in str(info.value)
     (d / ".envpin.json").unlink()
     (d / ".envpin.json").write_text("[" * 100000)
     with pytest.raises(PinFileError, match="nested too deeply"):
-        pins.read(d)
+        pin_file.read(d)
 
 
 def test_pin_record_never_writes_through_a_link(folder):
     d, secret = folder
-    pins.record(d, "a.ipynb", {"image": "py"})
+    pin_file.record(d, "a.ipynb", {"image": "py"})
     tmp = d / "elsewhere"
     os.rename(d / ".envpin.json", tmp)
     (d / ".envpin.json").symlink_to(secret)
     with pytest.raises(PinFileError):
-        pins.record(d, "a.ipynb", {"image": "py"})
+        pin_file.record(d, "a.ipynb", {"image": "py"})
     assert secret.read_text() == "SECRET"
 
 
@@ -149,12 +151,12 @@ def test_pin_record_never_writes_through_a_link(folder):
     ],
 )
 def test_allowed_images_patterns(reference, patterns, ok):
-    assert image_policy.allowed(reference, patterns) is ok
+    assert allowlist.allowed(reference, patterns) is ok
 
 
 def test_allowed_images_message_names_image_source_and_patterns():
-    with pytest.raises(image_policy.ImageNotAllowed) as info:
-        image_policy.check("evil:1", ["python:*"], "the pin file /x/.envpin.json", "alias")
+    with pytest.raises(allowlist.ImageNotAllowed) as info:
+        allowlist.check("evil:1", ["python:*"], "the pin file /x/.envpin.json", "alias")
     msg = str(info.value)
     assert (
         "'alias' (evil:1)" in msg
@@ -165,7 +167,7 @@ def test_allowed_images_message_names_image_source_and_patterns():
 
 
 def test_allowed_images_from_the_environment():
-    assert image_policy.patterns_from_env({"ENVPIN_ALLOWED_IMAGES": "a/*, b:1  c"}) == ["a/*", "b:1", "c"]
+    assert allowlist.patterns_from_env({"ENVPIN_ALLOWED_IMAGES": "a/*, b:1  c"}) == ["a/*", "b:1", "c"]
 
 
 @pytest.mark.parametrize(
@@ -180,7 +182,7 @@ def test_allowed_images_from_the_environment():
 )
 def test_one_reference_parser_for_both_sides(reference, repo, rest):
     """The kernel side once read the repository of localhost:5000/img as 'localhost' (its digest never matched)."""
-    from envpin import references
-    from envpin_provisioner import images
+    from envpin.images import references
+    from envpin_provisioner.images import pulling
 
-    assert references.split(reference) == (repo, rest) == images._split(reference)
+    assert references.split(reference) == (repo, rest) == pulling._split(reference)

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from envpin import aliases, image_policy, references
 from envpin.errors import EnvpinError
+from envpin.images import allowlist, references
+from envpin.session import aliases
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -89,13 +90,13 @@ APP = "localhost:5000/team/app"
     ],
 )
 def test_allowed_images_match_the_parsed_reference(reference, patterns, ok):
-    assert image_policy.allowed(reference, patterns) is ok
-    assert image_policy.allowed(references.parse(reference), patterns) is ok if references.is_valid(reference) else True
+    assert allowlist.allowed(reference, patterns) is ok
+    assert allowlist.allowed(references.parse(reference), patterns) is ok if references.is_valid(reference) else True
 
 
 def test_a_digest_refusal_says_which_patterns_would_allow_it():
-    with pytest.raises(image_policy.ImageNotAllowed) as info:
-        image_policy.check(f"{APP}:3.11@{D1}", [f"{APP}:3.11*"], "%use_image in this kernel")
+    with pytest.raises(allowlist.ImageNotAllowed) as info:
+        allowlist.check(f"{APP}:3.11@{D1}", [f"{APP}:3.11*"], "%use_image in this kernel")
     message = str(info.value)
     assert f"'{APP}:3.11@{D1}'" in message and "REPO@sha256:" in message and "REPO:*" in message
 
@@ -143,7 +144,7 @@ def test_aliases_refuse_a_link_and_a_huge_file(aliases_file, tmp_path):
 
 def test_the_checked_reference_is_the_one_resolved(aliases_file, monkeypatch):
     """Finding 5: the policy check and the resolution read the aliases file separately; now once."""
-    from envpin_provisioner import image_choice
+    from envpin_provisioner.images import selection
 
     aliases_file.write_text(json.dumps({"py": "envpin-test/py311:latest"}))
     real_load, reads = aliases.load, []
@@ -155,17 +156,17 @@ def test_the_checked_reference_is_the_one_resolved(aliases_file, monkeypatch):
         return table
 
     monkeypatch.setattr(aliases, "load", load_then_flip)
-    ref = image_choice.checked_reference("py", ["envpin-test/py311*"], "%use_image in this kernel")
+    ref = selection.checked_reference("py", ["envpin-test/py311*"], "%use_image in this kernel")
     assert ref.engine_name == "envpin-test/py311:latest" and len(reads) == 1
-    with pytest.raises(image_policy.ImageNotAllowed):  # the next request reads the flipped file, and is refused
-        image_choice.checked_reference("py", ["envpin-test/py311*"], "%use_image in this kernel")
+    with pytest.raises(allowlist.ImageNotAllowed):  # the next request reads the flipped file, and is refused
+        selection.checked_reference("py", ["envpin-test/py311*"], "%use_image in this kernel")
 
 
 # ---- pull budgets -------------------------------------------------------------------------------
 
 
 def test_a_pull_budget_bounds_count_bytes_and_rate():
-    from envpin_provisioner.pull_budget import PullBudget, PullRefused
+    from envpin_provisioner.images.pull_budget import PullBudget, PullRefused
 
     budget = PullBudget(max_pulls=2, max_bytes=1000, interval=0)
     assert budget.admit("a:1") == 1000

@@ -55,7 +55,13 @@ def test_pyproject_bounds_each_library_to_its_tested_range(library):
 
 
 def test_importing_the_registry_and_its_users_imports_none_of_the_libraries():
-    users = ["envpin.internals", "envpin.engines", "envpin.handoff", "envpin.short_errors", "envpin.adapters"]
+    users = [
+        "envpin.internals",
+        "envpin.host.dialect",
+        "envpin.notebook.handoff",
+        "envpin.notebook.short_errors",
+        "envpin.adapters",
+    ]
     libraries = [lib.import_name for lib in LIBRARIES]
     code = f"import sys\nfor m in {users!r}: __import__(m)\nprint([m for m in {libraries!r} if m in sys.modules])"
     env = {"PYTHONPATH": str(REPO / "ipython_ext"), "PATH": "/usr/bin:/bin"}

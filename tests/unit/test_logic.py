@@ -12,8 +12,11 @@ import json
 
 import pytest
 
-from envpin import aliases, envelope, fingerprints, hooks, references, session, workers
+from envpin.compat import fingerprints
 from envpin.errors import EnvpinError
+from envpin.images import references
+from envpin.jobs import envelope, worker_hosts
+from envpin.session import aliases, stamping, state
 
 # ---- provisioner options -------------------------------------------------------------------------
 
@@ -73,15 +76,15 @@ def test_config_beats_the_environment(monkeypatch):
     [("", []), ("all", [(-1, None)]), ("2", [(2, None)]), ("device=0,1", [(0, ["0", "1"])])],
 )
 def test_gpus_take_docker_run_syntax(value, expected):
-    from envpin_provisioner.container import parse_gpus
+    from envpin_provisioner.kernel.container import parse_gpus
 
     found = [(r.get("Count", 0), r.get("DeviceIDs") or None) for r in parse_gpus(value)]
     assert found == expected
 
 
 def test_gpus_in_another_syntax_are_refused_with_the_three_forms():
-    from envpin_provisioner.container import parse_gpus
     from envpin_provisioner.errors import ConfigError
+    from envpin_provisioner.kernel.container import parse_gpus
 
     with pytest.raises(ConfigError, match="use 'all', a count like '2', or 'device=0,1'"):
         parse_gpus("nvidia")
@@ -99,7 +102,7 @@ def test_gpus_in_another_syntax_are_refused_with_the_three_forms():
     ],
 )
 def test_shm_size_auto_is_half_the_memory_the_kernel_may_use(setting, mem_limit, engine_memory, expected):
-    from envpin_provisioner.container import shm_size_for
+    from envpin_provisioner.kernel.container import shm_size_for
 
     assert shm_size_for(setting, mem_limit, engine_memory) == expected
 
@@ -121,15 +124,15 @@ def test_the_repository_of_a_reference(reference, repository):
 
 
 def test_the_server_reads_references_with_the_same_parser():
-    from envpin_provisioner import images
+    from envpin_provisioner.images import pulling
 
-    assert images._split("localhost:5000/img") == ("localhost:5000/img", "latest")
-    assert images._split("localhost:5000/img:2") == ("localhost:5000/img", "2")
+    assert pulling._split("localhost:5000/img") == ("localhost:5000/img", "latest")
+    assert pulling._split("localhost:5000/img:2") == ("localhost:5000/img", "2")
 
 
 def test_an_invalid_reference_is_refused_by_name():
     from envpin_provisioner.errors import InvalidImageReference
-    from envpin_provisioner.images import check_reference
+    from envpin_provisioner.images.pulling import check_reference
 
     with pytest.raises(InvalidImageReference, match="Python:3.11"):
         check_reference("Python:3.11")
@@ -239,72 +242,72 @@ class _RecordingAdapter:
 
 @pytest.fixture
 def recording_adapter(monkeypatch):
-    monkeypatch.setattr(hooks, "_registry", {})
-    monkeypatch.setattr(hooks, "_active", {})
+    monkeypatch.setattr(stamping, "_registry", {})
+    monkeypatch.setattr(stamping, "_active", {})
     adapter = _RecordingAdapter()
-    hooks.register(adapter)
+    stamping.register(adapter)
     yield adapter
-    hooks.unpin_session()
+    stamping.unpin_session()
 
 
 def _pin(**kw):
     base = dict(name="py311", reference="reg.example/py:3.11", image_id="reg.example/py@sha256:" + "b" * 64)
     base.update(python="3.11.2", cloudpickle="3.1.1", mode="host")
     base.update(kw)
-    return session.Pin(**base)
+    return state.Pin(**base)
 
 
 def test_pinning_activates_every_adapter_with_the_stamp(recording_adapter):
-    assert hooks.pin_session(_pin()) == ["recording"]
+    assert stamping.pin_session(_pin()) == ["recording"]
     stamp = recording_adapter.stamps[-1]
     assert stamp.image == "reg.example/py:3.11" and stamp.env["YT_JOB_DOCKER_IMAGE"] == "reg.example/py:3.11"
-    assert session.current_pin().name == "py311"
-    hooks.unpin_session()
-    assert recording_adapter.stamps[-1] is None and session.current_pin() is None
+    assert state.current_pin().name == "py311"
+    stamping.unpin_session()
+    assert recording_adapter.stamps[-1] is None and state.current_pin() is None
 
 
 def test_by_digest_needs_a_registry_digest_and_changes_nothing_when_refused(recording_adapter):
     with pytest.raises(EnvpinError, match="has no registry digest"):
-        hooks.pin_session(_pin(image_id="sha256:" + "c" * 64, by_digest=True))
-    assert session.current_pin() is None and recording_adapter.stamps == []
+        stamping.pin_session(_pin(image_id="sha256:" + "c" * 64, by_digest=True))
+    assert state.current_pin() is None and recording_adapter.stamps == []
 
 
 def test_by_digest_writes_the_digest_into_jobs(recording_adapter):
-    hooks.pin_session(_pin(by_digest=True))
-    assert hooks.stamp({"image": None})["image"] == "reg.example/py@sha256:" + "b" * 64
+    stamping.pin_session(_pin(by_digest=True))
+    assert stamping.stamp({"image": None})["image"] == "reg.example/py@sha256:" + "b" * 64
 
 
 def test_a_job_naming_its_own_image_keeps_it_with_a_warning_or_is_refused_when_strict(recording_adapter):
-    hooks.pin_session(_pin())
-    with pytest.warns(hooks.ImageConflictWarning, match="names image 'other:1'"):
-        job = hooks.stamp({"image": "other:1", "env": {"MINE": "1"}})
+    stamping.pin_session(_pin())
+    with pytest.warns(stamping.ImageConflictWarning, match="names image 'other:1'"):
+        job = stamping.stamp({"image": "other:1", "env": {"MINE": "1"}})
     assert job["image"] == "other:1" and job["env"]["MINE"] == "1" and job["env"]["ENVPIN_IMAGE"]
-    with pytest.raises(hooks.ImageConflict):
-        hooks.stamp({"image": "other:1"}, strict=True)
+    with pytest.raises(stamping.ImageConflict):
+        stamping.stamp({"image": "other:1"}, strict=True)
 
 
 def test_stamp_before_a_pin_says_what_to_do():
     with pytest.raises(EnvpinError, match="pin the session first with %use_image"):
-        hooks.stamp()
+        stamping.stamp()
 
 
 def test_runs_in_image_matches_any_name_the_provisioner_gave(monkeypatch):
     monkeypatch.setenv("ENVPIN_IMAGE", "reg.example/py:3.11")
     monkeypatch.setenv("ENVPIN_IMAGE_NAME", "py311")
     monkeypatch.delenv("ENVPIN_IMAGE_ID", raising=False)
-    assert session.runs_in_image("py311") and session.runs_in_image("reg.example/py:3.11")
-    assert not session.runs_in_image("reg.example/py:3.13")
+    assert state.runs_in_image("py311") and state.runs_in_image("reg.example/py:3.11")
+    assert not state.runs_in_image("reg.example/py:3.13")
     monkeypatch.delenv("ENVPIN_IMAGE")
     monkeypatch.delenv("ENVPIN_IMAGE_NAME")
-    assert not session.runs_in_image("py311")
+    assert not state.runs_in_image("py311")
 
 
 @pytest.mark.parametrize(
     "death, says",
     [
-        (workers.Death(1), "exited with code 1"),
-        (workers.Death(137), "was killed (out of memory, or from outside)"),
-        (workers.Death(137, oom=True), "ran out of memory"),
+        (worker_hosts.Death(1), "exited with code 1"),
+        (worker_hosts.Death(137), "was killed (out of memory, or from outside)"),
+        (worker_hosts.Death(137, oom=True), "ran out of memory"),
     ],
 )
 def test_a_dead_worker_is_described_in_words(death, says):
@@ -315,7 +318,7 @@ def test_a_dead_worker_is_described_in_words(death, says):
 
 
 def _stamp(**kw):
-    return hooks.Stamp(image="reg.example/py:3.11", image_id="sha256:" + "d" * 64, **kw)
+    return stamping.Stamp(image="reg.example/py:3.11", image_id="sha256:" + "d" * 64, **kw)
 
 
 def test_ray_runtime_env_gets_image_uri_and_env_vars_and_the_users_values_win():
@@ -345,7 +348,7 @@ def test_ray_refuses_pip_beside_the_pinned_image_and_says_what_to_do():
 def test_ray_keeps_a_task_s_own_image_uri_with_a_warning():
     from envpin.adapters.ray_adapter import stamp_runtime_env
 
-    with pytest.warns(hooks.ImageConflictWarning):
+    with pytest.warns(stamping.ImageConflictWarning):
         env = stamp_runtime_env({"image_uri": "other:2"}, _stamp(), "image_uri", "Ray task f")
     assert env == {"image_uri": "other:2"}
 
@@ -398,6 +401,6 @@ def test_yt_base_layer_is_left_out_for_an_uppercase_reference_the_client_would_l
     ],
 )
 def test_flyte_images_always_carry_a_tag(reference, flyte):
-    from envpin.adapters.flyte_adapter import with_tag
+    from envpin.images.references import with_tag
 
     assert with_tag(reference) == flyte

@@ -1,8 +1,8 @@
 """One Docker layer (issue 23): containers are created, and clients made, in exactly one place each.
 
-Every container envpin makes goes through ``envpin.engines.create`` (labels, proof of ownership, the
+Every container envpin makes goes through ``envpin.host.dialect.create`` (labels, proof of ownership, the
 engine's dialect) so ``envpin gc`` sees it and Podman gets its options; every client comes from
-``envpin.docker_client`` (one per engine address, one explanation of an unreachable engine).  This reads
+``envpin.host.docker_client`` (one per engine address, one explanation of an unreachable engine).  This reads
 the source, so a new ``containers.run`` or ``docker.from_env`` anywhere else fails here.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = [ROOT / "ipython_ext" / "envpin", ROOT / "kernel_provisioner" / "envpin_provisioner"]
 ALLOWED = {
-    "create": {"envpin/engines.py"},  # client.containers.create, the one place
-    "run": set(),  # client.containers.run: nowhere (it skips engines.create)
-    "from_env": {"envpin/docker_client.py"},
-    "DockerClient": {"envpin/docker_client.py"},
-    "APIClient": {"envpin/docker_client.py"},
+    "create": {"envpin/host/dialect.py"},  # client.containers.create, the one place
+    "run": set(),  # client.containers.run: nowhere (it skips envpin.host.dialect.create)
+    "from_env": {"envpin/host/docker_client.py"},
+    "DockerClient": {"envpin/host/docker_client.py"},
+    "APIClient": {"envpin/host/docker_client.py"},
 }
 
 
@@ -43,7 +43,7 @@ def test_containers_and_clients_are_made_in_one_place_each():
         for path in package.rglob("*.py"):
             where = f"{package.name}/{path.relative_to(package)}"
             found += [f"{where}:{line} {what}" for what, line in calls(path) if where not in ALLOWED[what]]
-    assert found == [], "make containers with envpin.engines.create and clients with envpin.docker_client"
+    assert found == [], "make containers with envpin.host.dialect.create and clients with envpin.host.docker_client"
 
 
 def test_the_check_can_fail(tmp_path):

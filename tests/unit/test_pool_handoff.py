@@ -1,6 +1,6 @@
 """Unit tier: the warm pool's hand-over (a FIFO in a server folder) and what makes two launches alike.
 
-No engine: the waiting side is ``envpin.pooled``'s own ``_wait``, run in a
+No engine: the waiting side is ``envpin.entry.warm_kernel``'s own ``_wait``, run in a
 thread of this process; the server side is ``pool.Warm``.
 """
 
@@ -12,17 +12,18 @@ import threading
 
 import pytest
 
-from envpin import pooled
+from envpin.entry import warm_kernel
 
 
 def _warm(handoff_dir):
-    from envpin_provisioner.pool import Warm
+    from envpin_provisioner.warm.pool import Warm
 
     return Warm(container=None, handoff_dir=handoff_dir, image_id="sha256:x", shape="s")
 
 
 def test_the_handoff_folder_is_the_servers_and_its_fifo_the_kernels(tmp_path):
-    from envpin_provisioner.pool import FIFO, make_handoff_dir
+    from envpin.names import WARM_KERNEL_FIFO as FIFO
+    from envpin_provisioner.warm.pool import make_handoff_dir
 
     handoff = make_handoff_dir(str(tmp_path), None)
     assert os.path.dirname(handoff) == str(tmp_path) and os.path.basename(handoff).startswith("handoff-")
@@ -32,13 +33,13 @@ def test_the_handoff_folder_is_the_servers_and_its_fifo_the_kernels(tmp_path):
 
 
 def test_a_probe_does_not_wake_the_kernel_and_the_hand_over_does(tmp_path):
-    from envpin_provisioner.pool import make_handoff_dir
+    from envpin_provisioner.warm.pool import make_handoff_dir
 
     handoff = make_handoff_dir(str(tmp_path), None)
     warm = _warm(handoff)
     assert not warm.waiting() and not warm.hand_over({"argv": []}, patience=0.05)  # nobody waits yet
     got = []
-    reader = threading.Thread(target=lambda: got.append(pooled._wait(handoff)), daemon=True)
+    reader = threading.Thread(target=lambda: got.append(warm_kernel._wait(handoff)), daemon=True)
     reader.start()
     import time
 
@@ -53,7 +54,7 @@ def test_a_probe_does_not_wake_the_kernel_and_the_hand_over_does(tmp_path):
 
 
 def test_a_hand_over_that_is_not_one_is_refused(tmp_path):
-    from envpin_provisioner.pool import make_handoff_dir
+    from envpin_provisioner.warm.pool import make_handoff_dir
 
     handoff = make_handoff_dir(str(tmp_path), None)
     warm = _warm(handoff)
@@ -61,7 +62,7 @@ def test_a_hand_over_that_is_not_one_is_refused(tmp_path):
 
     def wait():
         try:
-            pooled._wait(handoff)
+            warm_kernel._wait(handoff)
         except SystemExit as exc:
             failed.append(str(exc))
 
@@ -87,10 +88,10 @@ def _options(**changes):
 
 
 def test_the_shape_leaves_out_what_a_hand_over_supplies():
-    from envpin_provisioner.pool import shape_of
+    from envpin_provisioner.warm.pool import shape_of
 
     same = shape_of(_options())
-    assert shape_of(_options(command=["-m", "envpin.pooled", "/c/handoff-1"], name="envpin-warm-1")) == same
+    assert shape_of(_options(command=["-m", "envpin.entry.warm_kernel", "/c/handoff-1"], name="envpin-warm-1")) == same
     assert shape_of(_options(labels={"envpin.role": "pool", "envpin.kernel-id": "k"})) == same
     mounts = _options()["mounts"] + [{"Target": "/c/handoff-1", "Source": "/c/handoff-1", "Type": "bind"}]
     assert shape_of(_options(mounts=mounts)) == same
@@ -109,6 +110,6 @@ def test_the_shape_leaves_out_what_a_hand_over_supplies():
     ],
 )
 def test_the_shape_keeps_what_only_creating_a_container_can_set(change):
-    from envpin_provisioner.pool import shape_of
+    from envpin_provisioner.warm.pool import shape_of
 
     assert shape_of(_options(**change)) != shape_of(_options())

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 def builtin() -> list:
     """One of each built-in adapter, in registration order (envpin's own executor first)."""
-    from .executor_adapter import ExecutorAdapter
-    from .flyte_adapter import FlyteAdapter
-    from .ray_adapter import RayAdapter
-    from .yt_adapter import YtsaurusAdapter
+    from envpin.adapters.executor_adapter import ExecutorAdapter
+    from envpin.adapters.flyte_adapter import FlyteAdapter
+    from envpin.adapters.ray_adapter import RayAdapter
+    from envpin.adapters.yt_adapter import YtsaurusAdapter
 
     return [ExecutorAdapter(), YtsaurusAdapter(), RayAdapter(), FlyteAdapter()]
 
 
 def get(name: str):
     """The registered adapter called ``name`` (``"ytsaurus"``, ``"ray"``, ``"flyte"``), for its options."""
-    from .. import hooks
+    from envpin.session import stamping
 
-    return hooks.registered(name)
+    return stamping.registered(name)

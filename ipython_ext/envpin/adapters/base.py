@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..hooks import Stamp
-from . import _imports
-from ._patching import Patches
+from envpin.adapters import _imports
+from envpin.adapters._patching import Patches
+from envpin.session.stamping import Stamp
 
 
 class LibraryAdapter:

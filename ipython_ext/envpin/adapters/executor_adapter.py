@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..hooks import Stamp
+from envpin.session.stamping import Stamp
 
 
 class ExecutorAdapter:
@@ -24,12 +24,12 @@ class ExecutorAdapter:
             return False
 
     def activate(self, stamp: Stamp) -> None:
-        from ..executor import shutdown_shared
+        from envpin.jobs.executor import shutdown_shared
 
         shutdown_shared()  # the next envpin.submit starts workers for the new pin
 
     def deactivate(self) -> None:
-        from ..executor import shutdown_shared
+        from envpin.jobs.executor import shutdown_shared
 
         shutdown_shared()
 

@@ -40,19 +40,12 @@ import os
 import sys
 import warnings
 
-from ..hooks import ImageConflictWarning, Stamp
-from ..internals import FLYTE_DEFAULT_IMAGE_VARIABLE, FLYTEKIT
-from .base import LibraryAdapter
+from envpin.adapters.base import LibraryAdapter
+from envpin.images import references
+from envpin.internals import FLYTE_DEFAULT_IMAGE_VARIABLE, FLYTEKIT
+from envpin.session.stamping import ImageConflictWarning, Stamp
 
 ENV_DEFAULT_IMAGE = FLYTE_DEFAULT_IMAGE_VARIABLE
-
-
-def with_tag(reference: str) -> str:
-    """``reference`` as Flyte wants it: with a tag or a digest (``:latest`` when it has neither)."""
-    if "@" in reference:
-        return reference
-    last = reference.rsplit("/", 1)[-1]
-    return reference if ":" in last else reference + ":latest"
 
 
 class FlyteAdapter(LibraryAdapter):
@@ -84,9 +77,9 @@ class FlyteAdapter(LibraryAdapter):
     def activate(self, stamp: Stamp) -> None:
         # The default image goes into the environment at once, not on import: `!pyflyte register ...`
         # from a notebook that never imported flytekit must see it too.
-        image = with_tag(stamp.job_image)
+        image = references.with_tag(stamp.job_image)
         self._env_before = os.environ.get(ENV_DEFAULT_IMAGE)
-        if self._env_before and with_tag(self._env_before) != image:
+        if self._env_before and references.with_tag(self._env_before) != image:
             warnings.warn(
                 f"{ENV_DEFAULT_IMAGE} is '{self._env_before}' but this session is pinned to '{stamp.image}'; "
                 f"envpin sets it to '{image}' while the pin lasts.",
@@ -106,7 +99,7 @@ class FlyteAdapter(LibraryAdapter):
         self._env_before = self._env_set = None
 
     def install(self, flytekit, stamp: Stamp) -> None:
-        image = with_tag(stamp.job_image)
+        image = references.with_tag(stamp.job_image)
         # Where plugins pass them by position (name, task_config, task_type, container_image, ..., environment);
         # a parameter that became keyword-only is never among the positional arguments.
         never = sys.maxsize
@@ -138,7 +131,7 @@ def _image_for(named, stamp: Stamp, image: str, task_name: str):
     if named is None or named == "":
         return image
     if isinstance(named, str):
-        if with_tag(named) not in (image, with_tag(stamp.image)) and named != stamp.image_id:
+        if references.with_tag(named) not in (image, references.with_tag(stamp.image)) and named != stamp.image_id:
             stamp.check_explicit(named, f"Flyte task {task_name}")
         return named
     # an ImageSpec (built at registration): never ours

@@ -72,13 +72,15 @@ import shutil
 import warnings
 from typing import Any
 
-from ..errors import EnvpinError
-from ..hooks import Stamp
-from ..internals import RAY
-from . import _imports, ray_compat
-from .base import LibraryAdapter
+from envpin import names
+from envpin.adapters import _imports, ray_compat
+from envpin.adapters.base import LibraryAdapter
+from envpin.errors import EnvpinError
+from envpin.internals import RAY
+from envpin.session import state
+from envpin.session.options import RAY_MODES
+from envpin.session.stamping import Stamp
 
-MODES = ("image_uri", "env_vars")
 #: runtime_env fields that install things on the worker: they rebuild the environment the image pins.
 INSTALLING_FIELDS = ("pip", "uv", "conda", "py_executable")
 _JOB_SDK = RAY.entry("submit_job").module
@@ -97,8 +99,8 @@ class LocalClusterInImage(UserWarning):
 
 
 def default_mode() -> str:
-    mode = os.environ.get("ENVPIN_RAY_MODE", "image_uri").strip() or "image_uri"
-    if mode not in MODES:
+    mode = os.environ.get(names.RAY_MODE, "image_uri").strip() or "image_uri"
+    if mode not in RAY_MODES:
         raise EnvpinError(
             f"ENVPIN_RAY_MODE is '{mode}', which envpin does not know. Set it to 'image_uri' (Ray starts workers in "
             "the pinned image) or 'env_vars' (the cluster's nodes already run it), or unset it."
@@ -278,7 +280,7 @@ class RayAdapter(LibraryAdapter):
     def _check_local_cluster(self) -> bool:
         """``ray.init`` is about to start a cluster on this machine: True when its workers run the pin already."""
         stamp = self._active_stamp()
-        if os.environ.get("ENVPIN_IMAGE") == stamp.image:
+        if state.runs_in_image(stamp.image):
             warnings.warn(
                 f"envpin: this local Ray cluster runs its workers in this kernel's container, which is "
                 f"{stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
@@ -345,8 +347,8 @@ def _address(args: tuple, kwargs: dict) -> str:
 
 def _dashboard_for(address: str) -> str | None:
     """The dashboard of the cluster at ``address``: ``$ENVPIN_RAY_DASHBOARD``, else port 8265 of its host."""
-    if os.environ.get("ENVPIN_RAY_DASHBOARD"):
-        return os.environ["ENVPIN_RAY_DASHBOARD"]
+    if os.environ.get(names.RAY_DASHBOARD):
+        return os.environ[names.RAY_DASHBOARD]
     host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return f"http://{host}:8265" if host else None
 
@@ -384,15 +386,15 @@ def _cluster_versions(dashboard: str, headers: dict[str, str] | None = None) -> 
 
 def _pickle_evidence(image_python: str | None, cluster_python: str) -> str:
     """What envpin's measured pickle matrix says about the two Pythons, when their minor versions differ."""
-    from .. import compat
+    from envpin.compat import policy
 
     minor = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
     if not image_python or minor(image_python) == minor(cluster_python):
         return ""
     # Ray pickles with its own cloudpickle, the same on both sides once Ray matches: only Python differs.
-    verdict = compat.judge(
-        compat.Side("CPython", minor(image_python), "cloudpickle", "ray"),
-        compat.Side("CPython", minor(cluster_python), "cloudpickle", "ray"),
+    verdict = policy.judge(
+        policy.Side("CPython", minor(image_python), "cloudpickle", "ray"),
+        policy.Side("CPython", minor(cluster_python), "cloudpickle", "ray"),
     )
     return f" ({verdict.evidence})" if verdict.broken else ""
 
@@ -401,11 +403,11 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
     """Ray and Python of the pinned image: this process's when the kernel runs in it, else its fingerprint's."""
     import platform
 
-    if os.environ.get("ENVPIN_IMAGE") in (stamp.image, stamp.job_image):
+    if state.runs_in_image(stamp.image, stamp.job_image):
         import ray
 
         return {"ray": ray.__version__, "python": platform.python_version()}
-    from .. import fingerprints
+    from envpin.compat import fingerprints
 
     facts = fingerprints.fingerprint(image=stamp.image)
     return {"ray": facts.get("ray"), "python": facts.get("python_version")}

@@ -24,7 +24,7 @@ import json
 import warnings
 from typing import Any
 
-from ..internals import RAY
+from envpin.internals import RAY
 
 #: Lowest and highest Ray the adapter is tested against (``pyproject.toml``'s ``ray`` extra says the same).
 SUPPORTED = RAY.supported

@@ -41,14 +41,14 @@ keep it, with the conflict warning.
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from typing import Any
 
-from ..hooks import Stamp
-from ..internals import YTSAURUS
-from .base import LibraryAdapter
+from envpin.adapters.base import LibraryAdapter
+from envpin.internals import YTSAURUS
+from envpin.session import state
+from envpin.session.stamping import Stamp
 
 
 class YtsaurusAdapter(LibraryAdapter):
@@ -62,7 +62,7 @@ class YtsaurusAdapter(LibraryAdapter):
         #: what stamping the client template changed, (section, key) -> (before, after): a client created
         #: while pinned copied the stamped template, and unpinning must give it back the "before" values.
         self._template_changes: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._pickle_verdicts: dict[tuple[str, str], Any] = {}  # (image, pickler) -> compat.Verdict
+        self._pickle_verdicts: dict[tuple[str, str], Any] = {}  # (image, pickler) -> policy.Verdict
 
     def summary(self) -> str:
         return "ytsaurus: docker_image + environment on every user job, cloudpickle"
@@ -136,12 +136,12 @@ class YtsaurusAdapter(LibraryAdapter):
         if (
             pickling.get("python_binary") is None
             and pickling.get("use_local_python_in_jobs") is None
-            and os.environ.get("ENVPIN_IMAGE") == stamp.image  # this kernel runs in the pinned image
+            and state.runs_in_image(stamp.image)  # this kernel runs in the pinned image
         ):
             self._set(config, "pickling", "python_binary", sys.executable)
         if (
             not pickling.get("ignore_system_modules")
-            and os.environ.get("ENVPIN_IMAGE") == stamp.image  # the jobs' image has this very stdlib and site-packages
+            and state.runs_in_image(stamp.image)  # the jobs' image has this very stdlib and site-packages
         ):
             # Ship only the notebook's own modules: the image has the rest. Shipping the stdlib also hides
             # a wrong image: a job under another Python would die importing this Python's threading.py
@@ -158,7 +158,7 @@ class YtsaurusAdapter(LibraryAdapter):
     # -- checks -------------------------------------------------------------------------
 
     def _preflight(self, builder, config: dict, stamp: Stamp) -> None:
-        """Refuse a job whose pickle the pinned image is known not to load (``envpin.compat``).
+        """Refuse a job whose pickle the pinned image is known not to load (``envpin.compat.policy``).
 
         Only for a kernel outside the image (a kernel in it pickles with the
         image's own Python and pickler) and a job that runs in the pin (a job
@@ -169,30 +169,30 @@ class YtsaurusAdapter(LibraryAdapter):
         the pickler release, which the client does not compare.  Judged once
         per (image, pickler): every user job of every operation comes here.
         """
-        if os.environ.get("ENVPIN_IMAGE") in (stamp.image, stamp.job_image):
+        if state.runs_in_image(stamp.image, stamp.job_image):
             return
         named = YTSAURUS.attr(builder, "job_spec", {}).get("docker_image")
         if named and named not in (stamp.image, stamp.job_image):
             return
-        from .. import compat, fingerprints
-        from ..envelope import EnvelopeMismatch
+        from envpin.compat import fingerprints, policy
+        from envpin.jobs.envelope import EnvelopeMismatch
 
         framework = str(config["pickling"].get("framework") or "cloudpickle")
         verdict = self._pickle_verdicts.get((stamp.image, framework))
         if verdict is None:
             theirs = fingerprints.fingerprint(image=stamp.image)  # cached on disk by image id
-            ours = compat.Side(
+            ours = policy.Side(
                 platform.python_implementation(),
                 f"{sys.version_info[0]}.{sys.version_info[1]}",
                 framework,
                 fingerprints.version_of(framework),
             )
-            verdict = compat.judge(ours, compat.Side.of_fingerprint(theirs, framework))
+            verdict = policy.judge(ours, policy.Side.of_fingerprint(theirs, framework))
             self._pickle_verdicts[(stamp.image, framework)] = verdict
         job = YTSAURUS.attr(builder, "job_name", None) or YTSAURUS.attr(builder, "job_type", "user")
-        compat.enforce(
+        policy.enforce(
             verdict,
-            compat.resolve_mode(None, stamp.envelope),
+            policy.resolve_mode(None, stamp.envelope),
             EnvelopeMismatch,
             f"this YTsaurus operation: its {job} job's function, pickled here, would be loaded in '{stamp.image}'",
             f"Nothing was submitted. Run the notebook in the image (envpin kernelspec install --image {stamp.image}, "

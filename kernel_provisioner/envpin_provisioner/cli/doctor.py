@@ -1,0 +1,145 @@
+"""``envpin doctor``: check the engine, the installed kernelspecs and their images, and say what to fix.
+
+Each check prints one line, ``ok``, ``warn`` or ``FAIL``, and a fix where
+there is one.  Images are probed the way kernels use them: envpin's
+fingerprint module runs inside a short-lived container of each image, and the
+result is compared with this Python, because a kernel and its jobs only share
+pickles when Python's minor version and cloudpickle's version match.
+
+What an image prints is the image's word: a finding shows it escaped on one
+line (``envpin.printable``), so an image cannot add lines, colours or cursor
+moves to the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from envpin import names, printable
+from envpin.compat import fingerprints
+from envpin.host import dialect, docker_client
+from envpin_provisioner import engine
+from envpin_provisioner.cli.kernelspec import PROVISIONER_NAME
+from envpin_provisioner.errors import EnvpinError
+
+
+@dataclass
+class Finding:
+    level: str  # "ok", "warn", "FAIL"
+    subject: str
+    text: str
+
+    def __str__(self) -> str:
+        # Subjects and texts carry what images said (fingerprints, probe errors): one line each, escaped.
+        return f"{self.level:4s}  {printable.one_line(self.subject)}: {printable.one_line(self.text)}"
+
+
+def envpin_kernelspecs() -> dict[str, dict]:
+    """name -> {"display_name", "image", "resource_dir"} for kernelspecs that use the envpin provisioner."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    out = {}
+    for name, info in KernelSpecManager().get_all_specs().items():
+        spec = info.get("spec", {})
+        prov = (spec.get("metadata") or {}).get("kernel_provisioner") or {}
+        if prov.get("provisioner_name") == PROVISIONER_NAME:
+            out[name] = {
+                "display_name": spec.get("display_name", name),
+                "image": (prov.get("config") or {}).get("image"),
+                "resource_dir": info.get("resource_dir"),
+            }
+    return out
+
+
+def check() -> list[Finding]:
+    from envpin_provisioner.provisioner import EnvpinProvisioner
+
+    findings: list[Finding] = []
+    try:
+        client = engine.shared().client
+        findings.append(Finding("ok", "engine", dialect.kind(client).describe()))
+    except engine.ENGINE_ERRORS as exc:
+        return [Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc)))]
+    except EnvpinError as exc:
+        return [Finding("FAIL", "engine", str(exc))]
+
+    specs = envpin_kernelspecs()
+    if not specs:
+        findings.append(
+            Finding("warn", "kernelspecs", "none uses envpin: envpin kernelspec install --user [--image IMAGE]")
+        )
+    here = fingerprints.local_fingerprint()
+    default_image = EnvpinProvisioner().image  # $ENVPIN_IMAGE, else the built-in default
+    for name, spec in sorted(specs.items()):
+        image = spec["image"] or default_image
+        subject = f"kernelspec {name} ({image})"
+        try:
+            theirs = fingerprints.image_fingerprint(image)
+        except (EnvpinError, *engine.ENGINE_ERRORS) as exc:  # an image that cannot even be probed
+            findings.append(Finding("FAIL", subject, f"{exc}"))
+            continue
+        if not theirs.get("ipykernel"):
+            findings.append(Finding("FAIL", subject, "no ipykernel in the image: pip install ipykernel in the image"))
+            continue
+        if not theirs.get("cloudpickle"):
+            findings.append(
+                Finding("warn", subject, "no cloudpickle in the image: jobs cannot run there (pip install cloudpickle)")
+            )
+        breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
+        detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
+        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
+        if clients:
+            detail += f"; engine clients: {', '.join(clients)}"
+        if breaking:
+            findings.append(
+                Finding(
+                    "warn",
+                    subject,
+                    f"{detail}; differs from this Python in ways that break pickles ({'; '.join(map(str, breaking))}). "
+                    "Fine for notebooks that run in the image; do not exchange pickles between this host and it.",
+                )
+            )
+        else:
+            findings.append(Finding("ok", subject, detail))
+    findings.append(_warm_pool(client))
+    return findings
+
+
+def _warm_pool(client) -> Finding:
+    """What waiting warm containers (pool_size) cost on this engine right now."""
+    from envpin_provisioner.kernel import ownership
+    from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
+
+    warm = [
+        c
+        for c in ownership.envpin_containers(client, f"{names.LABEL_ROLE}=pool")
+        if c.status == "running" and c.name.startswith(WARM_NAME_PREFIX)
+    ]
+    if not warm:
+        return Finding("ok", "warm pool", "no warm containers (pool_size 0, or no kernel started since)")
+    total = 0
+    for container in warm:
+        try:
+            total += int(container.stats(stream=False).get("memory_stats", {}).get("usage") or 0)
+        except engine.ENGINE_ERRORS:  # it was taken or removed meanwhile
+            continue
+    return Finding(
+        "ok",
+        "warm pool",
+        f"{len(warm)} warm container(s) waiting (pool_size), using {total / 2**20:.0f} MB of memory in all "
+        "(shared pool and standbys; they go with their server, or with envpin gc)",
+    )
+
+
+def main() -> int:
+    findings = check()
+    for f in findings:
+        print(f)
+    failed = sum(f.level == "FAIL" for f in findings)
+    print(f"\n{len(findings)} checks, {failed} failed" + ("" if failed else "; envpin is ready"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
