@@ -304,7 +304,8 @@ def _whole_number(name: str, fallback: int) -> int:
 def byte_count(value: int | str, option: str) -> int:
     """``value`` (bytes, or a string like '20g') in bytes; raise TraitError naming ``option``."""
     from docker.errors import DockerException
-    from docker.utils import parse_bytes
+
+    from envpin.internals import DOCKER
 
     if isinstance(value, bool):
         raise TraitError(f"{option}={value!r} is not a size")
@@ -313,7 +314,7 @@ def byte_count(value: int | str, option: str) -> int:
             raise TraitError(f"{option}={value!r} is negative")
         return value
     try:
-        number = parse_bytes(value.strip())
+        number = DOCKER.get("parse_bytes")(value.strip())
     except (DockerException, ValueError):  # text docker's parser does not know
         number = None
     if not isinstance(number, int) or number < 0:

@@ -76,13 +76,14 @@ from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
 from envpin.errors import EnvpinError
+from envpin.internals import RAY
 from envpin.session import state
 from envpin.session.options import RAY_MODES
 from envpin.session.stamping import Stamp
 
 #: runtime_env fields that install things on the worker: they rebuild the environment the image pins.
 INSTALLING_FIELDS = ("pip", "uv", "conda", "py_executable")
-_JOB_SDK = "ray.dashboard.modules.job.sdk"
+_JOB_SDK = RAY.entry("submit_job").module
 
 
 class RuntimeEnvConflict(EnvpinError):
@@ -191,9 +192,6 @@ class RayAdapter(LibraryAdapter):
     # -- install ----------------------------------------------------------------------
 
     def install(self, ray, stamp: Stamp) -> None:
-        from ray import actor, remote_function
-        from ray.util.client import common as client_common
-
         self.unsupported = ray_compat.unsupported()
         if self.unsupported:  # a Ray without an entry point we wrap: said at import (never breaks the import)
             warnings.warn(self.unsupported, ray_compat.RayCompatWarning, stacklevel=2)
@@ -232,7 +230,7 @@ class RayAdapter(LibraryAdapter):
 
         def make_remote_function(original):
             def _remote(self, args=None, kwargs=None, serialized_runtime_env_info=None, **task_options):
-                name = getattr(self, "_function_name", "this task")
+                name = RAY.attr(self, "function_name", "this task")
                 stamped = adapter._stamped(task_options.get("runtime_env"), f"Ray task {name}")
                 task_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
                 serialized_runtime_env_info = ray_compat.serialized_runtime_env_info(task_options["runtime_env"])
@@ -244,9 +242,9 @@ class RayAdapter(LibraryAdapter):
 
         def make_actor(original):
             def _remote(self, args=None, kwargs=None, **actor_options):
-                meta = getattr(self, "__ray_metadata__", None)
-                name = getattr(getattr(meta, "modified_class", None), "__name__", "this actor")
-                runtime_env = actor_options.get("runtime_env", getattr(meta, "runtime_env", None))
+                meta = RAY.attr(self, "actor_metadata", None)
+                name = getattr(RAY.attr(meta, "actor_class", None), "__name__", "this actor")
+                runtime_env = actor_options.get("runtime_env", RAY.attr(meta, "actor_runtime_env", None))
                 stamped = adapter._stamped(runtime_env, f"Ray actor {name}")
                 actor_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
                 return original(self, args, kwargs, **actor_options)
@@ -266,11 +264,11 @@ class RayAdapter(LibraryAdapter):
 
             return set_task_options
 
-        self.patches.wrap(client_common, "set_task_options", make_set_task_options)
+        self.patches.wrap(*RAY.site("set_task_options"), make_set_task_options)
         self.patches.wrap(ray, "init", make_init)
         self.patches.wrap(ray, "shutdown", make_shutdown)
-        self.patches.wrap(remote_function.RemoteFunction, "_remote", make_remote_function)
-        self.patches.wrap(actor.ActorClass, "_remote", make_actor)
+        self.patches.wrap(*RAY.site("remote_function_remote"), make_remote_function)
+        self.patches.wrap(*RAY.site("actor_remote"), make_actor)
         _imports.when_imported(_JOB_SDK, self._install_job_client)
 
     def _install_job_client(self, sdk) -> None:
@@ -280,17 +278,17 @@ class RayAdapter(LibraryAdapter):
 
         def make_submit(original):
             def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
-                address = getattr(self, "_address", None)
+                address = RAY.attr(self, "job_client_address", None)
                 if address:
                     adapter.preflight(
-                        address, f"the Ray cluster at {address}", dict(getattr(self, "_headers", None) or {})
+                        address, f"the Ray cluster at {address}", dict(RAY.attr(self, "job_client_headers", None) or {})
                     )
                 stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
                 return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
 
             return submit_job
 
-        self.patches.wrap(sdk.JobSubmissionClient, "submit_job", make_submit)
+        self.patches.wrap(*RAY.site("submit_job"), make_submit)
 
     def uninstall(self) -> None:
         _imports.cancel(_JOB_SDK, self._install_job_client)
