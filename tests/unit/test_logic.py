@@ -76,7 +76,7 @@ def test_config_beats_the_environment(monkeypatch):
     [("", []), ("all", [(-1, None)]), ("2", [(2, None)]), ("device=0,1", [(0, ["0", "1"])])],
 )
 def test_gpus_take_docker_run_syntax(value, expected):
-    from envpin_provisioner.kernel.container import parse_gpus
+    from envpin_provisioner.kernel.launch import parse_gpus
 
     found = [(r.get("Count", 0), r.get("DeviceIDs") or None) for r in parse_gpus(value)]
     assert found == expected
@@ -84,7 +84,7 @@ def test_gpus_take_docker_run_syntax(value, expected):
 
 def test_gpus_in_another_syntax_are_refused_with_the_three_forms():
     from envpin_provisioner.errors import ConfigError
-    from envpin_provisioner.kernel.container import parse_gpus
+    from envpin_provisioner.kernel.launch import parse_gpus
 
     with pytest.raises(ConfigError, match="use 'all', a count like '2', or 'device=0,1'"):
         parse_gpus("nvidia")
@@ -102,7 +102,7 @@ def test_gpus_in_another_syntax_are_refused_with_the_three_forms():
     ],
 )
 def test_shm_size_auto_is_half_the_memory_the_kernel_may_use(setting, mem_limit, engine_memory, expected):
-    from envpin_provisioner.kernel.container import shm_size_for
+    from envpin_provisioner.kernel.launch import shm_size_for
 
     assert shm_size_for(setting, mem_limit, engine_memory) == expected
 

@@ -28,7 +28,9 @@ from envpin.images import allowlist
 from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError
 from envpin_provisioner.images import pulling, selection
-from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel import readiness
+from envpin_provisioner.kernel.launch import KernelLaunch
 
 log = logging.getLogger("envpin.launch")
 
@@ -74,7 +76,7 @@ def run(
     reference = selection.checked_reference(image, allowlist.patterns_from_env(), "envpin launch")
     client = engine.shared().client
     resolved = pulling.resolve(client, reference, pull_policy, log)
-    launch = kc.KernelLaunch(
+    launch = KernelLaunch(
         image=resolved,
         kernel_id=info.get("kernel_name") or f"launch-{uuid.uuid4().hex[:12]}",
         connection_info=info,
@@ -85,7 +87,7 @@ def run(
         env={k: v for k, v in os.environ.items() if k in (names.SESSION_NAME, "LANG", "TZ")},
         network_mode=network_mode,
     )
-    container = kc.start(client, launch, log)
+    container = kernel_container.start(client, launch, log)
     stopping = threading.Event()
 
     def forward(signum, _frame):
@@ -99,14 +101,14 @@ def run(
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
     try:
-        kc.wait_ready(container, launch, launch_timeout, log)
+        readiness.wait_ready(container, launch, launch_timeout, log)
         while True:
-            status, code = kc.state(container)
+            status, code = kernel_container.state(container)
             if code is not None:
                 return code
             stopping.wait(0.5)
     finally:
-        kc.remove(container)
+        kernel_container.remove(container)
 
 
 def main(args) -> int:
