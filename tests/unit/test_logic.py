@@ -242,12 +242,12 @@ class _RecordingAdapter:
 
 @pytest.fixture
 def recording_adapter(monkeypatch):
-    monkeypatch.setattr(stamping, "_registry", {})
-    monkeypatch.setattr(stamping, "_active", {})
+    stamping.reset()
     adapter = _RecordingAdapter()
     stamping.register(adapter)
     yield adapter
     stamping.unpin_session()
+    stamping.reset()
 
 
 def _pin(**kw):

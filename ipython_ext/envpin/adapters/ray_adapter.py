@@ -418,3 +418,8 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
 def _starts_local_cluster(args: tuple, kwargs: dict) -> bool:
     """Whether ``ray.init(*args, **kwargs)`` will start a new cluster here (Ray's own address resolution)."""
     return ray_compat.starts_local_cluster(kwargs.get("address", args[0] if args else None), kwargs.get("_temp_dir"))
+
+
+def reset() -> None:
+    """Forget the clusters' versions asked of their dashboards (``envpin.reset_caches``)."""
+    _cluster_cache.clear()

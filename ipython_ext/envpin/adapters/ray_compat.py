@@ -256,3 +256,10 @@ def client_task_kinds() -> tuple[Any, Any]:
 
     task = ray_client_pb2.ClientTask  # type: ignore[attr-defined]  # generated protobuf: no stubs
     return task.FUNCTION, task.ACTOR
+
+
+def reset() -> None:
+    """Forget the resolved Ray internals, the serialized runtime_envs and the warnings given (``envpin.reset_caches``)."""
+    _warned.clear()
+    _resolved.clear()
+    _serialized_cache.clear()

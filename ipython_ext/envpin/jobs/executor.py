@@ -480,3 +480,12 @@ def shutdown_shared() -> None:
         for ex in _shared.values():
             ex.shutdown(wait=False)
         _shared.clear()
+
+
+def reset() -> None:
+    """Shut the shared executors down (``envpin.reset_caches``).
+
+    Executors the caller made stay (they are listed in ``_live`` only to be
+    shut down at exit, which is theirs to do before that).
+    """
+    shutdown_shared()

@@ -61,6 +61,11 @@ class WarmableKernel(Protocol):
     def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
 
 
+def reset() -> None:
+    """Report the deprecated pool_root again (``envpin_provisioner.reset_caches``)."""
+    WarmKernels._warned_pool_root = False
+
+
 class WarmKernels:
     _warned_pool_root = False  #: the deprecated pool_root option is reported once per server
 
