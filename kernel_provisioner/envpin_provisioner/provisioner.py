@@ -189,7 +189,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             raise
         return container
 
-    # ---- what the move server uses (move_server.MovableKernel) ----------------------------
+    # ---- what the move server uses (moves.mover.MovableKernel) ----------------------------
 
     @property
     def choice(self) -> selection.ImageChoice | None:
@@ -492,7 +492,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
 
         Its clients reconnect by path as soon as the kernel's sockets close; a
         name the kernel replaced by a link would lead them elsewhere (see
-        ``container.clear_sockets``).  Established connections are not affected.
+        ``channels.clear_sockets``).  Established connections are not affected.
         """
         await super().shutdown_requested(restart=restart)
         if self._launch is not None:

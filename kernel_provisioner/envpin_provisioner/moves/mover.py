@@ -2,7 +2,7 @@
 
 The kernel writes a request into its control folder (``envpin.notebook.control``);
 :class:`ControlChannel` reads and validates it (everything the kernel writes
-is hostile input, see ``control_server``) and hands over a typed
+is hostile input, see ``moves.control_requests``) and hands over a typed
 :class:`ControlRequest`.  :class:`MoveServer` answers it:
 
 * ``same``: the image resolves to the one the kernel runs in; the pin is
