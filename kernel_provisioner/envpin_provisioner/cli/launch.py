@@ -40,6 +40,7 @@ from envpin_provisioner.images import selection
 from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import folder, readiness
 from envpin_provisioner.kernel import launch as kernel_launch
+from envpin_provisioner.kernel.launch import KernelLaunch
 from envpin_provisioner.options import ProvisionerOptions, check_options
 
 log = logging.getLogger("envpin.launch")
@@ -79,6 +80,7 @@ def options_for(config: dict[str, Any], **flags: Any) -> ProvisionerOptions:
 
 
 def run(connection_file: str, options: ProvisionerOptions) -> int:
+    """Start the kernel of ``connection_file`` as the provisioner would; return its exit code once it stops."""
     timeout = options.launch_timeout  # every option is read (and a bad ENVPIN_* refused) before any container
     with open(connection_file) as fh:
         info = json.load(fh)
@@ -90,31 +92,40 @@ def run(connection_file: str, options: ProvisionerOptions) -> int:
     env = dict(os.environ)
     notebook = env.get(names.SESSION_NAME) or None
     notebook_folder, pin_dir = folder.pin_folders(notebook, os.getcwd())
-    shared = engine.shared()
-    # The name checked is the name used: one reading of the aliases, one parsed reference; a pin wins.
-    choice = selection.choose(
-        shared.client,
-        options.image,
-        options.pull_policy,
-        notebook,
-        pin_dir,
-        log,
-        options.allowed_images,
-        configured_by="envpin launch",
-    )
-    for note in choice.notes:
-        log.warning("envpin: %s", note)
-    launch = kernel_launch.build(
-        options,
-        choice,
-        kernel_id=info.get("kernel_name") or f"launch-{uuid.uuid4().hex[:12]}",
-        connection_info=info,
-        connection_file=connection_file,
-        folder=notebook_folder,  # mounted only if it is still this folder once the container runs
-        env=env,
-        engine_memory=shared.memory_total() if options.shm_size == "auto" else None,
-    )
-    container = kernel_container.start(shared.client, launch, log)
+    try:
+        shared = engine.shared()
+        # The name checked is the name used: one reading of the aliases, one parsed reference; a pin wins.
+        choice = selection.choose(
+            shared.client,
+            options.image,
+            options.pull_policy,
+            notebook,
+            pin_dir,
+            log,
+            options.allowed_images,
+            configured_by="envpin launch",
+        )
+        for note in choice.notes:
+            log.warning("envpin: %s", note)
+        launch = kernel_launch.build(
+            options,
+            choice,
+            kernel_id=info.get("kernel_name") or f"launch-{uuid.uuid4().hex[:12]}",
+            connection_info=info,
+            connection_file=connection_file,
+            folder=notebook_folder,  # mounted only if it is still this folder once the container runs
+            env=env,
+            engine_memory=shared.memory_total() if options.shm_size == "auto" else None,
+        )
+        return _run_kernel(shared.client, launch, timeout)
+    finally:
+        for pinned in {id(p): p for p in (notebook_folder, pin_dir)}.values():
+            pinned.close()
+
+
+def _run_kernel(client: Any, launch: KernelLaunch, timeout: float) -> int:
+    """Start the container, forward signals to it until it exits, and remove it on the way out."""
+    container = kernel_container.start(client, launch, log)
     stopping = threading.Event()
 
     def forward(signum, _frame):
@@ -136,8 +147,6 @@ def run(connection_file: str, options: ProvisionerOptions) -> int:
             stopping.wait(0.5)
     finally:
         kernel_container.remove(container)
-        for pinned in {id(p): p for p in (notebook_folder, pin_dir)}.values():
-            pinned.close()
 
 
 def main(args) -> int:
