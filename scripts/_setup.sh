@@ -20,5 +20,15 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$PY" -m pip install -q -e ".[$EXTRAS]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$STAMP"
 fi
-say "checking the Docker engine"
-"$PY" -m tools.docker_engine
+if [ "$EXTRAS" = test ]; then
+  # The lowest version of each library whose internals envpin uses (envpin/internals.py), for
+  # tests/test_library_internals.py, and the Ray releases the compat test imports: fetched once into
+  # .cache/, never during a test.
+  say "checking the library versions the compatibility tests import"
+  "$PY" -m tools.library_versions
+  "$PY" -m tools.ray_versions 2> >(grep -v "is ignored: it is neither" >&2)
+fi
+if [ "$EXTRAS" != docs ]; then  # the documentation needs no engine
+  say "checking the Docker engine"
+  "$PY" -m tools.docker_engine
+fi

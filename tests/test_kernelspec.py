@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from envpin.entry.boot import BOOTSTRAP
@@ -124,6 +125,7 @@ async def test_argv_fallback_starts_what_the_provisioner_would(jupyter_env, dock
     }
 
 
+@pytest.mark.usefixtures("docker_client")
 def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec, tmp_path):
     from testutils import NO_IPYKERNEL
 

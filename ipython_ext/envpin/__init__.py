@@ -63,6 +63,7 @@ STATEFUL_MODULES = (
     "envpin.adapters.ray_adapter",
     "envpin.adapters.ray_compat",
     "envpin.compat.policy",
+    "envpin.internals",
     "envpin.host.dialect",
     "envpin.host.labels",
     "envpin.host.docker_client",

@@ -164,7 +164,7 @@ class ProvisionerOptions(Configurable):
         config=True,
         help="""uid:gid the kernel runs as. Default: the uid:gid of the server process, so files
         written to the notebook folder belong to the person running Jupyter.""",
-    )
+    ).tag(doc_default="the server's uid:gid")  # the reference is built on another machine than it describes
 
     @default("user")
     def _user_default(self) -> str:
@@ -305,7 +305,8 @@ def _whole_number(name: str, fallback: int) -> int:
 def byte_count(value: int | str, option: str) -> int:
     """``value`` (bytes, or a string like '20g') in bytes; raise TraitError naming ``option``."""
     from docker.errors import DockerException
-    from docker.utils import parse_bytes
+
+    from envpin.internals import DOCKER
 
     if isinstance(value, bool):
         raise TraitError(f"{option}={value!r} is not a size")
@@ -314,7 +315,7 @@ def byte_count(value: int | str, option: str) -> int:
             raise TraitError(f"{option}={value!r} is negative")
         return value
     try:
-        number = parse_bytes(value.strip())
+        number = DOCKER.get("parse_bytes")(value.strip())
     except (DockerException, ValueError):  # text docker's parser does not know
         number = None
     if not isinstance(number, int) or number < 0:

@@ -78,21 +78,40 @@ from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
 from envpin.errors import EnvpinError
+from envpin.internals import RAY
 from envpin.session import state
 from envpin.session.options import RAY_MODES
 from envpin.session.stamping import Stamp
 
 #: runtime_env fields that install things on the worker: they rebuild the environment the image pins.
 INSTALLING_FIELDS = ("pip", "uv", "conda", "py_executable")
-_JOB_SDK = "ray.dashboard.modules.job.sdk"
+_JOB_SDK = RAY.entry("submit_job").module
 
 
 class RuntimeEnvConflict(EnvpinError):
-    """A Ray ``runtime_env`` asks for fields Ray cannot combine with the pinned ``image_uri``."""
+    """A Ray ``runtime_env`` asks for fields Ray cannot combine with the pinned ``image_uri``.
+
+    Ray accepts ``image_uri`` only beside ``config`` and ``env_vars``; ``pip``, ``uv``,
+    ``conda``, ``py_executable``, ``working_dir`` and the like are refused before anything is
+    submitted.  Also raised by ``ray.init()`` starting a local cluster from a kernel that does
+    not run in the image, whose workers could not start in it.
+
+    Fix: put those dependencies into the image (for a uv project: ``uv sync
+    --no-install-project``), or use ``%use_image IMAGE --ray-mode env_vars`` when the cluster's
+    nodes already run the image; run the notebook in the image for a local cluster.
+    """
 
 
 class ClusterMismatch(EnvpinError):
-    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray)."""
+    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray).
+
+    Checked when ``ray.init`` connects and before ``submit_job``, from the versions the cluster's
+    dashboard reports, instead of a ``RuntimeEnvSetupError`` or a broken connection later.
+
+    Fix: build the image on the cluster's Ray and Python (the message names both), or pin an
+    image that has them; set ``RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor`` where the cluster
+    is configured that way.
+    """
 
 
 class LocalClusterInImage(UserWarning):
@@ -176,24 +195,21 @@ class RayAdapter(LibraryAdapter):
 
     def install(self, ray, stamp: Stamp) -> None:
         """Wrap the entry points every way to Ray goes through (the wrappers are built below, one per entry point)."""
-        from ray import actor, remote_function
-        from ray.util.client import common as client_common
-
         self.unsupported = ray_compat.unsupported()
         if self.unsupported:  # a Ray without an entry point we wrap: said at import (never breaks the import)
             warnings.warn(self.unsupported, ray_compat.RayCompatWarning, stacklevel=2)
             return
-        self.patches.wrap(client_common, "set_task_options", functools.partial(_client_task_options_wrapper, self))
+        self.patches.wrap(*RAY.site("set_task_options"), functools.partial(_client_task_options_wrapper, self))
         self.patches.wrap(ray, "init", functools.partial(_init_wrapper, self))
         self.patches.wrap(ray, "shutdown", functools.partial(_shutdown_wrapper, self))
-        self.patches.wrap(remote_function.RemoteFunction, "_remote", functools.partial(_task_wrapper, self))
-        self.patches.wrap(actor.ActorClass, "_remote", functools.partial(_actor_wrapper, self))
+        self.patches.wrap(*RAY.site("remote_function_remote"), functools.partial(_task_wrapper, self))
+        self.patches.wrap(*RAY.site("actor_remote"), functools.partial(_actor_wrapper, self))
         _imports.when_imported(_JOB_SDK, self._install_job_client)
 
     def _install_job_client(self, sdk) -> None:
         if self.stamp is None:  # deactivated before the job SDK was imported
             return
-        self.patches.wrap(sdk.JobSubmissionClient, "submit_job", functools.partial(_submit_job_wrapper, self))
+        self.patches.wrap(*RAY.site("submit_job"), functools.partial(_submit_job_wrapper, self))
 
     def _init_runtime_env(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         """The runtime_env ``ray.init(*args, **kwargs)`` gets; notes a local cluster in the image, or Ray Client.
@@ -314,7 +330,7 @@ def _task_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
     """``RemoteFunction._remote``: every task's runtime_env stamped, in the form Ray parses and serializes."""
 
     def _remote(self, args=None, kwargs=None, serialized_runtime_env_info=None, **task_options):
-        name = getattr(self, "_function_name", "this task")
+        name = RAY.attr(self, "function_name", "this task")
         stamped = adapter._stamped(task_options.get("runtime_env"), f"Ray task {name}")
         task_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
         serialized_runtime_env_info = ray_compat.serialized_runtime_env_info(task_options["runtime_env"])
@@ -327,9 +343,9 @@ def _actor_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
     """``ActorClass._remote``: every actor's runtime_env (its options', else its class's) stamped."""
 
     def _remote(self, args=None, kwargs=None, **actor_options):
-        meta = getattr(self, "__ray_metadata__", None)
-        name = getattr(getattr(meta, "modified_class", None), "__name__", "this actor")
-        runtime_env = actor_options.get("runtime_env", getattr(meta, "runtime_env", None))
+        meta = RAY.attr(self, "actor_metadata", None)
+        name = getattr(RAY.attr(meta, "actor_class", None), "__name__", "this actor")
+        runtime_env = actor_options.get("runtime_env", RAY.attr(meta, "actor_runtime_env", None))
         stamped = adapter._stamped(runtime_env, f"Ray actor {name}")
         actor_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
         return original(self, args, kwargs, **actor_options)
@@ -357,9 +373,11 @@ def _submit_job_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
     """``JobSubmissionClient.submit_job``: the cluster preflighted, the job's runtime_env stamped."""
 
     def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
-        address = getattr(self, "_address", None)
+        address = RAY.attr(self, "job_client_address", None)
         if address:
-            adapter.preflight(address, f"the Ray cluster at {address}", dict(getattr(self, "_headers", None) or {}))
+            adapter.preflight(
+                address, f"the Ray cluster at {address}", dict(RAY.attr(self, "job_client_headers", None) or {})
+            )
         stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
         return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
 

@@ -23,6 +23,7 @@ from envpin.errors import EnvpinError
 from envpin.host import dialect, docker_client
 from envpin.host.container_spec import base_options
 from envpin.images import allowlist, references
+from envpin.internals import DOCKER
 from envpin.session import aliases
 
 
@@ -149,7 +150,7 @@ def run_attached(c, image: ResolvedImage, argv: list[str], cwd: str, env: dict[s
     previous = {}
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
+        raw = DOCKER.attr(sock, "attach_socket_raw", sock)
 
         def forward(signum, _frame):
             import docker.errors

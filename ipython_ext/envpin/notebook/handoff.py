@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from envpin import names
+from envpin.internals import IPYKERNEL
 from envpin.notebook import control
 
 
 def hand_over_and_exit(shell: Any, folder: Path) -> None:
     """Record this cell's request for the successor, flush output, and end this process."""
-    kernel = shell.kernel
-    parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else kernel._parent_header
-    ident = kernel._parent_ident  # ipykernel >= 6: a mapping by channel; older: the shell's idents
+    kernel = IPYKERNEL.attr(shell, "shell_kernel")
+    parent = IPYKERNEL.attr(kernel, "get_parent")("shell")
+    ident = IPYKERNEL.attr(kernel, "parent_ident")  # a mapping by channel (ipykernel 6, 7)
     if isinstance(ident, Mapping):
         ident = ident["shell"]
     if isinstance(ident, (bytes, bytearray, str)):
@@ -72,7 +73,7 @@ def _as_bytes(frame: Any) -> bytes:
 
 def expect_handoff(shell: Any, folder: Path, wait: float = 120.0) -> None:
     """In a kernel started by a move: answer the moved cell once the handoff arrives."""
-    kernel = getattr(shell, "kernel", None)
+    kernel = IPYKERNEL.attr(shell, "shell_kernel", None)
     if kernel is None or os.environ.get(names.HANDOFF_EXPECTED) != "1":
         return
     os.environ.pop(names.HANDOFF_EXPECTED, None)
@@ -88,7 +89,7 @@ def expect_handoff(shell: Any, folder: Path, wait: float = 120.0) -> None:
                     f"envpin: this kernel now runs in {os.environ.get('ENVPIN_IMAGE_NAME') or os.environ.get('ENVPIN_IMAGE')}"
                     f" ({os.environ.get('ENVPIN_IMAGE_ID')}), Python {platform.python_version()}"
                 )
-                loop = kernel.shell_stream.io_loop
+                loop = IPYKERNEL.attr(kernel, "shell_stream").io_loop
                 loop.add_callback(_send_reply, kernel, data, loop, time.monotonic() + 30)
                 return
             time.sleep(0.02)
@@ -102,11 +103,11 @@ def _send_reply(kernel: Any, data: dict[str, Any], loop: Any, deadline: float) -
 
     parent = {"header": data["parent_header"]}
     ident = [bytes.fromhex(i) for i in data["ident"]]
-    sock = kernel.shell_stream.socket
+    sock = IPYKERNEL.attr(kernel, "shell_stream").socket
     content = {"status": "ok", "execution_count": data["execution_count"], "user_expressions": {}, "payload": []}
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # raise instead of dropping while the client reconnects
     try:
-        kernel.session.send(sock, "execute_reply", content, parent=parent, ident=ident)
+        IPYKERNEL.attr(kernel, "session").send(sock, "execute_reply", content, parent=parent, ident=ident)
     except zmq.ZMQError:
         if time.monotonic() < deadline:
             loop.call_later(0.02, _send_reply, kernel, data, loop, deadline)
@@ -128,12 +129,16 @@ def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     # CI: JupyterLab missed the note); the idle repeats below cover a late subscriber.
     time.sleep(0.1)
     if note:
-        kernel.session.send(
-            kernel.iopub_socket, "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
+        IPYKERNEL.attr(kernel, "session").send(
+            IPYKERNEL.attr(kernel, "iopub_socket"), "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
             ident=b"stream.stdout",
         )  # fmt: skip
     for delay in (0.0, 0.05, 0.1, 0.3, 0.6, 1.2, 2.5):
         time.sleep(delay)
-        kernel.session.send(
-            kernel.iopub_socket, "status", {"execution_state": "idle"}, parent=parent, ident=b"kernel.status"
+        IPYKERNEL.attr(kernel, "session").send(
+            IPYKERNEL.attr(kernel, "iopub_socket"),
+            "status",
+            {"execution_state": "idle"},
+            parent=parent,
+            ident=b"kernel.status",
         )

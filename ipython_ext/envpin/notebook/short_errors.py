@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 
 from envpin.errors import EnvpinError
+from envpin.internals import IPYTHON
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
 
@@ -29,17 +30,17 @@ def _handler(shell, etype, value, tb, tb_offset=None):
     if sys.version_info >= (3, 12):
         sys.last_exc = value
     short = [f"{_RED}{etype.__name__}{_RESET}: {value}", "(an envpin error; %tb shows the full traceback)"]
-    shell._showtraceback(etype, value, short)  # in a kernel: the error message and the reply's ename/evalue
+    IPYTHON.attr(shell, "showtraceback")(etype, value, short)  # in a kernel: the message and the reply's ename/evalue
     return short
 
 
 def _ours(shell) -> bool:
-    return getattr(shell, "custom_exceptions", ()) == (EnvpinError,)
+    return IPYTHON.attr(shell, "custom_exceptions", ()) == (EnvpinError,)
 
 
 def install(shell) -> bool:
     """Take over the display of EnvpinError in ``shell``; False when another handler holds the slot."""
-    if getattr(shell, "custom_exceptions", ()) not in ((), None) and not _ours(shell):
+    if IPYTHON.attr(shell, "custom_exceptions", ()) not in ((), None) and not _ours(shell):
         return False
     shell.set_custom_exc((EnvpinError,), _handler)
     return True

@@ -22,11 +22,16 @@ from envpin import printable
 from envpin.host import docker_client, images
 from envpin.host.images import ResolvedImage
 from envpin.images import references
+from envpin.internals import DOCKER
 from envpin_provisioner.errors import EnvpinError, ImageUnavailable, InvalidImageReference
 
 
 class PullTooLarge(ImageUnavailable):
-    """A pull a kernel caused was cancelled: its layers passed the kernel's byte allowance."""
+    """A pull a kernel caused was cancelled: its layers passed the kernel's byte allowance.
+
+    Fix: pull the image on the engine yourself (``docker pull IMAGE``; a present image needs no
+    pull), or raise ``max_pull_bytes`` in the server's configuration.
+    """
 
 
 PULL_POLICIES = ("if-missing", "always", "never")
@@ -71,24 +76,23 @@ def _pull_stream(client: docker.DockerClient, repository: str, tag: str) -> tupl
     response, and closing that response is the only way to cancel a pull on
     the engine (it stops when its client goes away): a pull over a kernel's
     byte allowance must stop, not finish in the background.  So this uses
-    docker-py's request helpers (``_post``, ``_stream_helper``) directly.
+    docker-py's request helpers (``_post``, ``_stream_helper``: ``envpin.internals.DOCKER``) directly.
     """
-    from docker import auth
-
     api = client.api
     headers = {}
-    header = auth.get_config_header(api, auth.resolve_repository_name(repository)[0])
+    registry = DOCKER.get("auth_resolve_repository_name")(repository)[0]
+    header = DOCKER.get("auth_config_header")(api, registry)
     if header:
         headers["X-Registry-Auth"] = header
-    response = api._post(
-        api._url("/images/create"),
+    response = DOCKER.attr(api, "api_post")(
+        DOCKER.attr(api, "api_url")("/images/create"),
         params={"fromImage": repository, "tag": tag},
         headers=headers,
         stream=True,
         timeout=None,
     )
-    api._raise_for_status(response)
-    return response, api._stream_helper(response, decode=True)
+    DOCKER.attr(api, "api_raise_for_status")(response)
+    return response, DOCKER.attr(api, "api_stream_helper")(response, decode=True)
 
 
 def pull(

@@ -23,6 +23,7 @@ from envpin import names, safe_files
 from envpin.entry import boot
 from envpin.host.container_spec import base_options
 from envpin.host.images import ResolvedImage
+from envpin.internals import DOCKER
 from envpin.session.options import SessionOptions
 from envpin_provisioner.errors import ConfigError
 from envpin_provisioner.kernel import channels
@@ -234,9 +235,7 @@ def shm_size_for(setting: str, mem_limit: str | int | None, engine_memory: int |
     if setting != "auto":
         return setting
     if mem_limit:
-        from docker.utils import parse_bytes
-
-        limit = parse_bytes(mem_limit) if isinstance(mem_limit, str) else int(mem_limit)
+        limit = DOCKER.get("parse_bytes")(mem_limit) if isinstance(mem_limit, str) else int(mem_limit)
         return max(64 * 2**20, limit // 2)
     return max(64 * 2**20, engine_memory // 2) if engine_memory else None
 
