@@ -141,6 +141,11 @@ def _sets_attribute(cls: type, name: str) -> bool:
     return False
 
 
+def reset() -> None:
+    """Forget the source files parsed for assigned attributes (``envpin.reset_caches``)."""
+    _assigned_attributes.cache_clear()
+
+
 @functools.lru_cache(maxsize=64)
 def _assigned_attributes(filename: str) -> dict[str, frozenset[str]]:
     """Per class name in a source file, the attribute names its code assigns (a file is parsed once)."""

@@ -182,7 +182,8 @@ class ProvisionerOptions(Configurable):
     launch_timeout = Float(
         config=True,
         help="""Seconds from container start until the kernel must answer (image pulls not
-        included). A container that exits earlier is reported at once with its last log lines.""",
+        included). A container that exits earlier is reported at once with its last log lines.
+        Default: $ENVPIN_LAUNCH_TIMEOUT, else 60.""",
     )
 
     @default("launch_timeout")
@@ -322,8 +323,16 @@ def byte_count(value: int | str, option: str) -> int:
     return number
 
 
-def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any) -> None:
-    """Raise ConfigError naming every unknown or ill-typed key of ``kwargs`` (the kernelspec's config)."""
+def check_options(
+    cls: type[HasTraits],
+    kwargs: dict[str, Any],
+    kernel_spec: Any,
+    where: str = "metadata.kernel_provisioner.config",
+) -> None:
+    """Raise ConfigError naming every unknown or ill-typed key of ``kwargs`` (the kernelspec's config).
+
+    ``where``: the part of the kernelspec the options come from (``envpin launch`` gets them from its ``argv``).
+    """
     base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
     traits = cls.class_traits(config=True)
     problems = []
@@ -344,7 +353,7 @@ def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any
         image = kwargs.get("image") or "the default image"
         raise ConfigError(
             f"The kernelspec '{name}' (image {image}) has bad envpin settings in "
-            f"metadata.kernel_provisioner.config: {'; '.join(problems)}. "
+            f"{where}: {'; '.join(problems)}. "
             f"Known options: {', '.join(sorted(traits))}. Fix the kernelspec's kernel.json "
             "(jupyter kernelspec list shows where it is) or reinstall it with envpin kernelspec install."
         )

@@ -156,3 +156,10 @@ def serialized_runtime_env_info(runtime_env: Any) -> str:
 def client_task_kinds() -> tuple[Any, Any]:
     """Ray Client's task-type values for a function and an actor (whose runtime_env envpin stamps)."""
     return RAY.get("client_task_function"), RAY.get("client_task_actor")
+
+
+def reset() -> None:
+    """Forget the resolved Ray internals, the serialized runtime_envs and the warnings given (``envpin.reset_caches``)."""
+    _warned.clear()
+    _resolved.clear()
+    _serialized_cache.clear()

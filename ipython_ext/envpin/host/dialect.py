@@ -145,9 +145,21 @@ def create(client: Any, **options: Any) -> Any:
     except docker.errors.APIError as exc:
         if not (options.get("init") and kind(client).podman and _init_refused(exc)):
             raise
-        with _lock:
-            _without_init.add(docker_client.address_of(client))
+        note_init_refused(client)
         return _create(client, adapt(client, options))
+
+
+def note_init_refused(client: Any) -> None:
+    """This engine refused ``init=True`` (Podman without catatonit): its containers get envpin's own init from now on."""
+    with _lock:
+        _without_init.add(docker_client.address_of(client))
+
+
+def reset() -> None:
+    """Forget what each engine was found to be and to refuse (``envpin.reset_caches``)."""
+    with _lock:
+        _kinds.clear()
+        _without_init.clear()
 
 
 def _create(client: Any, options: dict[str, Any]) -> Any:

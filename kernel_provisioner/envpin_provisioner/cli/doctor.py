@@ -109,7 +109,7 @@ def check() -> list[Finding]:
 def _warm_pool(client) -> Finding:
     """What waiting warm containers (pool_size) cost on this engine right now."""
     from envpin_provisioner.kernel import ownership
-    from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
+    from envpin_provisioner.kernel.launch import WARM_NAME_PREFIX
 
     warm = [
         c

@@ -233,13 +233,18 @@ def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: st
     if key not in _curve_support:
         code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
         try:
-            out = images.run_python(client, image, code, python=python)
-            _curve_support[key] = out.strip().endswith("True")
+            supported = images.run_python(client, image, code, python=python).strip().endswith("True")
         except (docker.errors.DockerException, EnvpinError):
-            _curve_support[key] = False
+            supported = False
+        remember_curve_support(client, image.id, supported)
     return _curve_support[key]
 
 
-def reset_caches() -> None:
-    """Forget what was learnt about images (tests that rebuild an image under the same id)."""
+def remember_curve_support(client: docker.DockerClient, image_id: str, supported: bool) -> None:
+    """Record whether image ``image_id`` of this engine speaks CurveZMQ: an id names one image for good."""
+    _curve_support[(docker_client.address_of(client), image_id)] = supported
+
+
+def reset() -> None:
+    """Forget what was learnt about images (``envpin_provisioner.reset_caches``; tests that rebuild an image)."""
     _curve_support.clear()

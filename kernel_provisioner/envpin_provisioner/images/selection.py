@@ -125,17 +125,21 @@ def choose(
     configured: str,
     pull_policy: str,
     notebook: str | None,
-    cwd: str | None,
+    cwd: str | safe_files.PinnedDir | None,
     log: logging.Logger | logging.LoggerAdapter,
     allowed: list[str] | tuple[str, ...] = (),
+    configured_by: str = "this kernel's configuration (kernelspec)",
 ) -> ImageChoice:
-    """Blocking: call from a worker thread."""
+    """The image a start uses, resolved.  Blocking: call from a worker thread.
+
+    ``configured_by``: where ``configured`` came from, as a refusal names it.
+    """
     # The provisioner passes the folder it pinned (a PinnedDir: read through its descriptor); others a path.
     folder = cwd if isinstance(cwd, safe_files.PinnedDir) else notebook_folder(notebook, cwd)
     pin = pin_file.lookup(folder, notebook)  # a damaged pin file stops the start
     table = aliases.load()  # once per start: the check and the resolution use the same table
     if not pin:
-        ref = checked_reference(configured, allowed, "this kernel's configuration (kernelspec)", table)
+        ref = checked_reference(configured, allowed, configured_by, table)
         return ImageChoice(configured, pulling.resolve(client, ref, pull_policy, log), pinned=False)
     name = pin["image"]
     options = SessionOptions.parse(pin.get("options"), strict_schema=False).as_dict()
@@ -184,7 +188,13 @@ def choose(
 
 
 def _resolve_pinned(
-    client, name: str, reference: references.Reference, pull_policy: str, log, folder: str, notebook: str | None
+    client,
+    name: str,
+    reference: references.Reference,
+    pull_policy: str,
+    log,
+    folder: str | os.PathLike,
+    notebook: str | None,
 ):
     """Resolve a pinned image the engine must already have: a pin file alone never causes a pull.
 

@@ -2,7 +2,7 @@
 
 The kernel writes a request into its control folder (``envpin.notebook.control``);
 :class:`ControlChannel` reads and validates it (everything the kernel writes
-is hostile input, see ``control_server``) and hands over a typed
+is hostile input, see ``moves.control_requests``) and hands over a typed
 :class:`ControlRequest`.  :class:`MoveServer` answers it:
 
 * ``same``: the image resolves to the one the kernel runs in; the pin is
@@ -43,7 +43,9 @@ from envpin_provisioner import engine
 from envpin_provisioner.errors import EnvpinError
 from envpin_provisioner.images import pulling, selection
 from envpin_provisioner.images.pull_budget import PullBudget, PullRecord
-from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import channels
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel.launch import KernelLaunch
 from envpin_provisioner.moves.control_requests import ControlChannel, ControlRequest
 
 if TYPE_CHECKING:
@@ -69,16 +71,14 @@ class MovableKernel(Protocol):
     def pin_location(self) -> tuple[safe_files.PinnedDir, str | None, tuple[int, int] | None]:
         """(folder of the pin file, pinned at the first start; notebook key; owner of the files written)."""
 
-    def build_launch(
-        self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False
-    ) -> kc.KernelLaunch: ...
+    def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
 
     async def start_container(
-        self, launch: kc.KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None
+        self, launch: KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None
     ) -> docker.models.containers.Container: ...
 
     def swap(
-        self, container: docker.models.containers.Container, launch: kc.KernelLaunch, choice: selection.ImageChoice
+        self, container: docker.models.containers.Container, launch: KernelLaunch, choice: selection.ImageChoice
     ) -> docker.models.containers.Container | None:
         """Make ``container`` the kernel's; return the previous one."""
 
@@ -194,11 +194,11 @@ class MoveServer:
         launch = kernel.build_launch(choice, self.env, moved=True)
         self.moving = True
         try:
-            new = await kernel.start_container(launch, replacing=kc.socket_inodes(launch))
+            new = await kernel.start_container(launch, replacing=channels.socket_inodes(launch))
             try:
                 await engine.call(record_pin)  # before the hand-over: a restart must find it
             except BaseException:
-                await engine.call_through(kc.remove, new)
+                await engine.call_through(kernel_container.remove, new)
                 raise
             self.channel.respond(request.id, status="moving", **answer)
             old = kernel.swap(new, launch, choice)
@@ -206,7 +206,7 @@ class MoveServer:
                 try:
                     await engine.call(wait_exit, old, self.HANDOVER_TIMEOUT)
                 finally:  # a shutdown meanwhile cancels this task: the old container still goes
-                    await engine.call_through(kc.remove, old)
+                    await engine.call_through(kernel_container.remove, old)
             kernel.log.info(
                 "envpin: kernel %s moved into %s (%s)", kernel.kernel_id, choice.name, choice.resolved.immutable
             )
@@ -220,7 +220,7 @@ def wait_exit(container: docker.models.containers.Container, timeout: float) -> 
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if kc.state(container)[1] is not None:
+        if kernel_container.state(container)[1] is not None:
             return
         time.sleep(0.05)
     try:
