@@ -162,7 +162,7 @@ def test_a_pull_shows_its_progress_as_a_notification(
             shoot(page, "jupyterlab-envpin-pull-progress")
             # Replaced by its outcome, and the kernel runs in the pulled image.
             page.locator(".Toastify__toast", has_text="moving this kernel into").first.wait_for(timeout=120_000)
-            wait_item(page, reference.split(":")[0], short(docker_client, reference), timeout=60_000)
+            wait_item(page, f"{proxy_address}/{repo}", short(docker_client, reference), timeout=60_000)
             text = "\n".join(cell.locator(".jp-OutputArea-output").all_inner_texts())
             assert "resolving" not in text and "pulling" not in text and "moving this kernel into" in text
             shoot(page, "jupyterlab-envpin-pulled")

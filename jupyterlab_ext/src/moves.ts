@@ -84,7 +84,9 @@ export class Notifier {
         void this.item.refresh(r => data.state === 'same' || r.local_id !== before);
       }
       if (known) {
-        Notification.update({ id: known, message, type: 'success', autoClose: 5000, progress: undefined });
+        // A new notification in its place: an updated one would keep its progress bar (update cannot drop it).
+        Notification.dismiss(known);
+        Notification.success(message, { autoClose: 8000 });
       }
       return;
     }
@@ -95,12 +97,13 @@ export class Notifier {
       return; // the dialog shows this outcome (and offers --restart for a refusal)
     }
     if (data.state === 'error' || known) {
-      const options = { autoClose: false as const, actions: [detailsAction(`envpin: ${data.image}`, message)] };
       if (known) {
-        Notification.update({ id: known, message, type: 'error', ...options });
-      } else {
-        Notification.error(message, options);
+        Notification.dismiss(known);
       }
+      Notification.error(message, {
+        autoClose: false,
+        actions: [detailsAction(`envpin: ${data.image}`, message)]
+      });
     }
   }
 
