@@ -245,7 +245,12 @@ def test_the_endpoints_need_the_token_and_report_no_key(lab, install_kernelspec,
     assert s.get(f"{srv.url}/lab?token={srv.token}", timeout=30).ok
     assert s.post(f"{base}/kernels/{kid}/move", json={"image": PY313}, timeout=10).status_code == 403
 
-    wait_for(lambda: requests.get(f"{base}/kernels/{kid}", headers=auth, timeout=30).json().get("python"), 60)
+    wait_for(
+        lambda: requests.get(f"{base}/kernels/{kid}", headers=auth, timeout=30).json().get("python"),
+        60,
+        "the kernel's Python",
+        0.5,
+    )
     report = requests.get(f"{base}/kernels/{kid}", headers=auth, timeout=30)
     assert report.status_code == 200 and report.headers["Content-Type"].startswith("application/json")
     data = report.json()

@@ -21,6 +21,7 @@ A new way into the server, so each request is treated as hostile until checked:
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -41,9 +42,26 @@ AUTH_RESOURCE = "kernels"
 class LabState:
     """What the extension keeps per server: the images' facts and the moves pages asked for."""
 
+    #: Seconds an image list is reused: a page that asks in a loop costs one engine call per this.
+    IMAGES_TTL = 2.0
+
     def __init__(self) -> None:
         self.facts = report.ImageFacts()
         self.moves = UiMoves()
+        self._images: dict[tuple[str, ...], tuple[float, dict]] = {}
+
+    async def images(self, patterns: list[str]) -> dict:
+        """The choosable images for ``patterns``, from the engine at most once per ``IMAGES_TTL``."""
+        key = tuple(patterns)
+        cached = self._images.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.IMAGES_TTL:
+            return json.loads(json.dumps(cached[1]))
+        client = (await engine.call(engine.shared)).client
+        listed = await engine.call(report.choosable_images, client, list(patterns))
+        if len(self._images) > 64:  # one entry per distinct allowed_images: bounded all the same
+            self._images.clear()
+        self._images[key] = (time.monotonic(), listed)
+        return json.loads(json.dumps(listed))
 
 
 def envpin_provisioner(km: Any) -> Any | None:
@@ -124,8 +142,7 @@ class ImagesHandler(_Base):
         if provisioner is None:
             raise web.HTTPError(404, f"Kernel {kernel_id} is not run by envpin.")
         try:
-            client = (await engine.call(engine.shared)).client
-            listed = await engine.call(report.choosable_images, client, list(provisioner.allowed_images))
+            listed = await self.lab.images(list(provisioner.allowed_images))
         except engine.ENGINE_ERRORS as exc:
             raise web.HTTPError(503, f"The Docker engine did not list its images: {exc}") from None
         choice = provisioner.choice
