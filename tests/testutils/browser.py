@@ -32,8 +32,15 @@ ENVPIN_KERNEL_LABEL = "Containerized Python"
 ITEM = ".jp-envpin-status"
 
 
-def install_extension(jupyter_env: dict) -> None:
-    """Make this tree's extension (both halves) the one the test's JupyterLab loads."""
+def install_extension(jupyter_env: dict, page: bool = True) -> None:
+    """Make this tree's extension the one the test's JupyterLab loads: the server half, and the page's unless ``page=False``."""
+    config = Path(jupyter_env["config"]) / "jupyter_server_config.d"
+    config.mkdir(exist_ok=True)
+    source = ROOT / "jupyter-config" / "jupyter_server_config.d" / "envpin.json"
+    json.loads(source.read_text())  # a broken file would silently leave the server half out
+    (config / "envpin.json").write_text(source.read_text())
+    if not page:
+        return
     if not (LABEXTENSION / "package.json").exists():
         raise RuntimeError(
             f"{LABEXTENSION} is not built: run `pip install -e .` (it builds the JupyterLab extension with npm), "
@@ -42,11 +49,6 @@ def install_extension(jupyter_env: dict) -> None:
     labextensions = Path(jupyter_env["data"]) / "labextensions"
     labextensions.mkdir(exist_ok=True)
     (labextensions / "envpin").symlink_to(LABEXTENSION, target_is_directory=True)
-    config = Path(jupyter_env["config"]) / "jupyter_server_config.d"
-    config.mkdir(exist_ok=True)
-    source = ROOT / "jupyter-config" / "jupyter_server_config.d" / "envpin.json"
-    (config / "envpin.json").write_text(source.read_text())
-    json.loads(source.read_text())  # a broken file would silently leave the server half out
 
 
 def start_lab(root: Path) -> tuple[Server, str]:
