@@ -135,11 +135,12 @@ def test_a_move_from_the_dialog_asks_before_losing_state(chromium, lab, install_
 
 
 def test_a_pull_shows_its_progress_as_a_notification(
-    chromium, lab, install_kernelspec, docker_client, registry, pushed_image
+    chromium, docker_client, registry, pushed_image, lab, install_kernelspec
 ):
+    # (lab after pushed_image: the server and its kernel in the pulled image go before the image is removed)
     from playwright.sync_api import sync_playwright
 
-    proxy, proxy_address = slow_proxy.start(registry.address, rate=3_000_000)  # 16 MB: about 5 s
+    proxy, proxy_address = slow_proxy.start(registry.address, rate=1_000_000)  # 16 MB: about 16 s
     try:
         repo, tag = pushed_image
         reference = f"{proxy_address}/{repo}:{tag}"
@@ -153,15 +154,18 @@ def test_a_pull_shows_its_progress_as_a_notification(
             page.keyboard.insert_text(f"%load_ext envpin\n%use_image {reference}")
             page.wait_for_timeout(300)
             page.keyboard.press("Shift+Enter")
-            toast = page.locator(".Toastify__toast", has_text=f"pulling {reference}")
-            toast.first.wait_for(timeout=60_000)
-            assert "MiB" in toast.first.inner_text()
-            page.locator(
-                ".Toastify__toast .Toastify__progress-bar, .Toastify__toast [role=progressbar]"
-            ).first.wait_for(timeout=10_000)
+            toast = page.locator(".Toastify__toast", has_text=f"pulling {reference}").first
+            toast.wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)  # the toast slides in
             shoot(page, "jupyterlab-envpin-pull-progress")
+            assert "MiB" in toast.inner_text()
+            # The bar: set by bytes of the layers (a controlled bar is scaled), not an auto-close timer (animated).
+            style = toast.locator("[role=progressbar]").first.get_attribute("style") or ""
+            assert "scaleX" in style, style
             # Replaced by its outcome, and the kernel runs in the pulled image.
-            page.locator(".Toastify__toast", has_text="moving this kernel into").first.wait_for(timeout=120_000)
+            done = page.locator(".Toastify__toast", has_text=f"pulled {reference}; this kernel moves into it").first
+            done.wait_for(timeout=120_000)
+            assert page.locator(".Toastify__toast", has_text=f"pulling {reference}").count() == 0
             wait_item(page, f"{proxy_address}/{repo}", short(docker_client, reference), timeout=60_000)
             text = "\n".join(cell.locator(".jp-OutputArea-output").all_inner_texts())
             assert "resolving" not in text and "pulling" not in text and "moving this kernel into" in text
@@ -183,6 +187,7 @@ def test_an_image_allowed_images_refuses_is_an_error_notification(chromium, lab,
         assert "matches none of the allowed_images" in out and "resolving" not in out
         toast = page.locator(".Toastify__toast--error, .Toastify__toast", has_text="envpin will not run image").first
         toast.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # the toast slides in
         shoot(page, "jupyterlab-envpin-refused")
         toast.get_by_text("Show all").click()
         full = page.locator(".jp-Dialog-body").inner_text()

@@ -86,7 +86,9 @@ export class Notifier {
       if (known) {
         // A new notification in its place: an updated one would keep its progress bar (update cannot drop it).
         Notification.dismiss(known);
-        Notification.success(message, { autoClose: 8000 });
+        const done =
+          data.state === 'moved' ? `envpin: pulled ${data.image}; this kernel moves into it` : `envpin: pinned to ${data.image}`;
+        Notification.success(done, { autoClose: 8000 });
       }
       return;
     }

@@ -67,6 +67,9 @@ class Status:
         return f"<table class='envpin-status'><caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>{body}</table>"
 
 
+#: How a request's line looks in a notebook: like the stream output beside it (monospace, no code background).
+_LINE = "font-family: var(--jp-code-font-family, monospace); font-size: var(--jp-code-font-size, 13px)"
+
 #: The MIME type of a %use_image request's state in its progress line, for envpin's JupyterLab extension
 #: (notifications for pulls, moves and refusals).  JupyterLab shows the HTML beside it; the page reads this.
 PROGRESS_MIME = "application/vnd.envpin.progress+json"
@@ -133,10 +136,14 @@ class Progress:
         if self.shown is not None and hasattr(self.shown, "_repr_html_"):
             return self.shown._repr_html_()
         if self.shown is not None:
-            return f"<div class='envpin-progress envpin-{self.state}'><code>{html.escape(str(self.shown))}</code></div>"
+            return (
+                f"<div class='envpin-progress envpin-{self.state}' style='{_LINE}'>{html.escape(str(self.shown))}</div>"
+            )
         bar = (
             f"<progress value='{self.fraction:.3f}' max='1' style='width:20em'></progress> "
             if self.fraction is not None
             else ""
         )
-        return f"<div class='envpin-progress envpin-{self.state}'>{bar}<code>{html.escape(self.message)}</code></div>"
+        return (
+            f"<div class='envpin-progress envpin-{self.state}' style='{_LINE}'>{bar}{html.escape(self.message)}</div>"
+        )
