@@ -157,15 +157,21 @@ def test_a_pull_shows_its_progress_as_a_notification(
             toast = page.locator(".Toastify__toast", has_text=f"pulling {reference}").first
             toast.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)  # the toast slides in
-            shoot(page, "jupyterlab-envpin-pull-progress")
-            assert "MiB" in toast.inner_text()
-            # The bar: set by bytes of the layers (a controlled bar is scaled), not an auto-close timer (animated).
-            style = toast.locator("[role=progressbar]").first.get_attribute("style") or ""
-            assert "scaleX" in style, style
+            toast.screenshot(
+                path=str(shoot(page, "jupyterlab-envpin-pull-progress").with_name("jupyterlab-envpin-pull-toast.png"))
+            )
+            # The bar, by bytes of the layers: "████░░░░░░░░ 33% envpin: pulling ...: 1 layers, 5/15 MiB".
+            shown = toast.inner_text()
+            bar = re.search(r"([█░]{12}) (\d+)% envpin: pulling .*: \d+ layers?, (\d+)/(\d+) MiB", shown)
+            assert bar, shown
+            done_mib, total_mib = int(bar.group(3)), int(bar.group(4))
+            assert total_mib >= 15 and abs(int(bar.group(2)) - 100 * done_mib / total_mib) <= 10, shown
             # Replaced by its outcome, and the kernel runs in the pulled image.
             done = page.locator(".Toastify__toast", has_text=f"pulled {reference}; this kernel moves into it").first
             done.wait_for(timeout=120_000)
-            assert page.locator(".Toastify__toast", has_text=f"pulling {reference}").count() == 0
+            page.locator(".Toastify__toast", has_text=f"pulling {reference}").first.wait_for(
+                state="detached", timeout=10_000
+            )
             wait_item(page, f"{proxy_address}/{repo}", short(docker_client, reference), timeout=60_000)
             text = "\n".join(cell.locator(".jp-OutputArea-output").all_inner_texts())
             assert "resolving" not in text and "pulling" not in text and "moving this kernel into" in text

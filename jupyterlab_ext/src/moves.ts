@@ -35,6 +35,17 @@ function detailsAction(title: string, message: string): Notification.IAction {
   };
 }
 
+/**
+ * A pull's message with its bar in front: "██████░░░░░░ 52% envpin: pulling X: 2 layers, 8/15 MiB".
+ * JupyterLab's toasts show text (and cut it at 140 characters), not the notification's `progress`: the
+ * bar is text, first, so it is always seen; `progress` is passed as well for the notification center.
+ */
+export function withBar(fraction: number, message: string): string {
+  const cells = 12;
+  const full = Math.round(fraction * cells);
+  return `${'█'.repeat(full)}${'░'.repeat(cells - full)} ${Math.round(fraction * 100)}% ${message}`;
+}
+
 /** Notifications of %use_image requests, one per request line (its display id). */
 export class Notifier {
   constructor(private readonly item: EnvpinStatus) {}
@@ -69,10 +80,11 @@ export class Notifier {
         return; // resolving: no notification until there is something to wait for (a pull)
       }
       const progress = Math.min(Math.max(data.fraction, 0), 1);
+      const text = withBar(progress, message);
       if (known) {
-        Notification.update({ id: known, message, type: 'in-progress', progress, autoClose: false });
+        Notification.update({ id: known, message: text, type: 'in-progress', progress, autoClose: false });
       } else {
-        this._notes.set(key, Notification.emit(message, 'in-progress', { progress, autoClose: false }));
+        this._notes.set(key, Notification.emit(text, 'in-progress', { progress, autoClose: false }));
       }
       return;
     }

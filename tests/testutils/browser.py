@@ -41,6 +41,10 @@ def install_extension(jupyter_env: dict, page: bool = True) -> None:
     (config / "envpin.json").write_text(source.read_text())
     if not page:
         return
+    # JupyterLab asks whether to fetch news, in a toast that would sit over the others on screenshots: "no".
+    settings = Path(jupyter_env["config"]) / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     if not (LABEXTENSION / "package.json").exists():
         raise RuntimeError(
             f"{LABEXTENSION} is not built: run `pip install -e .` (it builds the JupyterLab extension with npm), "
@@ -76,17 +80,7 @@ def open_notebook(p, chromium: str, url: str, kernel_display_name: str):
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.
     page.get_by_text(f"{ENVPIN_KERNEL_LABEL} | Idle").wait_for(timeout=60_000)
-    dismiss_news(page)
     return browser, page
-
-
-def dismiss_news(page) -> None:
-    """Answer JupyterLab's "notified about official Jupyter news?" toast (No), so it hides nothing on screenshots."""
-    news = page.locator(".Toastify__toast", has_text="Jupyter news")
-    try:
-        news.get_by_role("button", name="No").click(timeout=3_000)
-    except Exception:  # not asked (an older JupyterLab, or already answered)
-        pass
 
 
 def run_cell(page, code: str, expect: str, index: int, timeout: float = 60_000) -> str:
