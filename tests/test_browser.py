@@ -8,79 +8,17 @@ screenshot is kept in test-artifacts/ for a person to look at.
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
-from testutils import PY311, PY313, ROOT
-from testutils.server import Server
-
-#: JupyterLab's own options: no browser, no calls home (this machine has no outside network).
-LAB_ARGS = ("--no-browser", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not os.path.exists(CHROMIUM):
-        from tools.docker_engine import apt_install
-
-        apt_install("chromium", "chromium")
-    return CHROMIUM
-
-
-@pytest.fixture
-def lab(jupyter_env, tmp_path):
-    """JupyterLab (the shared test server, with its pages) on 127.0.0.1: yields its URL and root folder."""
-    root = tmp_path / "lab"
-    root.mkdir()
-    srv = Server(root, dict(os.environ), LAB_ARGS, app="jupyterlab")
-    yield f"{srv.url}/lab?token={srv.token}", root
-    srv.stop()
-
-
-def _open_notebook(p, chromium, url: str, kernel_display_name: str):
-    """A headless Chromium page with a new notebook in the kernel called ``kernel_display_name``, idle."""
-    browser = p.chromium.launch(
-        executable_path=chromium,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run"],
-    )  # fmt: skip
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
-    page.goto(url)
-    page.wait_for_selector(".jp-LauncherCard", timeout=90_000)
-    page.locator(f".jp-LauncherCard[title*='{kernel_display_name}']").first.click()
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.
-    page.get_by_text(f"{kernel_display_name} | Idle").wait_for(timeout=60_000)
-    return browser, page
-
-
-def _run_cell(page, code: str, expect: str, index: int, timeout: float = 60_000) -> str:
-    """Type ``code`` into cell ``index``, run it, wait for an output containing ``expect``; all its output text."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".cm-content").click()
-    page.keyboard.press("Control+a")
-    page.keyboard.insert_text(code)
-    page.wait_for_timeout(300)  # let the editor settle (a completer popup would eat the key)
-    page.keyboard.press("Shift+Enter")
-    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
-    try:
-        output.filter(has_text=expect).first.wait_for(timeout=timeout)
-    except Exception:
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab-failed.png"))
-        raise
-    return "\n".join(output.all_inner_texts())
+from testutils import PY311, PY313
+from testutils.browser import open_notebook as _open_notebook
+from testutils.browser import run_cell as _run_cell
+from testutils.browser import shoot
 
 
 def test_use_image_moves_a_kernel_in_jupyterlab(chromium, lab, install_kernelspec, docker_client):
     from playwright.sync_api import sync_playwright
 
     install_kernelspec(PY313, display_name="Py313 kernel")
-    url, root = lab
-    ARTIFACTS.mkdir(exist_ok=True)
+    url, root, _ = lab
     with sync_playwright() as p:
         browser, page = _open_notebook(p, chromium, url, "Py313 kernel")
         first = _run_cell(page, "import sys; print('before', sys.version_info[:2])", "before", 0)
@@ -98,7 +36,7 @@ def test_use_image_moves_a_kernel_in_jupyterlab(chromium, lab, install_kernelspe
         table.wait_for(timeout=60_000)
         text = table.inner_text()
         assert PY311 in text and docker_client.images.get(PY311).id in text and "3.11." in text
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab-use-image.png"))
+        shoot(page, "jupyterlab-use-image")
         browser.close()
     pins = (root / ".envpin.json").read_text()
     assert '"Untitled.ipynb"' in pins and PY311 in pins  # keyed by the notebook JupyterLab opened
@@ -110,8 +48,7 @@ def test_ray_in_the_image_and_a_short_error_in_jupyterlab(chromium, lab, install
     from playwright.sync_api import sync_playwright
 
     install_kernelspec("envpin-test/ray", display_name="Ray image")
-    url, _ = lab
-    ARTIFACTS.mkdir(exist_ok=True)
+    url, _, _ = lab
     with sync_playwright() as p:
         browser, page = _open_notebook(p, chromium, url, "Ray image")
         status = _run_cell(page, "%load_ext envpin\n%use_image envpin-test/ray", "jobs pinned to", 0)
@@ -134,7 +71,7 @@ def test_ray_in_the_image_and_a_short_error_in_jupyterlab(chromium, lab, install
             2,
         )
         assert "%tb shows the full traceback" in refused and "Traceback" not in refused
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab-ray-short-error.png"))
+        shoot(page, "jupyterlab-ray-short-error")
         full = _run_cell(page, "%tb", "Traceback", 3)
         assert "ray_adapter.py" in full
         browser.close()

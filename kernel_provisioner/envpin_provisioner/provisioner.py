@@ -79,6 +79,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
     _sockets: dict[str, tuple[int, int]] | None = None
     _pull_budget: PullBudget | None = None
+    #: whether the running container was a warm one (the shared pool's or a standby) rather than a cold start
+    _started_warm = False
 
     def __init__(self, **kwargs: Any) -> None:
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
@@ -178,6 +180,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         client = await self._docker()
         container = await self._warm.hand_over(launch)
+        warm = container is not None
         if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
             container = await engine.create_owned(
                 kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
@@ -187,7 +190,24 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         except BaseException:  # a failed or cancelled start leaves no container behind
             await engine.call_through(kernel_container.remove, container)
             raise
+        self._started_warm = warm
         return container
+
+    # ---- what the JupyterLab extension reports (envpin_provisioner.lab.report) --------------
+
+    @property
+    def started_warm(self) -> bool:
+        """Whether the running container was taken warm (pool or standby) rather than started cold."""
+        return self._started_warm
+
+    @property
+    def container_short_id(self) -> str | None:
+        return self._container.short_id if self._container is not None else None
+
+    @property
+    def mover(self) -> MoveServer | None:
+        """The server of this kernel's %use_image requests (None before its first start, or without ipc)."""
+        return self._mover
 
     # ---- what the move server uses (moves.mover.MovableKernel) ----------------------------
 

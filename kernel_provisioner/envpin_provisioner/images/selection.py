@@ -49,6 +49,9 @@ from envpin.session.options import SessionOptions
 from envpin_provisioner.errors import ImageUnavailable
 from envpin_provisioner.images import pulling
 
+#: Where a kernel's image came from (``ImageChoice.source``): shown by the JupyterLab extension.
+BY_KERNELSPEC, BY_PIN_FILE, BY_USE_IMAGE = "kernelspec", "pin file", "%use_image"
+
 
 @dataclass
 class ImageChoice:
@@ -59,6 +62,12 @@ class ImageChoice:
     notes: list[str] = field(default_factory=list)
     #: the session's %use_image options (strict, ray_mode), kept in the pin record across restarts and moves
     options: dict = field(default_factory=dict)
+    #: where the image came from: the kernel's configuration, the notebook's pin file, or a %use_image request
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            self.source = BY_PIN_FILE if self.pinned else BY_KERNELSPEC
 
 
 def notebook_folder(notebook: str | None, cwd: str | None) -> str:

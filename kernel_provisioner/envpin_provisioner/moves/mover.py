@@ -46,6 +46,7 @@ from envpin_provisioner.images.pull_budget import PullBudget, PullRecord
 from envpin_provisioner.kernel import channels
 from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel.launch import KernelLaunch
+from envpin_provisioner.moves.activity import Activity
 from envpin_provisioner.moves.control_requests import ControlChannel, ControlRequest
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class MoveServer:
         self.env = env  #: the environment of the kernel's start request: a moved kernel gets the same
         #: True while a move replaces the container: the provisioner's poll() must not report the old one's exit
         self.moving = False
+        #: what the current request is doing and how the last one ended (reported by the JupyterLab extension)
+        self.activity = Activity()
         self._closed = False
 
     def close(self) -> None:
@@ -111,12 +114,15 @@ class MoveServer:
             request = await engine.call(self.channel.take_request)
             if request is None:
                 continue
+            self.activity.begin(request.image)
             try:
                 await self.answer(request)
             except EnvpinError as exc:
+                self.activity.end("error", str(exc))
                 self.channel.respond(request.id, status="error", message=str(exc))
             except Exception as exc:  # a bug of ours: logged in full, answered, and the watcher survives it
                 self.kernel.log.exception("envpin: %%use_image request failed")
+                self.activity.end("error", f"envpin failed: {type(exc).__name__}: {exc}")
                 self.channel.respond(request.id, status="error", message=f"envpin failed: {type(exc).__name__}: {exc}")
 
     async def answer(self, request: ControlRequest) -> None:
@@ -153,6 +159,7 @@ class MoveServer:
         policy = "always" if request.pull else kernel.pull_policy
 
         def progress(message: str, fraction: float | None = None) -> None:  # shown under the %use_image cell
+            self.activity.progress("pulling", message, fraction)
             channel.respond(request.id, status="working", message=message, fraction=fraction)
 
         resolved = await engine.call(pulling.resolve, client, reference, policy, kernel.log, progress, pulls)
@@ -169,14 +176,24 @@ class MoveServer:
             if request.python:
                 record["python"] = request.python
             await engine.call(pin_file.record, pin_folder, notebook, record, owner)
-            kernel.set_choice(selection.ImageChoice(name, current.resolved, pinned=True, options=options))
+            kernel.set_choice(
+                selection.ImageChoice(
+                    name, current.resolved, pinned=True, options=options, source=selection.BY_USE_IMAGE
+                )
+            )
+            self.activity.end("same", f"pinned to {name} ({resolved.immutable})")
             channel.respond(request.id, status="same", **answer)
             return True
         if not request.allow_restart:
+            self.activity.end(
+                "refused",
+                f"Moving to '{name}' ({resolved.immutable}) restarts this kernel, which holds state that would be "
+                "lost; confirm the move with --restart.",
+            )
             channel.respond(request.id, status="refused", **answer)
             return False
         await engine.call(pin_file.read, pin_folder)  # a damaged pin file stops the move before it starts
-        choice = selection.ImageChoice(name, resolved, pinned=True, options=options)
+        choice = selection.ImageChoice(name, resolved, pinned=True, options=options, source=selection.BY_USE_IMAGE)
         await self.move(request, choice, answer, lambda: pin_file.record(pin_folder, notebook, record, owner))
         return True
 
@@ -193,6 +210,7 @@ class MoveServer:
         kernel = self.kernel
         launch = kernel.build_launch(choice, self.env, moved=True)
         self.moving = True
+        self.activity.progress("starting", f"starting a kernel in {choice.name}")
         try:
             new = await kernel.start_container(launch, replacing=channels.socket_inodes(launch))
             try:
@@ -202,6 +220,7 @@ class MoveServer:
                 raise
             self.channel.respond(request.id, status="moving", **answer)
             old = kernel.swap(new, launch, choice)
+            self.activity.end("moved", f"moved into {choice.name} ({choice.resolved.immutable})")
             if old is not None:
                 try:
                     await engine.call(wait_exit, old, self.HANDOVER_TIMEOUT)
