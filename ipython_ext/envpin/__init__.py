@@ -16,6 +16,7 @@ Public API::
     envpin.submit(fn, *args)    # run fn in the pinned image (a concurrent.futures Future)
     envpin.ContainerExecutor()  # the executor behind it
     envpin.stamp(job)           # the pin, for job systems without an adapter
+    envpin.DaskCluster(n)       # a Dask cluster in the pinned image (imports distributed when first used)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from envpin.session.state import current_pin
 
 __all__ = [
     "ContainerExecutor",
+    "DaskCluster",
     "EnvpinError",
     "compare",
     "current_pin",
@@ -43,6 +45,15 @@ __all__ = [
     "submit",
     "use_image",
 ]
+
+
+def __getattr__(name: str):
+    """``envpin.DaskCluster``, imported on first use: ``import envpin`` must not import distributed."""
+    if name == "DaskCluster":
+        from envpin.adapters.dask_cluster import DaskCluster
+
+        return DaskCluster
+    raise AttributeError(f"module 'envpin' has no attribute {name!r}")
 
 
 def in_container() -> bool:

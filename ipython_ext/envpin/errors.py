@@ -21,3 +21,7 @@ class EnvironmentMismatch(EnvpinError):
 
 class MissingDependency(EnvpinError):
     """An optional dependency a feature needs is not importable here."""
+
+
+class ClusterMismatch(EnvpinError):
+    """A cluster (Ray, Dask) runs another Python, pickler or engine release than the pinned image: refused."""

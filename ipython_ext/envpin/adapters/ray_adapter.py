@@ -75,7 +75,7 @@ from typing import Any
 from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
-from envpin.errors import EnvpinError
+from envpin.errors import ClusterMismatch, EnvpinError
 from envpin.session import state
 from envpin.session.options import RAY_MODES
 from envpin.session.stamping import Stamp
@@ -87,10 +87,6 @@ _JOB_SDK = "ray.dashboard.modules.job.sdk"
 
 class RuntimeEnvConflict(EnvpinError):
     """A Ray ``runtime_env`` asks for fields Ray cannot combine with the pinned ``image_uri``."""
-
-
-class ClusterMismatch(EnvpinError):
-    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray)."""
 
 
 class LocalClusterInImage(UserWarning):
