@@ -33,6 +33,18 @@ ENTRY_POINTS = [
     ("yt.wrapper.config", "get_config"),
     # flytekit: every Python task's constructor
     ("flytekit.core.python_auto_container", "PythonAutoContainerTask.__init__"),
+    # distributed: the client's connect, every graph submission, its event dispatch; the cluster managers' inits
+    ("distributed.client", "Client._start"),
+    ("distributed.client", "Client._graph_to_futures"),
+    ("distributed.client", "Client._handle_event"),
+    ("distributed.client", "Client._send_to_scheduler"),
+    ("distributed.deploy.local", "LocalCluster.__init__"),
+    ("dask_kubernetes.operator.kubecluster.kubecluster", "KubeCluster.__init__"),
+    ("dask_gateway.client", "Gateway._submit"),
+    ("dask_gateway.client", "Gateway._cluster_options"),
+    ("dask_gateway.client", "Gateway._config_cluster_options"),
+    ("dask_jobqueue.core", "Job.__init__"),
+    ("coiled.v2.cluster", "Cluster.__init__"),
 ]
 
 
