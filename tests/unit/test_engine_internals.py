@@ -38,6 +38,7 @@ ENTRY_POINTS = [
     ("distributed.client", "Client._graph_to_futures"),
     ("distributed.client", "Client._handle_event"),
     ("distributed.client", "Client._send_to_scheduler"),
+    ("distributed.client", "Client._close"),
     ("distributed.deploy.local", "LocalCluster.__init__"),
     ("dask_kubernetes.operator.kubecluster.kubecluster", "KubeCluster.__init__"),
     ("dask_gateway.client", "Gateway._submit"),

@@ -177,8 +177,6 @@ class DaskAdapter(LibraryAdapter):
                     try:
                         await adapter.check_at_connect(client)
                     except ClusterMismatch:
-                        # envpin's subscription first: the scheduler would announce this client's leaving to it.
-                        client._send_to_scheduler({"op": "unsubscribe-topic", "topic": "all", "client": client.id})
                         await client._close()
                         raise
                 return result
@@ -205,6 +203,22 @@ class DaskAdapter(LibraryAdapter):
 
             return _handle_event
 
+        def make_close(original):
+            async def _close(client, *args, **kwargs):
+                if getattr(client, "_envpin_subscribed", False) and client.status in (
+                    "running",
+                    "connecting",
+                    "closing",
+                ):
+                    # envpin's subscription first: the scheduler would announce this client's leaving to it,
+                    # over the stream that is closing ("Closed comm ... while trying to write", a CRITICAL log).
+                    client._envpin_subscribed = False
+                    if "all" not in client._event_handlers:
+                        client._send_to_scheduler({"op": "unsubscribe-topic", "topic": "all", "client": client.id})
+                return await original(client, *args, **kwargs)
+
+            return _close
+
         def make_local_init(original):
             def __init__(cluster, *args, **kwargs):
                 adapter._notice_local_cluster()
@@ -215,6 +229,7 @@ class DaskAdapter(LibraryAdapter):
         self.patches.wrap(Client, "_start", make_start)
         self.patches.wrap(Client, "_graph_to_futures", make_graph_to_futures)
         self.patches.wrap(Client, "_handle_event", make_handle_event)
+        self.patches.wrap(Client, "_close", make_close)
         self.patches.wrap(LocalCluster, "__init__", make_local_init)
 
     def _notice_local_cluster(self) -> None:
@@ -263,6 +278,7 @@ class DaskAdapter(LibraryAdapter):
         watch = _Watch(client, stamp, pinned, where)
         # Subscribe to arrivals before asking who is there: a worker joining in between is announced.
         client._send_to_scheduler({"op": "subscribe-topic", "topic": "all", "client": client.id})
+        client._envpin_subscribed = True
         try:
             scheduler = await asyncio.wait_for(client.scheduler.versions(packages=[]), VERSIONS_TIMEOUT)
             workers = await asyncio.wait_for(
