@@ -100,7 +100,12 @@ class Finding:
 
 
 def judge(pinned: Environment, processes: dict[str, Environment], mode: str) -> list[Finding]:
-    """One :class:`Finding` per environment among ``processes`` that differs from ``pinned`` in pickles."""
+    """One :class:`Finding` per environment among ``processes`` that differs from ``pinned`` in pickles.
+
+    Nothing when the pinned image's Python is unknown (a pin without facts): there is nothing to judge against.
+    """
+    if pinned.python_minor is None:
+        return []
     by_env: dict[tuple[str | None, str | None], list[str]] = {}
     envs: dict[tuple[str | None, str | None], Environment] = {}
     for name, env in processes.items():

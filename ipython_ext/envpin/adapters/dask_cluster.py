@@ -336,10 +336,4 @@ def DaskCluster(n_workers: int = 1, *, image: str | None = None, **options: Any)
             dashboard_address="127.0.0.1:0",
             **options,
         )
-    if names.in_container():
-        raise EnvpinError(
-            f"envpin.DaskCluster(image='{wanted}') would start containers, and this process runs in a container "
-            "of another image, without access to an engine. Move the kernel into that image (%use_image "
-            f"{wanted}) and use the LocalCluster it then gives, or start the cluster from the host."
-        )
     return ContainerCluster(n_workers, image=wanted, **options)
