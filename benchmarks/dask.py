@@ -18,11 +18,15 @@ LocalCluster; nothing is asserted (the machines are noisy).
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
 
 from _setup import parse_and_prepare
+
+# This file is called dask.py: its folder, first on sys.path when run as a script, would shadow the dask package.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 
 
 def tiny(x):

@@ -18,7 +18,6 @@ import textwrap
 import time
 import urllib.request
 
-import cloudpickle
 import pytest
 
 from envpin import names
@@ -36,12 +35,12 @@ DASK_CLOUDPICKLE2 = "envpin-test/dask-cloudpickle2:latest"
 pytestmark = pytest.mark.docker
 
 
-def where() -> dict:
-    """Run inside a task: what this worker process is."""
-    import os
-    import platform
-    import sys
-
+#: A task that says what runs it.  Kept as source and executed into a module nobody can import, so that
+#: Dask ships it by value (a function of this test module would travel by reference, and no worker or scheduler
+#: can import the tests); the kernel test runs the same source in the kernel.
+WHERE = """
+def where():
+    import os, platform, sys
     with open("/opt/envpin-dask-marker") as fh:
         marker = fh.read().strip()
     return {
@@ -51,10 +50,10 @@ def where() -> dict:
         "marker": marker,
         "in_container": os.path.exists("/.dockerenv"),
     }
-
-
-# Tasks are this module's functions: ship them by value (the workers cannot import the tests).
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+"""
+_tasks: dict = {"__name__": "envpin_dask_test_tasks"}
+exec(WHERE, _tasks)
+where = _tasks["where"]
 
 
 def _facts(image: str) -> dict:
@@ -263,7 +262,7 @@ def test_jobqueue_workers_run_in_the_image_through_the_nodes_engine(pinned, dock
     """dask-jobqueue's LocalCluster runs each job script as a local process, as a batch node would run it: the
     worker command envpin wrote (``docker run ... IMAGE python3 -m distributed.cli.dask_worker``) starts the
     worker in a container of the image, which joins this process's scheduler on 127.0.0.1."""
-    from dask_jobqueue import LocalCluster as JobQueueLocalCluster
+    from dask_jobqueue.local import LocalCluster as JobQueueLocalCluster
     from distributed import Client
 
     pinned.node_engine = "docker"
@@ -314,7 +313,7 @@ async def test_a_containerized_kernel_client_connects_to_its_image_and_is_refuse
             assert "dask: LocalCluster runs in this kernel's image" in status["stdout"]
             code = (
                 "from distributed import Client\n"
-                + _source(where)
+                + WHERE
                 + f"client = Client({good.scheduler_address!r})\n"
                 + "result = client.submit(where, pure=False).result(timeout=60)\n"
                 + "client.close()\n"
@@ -344,12 +343,6 @@ async def test_a_containerized_kernel_client_connects_to_its_image_and_is_refuse
     assert refused["status"] == "error" and refused["ename"] == "ClusterMismatch", refused
     assert "Python 3.13.5" in refused["evalue"] and "nothing was submitted" in refused["evalue"]
     assert "LocalClusterInImage" in local["stdout"] and in_kernel["marker"] == "dask-py311"
-
-
-def _source(function) -> str:
-    import inspect
-
-    return inspect.getsource(function)
 
 
 def test_notebook_shows_a_cluster_in_the_image_and_a_refused_one(jupyter_env, tmp_path, monkeypatch, docker_client):
