@@ -23,10 +23,10 @@ import statistics
 import sys
 import time
 
-from _setup import parse_and_prepare
-
-# This file is called dask.py: its folder, first on sys.path when run as a script, would shadow the dask package.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
+HERE = os.path.dirname(os.path.abspath(__file__))
+# This file is called dask.py: its folder, first on sys.path when run as a script, would shadow the dask package
+# (here and in the LocalCluster's worker processes, which inherit sys.path): it goes to the end of the path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE] + [HERE]
 
 
 def tiny(x):
@@ -60,6 +60,8 @@ def submitted(client, n: int) -> float:
 
 
 def main() -> None:
+    from _setup import parse_and_prepare
+
     args = parse_and_prepare({"workers": 2, "runs": 3, "tasks": 2000})
     image = args.image if args.image != "envpin-test/py311:latest" else "envpin-test/dask:latest"
     if image != args.image:
