@@ -345,27 +345,5 @@ async def test_a_containerized_kernel_client_connects_to_its_image_and_is_refuse
     assert "LocalClusterInImage" in local["stdout"] and in_kernel["marker"] == "dask-py311"
 
 
-def test_notebook_shows_a_cluster_in_the_image_and_a_refused_one(jupyter_env, tmp_path, monkeypatch, docker_client):
-    import shutil
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    work = tmp_path / "dask_cluster"
-    work.mkdir()
-    shutil.copy(ROOT / "notebooks" / "dask_cluster.ipynb", work)
-    nb = nbformat.read(work / "dask_cluster.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(work)}}).execute()
-    text = "\n".join(
-        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
-    )
-    image_id = docker_client.images.get(DASK).id
-    assert f"task ran in Python 3.11.2, image {image_id}, marker dask-py311" in text, text
-    assert "workers after scale(3): 3, all in the image: True" in text, text
-    assert "dashboard: http://127.0.0.1:" in text
-    assert "refused: The Dask cluster at tcp://127.0.0.1:" in text and "Python 3.13.5" in text
-    assert not containers(docker_client, role="dask-worker") and not containers(docker_client, role="dask-scheduler")
-
-
 def test_marker_constant_matches_the_images():
     assert DASK_MARKER == "/opt/envpin-dask-marker"
