@@ -24,7 +24,7 @@ from envpin import names
 from envpin.adapters import dask_adapter
 from envpin.errors import ClusterMismatch
 from envpin.session import stamping, state
-from testutils import ROOT, containers, wait_for
+from testutils import ROOT, wait_for
 from testutils.kernels import kernel, run, run_json
 from tools.images import DASK_MARKER
 
