@@ -63,7 +63,11 @@ WORKER_ADDRESS = "Start worker at:"
 
 
 class ClusterStartFailed(EnvpinError):
-    """A scheduler or worker container of an ``envpin.DaskCluster`` did not come up."""
+    """A scheduler or worker container of an ``envpin.DaskCluster`` did not come up (its last log lines follow).
+
+    Fix: install ``distributed`` in the image (and ``bokeh`` for the dashboard), or raise ``start_timeout``
+    on a slow engine.
+    """
 
 
 class LocalClusterInImage(UserWarning):
