@@ -17,6 +17,7 @@ Public API::
     envpin.ContainerExecutor()  # the executor behind it
     envpin.stamp(job)           # the pin, for job systems without an adapter
     envpin.reset_caches()       # forget what this process learnt and registered (tests)
+    envpin.DaskCluster(n)       # a Dask cluster in the pinned image (imports distributed when first used)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from envpin.session.state import current_pin
 
 __all__ = [
     "ContainerExecutor",
+    "DaskCluster",
     "EnvpinError",
     "compare",
     "current_pin",
@@ -62,6 +64,7 @@ STATEFUL_MODULES = (
     "envpin.adapters._imports",
     "envpin.adapters.ray_adapter",
     "envpin.adapters.ray_compat",
+    "envpin.adapters.dask_check",
     "envpin.compat.policy",
     "envpin.internals",
     "envpin.host.dialect",

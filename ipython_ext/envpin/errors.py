@@ -53,3 +53,14 @@ class MissingDependency(EnvpinError):
 
     Fix: ``pip install envpin`` (or ``pip install docker``) in the environment that runs the code.
     """
+
+
+class ClusterMismatch(EnvpinError):
+    """A cluster (Ray, Dask) runs another Python, pickler or engine release than the pinned image: refused.
+
+    Checked when the client connects (``ray.init``, ``distributed.Client``) and before submissions, from what
+    the cluster reports about itself, instead of tasks that fail to load or kill their workers later.
+
+    Fix: run the cluster in the pinned image (``envpin.DaskCluster()``, or name the image to the cluster
+    manager), or pin the image the cluster runs; the message names both sides.
+    """

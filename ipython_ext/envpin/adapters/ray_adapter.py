@@ -77,7 +77,7 @@ from typing import Any
 from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
-from envpin.errors import EnvpinError
+from envpin.errors import ClusterMismatch, EnvpinError
 from envpin.internals import RAY
 from envpin.session import state
 from envpin.session.options import RAY_MODES
@@ -99,18 +99,6 @@ class RuntimeEnvConflict(EnvpinError):
     Fix: put those dependencies into the image (for a uv project: ``uv sync
     --no-install-project``), or use ``%use_image IMAGE --ray-mode env_vars`` when the cluster's
     nodes already run the image; run the notebook in the image for a local cluster.
-    """
-
-
-class ClusterMismatch(EnvpinError):
-    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray).
-
-    Checked when ``ray.init`` connects and before ``submit_job``, from the versions the cluster's
-    dashboard reports, instead of a ``RuntimeEnvSetupError`` or a broken connection later.
-
-    Fix: build the image on the cluster's Ray and Python (the message names both), or pin an
-    image that has them; set ``RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor`` where the cluster
-    is configured that way.
     """
 
 

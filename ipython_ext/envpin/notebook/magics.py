@@ -49,7 +49,11 @@ class UsageError(_IPythonUsageError, EnvpinError):
 
 
 class MoveRefused(EnvpinError):
-    """A move the kernel's state forbids without ``--restart`` (the state would be lost)."""
+    """A move the kernel's state forbids without ``--restart`` (the state would be lost).
+
+    Fix: run ``%use_image IMAGE --restart`` to move anyway and lose the variables, or restart the kernel first
+    (the pin is kept) and run ``%use_image`` before anything else.
+    """
 
 
 #: Names a fresh kernel already has; anything else in the namespace is the user's state.

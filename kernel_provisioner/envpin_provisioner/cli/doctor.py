@@ -88,7 +88,7 @@ def check() -> list[Finding]:
             )
         breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
         detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
-        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
+        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit", "distributed") if theirs.get(k)]
         if clients:
             detail += f"; engine clients: {', '.join(clients)}"
         if breaking:
