@@ -32,7 +32,7 @@ DASK = "envpin-test/dask:latest"
 DASK313 = "envpin-test/dask313:latest"
 DASK_CLOUDPICKLE2 = "envpin-test/dask-cloudpickle2:latest"
 
-pytestmark = pytest.mark.docker
+pytestmark = pytest.mark.usefixtures("docker_client")
 
 
 #: A task that says what runs it.  Kept as source and executed into a module nobody can import, so that
