@@ -87,6 +87,15 @@ def reset_caches() -> None:
             module.reset()
 
 
+def __getattr__(name: str):
+    """``envpin.DaskCluster``, imported on first use: ``import envpin`` must not import distributed."""
+    if name == "DaskCluster":
+        from envpin.adapters.dask_cluster import DaskCluster
+
+        return DaskCluster
+    raise AttributeError(f"module 'envpin' has no attribute {name!r}")
+
+
 def in_container() -> bool:
     """True inside a Docker (``/.dockerenv``) or Podman (``/run/.containerenv``) container."""
     return names.in_container()
