@@ -187,6 +187,7 @@ def test_engine_socket_permission_denied_for_a_real_user():
         "idna",
         "charset_normalizer",
         "certifi",
+        "traitlets",  # the CLI's help comes from the options' traitlets
         "envpin",
         "envpin_provisioner",
     ):
