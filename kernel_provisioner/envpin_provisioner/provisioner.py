@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fnmatch
+import json
 import os
 import signal
 from typing import Any
@@ -48,6 +49,7 @@ from envpin_provisioner.kernel import ownership
 from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
+from envpin_provisioner.pins import follow
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
@@ -106,6 +108,12 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
         super().__init__(**kwargs)
         self._warm = WarmKernels(self)
+        follow.attach(self.parent, self.log)  # pins follow renames made in this server (no-op outside one)
+
+    @property
+    def kernelspec_name(self) -> str | None:
+        """The kernelspec this kernel was started from (a folder pin applies only to its own kernelspec)."""
+        return getattr(self.parent, "kernel_name", None) or None
 
     @property
     def _resolved(self) -> ResolvedImage | None:
@@ -184,6 +192,12 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             extra_env[names.PINNED] = "1"
             if self.mount_envpin:
                 kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
+        # Which pin decided the image, or which did not apply: said in the kernel's first output (a move says its own).
+        said = [] if moved else choice.first_output()
+        if said:
+            extra_env[names.PIN_NOTES] = json.dumps(said)
+            if self.mount_envpin:
+                kernel_args = ["--ext", "envpin"]
         if moved:
             extra_env[names.HANDOFF_EXPECTED] = "1"
         extra_env.update(SessionOptions.parse(choice.options, strict_schema=False).as_env())
@@ -312,6 +326,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         self._notebook = env.get(names.SESSION_NAME) or None
         if self._folder is None:  # the first start pins them; restarts and moves use what was pinned
             self._folder, self._pin_dir = await engine.call(pin_folders, self._notebook, kwargs.get("cwd"))
+        else:  # renamed or moved in Jupyter meanwhile (the server says so, not the kernel): its pin is there now
+            self._pin_dir = await engine.call(follow.pin_dir_now, self._notebook, self._folder, self._pin_dir)
         self._choice = await engine.call(
             selection.choose,
             client,
@@ -321,6 +337,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             self._pin_dir,
             self.log,
             self.allowed_images,
+            self.kernelspec_name,
         )
         transport = self._transport()
         if transport == "tcp" and self.network_mode == "none":
