@@ -38,6 +38,14 @@ def hand_edited_kernelspec(install_kernelspec, name, **config):
 
 
 async def start_fails(name, notebook_dir, exc_type):
+    """Start kernelspec ``name``, which must fail with ``exc_type``; its message, with the lines joined.
+
+    What a start raises is what JupyterLab's "Error Starting Kernel" dialog
+    shows, in a box that keeps line breaks and does not wrap: short lines, the
+    fix first where the error states one (``envpin.errors.for_dialog``).
+    """
+    from envpin.errors import DIALOG_WIDTH
+
     km = AsyncKernelManager(kernel_name=name)
     started = time.monotonic()
     with pytest.raises(exc_type) as info:
@@ -45,9 +53,12 @@ async def start_fails(name, notebook_dir, exc_type):
     elapsed = time.monotonic() - started
     message = str(info.value)
     assert elapsed < 10, f"took {elapsed:.1f}s: {message}"
-    assert "\n" not in message.split(" Its last output:")[0], "the explanation is one paragraph"
-    assert "Traceback" not in message.split(" Its last output:")[0]
-    return message
+    explanation = message.split(" Its last output:")[0].split("Its last output:")[0]
+    assert "Traceback" not in explanation
+    assert all(len(line) <= DIALOG_WIDTH for line in message.splitlines()), message
+    if info.value.fix:
+        assert message.startswith(" ".join(info.value.fix.split()[:3])), "the fix comes first"
+    return " ".join(message.replace("\n  | ", "\n").split())
 
 
 async def test_engine_not_running(install_kernelspec, notebook_dir, monkeypatch, tmp_path):

@@ -2,13 +2,33 @@
 
 Every message is one paragraph that names the thing and the fix: in a notebook
 it is all the user sees (the magics print it instead of a traceback).
+
+Where an error states its fix apart (``EnvpinError(problem, fix=...)``), its
+text is still that one paragraph (problem, then fix) for terminals and logs,
+and :func:`for_dialog` can put the fix first, in short lines: JupyterLab's
+"Error Starting Kernel" dialog shows the message in a ``<pre>`` that keeps
+line breaks and does not wrap, so a paragraph is one line cut at the
+dialog's edge (seen: the fix of an option typo was never visible).
 """
 
 from __future__ import annotations
 
+import textwrap
+
 
 class EnvpinError(RuntimeError):
-    """Base of every error envpin raises deliberately."""
+    """Base of every error envpin raises deliberately.
+
+    ``fix``: what to do, when the message states it apart (it follows the
+    problem in the paragraph, and leads in :func:`for_dialog`); ``detail``:
+    what comes last in both (a container's last output).
+    """
+
+    def __init__(self, message: str = "", *args: object, fix: str | None = None, detail: str = "") -> None:
+        super().__init__((f"{message} {fix}" if fix else message) + detail, *args)
+        self.problem = message
+        self.fix = fix
+        self.detail = detail
 
 
 class PinFileError(EnvpinError):
@@ -21,3 +41,39 @@ class EnvironmentMismatch(EnvpinError):
 
 class MissingDependency(EnvpinError):
     """An optional dependency a feature needs is not importable here."""
+
+
+#: Columns of a line in a dialog that keeps line breaks but does not wrap (JupyterLab's is about 130 wide).
+DIALOG_WIDTH = 96
+
+
+def dialog_text(exc: BaseException, width: int = DIALOG_WIDTH) -> str:
+    """``exc``'s message for a dialog: its fix first, then the rest, in lines of at most ``width`` columns.
+
+    Lines the message already has (a container's last output, marked
+    ``  | ``) are kept as they are, only cut; everything else is wrapped.
+    """
+    fix = getattr(exc, "fix", None)
+    problem = getattr(exc, "problem", None)
+    detail = getattr(exc, "detail", "")
+    text = str(exc)
+    if fix and problem is not None and text == f"{problem} {fix}{detail}":
+        blocks = [fix, problem + detail]
+    else:
+        blocks = [text]
+    out: list[str] = []
+    for block in blocks:
+        if out:
+            out.append("")
+        for line in block.split("\n"):
+            if line.startswith("  | "):
+                out.append(line if len(line) <= width else line[: width - 1] + "…")
+            else:
+                out.extend(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [""])
+    return "\n".join(out)
+
+
+def for_dialog(exc: BaseException) -> BaseException:
+    """``exc`` itself, its message replaced by :func:`dialog_text` (type, traceback and cause kept)."""
+    exc.args = (dialog_text(exc),)
+    return exc

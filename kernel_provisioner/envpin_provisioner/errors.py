@@ -10,7 +10,11 @@ for the server log, never shown instead.
 
 from __future__ import annotations
 
-from envpin.errors import EnvpinError  # the kernel side's base: one hierarchy for both sides
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from envpin.errors import EnvpinError, for_dialog  # the kernel side's base: one hierarchy for both sides
 from envpin.host.docker_client import EngineUnavailable  # the one Docker layer's (both sides)
 
 __all__ = [
@@ -37,3 +41,25 @@ class KernelStartFailed(EnvpinError):
 
 class ConfigError(EnvpinError):
     """An option is unknown or has the wrong type."""
+
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Awaitable[Any]])
+
+
+def shown_in_dialogs(hook: _Hook) -> _Hook:
+    """A jupyter_client hook whose EnvpinError reaches Jupyter's "Error Starting Kernel" dialog fix first.
+
+    What a kernel start raises is what JupyterLab shows, in a box that keeps
+    line breaks and does not wrap: the message goes out in short lines, its
+    fix on top (``envpin.errors.for_dialog``).  The CLI and the log of
+    anything else keep the one-paragraph form.
+    """
+
+    @functools.wraps(hook)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await hook(*args, **kwargs)
+        except EnvpinError as exc:
+            raise for_dialog(exc) from exc.__cause__
+
+    return wrapper  # type: ignore[return-value]

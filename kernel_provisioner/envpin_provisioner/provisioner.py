@@ -37,11 +37,12 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
 from envpin import names, safe_files
+from envpin.errors import for_dialog
 from envpin.host import docker_client
 from envpin.host.images import ResolvedImage
 from envpin.session.options import SessionOptions
 from envpin_provisioner import engine
-from envpin_provisioner.errors import ConfigError, EnvpinError
+from envpin_provisioner.errors import ConfigError, EnvpinError, shown_in_dialogs
 from envpin_provisioner.images import pulling, selection
 from envpin_provisioner.images.pull_budget import PullBudget
 from envpin_provisioner.kernel import container as kc
@@ -105,7 +106,10 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _pull_budget: PullBudget | None = None
 
     def __init__(self, **kwargs: Any) -> None:
-        check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        try:
+            check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        except ConfigError as exc:  # what JupyterLab's start dialog shows: fix first, short lines
+            raise for_dialog(exc) from None
         super().__init__(**kwargs)
         self._warm = WarmKernels(self)
         follow.attach(self.parent, self.log)  # pins follow renames made in this server (no-op outside one)
@@ -308,6 +312,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def has_process(self) -> bool:
         return self._container is not None
 
+    @shown_in_dialogs
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Choose and resolve the image, prepare the private channel directory, write the connection file.
 
@@ -391,6 +396,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             kc.give_connection_file(os.path.dirname(km.connection_file), owner)
         return kwargs
 
+    @shown_in_dialogs
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel answers its heartbeat."""
         if self._choice is None or self._folder is None:

@@ -10,9 +10,13 @@ that cell.  To nbclient, papermill or JupyterLab the cell simply finishes,
 and the next cell is sent to, and runs in, the new image: nothing runs in
 the old image after the move, and no request is half-answered.
 
-The one thing that cannot be handed over is a request the client had already
-sent to the old kernel before the move (JupyterLab's "Run All"): those cells
-get no reply and must be run again.
+Requests the client had already sent to the old kernel before the move
+(the cells below ``%use_image`` in JupyterLab's "Run All") cannot be handed
+over: they were written for a kernel that is going away.  The old kernel
+answers each of them before it exits, on the connections they came by:
+"aborted" (the protocol's "not run"), with one line under the cell saying
+why and what to do (:func:`_answer_queued_then_exit`).  No cell is left
+waiting.
 """
 
 from __future__ import annotations
@@ -31,8 +35,14 @@ from envpin import names
 from envpin.notebook import control
 
 
-def hand_over_and_exit(shell: Any, folder: Path) -> None:
-    """Record this cell's request for the successor, flush output, and end this process."""
+def hand_over_and_exit(shell: Any, folder: Path, image: str = "the new image") -> None:
+    """Record this cell's request for the successor, answer what is queued behind it, and end this process.
+
+    When the queued requests are to be answered first, raises
+    :class:`HandedOver` to end the cell here (nothing more of it runs in this
+    image; its reply and error output are not sent from here), and the
+    process ends once they are answered.
+    """
     kernel = shell.kernel
     parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else kernel._parent_header
     ident = kernel._parent_ident  # ipykernel >= 6: a mapping by channel; older: the shell's idents
@@ -52,8 +62,133 @@ def hand_over_and_exit(shell: Any, folder: Path) -> None:
     # left is ZMQ's own I/O thread writing it out, which takes well under a millisecond: 0.05 s is ample.
     sys.stdout.flush()
     sys.stderr.flush()
+    if _answer_queued_then_exit(kernel, parent, image):
+        raise HandedOver(image)
     time.sleep(0.05)
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
+
+
+class HandedOver(Exception):
+    """Ends the moving cell in the old kernel: its successor answers it; nothing is shown from here."""
+
+
+#: The last message the old kernel's shell takes: every request queued before it has been answered.
+_LAST = b"envpin: moved"
+#: Seconds the old kernel may spend answering what is queued (the provisioner kills it after 15).
+DRAIN_LIMIT = 5.0
+
+
+def not_run_note(image: str) -> str:
+    return (
+        f"envpin: not run: the kernel moved into {image} while this cell waited. "
+        "Run it again (Run All runs the whole notebook in the new image)."
+    )
+
+
+def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
+    """Answer every request queued behind the moving cell as "aborted", then end the process.
+
+    While the moving cell runs, a client that sent more requests at once
+    (JupyterLab's Run All) has them waiting in this kernel: in its sockets,
+    or already read and waiting for the cell's lock.  They were sent to this
+    process and must be answered by it, on their connections, or they wait
+    forever.  So: every execute request from now on gets an "aborted" reply
+    and a line saying why (ipykernel's own path for a request it will not
+    run: busy, reply, idle); the moving cell itself gets no reply from here
+    (its successor sends it, see ``expect_handoff``); and one last message
+    is queued behind everything else: when the shell reaches it, all was
+    answered, and the process ends.  False when this ipykernel offers none of
+    the handles (then the caller exits at once, as before).
+    """
+    try:
+        handlers = kernel.shell_handlers
+        session = kernel.session
+        queue_last = _last_in_queue(kernel)
+    except AttributeError:
+        return False
+    if queue_last is None:
+        return False
+    moved_id = moved["header"]["msg_id"]
+    note = not_run_note(image) + "\n"
+
+    async def not_run(stream: Any, ident: Any, parent: dict) -> None:
+        session.send(kernel.iopub_socket, "stream", {"name": "stderr", "text": note}, parent=parent,
+                     ident=b"stream.stderr")  # fmt: skip
+        metadata = {"status": "aborted", "started": parent["header"].get("date")}
+        session.send(stream, "execute_reply", {"status": "aborted"}, metadata=metadata, parent=parent, ident=ident)
+
+    send = session.send
+
+    def send_but_this_cells_end(stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None, *a, **kw):
+        """This cell's reply and its "idle" come from the successor; the HandedOver that ended it is not shown."""
+        header = parent.get("header") if isinstance(parent, dict) else None
+        ends_this_cell = msg_or_type in ("execute_reply", "error") or (
+            msg_or_type == "status" and isinstance(content, dict) and content.get("execution_state") == "idle"
+        )
+        if ends_this_cell and isinstance(header, dict) and header.get("msg_id") == moved_id:
+            return None
+        return send(stream, msg_or_type, content, parent, *a, **kw)
+
+    handlers["execute_request"] = not_run
+    session.send = send_but_this_cells_end
+    threading.Timer(DRAIN_LIMIT, _end).start()
+    queue_last()
+    return True
+
+
+def _end() -> None:
+    """End this process once what it sent is out (replies pass the shell thread, output the iopub thread)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.2)
+    os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
+
+
+def _last_in_queue(kernel: Any):
+    """A function that queues the final message behind every request waiting in ``kernel``; None if unknown.
+
+    ipykernel 7 reads the shell socket in its own thread and passes requests
+    to the main thread through an inproc socket, where each waits for the
+    cell lock: the final message goes the same way, sent from that thread
+    (which owns the socket) under its lock, after whatever it has read.
+    ipykernel 6 queues requests in ``msg_queue`` (``schedule_dispatch``):
+    the final one goes behind them, after the socket is flushed into it.
+    """
+    import asyncio
+
+    channel = getattr(kernel, "shell_channel_thread", None)
+    if channel is not None:
+        socket = channel.manager.get_shell_channel_to_subshell_socket(None)
+        dispatch = kernel.dispatch_shell
+
+        async def dispatch_until_last(msg: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(msg) == 1 and bytes(getattr(msg[0], "bytes", msg[0])) == _LAST:
+                threading.Thread(target=_end, daemon=True).start()
+                return None
+            return await dispatch(msg, *args, **kwargs)
+
+        async def send_last() -> None:
+            async with channel.asyncio_lock:  # behind every request this thread has read and not yet passed on
+                socket.send(_LAST)
+
+        def on_channel_thread() -> None:
+            kernel.shell_stream.flush()
+            asyncio.ensure_future(send_last())
+
+        kernel.dispatch_shell = dispatch_until_last
+        return lambda: channel.io_loop.add_callback(on_channel_thread)
+    if hasattr(kernel, "schedule_dispatch") and hasattr(kernel, "msg_queue"):
+
+        async def last() -> None:
+            threading.Thread(target=_end, daemon=True).start()
+
+        def queue_last() -> None:
+            if kernel.shell_stream is not None:
+                kernel.shell_stream.flush()
+            kernel.schedule_dispatch(last)
+
+        return queue_last
+    return None
 
 
 def _current_cell_number(shell: Any) -> int:

@@ -103,7 +103,8 @@ def _checked(expanded: str, allowed: list[str] | tuple[str, ...], source: str, s
     except references.BadReference:
         if allowed and expanded.strip():
             allowlist.check(expanded, allowed, source, shown)  # refused, naming the patterns
-        pulling.check_reference(expanded)  # refused, saying what a reference looks like
+        where = "use_image" if source.startswith("%use_image") else "pin" if source.startswith("the pin") else ""
+        pulling.check_reference(expanded, where or "kernelspec")  # refused, saying what a reference looks like
         raise
     allowlist.check(ref, allowed, source, shown)
     return ref

@@ -329,31 +329,36 @@ def logs_tail(container, lines: int = 15) -> str:
     return printable.lines(raw) if raw else ""
 
 
-def _died_message(launch: KernelLaunch, exit_code: int, logs: str) -> str:
+def _died(launch: KernelLaunch, exit_code: int, logs: str) -> KernelStartFailed:
+    """Why a kernel container exited before it was ready: the problem, the fix, then its last output."""
     ref = launch.image.reference
+    fix = None
     if "No module named ipykernel" in logs or "No module named 'ipykernel" in logs:
-        lead = (
-            f"Image '{ref}' has Python but not ipykernel, so the kernel could not start. "
-            "Install it in the image (pip install ipykernel, plus cloudpickle for jobs) or pick an image that has it."
-        )
+        problem = f"Image '{ref}' has Python but not ipykernel, so the kernel could not start."
+        fix = "Install it in the image (pip install ipykernel, plus cloudpickle for jobs) or pick an image that has it."
     elif "site-packages/ipykernel" in logs or "ipykernel" in logs and ("Error" in logs or "error" in logs):
-        lead = (
+        problem = (
             f"The ipykernel in image '{ref}' fails to start (exit code {exit_code}): it is broken or incompatible "
-            "with the rest of the image (see its last output below). Reinstall it with its dependencies in the "
-            "image (pip install -U ipykernel), or pick an image whose kernel starts with python -m ipykernel_launcher."
+            "with the rest of the image (see its last output below)."
+        )
+        fix = (
+            "Reinstall it with its dependencies in the image (pip install -U ipykernel), or pick an image whose "
+            "kernel starts with python -m ipykernel_launcher."
         )
     elif exit_code in (126, 127):
-        lead = (
+        problem = (
             f"Image '{ref}' has no '{launch.python}' on its PATH (exit code {exit_code}), so no Python kernel "
-            "can run in it. Use an image with Python and ipykernel installed, or set the provisioner's python "
-            "option to the interpreter's path inside the image."
+            "can run in it."
+        )
+        fix = (
+            "Use an image with Python and ipykernel installed, or set the provisioner's python option "
+            "to the interpreter's path inside the image."
         )
     elif exit_code == 137:
-        lead = f"The kernel container of '{ref}' was killed (exit code 137: out of memory or killed from outside)."
+        problem = f"The kernel container of '{ref}' was killed (exit code 137: out of memory or killed from outside)."
     else:
-        lead = f"The kernel in image '{ref}' exited with code {exit_code} before it was ready."
-    tail = f" Its last output:\n{logs}" if logs else ""
-    return lead + tail
+        problem = f"The kernel in image '{ref}' exited with code {exit_code} before it was ready."
+    return KernelStartFailed(problem, fix=fix, detail=f" Its last output:\n{logs}" if logs else "")
 
 
 def _heartbeat_url(launch: KernelLaunch) -> str:
@@ -475,7 +480,7 @@ def wait_ready(
                 container.reload()
                 if container.status in ("exited", "dead"):
                     code = container.attrs.get("State", {}).get("ExitCode", -1)
-                    raise KernelStartFailed(_died_message(launch, code, logs_tail(container)))
+                    raise _died(launch, code, logs_tail(container))
             if now >= deadline:
                 logs = logs_tail(container)
                 raise KernelStartFailed(
