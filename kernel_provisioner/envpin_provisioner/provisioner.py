@@ -104,6 +104,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
     _sockets: dict[str, tuple[int, int]] | None = None
     _pull_budget: PullBudget | None = None
+    #: The container whose death the log has explained (Jupyter says only "appears to have died").
+    _told_dead: str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         try:
@@ -441,6 +443,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         try:
             _, code = await engine.call(kc.state, self._container)
             if code is not None and self._launch is not None and not self._moving:
+                if self._told_dead != self._container.id:  # the first poll that sees it dead says why, once
+                    self._told_dead = self._container.id
+                    note = await engine.call(kc.death_note, self._container)
+                    self.log.warning(
+                        "envpin: kernel %s (container %s, image %s) %s",
+                        self.kernel_id, self._container.short_id, self._launch.image.reference, note,
+                    )  # fmt: skip
                 # Dead: until a restart binds them anew, reconnects must find nothing at the socket names.
                 self._sockets = None
                 await engine.call(kc.clear_sockets, self._launch)

@@ -107,9 +107,12 @@ def _gc(args) -> int:
     from envpin_provisioner.kernel import ownership
 
     client = engine.shared().client
-    removed = ownership.collect_garbage(client, other_hosts=args.other_hosts, dry_run=args.dry_run)
+    report: list[str] = []
+    removed = ownership.collect_garbage(client, other_hosts=args.other_hosts, dry_run=args.dry_run, report=report)
     verb = "would remove" if args.dry_run else "removed"
-    print(f"envpin gc: {verb} {len(removed)} orphaned container(s)" + (f": {', '.join(removed)}" if removed else ""))
+    print(f"envpin gc: {verb} {len(removed)} orphaned container(s)" + (":" if removed else ""))
+    for line in report:
+        print(f"  {line}")
     return 0
 
 
@@ -173,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check the engine, the envpin kernelspecs and their images")
     doc.set_defaults(func=_doctor)
 
-    run = sub.add_parser("run", help="run a command inside a container of IMAGE, wired to this terminal")
+    run = sub.add_parser(
+        "run", help="run a command inside a container of IMAGE, wired to this terminal (a terminal there too)"
+    )
     run.add_argument("--image", required=True, help="image reference, id or alias")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     run.set_defaults(func=_run)

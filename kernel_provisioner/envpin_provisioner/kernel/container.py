@@ -166,6 +166,8 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
         options["name"] = f"{WARM_NAME_PREFIX}{os.path.basename(launch.handoff_dir)}-{os.urandom(3).hex()}"
     else:
         command = ["ipykernel_launcher", "-f", launch.in_container_connection_file(), *launch.kernel_args]
+        if launch.kernel_id:  # named like a pooled kernel's container: docker ps --filter name=envpin-<kernel id>
+            options["name"] = f"envpin-{launch.kernel_id}-{os.urandom(3).hex()}"
     options.update(
         entrypoint=boot.entrypoint(launch.python),  # nothing imported from the notebook folder
         command=command,
@@ -506,6 +508,28 @@ def state(container) -> tuple[str, int | None]:
     if container.status in ("created", "running", "restarting", "paused"):
         return container.status, None
     return container.status, container.attrs.get("State", {}).get("ExitCode", -1)
+
+
+def death_note(container) -> str:
+    """Why a kernel container stopped, for the server's log (Jupyter itself only says "appears to have died").
+
+    Blocking.  The exit code in words (137: killed, by the kernel's memory
+    limit when Docker says OOMKilled), and the container's last output.
+    """
+    attrs = container.attrs.get("State", {}) if isinstance(container.attrs, dict) else {}
+    code = attrs.get("ExitCode")
+    if attrs.get("OOMKilled"):
+        why = "killed for using more memory than it may (OOMKilled: raise mem_limit, or use less)"
+    elif code == 137:
+        why = "killed (SIGKILL: from outside, e.g. docker kill, or by the system's memory killer)"
+    elif code == 143:
+        why = "stopped (SIGTERM, from outside: docker stop)"
+    elif code == 0:
+        why = "exited (the kernel ended itself: exit() or quit() in a cell)"
+    else:
+        why = f"exited with code {code}"
+    tail = logs_tail(container, 5)
+    return f"{why}" + (f"; its last output:\n{tail}" if tail else "")
 
 
 #: Inside a channel directory: the kernel's ipc sockets, and the %use_image conversation.
