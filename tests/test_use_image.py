@@ -75,6 +75,27 @@ def test_headless_notebook_moves_then_starts_in_its_pin(install_kernelspec, note
     assert "pinned to" in second[2] and "moving" not in second[2]
 
 
+def test_a_headless_folder_pin_never_overrides_a_notebook_of_another_kernelspec(
+    install_kernelspec, notebook_dir, docker_client
+):
+    """The newcomer's quickstart: a headless run pinned the folder ("*"); a notebook of that folder that names
+    another kernelspec then ran in the pin's image, and nothing said so."""
+    generic = install_kernelspec(PY313, name="generic")
+    other = install_kernelspec(PY313, name="py313k", display_name="Python 3.13 (py313)")
+    execute(["%load_ext envpin", f"%use_image {PY311}"], generic, notebook_dir)
+    pin = json.loads((notebook_dir / ".envpin.json").read_text())["notebooks"]["*"]
+    assert pin["image"] == PY311 and pin["kernelspec"] == "generic"  # the kernelspec the headless run used
+
+    (out,) = execute([WHERE], other, notebook_dir)
+    assert f"where (3, 13) {PY313} True" in out  # the notebook's own kernelspec decides
+    assert "the folder pin '*'" in out and "was made in kernelspec 'generic'" in out  # and the kernel says why
+
+    (out,) = execute([WHERE], generic, notebook_dir)
+    assert f"where (3, 11) {PY311} True" in out  # the folder pin applies to its own kernelspec ...
+    assert out.startswith(f"envpin: this kernel runs in '{PY311}', pinned by the folder pin '*' in {notebook_dir}")
+    assert "%use_image IMAGE changes the pin" in out  # ... saying which pin, from where, how to change it
+
+
 async def test_use_image_of_the_kernels_own_image_pins_without_moving(install_kernelspec, notebook_dir, docker_client):
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
