@@ -131,6 +131,9 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
 
     handlers["execute_request"] = not_run
     session.send = send_but_this_cells_end
+    # The HandedOver that ends this cell is an error to ipykernel, which would abort what is queued on its
+    # own (stop_on_error), without saying why: here every queued request is answered by not_run instead.
+    kernel._abort_queues = lambda *args, **kwargs: None
     threading.Timer(DRAIN_LIMIT, _end).start()
     queue_last()
     return True
