@@ -19,6 +19,8 @@ from testutils.server import Server
 LAB_ARGS = ("--no-browser", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
 
 CHROMIUM = "/usr/bin/chromium"
+#: The cells of the notebook in front (other notebooks' tabs stay in the page, hidden).
+VISIBLE_CELLS = ".jp-NotebookPanel:visible .jp-Notebook .jp-Cell"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -60,13 +62,13 @@ def _open_notebook(p, chromium, url: str, kernel_display_name: str):
 
 def _run_cell(page, code: str, expect: str, index: int, timeout: float = 60_000) -> str:
     """Type ``code`` into cell ``index``, run it, wait for an output containing ``expect``; all its output text."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell = page.locator(VISIBLE_CELLS).nth(index)
     cell.locator(".cm-content").click()
     page.keyboard.press("Control+a")
     page.keyboard.insert_text(code)
     page.wait_for_timeout(300)  # let the editor settle (a completer popup would eat the key)
     page.keyboard.press("Shift+Enter")
-    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+    output = page.locator(VISIBLE_CELLS).nth(index).locator(".jp-OutputArea-output")
     try:
         output.filter(has_text=expect).first.wait_for(timeout=timeout)
     except Exception:
@@ -155,6 +157,12 @@ def lab_with_pins(jupyter_env, tmp_path):
     srv.stop()
 
 
+def _accept(page) -> None:
+    """Press the dialog's main button and wait until the dialog is gone (its backdrop blocks every click)."""
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    page.locator(".jp-Dialog").wait_for(state="detached")
+
+
 def _menu(page, menu: str, item: str) -> None:
     page.locator(".lm-MenuBar-itemLabel", has_text=menu).click()
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
@@ -171,6 +179,7 @@ def test_a_pin_follows_its_notebooks_rename_in_jupyterlab(chromium, lab_with_pin
     """Issue 30's first report, in the browser: pin a new notebook, name it at its first save, restart (the pin
     holds), open a new notebook (it gets the freed name Untitled.ipynb and its own kernelspec's image); then a
     rename behind Jupyter's back leaves a stale entry that does not pin the next notebook taking that name."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from testutils import wait_for
@@ -186,18 +195,26 @@ def test_a_pin_follows_its_notebooks_rename_in_jupyterlab(chromium, lab_with_pin
         page.keyboard.press("Escape")
         page.keyboard.press("Control+s")
         page.locator(".jp-Dialog input[type=text]").fill("analysis.ipynb")
-        page.locator(".jp-Dialog .jp-mod-accept").click()
+        _accept(page)
         wait_for(lambda: set(_pins(root)) == {"analysis.ipynb"}, 20, "the pin to follow the rename")
         _menu(page, "Kernel", "Restart Kernel…")
-        page.locator(".jp-Dialog .jp-mod-accept").click()
+        _accept(page)
         page.get_by_text("Py313 kernel | Idle").wait_for(timeout=60_000)
         out = _run_cell(page, WHERE, "where", 1)
         assert f"where (3, 11) {PY311}" in out and "pinned by the entry 'analysis.ipynb'" in out
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-pin-follows-rename.png"))
 
         # The next new notebook from the launcher is Untitled.ipynb again: its own kernelspec's image.
+        _menu(page, "File", "Close Tab")
+        discard = page.locator(".jp-Dialog .jp-Dialog-button", has_text="Discard")  # unsaved output: drop it
+        try:
+            discard.wait_for(timeout=3_000)
+            discard.click()
+            page.locator(".jp-Dialog").wait_for(state="detached")
+        except PlaywrightTimeout:
+            pass
         _menu(page, "File", "New Launcher")
-        page.locator(".jp-LauncherCard[title*='Py313 kernel']").first.click()
+        page.locator(".jp-LauncherCard[title*='Py313 kernel']:visible").first.click()
         page.get_by_text("Untitled.ipynb").first.wait_for(timeout=60_000)
         wait_for(lambda: (root / "Untitled.ipynb").exists(), 20, "the new notebook")
         out = _run_cell(page, WHERE, "where", 0)
@@ -209,10 +226,10 @@ def test_a_pin_follows_its_notebooks_rename_in_jupyterlab(chromium, lab_with_pin
         # ... and the new notebook, renamed to analysis.ipynb in JupyterLab, is not pinned by it.
         _menu(page, "File", "Rename Notebook…")
         page.locator(".jp-Dialog input.jp-mod-styled").first.fill("analysis.ipynb")
-        page.locator(".jp-Dialog .jp-mod-accept").click()
+        _accept(page)
         wait_for(lambda: (root / "analysis.ipynb").exists(), 20, "the rename")
         _menu(page, "Kernel", "Restart Kernel…")
-        page.locator(".jp-Dialog .jp-mod-accept").click()
+        _accept(page)
         page.get_by_text("Py313 kernel | Idle").wait_for(timeout=60_000)
         out = _run_cell(page, WHERE, "where", 1)
         assert "where (3, 13)" in out, out
