@@ -112,6 +112,7 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
     note = not_run_note(image) + "\n"
 
     async def not_run(stream: Any, ident: Any, parent: dict) -> None:
+        _answered.append(parent["header"].get("msg_id"))
         session.send(kernel.iopub_socket, "stream", {"name": "stderr", "text": note}, parent=parent,
                      ident=b"stream.stderr")  # fmt: skip
         metadata = {"status": "aborted", "started": parent["header"].get("date")}
@@ -139,11 +140,15 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
     return True
 
 
+#: The requests answered "not run" by this (old) kernel: none in the common case (one cell at a time).
+_answered: list[str] = []
+
+
 def _end() -> None:
     """End this process once what it sent is out (replies pass the shell thread, output the iopub thread)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    time.sleep(0.2)
+    time.sleep(0.2 if _answered else 0.05)  # see hand_over_and_exit for 0.05
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
 
 
