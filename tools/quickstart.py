@@ -48,7 +48,7 @@ def main() -> int:
     venv = Path(sys.prefix)
     lab = "" if (venv / "bin" / "jupyter-lab").exists() else f"  {venv}/bin/pip install jupyterlab\n"
     print(
-        "Next: open the notebooks in JupyterLab and pick \"Containerized Python\" in the launcher:\n"
+        'Next: open the notebooks in JupyterLab and pick "Containerized Python" in the launcher:\n'
         f"{lab}  {venv}/bin/jupyter lab {ROOT / 'notebooks'}\n"
         "(%use_image IMAGE in a notebook moves its kernel into IMAGE; envpin doctor says what works.)"
     )

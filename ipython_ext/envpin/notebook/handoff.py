@@ -121,13 +121,17 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
     send = session.send
 
     def send_but_this_cells_end(stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None, *a, **kw):
-        """This cell's reply and its "idle" come from the successor; the HandedOver that ended it is not shown."""
-        header = parent.get("header") if isinstance(parent, dict) else None
+        """This cell's reply and its "idle" come from the successor; the HandedOver that ended it is not shown.
+
+        ``parent`` is a message or a bare header (the display hook passes one); what
+        is not sent is still returned as the message it would have been (callers read it).
+        """
+        header = parent.get("header", parent) if isinstance(parent, dict) else None
         ends_this_cell = msg_or_type in ("execute_reply", "error") or (
             msg_or_type == "status" and isinstance(content, dict) and content.get("execution_state") == "idle"
         )
         if ends_this_cell and isinstance(header, dict) and header.get("msg_id") == moved_id:
-            return None
+            return session.msg(msg_or_type, content=content, parent=parent)
         return send(stream, msg_or_type, content, parent, *a, **kw)
 
     handlers["execute_request"] = not_run
