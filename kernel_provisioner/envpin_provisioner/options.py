@@ -371,7 +371,7 @@ def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any
     ``where`` the settings are being written or read, which decides what the
     fix says: ``"kernelspec"`` (a kernel start: edit its kernel.json),
     ``"install"`` (``envpin kernelspec install --config``: fix the option on
-    that command line) or ``"doctor"``.
+    that command line), ``"config"`` (a Jupyter config file) or ``"doctor"``.
     """
     base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
     traits = cls.class_traits(config=True)
@@ -399,6 +399,11 @@ def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any
     if not problems:
         return
     known = f" Known options: {', '.join(sorted(traits))}." if unmatched else ""
+    if where == "config":
+        raise ConfigError(
+            f"The Jupyter config files set bad envpin options (c.EnvpinProvisioner): {'; '.join(problems)}.{known}",
+            fix=f"Fix them in the config file that sets them (jupyter --paths lists the folders): {'; '.join(fixes)}.",
+        )
     if where == "install":
         raise ConfigError(
             f"envpin kernelspec install was given bad options: {'; '.join(problems)}.{known}",

@@ -78,6 +78,7 @@ def check_settings() -> list[Finding]:
     """Every option value from the Jupyter config files and ``ENVPIN_*`` variables, as a start would read them."""
     from traitlets import TraitError
 
+    from envpin_provisioner.options import check_options
     from envpin_provisioner.provisioner import EnvpinProvisioner
 
     try:
@@ -86,16 +87,15 @@ def check_settings() -> list[Finding]:
         return [Finding("FAIL", "Jupyter config", f"a config file does not load: {type(exc).__name__}: {exc}")]
     findings = []
     try:
-        provisioner = EnvpinProvisioner(config=config)
-    except (TraitError, EnvpinError) as exc:
-        return [Finding("FAIL", "Jupyter config (c.EnvpinProvisioner)", f"{exc}")]
+        check_options(EnvpinProvisioner, dict(config.get("EnvpinProvisioner") or {}), None, where="config")
+    except EnvpinError as exc:
+        findings.append(Finding("FAIL", "Jupyter config (c.EnvpinProvisioner)", f"{exc}"))
+    provisioner = EnvpinProvisioner()  # the environment's values (ENVPIN_*), each read as a start reads it
     for name in sorted(EnvpinProvisioner.class_traits(config=True)):
         try:
             getattr(provisioner, name)
         except (TraitError, EnvpinError) as exc:
-            findings.append(
-                Finding("FAIL", f"option {name}", f"{exc} (from c.EnvpinProvisioner.{name} or ENVPIN_{name.upper()})")
-            )
+            findings.append(Finding("FAIL", f"option {name}", f"{exc} (from ENVPIN_{name.upper()})"))
     return findings or [Finding("ok", "settings", "the Jupyter config files' and ENVPIN_* option values are valid")]
 
 
@@ -104,15 +104,16 @@ def check() -> list[Finding]:
     from envpin_provisioner.provisioner import EnvpinProvisioner
 
     findings: list[Finding] = []
+    client = None
     try:
         client = engine.shared().client
         findings.append(Finding("ok", "engine", dialect.kind(client).describe()))
     except engine.ENGINE_ERRORS as exc:
-        return [Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc)))]
+        findings.append(Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc))))
     except EnvpinError as exc:
-        return [Finding("FAIL", "engine", str(exc))]
+        findings.append(Finding("FAIL", "engine", str(exc)))
 
-    findings += check_settings()
+    findings += check_settings()  # the settings and kernelspecs are checked with or without an engine
     specs = envpin_kernelspecs()
     if not specs:
         findings.append(
@@ -134,6 +135,9 @@ def check() -> list[Finding]:
             check_options(EnvpinProvisioner, spec["config"], Spec(), where="doctor")
         except EnvpinError as exc:  # it cannot start: the image is not worth probing
             findings.append(Finding("FAIL", subject, f"{exc}"))
+            continue
+        if client is None:
+            findings.append(Finding("warn", subject, "options valid; the image is not checked (no engine)"))
             continue
         try:
             theirs = fingerprints.image_fingerprint(image)
@@ -164,7 +168,8 @@ def check() -> list[Finding]:
         else:
             findings.append(Finding("ok", subject, detail))
     findings += _shadowed()
-    findings.append(_warm_pool(client))
+    if client is not None:
+        findings.append(_warm_pool(client))
     return findings
 
 
