@@ -306,12 +306,15 @@ def test_envpin_run_from_the_shell(notebook_dir):
 
 
 async def test_kernel_side_reports_what_the_image_lacks_in_one_line(install_kernelspec, notebook_dir):
-    """The image has no Docker SDK (and the kernel no engine): fingerprinting another image says so plainly."""
+    """The kernel has no engine (by design): fingerprinting another image says so, and what to do from there
+    (it said "pip install docker", which would not help in a kernel)."""
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         res = await run(kc, f"import envpin; envpin.fingerprint(image={PY313!r})")
-        assert res["ename"] == "MissingDependency"
-        assert res["evalue"].startswith("This needs the Docker SDK for Python") and "\n" not in res["evalue"]
+        assert res["ename"] == "EnvpinError" and "\n" not in res["evalue"]
+        assert res["evalue"].startswith("This runs inside a container (a Containerized Python kernel, or a job)")
+        assert f"Compare on the host: envpin.fingerprint(image={PY313!r})" in res["evalue"]
+        assert f"%use_image {PY313}" in res["evalue"] and "pip install docker" not in res["evalue"]
         # envpin itself imported fine from the read-only mount, with nothing installed into the image.
         where = await run_json(
             kc, "[__import__('envpin').__file__, __import__('importlib.util').util.find_spec('docker') is None]"

@@ -416,7 +416,7 @@ def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any
     raise ConfigError(
         f"The kernelspec '{name}' (image {image}) has bad envpin settings in "
         f"metadata.kernel_provisioner.config: {'; '.join(problems)}.{known}",
-        fix=f"Fix: in {file}, {'; '.join(fixes)} (or reinstall it: envpin kernelspec install).",
+        fix=f"Fix: {'; '.join(fixes)} in {file} (or reinstall the kernelspec: envpin kernelspec install).",
     )
 
 

@@ -20,7 +20,7 @@ def test_doctor_fails_unknown_options_and_impossible_values_wherever_they_are_wr
     assert findings["engine"].level == "FAIL"  # no engine here: the rest is checked all the same
     typo = findings["kernelspec typo (envpin-test/py311:latest)"]
     assert typo.level == "FAIL" and "unknown option 'netwrok_mode' (did you mean 'network_mode'?)" in typo.text
-    assert "rename 'netwrok_mode' to 'network_mode'" in typo.text and "typo/kernel.json" in typo.text
+    assert "Fix: rename 'netwrok_mode' to 'network_mode' in" in typo.text and "typo/kernel.json" in typo.text
     lots = findings["kernelspec lots (envpin-test/py311:latest)"]
     assert lots.level == "FAIL" and "option 'mem_limit' has the wrong type or value 'lots'" in lots.text
     assert findings["kernelspec fine (envpin-test/py311:latest)"].level == "warn"  # valid; image unchecked

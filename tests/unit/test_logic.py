@@ -92,8 +92,8 @@ def test_a_start_error_reads_fix_first_in_short_lines():
     assert "\n" not in str(info.value)  # a paragraph for terminals and logs
     text = dialog_text(info.value)
     lines = text.splitlines()
-    assert lines[0].startswith("Fix: in /home/me/.local/share/jupyter/kernels/typo/kernel.json")
-    assert "rename 'netwrok_mode' to 'network_mode'" in " ".join(lines[:3])
+    assert lines[0].startswith("Fix: rename 'netwrok_mode' to 'network_mode' in")
+    assert "/home/me/.local/share/jupyter/kernels/typo/kernel.json" in " ".join(lines[:2])
     assert all(len(line) <= DIALOG_WIDTH for line in lines) and len(lines) <= 8
 
 
