@@ -330,11 +330,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             await engine.call(self._engine.memory_total)  # asked once per engine, before build_launch needs it
         env = kwargs.get("env") or {}
         # The notebook and its folder come from jupyter_server's start request, and from nowhere else.
-        self._notebook = env.get(names.SESSION_NAME) or None
+        previous, self._notebook = self._notebook, env.get(names.SESSION_NAME) or None
         if self._folder is None:  # the first start pins them; restarts and moves use what was pinned
             self._folder, self._pin_dir = await engine.call(pin_folders, self._notebook, kwargs.get("cwd"))
-        else:  # renamed or moved in Jupyter meanwhile (the server says so, not the kernel): its pin is there now
-            self._pin_dir = await engine.call(follow.pin_dir_now, self._notebook, self._folder, self._pin_dir)
+        elif self._pin_dir is not None:  # renamed, moved or saved as another file meanwhile: its pin follows
+            self._pin_dir = await engine.call(
+                follow.follow_session, previous, self._notebook, self._folder, self._pin_dir, self.log
+            )
         self._choice = await engine.call(
             selection.choose,
             client,

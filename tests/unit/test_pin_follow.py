@@ -176,3 +176,31 @@ def test_a_notebook_link_or_hard_link_is_never_read_for_its_pin(root, tmp_path):
     (root / "a.ipynb").unlink()
     os.link(secret, root / "a.ipynb")
     assert pin_file.lookup(root, str(root / "a.ipynb")) is None
+
+
+def test_a_restart_after_the_session_changed_file_carries_the_pin(root):
+    """JupyterLab's "Save As" (a plain save for the event bus) copies the pin; a rename the listener did not see
+    moves it; a new name with a pin of its own keeps that one."""
+    from envpin import safe_files
+    from envpin_provisioner.pins.follow import follow_session
+
+    folder = safe_files.PinnedDir(root)
+    notebook(root / "a.ipynb", "x = 1")
+    pin_file.record(root, "a.ipynb", {"image": "py313"})
+    (root / "sub" / "saved-as.ipynb").write_bytes((root / "a.ipynb").read_bytes())  # Save As into sub/
+    now = follow_session(str(root / "a.ipynb"), str(root / "sub" / "saved-as.ipynb"), folder, folder, LOG)
+    assert (
+        now.path == str(root / "sub") and pin_file.lookup(now, str(root / "sub" / "saved-as.ipynb"))["image"] == "py313"
+    )
+    assert "a.ipynb" in pins(root)  # the original keeps its pin
+
+    os.rename(root / "a.ipynb", root / "b.ipynb")  # renamed where no listener saw it
+    assert follow_session(str(root / "a.ipynb"), str(root / "b.ipynb"), folder, folder, LOG) is folder
+    assert set(pins(root)) == {"b.ipynb"}
+
+    notebook(root / "c.ipynb")
+    pin_file.record(root, "c.ipynb", {"image": "py311"})
+    follow_session(str(root / "b.ipynb"), str(root / "c.ipynb"), folder, folder, LOG)
+    assert pins(root)["c.ipynb"]["image"] == "py311" and pins(root)["b.ipynb"]["image"] == "py313"
+    now.close()
+    folder.close()

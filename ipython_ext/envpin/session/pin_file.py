@@ -96,11 +96,11 @@ def read(folder: str | os.PathLike) -> dict[str, Any]:
     error message quotes the file's content.
     """
     with safe_files.directory(folder) as dir_fd:
-        return _read(dir_fd, pin_file_for(folder))
+        return read_at(dir_fd, pin_file_for(folder))
 
 
-def _read(dir_fd: int, path: str | os.PathLike) -> dict[str, Any]:
-    """The pins of the folder ``dir_fd`` (``path``: its pin file, as messages name it)."""
+def read_at(dir_fd: int, path: str | os.PathLike) -> dict[str, Any]:
+    """The pins of the folder ``dir_fd`` (``path``: its pin file, as messages name it); see :func:`read`."""
     try:
         text = safe_files.read_regular(dir_fd, PIN_FILE, MAX_PIN_FILE_BYTES)
     except FileNotFoundError:
@@ -269,7 +269,7 @@ def find(folder: str | os.PathLike, notebook: str | None, kernelspec: str | None
     path = pin_file_for(folder)
     result = Lookup()
     with safe_files.directory(folder) as dir_fd:
-        pins = _read(dir_fd, path)
+        pins = read_at(dir_fd, path)
         key = notebook_key(notebook)
         own = pins.get(key) if notebook else None
         if own is not None:
@@ -343,7 +343,7 @@ def record(
     """
     path = pin_file_for(folder)
     with _WRITING, safe_files.directory(folder) as dir_fd:
-        pins = _read(dir_fd, path)  # raises on a damaged file: never overwrite what we could not read
+        pins = read_at(dir_fd, path)  # raises on a damaged file: never overwrite what we could not read
         entry = {k: v for k, v in pin.items() if v is not None}
         entry.pop(FILE_ID, None)
         entry.setdefault("pinned_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -379,7 +379,7 @@ def transfer(
     safe_files.check_name(dst_name)
     same = os.path.samestat(os.fstat(src_fd), os.fstat(dst_fd))
     with _WRITING:
-        src_pins = _read(src_fd, Path(shown[0]) / PIN_FILE)
+        src_pins = read_at(src_fd, Path(shown[0]) / PIN_FILE)
         entry = src_pins.get(src_name)
         if entry is None:
             return False
@@ -398,7 +398,7 @@ def transfer(
             src_pins[dst_name] = moved
             _write(src_fd, src_pins, *_owner_and_mode(src_fd, dst_name))
             return True
-        dst_pins = _read(dst_fd, Path(shown[1]) / PIN_FILE)
+        dst_pins = read_at(dst_fd, Path(shown[1]) / PIN_FILE)
         dst_pins[dst_name] = moved
         _write(dst_fd, dst_pins, *_owner_and_mode(dst_fd, dst_name))
         if not keep_source:
@@ -411,7 +411,7 @@ def drop(dir_fd: int, name: str, shown: str = "the folder") -> bool:
     """Remove the entry of notebook ``name`` (deleted) from the pin file of ``dir_fd``; True when there was one."""
     safe_files.check_name(name)
     with _WRITING:
-        pins = _read(dir_fd, Path(shown) / PIN_FILE)
+        pins = read_at(dir_fd, Path(shown) / PIN_FILE)
         if name not in pins:
             return False
         del pins[name]

@@ -176,25 +176,44 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         serverapp.log.info("envpin: pins in .envpin.json follow their notebooks' renames, copies and deletes")
 
 
-def pin_dir_now(
-    notebook: str | None, folder: safe_files.PinnedDir, pin_dir: safe_files.PinnedDir
+def follow_session(
+    previous: str | None,
+    notebook: str | None,
+    folder: safe_files.PinnedDir,
+    pin_dir: safe_files.PinnedDir,
+    log: logging.Logger | logging.LoggerAdapter,
 ) -> safe_files.PinnedDir:
-    """The folder of the notebook's pin file at a restart: where jupyter_server says the notebook is now.
+    """At a restart: the folder of the notebook's pin file now, the pin carried if the session changed file.
 
-    Blocking.  A notebook renamed or moved in Jupyter keeps its kernel (and
-    its kernel's working folder), and jupyter_server passes the new path at
-    the next restart (``JPY_SESSION_NAME``); its pin followed it (the
-    listener above), so the pin file to read is the new folder's.  That path
-    comes from the server, never from the kernel, and is pinned as at a first
-    start.  The notebook folder that is mounted does not change.
+    Blocking.  A notebook renamed, moved or saved under another name in
+    Jupyter keeps its kernel (and its kernel's working folder, which stays
+    mounted), and jupyter_server passes the new path at the next restart
+    (``JPY_SESSION_NAME``, the server's word, never the kernel's).  The pin
+    file to read is then the new folder's, pinned as at a first start.  If
+    the new name has no pin of its own, the previous name's entry follows the
+    session: copied when the previous file is still the one it was made for
+    (JupyterLab's "Save As", which the event bus reports as a plain save),
+    moved when the new file is (a rename this server's listener did not see).
     """
     path = os.path.abspath(selection.notebook_folder(notebook, folder.path))
-    if path == pin_dir.path:
-        return pin_dir
-    try:
-        now = folder if path == folder.path else safe_files.PinnedDir(path)
-    except OSError:  # gone meanwhile: keep the folder pinned before
-        return pin_dir
-    if pin_dir is not folder:
+    now = pin_dir
+    if path != pin_dir.path:
+        try:
+            now = folder if path == folder.path else safe_files.PinnedDir(path)
+        except OSError:  # gone meanwhile: keep the folder pinned before
+            return pin_dir
+    if previous and notebook and previous != notebook:
+        old, new = pin_file.notebook_key(previous), pin_file.notebook_key(notebook)
+        try:
+            with safe_files.directory(pin_dir) as src, safe_files.directory(now) as dst:
+                if new not in pin_file.read_at(dst, pin_file.pin_file_for(now)):
+                    carried = pin_file.transfer(src, old, dst, new, True, (pin_dir.path, now.path)) or (
+                        pin_file.transfer(src, old, dst, new, False, (pin_dir.path, now.path))
+                    )
+                    if carried:
+                        log.info("envpin: the pin of %s follows its session to %s", previous, notebook)
+        except (PinFileError, OSError) as exc:  # the start reads the pin file again and reports a damaged one
+            log.info("envpin: the pin of %s did not follow its session: %s", previous, printable.one_line(exc, 300))
+    if now is not pin_dir and pin_dir is not folder:
         pin_dir.close()
     return now
