@@ -109,3 +109,27 @@ def test_a_notebook_renamed_behind_jupyters_back_leaves_no_pin_for_the_next_of_i
     again = srv.start_kernel(name, "Untitled.ipynb")
     assert f"where (3, 11) {PY311}" in srv.execute(again, WHERE)[1]
     requests.delete(srv.api(f"kernels/{again}"), timeout=60)
+
+
+def test_save_as_gives_the_new_file_the_pin_of_its_kernel(server, install_kernelspec, docker_client):
+    """JupyterLab's "Save As" saves the notebook under a new path and points the session there (for the event
+    bus a plain save, not a copy): the kernel's next restart carries the pin to the new file."""
+    name = install_kernelspec(PY313, name="py313k")
+    srv = server(EXTENSION)
+    root = srv.root
+    new_notebook(srv)
+    session = srv.start_session(name, "Untitled.ipynb")
+    kid = session["kernel"]["id"]
+    assert srv.execute(kid, f"%load_ext envpin\n%use_image {PY311}")[0] == "ok"
+    model = requests.get(srv.api("contents/Untitled.ipynb"), timeout=30).json()
+    r = requests.put(srv.api("contents/copy-of-it.ipynb"), json={"type": "notebook", "format": "json",
+                     "content": model["content"]}, timeout=30)  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = requests.patch(srv.api(f"sessions/{session['id']}"), json={"path": "copy-of-it.ipynb",
+                       "name": "copy-of-it.ipynb"}, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    srv.restart(kid)
+    out = srv.execute(kid, WHERE)[1]
+    assert f"where (3, 11) {PY311}" in out and "pinned by the entry 'copy-of-it.ipynb'" in out, out
+    assert set(pins(root)) == {"Untitled.ipynb", "copy-of-it.ipynb"}  # the original keeps its own
+    requests.delete(srv.api(f"kernels/{kid}"), timeout=60)
