@@ -51,25 +51,29 @@ def dialog_text(exc: BaseException, width: int = DIALOG_WIDTH) -> str:
     """``exc``'s message for a dialog: its fix first, then the rest, in lines of at most ``width`` columns.
 
     Lines the message already has (a container's last output, marked
-    ``  | ``) are kept as they are, only cut; everything else is wrapped.
+    ``  | ``, after "Its last output:") are kept as they are, below
+    everything else; the rest is wrapped.
     """
     fix = getattr(exc, "fix", None)
     problem = getattr(exc, "problem", None)
     detail = getattr(exc, "detail", "")
     text = str(exc)
     if fix and problem is not None and text == f"{problem} {fix}{detail}":
-        blocks = [fix, problem + detail]
+        blocks = [fix, problem]
+    elif detail and problem is not None and text == f"{problem}{detail}":
+        blocks = [problem]
     else:
-        blocks = [text]
+        blocks, detail = [text], ""
     out: list[str] = []
     for block in blocks:
         if out:
             out.append("")
         for line in block.split("\n"):
             if line.startswith("  | "):
-                out.append(line if len(line) <= width else line[: width - 1] + "…")
+                out.append(line)
             else:
                 out.extend(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [""])
+    out.extend(detail.strip().split("\n") if detail else ())  # "Its last output:", then the container's lines
     return "\n".join(out)
 
 

@@ -73,6 +73,12 @@ def envpin_containers(client: Any) -> list:
     return containers(client)
 
 
+def flat(error: BaseException | str) -> str:
+    """An error's message with its line breaks undone: what a kernel start raises is wrapped in short lines for
+    JupyterLab's dialog (``envpin.errors.for_dialog``), so a phrase a test looks for may span two of them."""
+    return " ".join(str(error).split())
+
+
 # ---- waiting for an event instead of sleeping ----------------------------------------------------
 
 
