@@ -20,5 +20,11 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$PY" -m pip install -q -e ".[$EXTRAS]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$STAMP"
 fi
-say "checking the Docker engine"
-"$PY" -m tools.docker_engine
+if [ "$EXTRAS" != docs ]; then  # the documentation needs no engine
+  say "checking the Docker engine"
+  "$PY" -m tools.docker_engine
+fi
+if [ "$EXTRAS" = test ]; then
+  say "checking the Ray releases the compat test imports (fetched once into .cache/ray-compat)"
+  "$PY" -m tools.ray_versions 2> >(grep -v "is ignored: it is neither" >&2)
+fi

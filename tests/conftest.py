@@ -1,12 +1,20 @@
-"""Test harness: a real Docker engine, the offline-built images, isolated Jupyter paths.
+"""Test harness: a real Docker engine for the tests that ask for it, the offline-built images, isolated Jupyter paths.
+
+The engine is the session fixture ``docker_client``: a test that needs it asks
+for it, by its arguments, through a fixture that needs it (``server``,
+``executor``, ``registry``, ...) or with ``@pytest.mark.usefixtures("docker_client")``,
+and is marked ``docker`` for that (``-m "not docker"`` runs the rest without
+any engine).  A test that did not ask finds ``DOCKER_HOST`` pointing at nothing,
+so one that reaches for an engine anyway fails at once instead of quietly
+using whatever engine the machine has.
 
 Nothing here fakes the engine.  When no engine answers, the session starts one
 (installing Debian's docker.io first when root and it is missing) and builds
 the test images from Debian packages (see tools/images.py); both are cached,
 so a second run costs seconds.
 
-After every test no envpin container may remain: that is asserted, then
-cleaned up so one failure does not cascade.
+After every test that used the engine no envpin container may remain: that
+is asserted, then cleaned up so one failure does not cascade.
 """
 
 from __future__ import annotations
@@ -18,15 +26,19 @@ from pathlib import Path
 
 import pytest
 
-from testutils import PY311, envpin_containers
+from testutils import PY311, envpin_containers, no_engine
 from testutils.server import Server
 from tools import docker_engine as dev_engine
 from tools import images as dev_images
 from tools.registry import LocalRegistry
 
+#: The fixture that is the engine: a test whose fixtures include it is a ``docker`` test.
+ENGINE_FIXTURE = "docker_client"
+
 
 @pytest.fixture(scope="session")
 def docker_client():
+    """The Docker engine (started when none answers) with the test images built: a client of it."""
     dev_engine.ensure_engine()
     dev_images.build_all()
     import docker
@@ -34,6 +46,20 @@ def docker_client():
     client = docker.from_env(timeout=120)
     yield client
     client.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the mark
+def pytest_collection_modifyitems(items):
+    """Mark ``docker`` exactly the tests that ask for the engine; a hand-made mark without it is a mistake."""
+    for item in items:
+        asks = ENGINE_FIXTURE in getattr(item, "fixturenames", ())
+        if asks:
+            item.add_marker(pytest.mark.docker)
+        elif item.get_closest_marker("docker"):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked docker but does not ask for the engine: add the {ENGINE_FIXTURE} "
+                f'fixture (or @pytest.mark.usefixtures("{ENGINE_FIXTURE}")) instead of the mark.'
+            )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,11 +90,13 @@ def channel_folders_cleared(request):
 
 
 @pytest.fixture(autouse=True)
-def no_container_left_behind(request):
-    if "unit" in request.node.path.parts:  # the unit tier runs without any engine
-        yield
+def engine_only_when_asked(request, monkeypatch):
+    """No engine for a test that did not ask for one; for one that did, no envpin container left behind."""
+    if ENGINE_FIXTURE not in request.fixturenames:
+        with no_engine(monkeypatch):
+            yield
         return
-    docker_client = request.getfixturevalue("docker_client")
+    docker_client = request.getfixturevalue(ENGINE_FIXTURE)
     before = {c.id for c in envpin_containers(docker_client)}
     yield
     left = [c for c in envpin_containers(docker_client) if c.id not in before]
@@ -116,7 +144,7 @@ def install_kernelspec(jupyter_env):
 
 
 @pytest.fixture
-def executor():
+def executor(docker_client):
     """``executor(*args, **kwargs)`` makes a ContainerExecutor; every one made is shut down at the end."""
     from envpin import ContainerExecutor
 
@@ -140,7 +168,7 @@ def notebook_dir(tmp_path):
 
 
 @pytest.fixture
-def server(jupyter_env, tmp_path):
+def server(jupyter_env, tmp_path, docker_client):
     """``server(*args)`` starts a real jupyter_server (``testutils.server.Server``) on a private root; all stop at the end."""
     root = tmp_path / "root"
     root.mkdir()

@@ -21,11 +21,17 @@ import os
 import sys
 import time
 
+import pytest
+
+from testutils import program
 from testutils.kernels import kernel, run, run_json
 
 IMAGE = "envpin-test/py311"
 TESTS = os.path.dirname(os.path.abspath(__file__))
 PIN = f"%load_ext envpin\n%use_image {IMAGE}"
+
+#: Every test here runs kernels and pins an image of the engine: each asks for the engine.
+pytestmark = pytest.mark.usefixtures("docker_client")
 
 
 async def _ok(kc, code: str, timeout: float = 60) -> str:
@@ -42,51 +48,7 @@ async def _image_id(docker_client) -> str:
 # YTsaurus
 # --------------------------------------------------------------------------------------
 
-YT_SETUP = f"""
-import sys, warnings, pickle, pickletools, io
-sys.path.insert(0, {TESTS!r})
-import yt.wrapper as yt
-from testutils.fake_yt import FakeYtProxy
-proxy = FakeYtProxy().__enter__()
-early = yt.YtClient(proxy=proxy.url, config={{"proxy": {{"retries": {{"count": 1}}}}}})  # made before the pin
-"""
-
-YT_OPERATIONS = """
-client = yt.YtClient(proxy=proxy.url)
-def mapper(row):
-    yield row
-def reducer(key, rows):
-    yield {"n": sum(1 for _ in rows)}
-def train():
-    print("training")
-client.run_map(mapper, "//tmp/in", "//tmp/out", sync=False)
-client.run_reduce(reducer, "//tmp/in", "//tmp/out", reduce_by=["k"], sync=False)
-client.run_map_reduce(mapper, reducer, "//tmp/in", "//tmp/out", reduce_by=["k"], sync=False)
-client.run_operation(yt.VanillaSpecBuilder().begin_task("train").command(train).job_count(2).end_task(), sync=False)
-yt.config["proxy"]["url"] = proxy.url
-yt.run_map(mapper, "//tmp/in", "//tmp/out", sync=False)  # the module-level API: the global config
-early.run_map(mapper, "//tmp/in", "//tmp/out", sync=False)
-"""
-
-YT_REPORT = """
-def user_jobs(spec):
-    jobs = {k: spec[k] for k in ("mapper", "reducer", "reduce_combiner") if k in spec}
-    jobs.update({"task " + k: v for k, v in (spec.get("tasks") or {}).items()})
-    return jobs
-report = [
-    {"type": op["operation_type"], "jobs": {k: {"image": j.get("docker_image"), "env": j.get("environment") or {},
-                                                 "command": j["command"]} for k, j in user_jobs(op["spec"]).items()}}
-    for op in proxy.operations
-]
-def pickled_modules(data):
-    try:
-        ops = list(pickletools.genops(io.BytesIO(data)))
-    except Exception:
-        return set()
-    strings = [a for op, a, _ in ops if isinstance(a, str)]
-    return {s for s in strings if s.startswith(("cloudpickle", "dill", "yt.packages.dill"))}
-payloads = [sorted(pickled_modules(d)) for d in proxy.files.values()]
-"""
+YT_SETUP = program("yt_client", "setup", TESTS=TESTS)
 
 
 async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp_path, docker_client):
@@ -94,8 +56,8 @@ async def test_ytsaurus_every_user_job_runs_in_the_pinned_image(jupyter_env, tmp
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, YT_SETUP)
         await _ok(kc, PIN)
-        await _ok(kc, YT_OPERATIONS, timeout=120)
-        await _ok(kc, YT_REPORT)
+        await _ok(kc, program("yt_client", "operations"), timeout=120)
+        await _ok(kc, program("yt_client", "report"))
         report = await run_json(kc, "report")
         payloads = await run_json(kc, "payloads")
         assert await run_json(kc, "proxy.errors") == []
@@ -147,10 +109,7 @@ async def test_ytsaurus_from_a_host_kernel_refuses_an_image_its_pickles_break_in
         await _ok(kc, YT_SETUP)
         await _ok(kc, "%load_ext envpin\n%use_image envpin-test/yt313:latest")
         started = time.monotonic()
-        res = await run(
-            kc, "client = yt.YtClient(proxy=proxy.url)\ndef mapper(row):\n    yield row\n"
-            "client.run_map(mapper, '//tmp/in', '//tmp/out', sync=False)", 60,
-        )  # fmt: skip
+        res = await run(kc, program("yt_client", "one-map"), 60)
         operations = await run_json(kc, "len(proxy.operations)")
     assert res["status"] == "error" and res["ename"] == "EnvelopeMismatch", res
     text = res["evalue"]
@@ -165,20 +124,7 @@ async def test_ytsaurus_job_with_its_own_image_keeps_it_with_a_warning(jupyter_e
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, YT_SETUP)
         await _ok(kc, PIN)
-        out = await _ok(
-            kc,
-            """
-client = yt.YtClient(proxy=proxy.url)
-def mapper(row):
-    yield row
-own = (yt.MapSpecBuilder().begin_mapper().command(mapper).docker_image("registry.example/Team/other:2")
-       .environment({"MINE": "1"}).end_mapper().input_table_paths(["//tmp/in"]).output_table_paths(["//tmp/out"]))
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    client.run_operation(own, sync=False)
-print("WARNED:", [f"{w.category.__name__}: {w.message}" for w in caught])
-""",
-        )
+        out = await _ok(kc, program("yt_client", "own-image"))
         mapper = await run_json(kc, "proxy.operations[-1]['spec']['mapper']")
         # strict mode refuses before anything is submitted
         await _ok(kc, f"%use_image {IMAGE} --strict")
@@ -228,35 +174,13 @@ async def test_ytsaurus_from_a_kernel_running_in_the_image(install_kernelspec, n
 # Ray
 # --------------------------------------------------------------------------------------
 
-RAY_TASKS = """
-import os, ray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-job_env_vars = dict(ray.get_runtime_context().runtime_env.get("env_vars") or {})  # ray.init was stamped
-@ray.remote
-def where():
-    import os
-    return {k: os.environ.get(k) for k in ("ENVPIN_IMAGE", "ENVPIN_IMAGE_ID", "YT_JOB_DOCKER_IMAGE", "MINE")}
-@ray.remote
-class Where:
-    def env(self):
-        import os
-        return os.environ.get("ENVPIN_IMAGE")
-result = {
-    "task": ray.get(where.remote()),
-    "options": ray.get(where.options(runtime_env={"env_vars": {"MINE": "1", "ENVPIN_IMAGE": "theirs"}}).remote()),
-    "actor": ray.get(Where.remote().env.remote()),
-    "job": job_env_vars,
-}
-ray.shutdown()
-"""
-
 
 async def test_ray_local_cluster_env_vars_mode_reaches_the_tasks(jupyter_env, tmp_path, docker_client):
     image_id = await _image_id(docker_client)
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {IMAGE} --ray-mode env_vars")
         status = await _ok(kc, "%use_image")
-        await _ok(kc, RAY_TASKS, timeout=180)
+        await _ok(kc, program("ray_local_tasks"), timeout=180)
         result = await run_json(kc, "result")
     assert "ray: runtime_env env_vars (nodes run the image)" in status
     assert result["task"] == {
@@ -271,32 +195,14 @@ async def test_ray_local_cluster_env_vars_mode_reaches_the_tasks(jupyter_env, tm
     assert result["job"]["ENVPIN_IMAGE"] == IMAGE and result["job"]["ENVPIN_IMAGE_ID"] == image_id
 
 
-RAY_JOB = """
-import os, time, ray
-from ray.job_submission import JobSubmissionClient
-ctx = ray.init(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-"""
-
-RAY_SUBMIT = """
-jobs = JobSubmissionClient("http://" + ctx.dashboard_url)
-job = jobs.submit_job(entrypoint="python -c 'print(1)'", runtime_env={"env_vars": {"MINE": "1"}})
-recorded = jobs.get_job_info(job).runtime_env
-deadline = time.time() + 60
-while jobs.get_job_status(job) not in ("FAILED", "SUCCEEDED", "STOPPED") and time.time() < deadline:
-    time.sleep(0.5)
-info = jobs.get_job_info(job)
-outcome = {"status": str(info.status), "message": info.message or ""}
-"""
-
-
 async def test_ray_job_submission_records_image_uri(jupyter_env, tmp_path, docker_client):
     # The head runs on this host (Python 3.11.7) and the image has Ray on 3.11.2: Ray Client's own level of
     # Python match (minor) lets envpin's preflight through; the job is then recorded with the image.
     async with kernel("python3", cwd=tmp_path, env={"RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "minor"}) as (km, kc):
         # the local head itself runs on this host: start it before pinning in image_uri mode
-        await _ok(kc, RAY_JOB, timeout=180)
+        await _ok(kc, program("ray_job_submission", "head"), timeout=180)
         await _ok(kc, "%load_ext envpin\n%use_image envpin-test/ray")
-        await _ok(kc, RAY_SUBMIT, timeout=120)
+        await _ok(kc, program("ray_job_submission", "submit"), timeout=120)
         recorded = await run_json(kc, "recorded")
         outcome = await run_json(kc, "outcome")
         await _ok(kc, "ray.shutdown()")
@@ -369,46 +275,11 @@ async def test_ray_pip_with_image_uri_is_refused_before_submission(jupyter_env, 
 # Flyte
 # --------------------------------------------------------------------------------------
 
-FLYTE = """
-import os, warnings
-from collections import OrderedDict
-from flytekit import task, workflow, dynamic, ImageSpec
-from flytekit.configuration import SerializationSettings, ImageConfig
-from flytekit.tools.translator import get_serializable
-@task
-def double(x: int) -> int:
-    return 2 * x
-@dynamic
-def fan(n: int) -> int:
-    return double(x=n)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    @task(container_image="registry.example/other:3")
-    def own(x: int) -> int:
-        return x
-    @task(container_image=ImageSpec(name="gpu", registry="registry.example", packages=["torch"]))
-    def spec_task(x: int) -> int:
-        return x
-@workflow
-def pipeline(x: int) -> int:
-    return own(x=fan(n=double(x=x)))
-settings = SerializationSettings(image_config=ImageConfig.auto_default_image())
-entities = OrderedDict()
-get_serializable(entities, settings, pipeline)
-images = {}
-for entity in entities.values():
-    template = getattr(entity, "template", None)
-    if template is not None and getattr(template, "container", None) is not None:
-        images[template.id.name.rsplit(".", 1)[-1]] = {"image": template.container.image, "env": dict(template.container.env)}
-flyte = {"images": images, "default": os.environ.get("FLYTE_INTERNAL_IMAGE"),
-         "warnings": [str(w.message) for w in caught]}
-"""
-
 
 async def test_flyte_tasks_serialize_with_the_pinned_image(jupyter_env, tmp_path, docker_client):
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, PIN)
-        await _ok(kc, FLYTE, timeout=120)
+        await _ok(kc, program("flyte_serialize"), timeout=120)
         flyte = await run_json(kc, "flyte")
         await _ok(kc, "%unload_ext envpin")
         after = await run_json(kc, "os.environ.get('FLYTE_INTERNAL_IMAGE')")

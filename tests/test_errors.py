@@ -94,6 +94,7 @@ async def test_engine_socket_permission_denied(install_kernelspec, notebook_dir,
     assert "permission denied" in msg and "docker' group" in msg
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_image_missing_and_not_pullable(install_kernelspec, notebook_dir):
     name = install_kernelspec("envpin-test/does-not-exist:1.0")
     msg = await start_fails(name, notebook_dir, ImageUnavailable)
@@ -101,12 +102,14 @@ async def test_image_missing_and_not_pullable(install_kernelspec, notebook_dir):
     assert "docker build" in msg
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_image_missing_and_pull_policy_never(install_kernelspec, notebook_dir):
     name = install_kernelspec("envpin-test/does-not-exist:1.0", pull_policy="never")
     msg = await start_fails(name, notebook_dir, ImageUnavailable)
     assert "pull policy is 'never'" in msg and "envpin-test/does-not-exist:1.0" in msg
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_invalid_reference(install_kernelspec, notebook_dir):
     from envpin_provisioner.cli import kernelspec
 
@@ -120,6 +123,7 @@ async def test_invalid_reference(install_kernelspec, notebook_dir):
     assert "did you mean 'myimage:latest'" in msg
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_image_without_python(install_kernelspec, notebook_dir):
     name = install_kernelspec(NO_PYTHON)
     msg = await start_fails(name, notebook_dir, KernelStartFailed)
@@ -127,6 +131,7 @@ async def test_image_without_python(install_kernelspec, notebook_dir):
     assert "Use an image with Python and ipykernel" in msg
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_image_without_ipykernel(install_kernelspec, notebook_dir):
     name = install_kernelspec(NO_IPYKERNEL)
     msg = await start_fails(name, notebook_dir, KernelStartFailed)
@@ -135,6 +140,7 @@ async def test_image_without_ipykernel(install_kernelspec, notebook_dir):
     assert "No module named ipykernel" in msg  # the container's own last log lines follow
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_image_with_a_broken_or_incompatible_ipykernel(install_kernelspec, notebook_dir):
     name = install_kernelspec(BROKEN_IPYKERNEL)
     msg = await start_fails(name, notebook_dir, KernelStartFailed)
@@ -177,6 +183,7 @@ def test_gpus_option_is_checked():
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root to become nobody")
+@pytest.mark.usefixtures("docker_client")
 def test_engine_socket_permission_denied_for_a_real_user():
     """`envpin gc` as a user outside the docker group, against the real engine socket."""
     import importlib.util

@@ -12,72 +12,12 @@ the ``@dynamic``'s graphs, a local folder as the blob store.
 
 from __future__ import annotations
 
+from testutils import program
 from testutils.flyte_runner import FlyteRunner
 from testutils.kernels import kernel, run, run_json
 
 FLYTE_IMAGE = "envpin-test/flyte:latest"
 CODE_IMAGE = "envpin-test/flyte-code:latest"
-
-FLOWS = """
-import os, sys
-from flytekit import dynamic, task, workflow
-
-
-def where() -> str:
-    return " | ".join([os.path.realpath(sys.executable), sys.version.split()[0], str(os.path.exists("/.dockerenv")),
-                       os.environ.get("ENVPIN_IMAGE", "-"), os.environ.get("ENVPIN_IMAGE_ID", "-"),
-                       str(os.path.isdir("/opt/python/lib/python3.11/site-packages/flytekit"))])
-
-
-@task
-def double(x: int) -> int:
-    return 2 * x
-
-
-@task
-def report(x: int) -> str:
-    return f"{x} | {where()}"
-
-
-@dynamic
-def fan(n: int) -> int:
-    return double(x=double(x=n))
-
-
-@workflow
-def pipeline(x: int) -> str:
-    return report(x=fan(n=double(x=x)))
-
-
-@task(container_image="envpin-test/flyte-code:latest")
-def elsewhere(x: int) -> str:
-    return f"{x} | {where()}"
-"""
-
-PACKAGE = """
-import warnings
-from flytekit.configuration import FastSerializationSettings, ImageConfig, SerializationSettings
-from flytekit.tools.repo import serialize_and_package
-from flytekit.tools.fast_registration import FastPackageOptions
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    import flows.pipeline  # declared after %use_image: stamped
-settings = SerializationSettings(image_config=ImageConfig.auto_default_image(),
-                                 fast_serialization_settings=FastSerializationSettings(enabled={fast}, destination_dir="/root"))
-serialize_and_package({pkgs}, settings, source=".", output="flows.tgz",
-                      fast_options=FastPackageOptions([]) if {fast} else None)
-conflicts = [str(w.message) for w in caught if "ImageConflictWarning" in type(w.message).__name__]
-"""
-
-READ_BACK = """
-from flytekit.core.context_manager import FlyteContextManager
-from flytekit.core.type_engine import TypeEngine
-from flytekit.core.utils import load_proto_from_file
-from flytekit.models.literals import LiteralMap
-from flyteidl.core import literals_pb2
-outputs = LiteralMap.from_flyte_idl(load_proto_from_file(literals_pb2.LiteralMap, "outputs.pb"))
-result = TypeEngine.literal_map_to_kwargs(FlyteContextManager.current_context(), outputs, {{"o0": {type}}})["o0"]
-"""
 
 
 async def _ok(kc, code: str, timeout: float = 180) -> str:
@@ -97,19 +37,19 @@ async def test_task_workflow_and_dynamic_run_in_the_pinned_image(
 ):
     (notebook_dir / "flows").mkdir()
     (notebook_dir / "flows" / "__init__.py").write_text("")
-    (notebook_dir / "flows" / "pipeline.py").write_text(FLOWS)
+    (notebook_dir / "flows" / "pipeline.py").write_text(program("flows_pipeline"))
     image_id = docker_client.images.get(FLYTE_IMAGE).id
     name = install_kernelspec(FLYTE_IMAGE)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {FLYTE_IMAGE}")
-        await _ok(kc, PACKAGE.format(fast=True, pkgs=["flows"]))
+        await _ok(kc, program("flyte_package", MODULE="flows.pipeline", PACKAGES=["flows"], FAST=True))
         conflicts = await run_json(kc, "conflicts")
         kernel_python = await run_json(kc, "__import__('os').path.realpath(__import__('sys').executable)")
         # The cluster side runs what the notebook registered; the notebook reads the outputs back.
         runner = FlyteRunner(docker_client, notebook_dir / "flows.tgz", tmp_path / "flyte")
         assert runner.execute("flows.pipeline.double", x=21) == {"o0": 42}
         runner.execute_to_file("flows.pipeline.pipeline", notebook_dir / "outputs.pb", x=3)
-        await _ok(kc, READ_BACK.format(type="str"))
+        await _ok(kc, program("flyte_read_back"))
         report = _fields(await run_json(kc, "result"))
         elsewhere = _fields(runner.execute("flows.pipeline.elsewhere", x=1)["o0"])
     # pipeline(3): double -> fan (a @dynamic: double(double(6))) -> report(24)
@@ -138,12 +78,7 @@ async def test_code_in_the_image_runs_without_fast_registration(
     name = install_kernelspec(CODE_IMAGE)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         status = await _ok(kc, f"%load_ext envpin\n%use_image {CODE_IMAGE}")
-        await _ok(
-            kc,
-            PACKAGE.replace("import flows.pipeline", "import flows_in_image.tasks").format(
-                fast=False, pkgs=["flows_in_image"]
-            ),
-        )
+        await _ok(kc, program("flyte_package", MODULE="flows_in_image.tasks", PACKAGES=["flows_in_image"], FAST=False))
         runner = FlyteRunner(docker_client, notebook_dir / "flows.tgz", tmp_path / "flyte")
         assert runner.fast_bundle is None
         out = runner.execute("flows_in_image.tasks.shout", word="hello")

@@ -210,6 +210,7 @@ def test_nested_submission_inherits_the_pin(executor, docker_client):
     assert inner.result(timeout=120) == docker_client.images.get(PY311).id
 
 
+@pytest.mark.usefixtures("docker_client")
 async def test_two_kernels_pinned_to_different_images_get_their_own(install_kernelspec, notebook_dir, tmp_path):
     other = tmp_path / "other"
     other.mkdir()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from testutils import PY311, PY313, containers
+from testutils import PY311, PY313, async_wait_for, containers
 from testutils.kernels import PROBE, execute_until_running, kernel, run, run_json
 
 
@@ -118,9 +118,11 @@ async def test_poll_sees_a_container_killed_from_outside(docker_client, install_
         container = kernel_container(docker_client, km)
         assert container.name.startswith(f"envpin-{km.kernel_id}-")  # a cold start is named for its kernel too
         container.kill()
-        deadline = time.monotonic() + 5
-        while await km.is_alive() and time.monotonic() < deadline:  # is_alive is a coroutine: poll it here
-            await asyncio.sleep(0.1)
+
+        async def dead():
+            return not await km.is_alive()
+
+        await async_wait_for(dead, timeout=5, what="is_alive to see the killed container", interval=0.1)
         assert not await km.is_alive()
     # Jupyter only says "the kernel appears to have died": the server's log says why, once.
     told = [r.getMessage() for r in caplog.records if "killed (SIGKILL" in r.getMessage()]

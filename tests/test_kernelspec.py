@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from envpin.entry.boot import BOOTSTRAP
@@ -91,6 +92,7 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
     # The autouse fixture asserts the container is gone after shutdown.
 
 
+@pytest.mark.usefixtures("docker_client")
 def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec, tmp_path):
     from testutils import NO_IPYKERNEL
 

@@ -19,7 +19,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
 from envpin_provisioner.warm.pool import pools
-from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers, wait_for
+from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers, program, wait_for
 from testutils.kernels import PROBE, kernel, run, run_json
 
 #: What a kernel must look like, whichever way it started (the notebook's folder, its session name, ...).
@@ -31,24 +31,6 @@ IDENTITY = (
 )
 
 
-#: A hostile kernel's attempts at its warm container's hand-over folder (found in its mount table).
-TAMPER = """
-import os
-def _tamper():
-    out = {"handoff": None}
-    for line in open("/proc/self/mountinfo"):
-        if "/handoff-" in line.split()[4]:
-            out["handoff"] = line.split()[4]
-    for what, act in (("write", lambda d: open(os.path.join(d, "x"), "w")), ("unlink", lambda d: os.unlink(os.path.join(d, "go")))):
-        try:
-            act(out["handoff"])
-            out[what] = "done"
-        except OSError as exc:
-            out[what] = f"OSError {exc.errno}"
-    return out
-"""
-
-
 def warm_waiting(client):
     """The shared pool's containers that wait (not yet taken; a kernel's standbys carry its id and are not these)."""
     return [
@@ -56,6 +38,12 @@ def warm_waiting(client):
         for c in containers(client, role="pool", running=True)
         if c.name.startswith(WARM_NAME_PREFIX) and "envpin.kernel-id" not in c.labels
     ]
+
+
+def fill_failed(image_id: str) -> bool:
+    """The fill of a pool of ``image_id`` has ended, and failed (``Pools`` keys name the image id)."""
+    keys = [k for k in pools._failed if image_id in k]
+    return bool(keys) and all(pools._filling[k].done() for k in keys if k in pools._filling)
 
 
 @pytest.fixture
@@ -92,7 +80,7 @@ async def test_a_pooled_kernel_is_the_cold_kernel_and_each_warm_container_serves
         async with kernel(pooled, cwd=notebook_dir, env=env) as (km2, kc2):
             second = await run_json(kc2, IDENTITY)
             # The hand-over folder is the server's: the kernel can neither write there nor replace the FIFO.
-            assert (await run(kc2, TAMPER))["status"] == "ok"
+            assert (await run(kc2, program("handoff_tamper")))["status"] == "ok"
             tamper = await run_json(kc2, "_tamper()")
             assert (
                 tamper["handoff"] and tamper["write"].startswith("OSError") and tamper["unlink"].startswith("OSError")
@@ -166,7 +154,9 @@ async def test_an_image_that_cannot_run_a_kernel_fails_the_same_way_with_a_pool(
         km = AsyncKernelManager(kernel_name=name)
         with pytest.raises(KernelStartFailed, match="ipykernel"):
             await km.start_kernel()
-    await asyncio.sleep(0.5)
+    # The event itself: the fill of this image's pool has ended, failed (its container removed before that).
+    image_id = docker_client.images.get(NO_IPYKERNEL).id
+    await async_wait_for(lambda: fill_failed(image_id), timeout=60, what="the pool's fill to fail")
     assert not warm_waiting(docker_client)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from testutils import PY311, slow_proxy
+from testutils import PY311, program, slow_proxy
 from testutils.kernels import PROBE, kernel, run, run_json
 
 
@@ -132,17 +132,7 @@ async def test_by_digest_jobs_name_the_image_by_its_registry_digest(
         async with kernel("python3", cwd=tmp_path) as (km, kc):
             res = await run(kc, f"%load_ext envpin\n%use_image {reference} --by-digest", timeout=120)
             assert res["status"] == "ok", res
-            code = (
-                "import envpin, yt.wrapper as yt\n"
-                "from envpin.session import stamping\n"
-                "from envpin.adapters.ray_adapter import stamp_runtime_env\n"
-                "from flytekit import task\n"
-                "@task\ndef double(x: int) -> int:\n    return 2 * x\n"
-                "def mapper(row):\n    yield row\n"
-                f"yt.YtClient(proxy={proxy.url!r}).run_map(mapper, '//tmp/in', '//tmp/out', sync=False)\n"
-                "seen = {'stamp': envpin.stamp()['image'], 'flyte': double.container_image,"
-                " 'ray': stamp_runtime_env({}, stamping.current_stamp(), 'image_uri', 'x')['image_uri']}"
-            )
+            code = program("by_digest_stamps", PROXY=proxy.url)
             res = await run(kc, code, timeout=120)
             assert res["status"] == "ok", res
             seen = await run_json(kc, "seen")

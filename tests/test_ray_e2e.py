@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from testutils import program
 from testutils.kernels import kernel, run, run_json
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the Ray test cluster is set up by root")
@@ -30,30 +31,8 @@ UV_IMAGE = "envpin-test/ray-uv:latest"
 CLIENT = "ray://127.0.0.1:10001"
 DASHBOARD = "http://127.0.0.1:8265"
 
-PROBE = """
-import json, os, sys, time
-def probe():
-    import ray as _ray
-    marker = open('/opt/envpin-marker').read().strip() if os.path.exists('/opt/envpin-marker') else None
-    return {"exe": sys.executable, "ray_at": _ray.__file__, "node": _ray.get_runtime_context().get_node_id(), "podman": os.path.exists('/run/.containerenv'),
-            "image_id": os.environ.get('ENVPIN_IMAGE_ID'), "image": os.environ.get('ENVPIN_IMAGE'), "marker": marker}
-"""
-
-
-JOB = """
-import shlex
-from ray.job_submission import JobSubmissionClient
-jobs = JobSubmissionClient(DASHBOARD)
-code = ("import json, os, sys, ray; ray.init(); f = ray.remote(lambda: sys.executable); "
-        "print(json.dumps([sys.executable, os.path.exists('/run/.containerenv'), os.environ.get('ENVPIN_IMAGE_ID'), "
-        "ray.get(f.remote())]))")
-job_id = jobs.submit_job(entrypoint=f"python -c {shlex.quote(code)}")
-for _ in range(480):
-    if jobs.get_job_status(job_id).is_terminal():
-        break
-    time.sleep(0.5)
-job = {"status": str(jobs.get_job_status(job_id)), "logs": jobs.get_job_logs(job_id)}
-"""
+#: The kernel connected to the cluster, with ``probe()`` (tests/kernel_programs/ray_cluster.py).
+CONNECT = program("ray_cluster", "connect", CLIENT=CLIENT)
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +65,8 @@ async def test_task_actor_options_and_job_run_in_the_pinned_image(
     image_id = docker_client.images.get(RAY_A).id
     async with ray_kernel(install_kernelspec, notebook_dir, RAY_A) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {RAY_A}")
-        await _ok(kc, PROBE + f"import ray\nray.init({CLIENT!r})\n")
-        await _ok(
-            kc,
-            "@ray.remote\ndef task():\n    return probe()\n"
-            "@ray.remote\nclass Actor:\n    def where(self):\n        return probe()\n"
-            "timings = {}\n"
-            "t = time.monotonic(); first = ray.get(task.remote()); timings['first task'] = time.monotonic() - t\n"
-            "t = time.monotonic(); warm = ray.get(task.remote()); timings['warm task'] = time.monotonic() - t\n"
-            "optioned = ray.get(task.options(num_cpus=0.5, runtime_env={'env_vars': {'MINE': '1'}}).remote())\n"
-            "actor = Actor.remote(); from_actor = ray.get(actor.where.remote())\n"
-            "on_b = ray.get(task.options(resources={'node_b': 0.5}).remote())\n"
-            "on_head = ray.get(task.options(num_cpus=2).remote())\n"
-            "ray.shutdown()",
-            timeout=300,
-        )
+        await _ok(kc, CONNECT)
+        await _ok(kc, program("ray_cluster", "task") + program("ray_cluster", "tasks"), timeout=300)
         seen = await run_json(
             kc,
             "{'first': first, 'warm': warm, 'optioned': optioned, 'actor': from_actor, 'node b': on_b, 'head': on_head}",
@@ -108,7 +74,7 @@ async def test_task_actor_options_and_job_run_in_the_pinned_image(
         timings = await run_json(kc, "timings")
         # A submitted job: its entrypoint is a driver on a node (ray.init() joins the cluster there), and its
         # own task inherits the job's runtime_env.
-        await _ok(kc, JOB.replace("DASHBOARD", repr(DASHBOARD)), timeout=300)
+        await _ok(kc, program("ray_cluster", "job", DASHBOARD=DASHBOARD), timeout=300)
         job = await run_json(kc, "job")
     print("Ray through Ray Client (s):", {k: round(v, 2) for k, v in timings.items()})
     for name, where in seen.items():
@@ -132,7 +98,7 @@ async def test_two_notebooks_on_one_cluster_each_get_their_own_image(ray_cluster
     async def notebook(image):
         async with ray_kernel(install_kernelspec, work[image], image) as (km, kc):
             await _ok(kc, f"%load_ext envpin\n%use_image {image}")
-            await _ok(kc, PROBE + f"import ray\nray.init({CLIENT!r})\n@ray.remote\ndef task():\n    return probe()\n")
+            await _ok(kc, CONNECT + program("ray_cluster", "task"))
             seen = await run_json(kc, "[ray.get([task.remote() for _ in range(4)])][0]", timeout=300)
             await _ok(kc, "ray.shutdown()")
             return seen
@@ -175,7 +141,7 @@ async def test_uv_built_images_the_seed_scenario(ray_cluster, install_kernelspec
     """
     async with ray_kernel(install_kernelspec, notebook_dir, UV_PROJECT) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {UV_PROJECT}")
-        await _ok(kc, PROBE + f"import ray\nray.init({CLIENT!r})\n")
+        await _ok(kc, CONNECT)
         started = time.monotonic()
         res = await run(
             kc,
@@ -192,7 +158,7 @@ async def test_uv_built_images_the_seed_scenario(ray_cluster, install_kernelspec
         await _ok(kc, "ray.shutdown()")
         # The image built the recommended way: the task runs in it, with the project's dependencies.
         await _ok(kc, f"%use_image {UV_IMAGE} --restart", timeout=120)
-        await _ok(kc, PROBE + f"import ray\nray.init({CLIENT!r})\n")
+        await _ok(kc, CONNECT)
         seen = await run_json(
             kc,
             "ray.get(ray.remote(lambda: dict(probe(), cloudpickle=__import__('cloudpickle').__version__)).remote())",

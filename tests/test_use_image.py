@@ -16,6 +16,9 @@ from nbclient.exceptions import CellExecutionError
 from testutils import NO_IPYKERNEL, PY311, PY313, containers, envpin_containers, flat
 from testutils.kernels import PROBE, kernel, run, run_json
 
+#: Every test here runs kernels or containers: each asks for the engine.
+pytestmark = pytest.mark.usefixtures("docker_client")
+
 WHERE = "import sys, os; print('where', sys.version_info[:2], os.environ.get('ENVPIN_IMAGE'), os.path.exists('/.dockerenv'))"
 
 

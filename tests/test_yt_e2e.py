@@ -16,33 +16,17 @@ import time
 
 import pytest
 
+from testutils import program
 from testutils.fake_yt import FakeYtProxy
 from testutils.kernels import kernel, run, run_json
 
 YT_IMAGE = "envpin-test/yt:latest"
-#: Only the YTsaurus image has the client installed (other images get it from the job's modules archive).
-MARKER = "/opt/python/lib/python3.11/site-packages/yt/wrapper"
-
-PROBE = f"""
-import os, sys
-def probe():
-    return {{"python": sys.executable, "version": sys.version.split()[0], "docker": os.path.exists("/.dockerenv"),
-            "image_id": os.environ.get("ENVPIN_IMAGE_ID"), "yt_image": os.environ.get("YT_JOB_DOCKER_IMAGE"),
-            "marker": os.path.isdir({MARKER!r}), "envpin_loaded": "envpin" in sys.modules}}
-"""
 
 
 @pytest.fixture
 def cluster(docker_client):
     with FakeYtProxy(exec_node=docker_client) as proxy:
         yield proxy
-
-
-def client_code(url: str, name: str = "client") -> str:
-    return (
-        f"{name} = yt.YtClient(proxy={url!r}, config={{'tabular_data_format': yt.JsonFormat(), "
-        "'operation_tracker': {'poll_period': 200}, 'allow_http_requests_to_yt_from_job': True})\n"
-    )
 
 
 async def _ok(kc, code: str, timeout: float = 300) -> str:
@@ -63,21 +47,9 @@ async def test_map_reduce_map_reduce_and_vanilla_run_in_the_pinned_image(
     timings = {}
     async with await pinned_yt_kernel(install_kernelspec, notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {YT_IMAGE}")
-        await _ok(kc, "import yt.wrapper as yt, time\n" + client_code(cluster.url) + PROBE)
+        await _ok(kc, program("yt_cluster", "client", PROXY=cluster.url) + program("yt_cluster", "probe"))
         kernel_python = await run_json(kc, "sys.executable")
-        await _ok(
-            kc,
-            "client.write_table('//tmp/in', [{'x': i, 'k': i % 2} for i in range(6)])\n"
-            "def mapper(row):\n    yield dict(row, y=row['x'] * 2, **probe())\n"
-            "def reducer(key, rows):\n    rows = list(rows)\n    yield dict(k=key['k'], n=len(rows), total=sum(r['x'] for r in rows), **probe())\n"
-            "def train():\n    import json, sys\n    print(json.dumps(probe()), file=sys.stderr)\n"
-            "timings = {}\n"
-            "t = time.monotonic(); client.run_map(mapper, '//tmp/in', '//tmp/mapped'); timings['map'] = time.monotonic() - t\n"
-            "client.run_sort('//tmp/in', '//tmp/sorted', sort_by=['k'])\n"
-            "t = time.monotonic(); client.run_reduce(reducer, '//tmp/sorted', '//tmp/reduced', reduce_by=['k']); timings['reduce'] = time.monotonic() - t\n"
-            "t = time.monotonic(); client.run_map_reduce(mapper, reducer, '//tmp/in', '//tmp/mr', reduce_by=['k']); timings['map_reduce'] = time.monotonic() - t\n"
-            "t = time.monotonic(); client.run_operation(yt.VanillaSpecBuilder().begin_task('train').command(train).job_count(2).end_task()); timings['vanilla'] = time.monotonic() - t\n",
-        )
+        await _ok(kc, program("yt_cluster", "operations"))
         mapped = await run_json(kc, "list(client.read_table('//tmp/mapped'))")
         reduced = await run_json(kc, "sorted(client.read_table('//tmp/reduced'), key=lambda r: r['k'])")
         mr = await run_json(kc, "sorted(client.read_table('//tmp/mr'), key=lambda r: r['k'])")
@@ -99,31 +71,6 @@ async def test_map_reduce_map_reduce_and_vanilla_run_in_the_pinned_image(
     assert {j["type"] for j in cluster.exec_node.jobs_run} == {"map", "reduce", "train"}
 
 
-NESTED = """
-def level(depth, path, how):
-    # Runs inside a job (envpin is not there): start the next operation as a user would,
-    # with a NEW client ('fresh'), or with a client made from the job's configuration ('config': what the
-    # module-level API uses; the API itself fails in jobs of this client version, whose config_dump drops
-    # the 'token' key that the module-level calls then read).
-    import yt.wrapper as yt
-    if how[0] == 'fresh':
-        client = yt.YtClient(proxy=URL, config={'tabular_data_format': yt.JsonFormat(),
-                                                'operation_tracker': {'poll_period': 200},
-                                                'allow_http_requests_to_yt_from_job': True})
-    else:
-        client = yt.YtClient(config=yt.config.config)
-    client.write_table(path + '-in', [{'depth': depth, 'how': how[0]}])
-    rest = how[1:]
-    def nested_mapper(row):
-        out = dict(row, **probe())
-        if rest:
-            out['below'] = level(row['depth'] + 1, path + '-' + str(row['depth'] + 1), rest)
-        yield out
-    client.run_map(nested_mapper, path + '-in', path + '-out')
-    return list(client.read_table(path + '-out'))
-"""
-
-
 async def test_nested_operations_keep_the_image_two_levels_deep(
     cluster, install_kernelspec, notebook_dir, docker_client
 ):
@@ -135,17 +82,13 @@ async def test_nested_operations_keep_the_image_two_levels_deep(
     async with await pinned_yt_kernel(install_kernelspec, notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {YT_IMAGE}")
         await _ok(
-            kc, "import yt.wrapper as yt\n" + client_code(cluster.url) + f"URL = {cluster.url!r}\n" + PROBE + NESTED
+            kc,
+            program("yt_cluster", "client", PROXY=cluster.url)
+            + program("yt_cluster", "probe")
+            + program("yt_cluster", "nested", URL=cluster.url),
         )
         started = time.monotonic()
-        res = await run(
-            kc,
-            "def top(row):\n    yield dict(row, **probe(), below=level(2, '//tmp/nest', ['fresh', 'config']))\n"
-            "client.write_table('//tmp/top', [{'depth': 1, 'how': 'notebook'}])\n"
-            "client.run_map(top, '//tmp/top', '//tmp/top-out')\n"
-            "import json as _j; print(_j.dumps(list(client.read_table('//tmp/top-out'))))",
-            timeout=600,
-        )
+        res = await run(kc, program("yt_cluster", "top"), timeout=600)
         if res["status"] != "ok":
             for j in cluster.exec_node.jobs_run:
                 print(f"--- job {j['job_id']} in {j['image']}:\n{j.get('stderr', '')[-3000:]}")
@@ -172,18 +115,10 @@ async def test_a_job_under_another_python_is_refused_with_its_message(cluster, i
     async with await pinned_yt_kernel(install_kernelspec, notebook_dir) as (km, kc):
         await _ok(kc, f"%load_ext envpin\n%use_image {YT_IMAGE}")
         await _ok(
-            kc, "import yt.wrapper as yt\n" + client_code(cluster.url) + "client.write_table('//tmp/in', [{'x': 1}])"
+            kc, program("yt_cluster", "client", PROXY=cluster.url) + "client.write_table('//tmp/in', [{'x': 1}])\n"
         )
         started = time.monotonic()
-        res = await run(
-            kc,
-            "import warnings; warnings.simplefilter('ignore')\n"
-            "def mapper(row):\n    yield row\n"
-            "spec = yt.MapSpecBuilder().begin_mapper().command(mapper).docker_image('envpin-test/yt313:latest').end_mapper()"
-            ".input_table_paths(['//tmp/in']).output_table_paths(['//tmp/out'])\n"
-            "client.run_operation(spec)",
-            timeout=300,
-        )
+        res = await run(kc, program("yt_cluster", "other-python"), timeout=300)
     assert res["status"] == "error" and res["ename"] == "YtOperationFailedError", res
     job = cluster.exec_node.jobs_run[-1]
     assert job["image"] == "envpin-test/yt313:latest"

@@ -19,9 +19,15 @@ import textwrap
 class EnvpinError(RuntimeError):
     """Base of every error envpin raises deliberately.
 
+    Raised as itself for the refusals that need no class of their own (a bad
+    argument, a request that cannot be done here); the more specific errors
+    below derive from it, so ``except envpin.EnvpinError`` catches them all.
     ``fix``: what to do, when the message states it apart (it follows the
     problem in the paragraph, and leads in :func:`for_dialog`); ``detail``:
     what comes last in both (a container's last output).
+
+    Fix: every message names what went wrong and ends with what to do; the
+    messages below are all of them.
     """
 
     def __init__(self, message: str = "", *args: object, fix: str | None = None, detail: str = "") -> None:
@@ -32,15 +38,40 @@ class EnvpinError(RuntimeError):
 
 
 class PinFileError(EnvpinError):
-    """The pin file beside a notebook cannot be read (envpin never overwrites it then)."""
+    """The pin file beside a notebook cannot be read (envpin never overwrites it then).
+
+    ``.envpin.json`` is damaged JSON, unreadable, or not a plain file (a link, a FIFO, a hard
+    link: envpin never follows or opens those in a notebook folder).  The kernel does not start,
+    so that the pins the file holds are not lost by a write over them.
+
+    Fix: repair the file (it is JSON; the message names the line), make it readable, or
+    delete it, or the notebook's entry in it, to start over in the kernelspec's image.
+    """
 
 
 class EnvironmentMismatch(EnvpinError):
-    """This process's environment differs from the image's in a way that breaks pickles (``--strict``)."""
+    """This process's environment differs from the image's in a way that breaks pickles (``--strict``).
+
+    ``%use_image IMAGE --strict`` in a kernel that does not run in IMAGE (a plain ipykernel on
+    the host) compares this Python with the image's; a difference the measured matrix says
+    breaks pickles (another Python minor, cloudpickle 3 pickles for a cloudpickle 2) is an error
+    instead of a warning.
+
+    Fix: run the notebook in the image (``envpin kernelspec install --image IMAGE`` and pick
+    that kernel), or pin an image whose Python matches this one.
+    """
 
 
 class MissingDependency(EnvpinError):
-    """An optional dependency a feature needs is not importable here."""
+    """An optional dependency a feature needs is not importable here.
+
+    The host-side features (``envpin.fingerprint(image=...)``, ``ContainerExecutor`` in
+    container mode, ``envpin.use_image()``) need the Docker SDK, which the kernel side does not
+    import until then.
+
+    Fix: ``pip install envpin`` (or ``pip install docker``) in the environment that runs the code; inside
+    a Containerized Python kernel (no engine, by design) the message says what to do from there instead.
+    """
 
 
 #: Columns of a line in a dialog that keeps line breaks but does not wrap (JupyterLab's is about 130 wide).

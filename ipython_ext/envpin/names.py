@@ -41,8 +41,10 @@ HANDOFF_EXPECTED = "ENVPIN_HANDOFF_EXPECTED"
 RESPAWNED = "ENVPIN_RESPAWNED"
 #: The one-time token a job worker presents to its executor.
 WORKER_TOKEN = "ENVPIN_WORKER_TOKEN"
-#: Image aliases file, and the ``allowed_images`` rule, for processes without a server.
+#: The image aliases file (default ``~/.config/envpin/aliases.json``).
 ALIASES = "ENVPIN_ALIASES"
+#: Patterns of the images envpin may run (comma-separated): the ``allowed_images`` rule for processes
+#: without a server (``envpin run``, scripts, executors), and the server's default for the option.
 ALLOWED_IMAGES = "ENVPIN_ALLOWED_IMAGES"
 #: The Ray dashboard address the Ray adapter submits jobs to.
 RAY_DASHBOARD = "ENVPIN_RAY_DASHBOARD"

@@ -28,19 +28,57 @@ __all__ = [
 
 
 class InvalidImageReference(EnvpinError):
-    """The image reference is not a valid Docker reference."""
+    """The image reference is not a valid Docker reference.
+
+    Raised before anything is pulled or started: the reference (from the kernelspec, a pin,
+    ``%use_image`` or ``ENVPIN_IMAGE``) is empty, has capitals in its name, or is refused by
+    the engine.
+
+    Fix: write the reference as ``NAME[:TAG]`` or ``NAME@sha256:DIGEST`` in lower case
+    (``python:3.11-slim``, ``registry.example.com/team/image:1.2``) where the message says it
+    came from.
+    """
 
 
 class ImageUnavailable(EnvpinError):
-    """The image is not on the engine and cannot (or may not) be pulled."""
+    """The image is not on the engine and cannot (or may not) be pulled.
+
+    The pull failed (a wrong name, no login, no registry), ``pull_policy`` is ``never``, or the
+    image is named only by a notebook's pin file, which never pulls an image on its own word.
+
+    Fix: check the name, ``docker login`` to its registry, or ``docker pull`` / ``docker build``
+    / ``docker load`` it on the engine yourself and start again.
+    """
 
 
 class KernelStartFailed(EnvpinError):
-    """The container started but the kernel did not come up (no Python, no ipykernel, crash)."""
+    """The container started but the kernel did not come up (no Python, no ipykernel, crash).
+
+    The message says which, from the exit code and the container's last output lines (shown
+    after it, each marked ``  | ``): no ``python3`` on the image's ``PATH``, Python without
+    ipykernel, an ipykernel that fails to import, killed (out of memory), or no answer within
+    ``launch_timeout``.
+
+    Fix: ``pip install ipykernel`` (and cloudpickle, for jobs) in the image, set the ``python``
+    option to the image's interpreter, raise ``mem_limit`` or ``launch_timeout``; ``envpin
+    doctor`` checks every envpin kernelspec's image the same way.
+    """
 
 
 class ConfigError(EnvpinError):
-    """An option is unknown or has the wrong type."""
+    """An option is unknown or has the wrong type.
+
+    A kernelspec's ``metadata.kernel_provisioner.config``, an ``envpin kernelspec install
+    --config``, ``c.EnvpinProvisioner`` in a Jupyter config file, an ``ENVPIN_<OPTION>`` variable
+    of the server, or a combination of options that cannot work (``transport='tcp'`` with
+    ``network_mode='none'``), checked when it is written (install), by ``envpin doctor``, and when
+    the kernel starts.  The message names each bad key or impossible value (``mem_limit='lots'``),
+    and the closest known option for a misspelt one.
+
+    Fix: what the message's fix says for where it was set: rename or remove the key in the
+    kernelspec's kernel.json (``envpin kernelspec list`` shows where), correct the ``--config``
+    of the install command, or the Jupyter config file.
+    """
 
 
 _Hook = TypeVar("_Hook", bound=Callable[..., Awaitable[Any]])

@@ -207,7 +207,7 @@ class ProvisionerOptions(Configurable):
         config=True,
         help="""uid:gid the kernel runs as. Default: the uid:gid of the server process, so files
         written to the notebook folder belong to the person running Jupyter.""",
-    )
+    ).tag(doc_default="the server's uid:gid")  # the reference is built on another machine than it describes
 
     @default("user")
     def _user_default(self) -> str:

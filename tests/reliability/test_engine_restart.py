@@ -13,9 +13,9 @@ import time
 
 import pytest
 import requests
-from reliability.test_lifecycle_faults import FAST_RESTARTER, answers
 
-from testutils import PY311, containers
+from testutils import PY311, containers, wait_for
+from testutils.server import FAST_RESTARTER
 from tools.docker_engine import engine_answers, ensure_engine
 
 
@@ -29,12 +29,10 @@ def test_engine_restart_under_a_live_kernel(server, install_kernelspec, docker_c
     name = install_kernelspec(PY311)
     srv = server(*FAST_RESTARTER)
     kid = srv.start_kernel(name, "a.ipynb")
-    assert answers(srv, kid, 1)
+    srv.wait_answers(kid, 1)
     try:
         os.kill(dockerd_pid(), signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while (engine_answers(timeout=1) or dockerd_pid()) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: not dockerd_pid() and not engine_answers(timeout=1), 60, "dockerd to stop", interval=0.2)
         assert not engine_answers(timeout=1)
 
         # The server stays responsive, and a new kernel fails fast with the reason.
@@ -53,6 +51,6 @@ def test_engine_restart_under_a_live_kernel(server, install_kernelspec, docker_c
     # a restart brings the kernel back in the same image.
     r = requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120)
     assert r.status_code == 200, r.text
-    assert answers(srv, kid, 2, timeout=60), "the kernel did not recover after the engine came back"
+    srv.wait_answers(kid, 2, timeout=60, what="the kernel to recover after the engine came back")
     assert len(containers(docker_client, kernel=kid, running=True)) == 1
     requests.delete(srv.api(f"kernels/{kid}"), timeout=60)

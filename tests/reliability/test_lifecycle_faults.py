@@ -19,6 +19,7 @@ import time
 import requests
 
 from testutils import PY311, containers
+from testutils.server import FAST_RESTARTER
 
 SEED = int(os.environ.get("ENVPIN_FAULT_SEED", "20261125"))
 OPERATIONS = 200
@@ -26,24 +27,10 @@ WEIGHTS = {
     "execute": 40, "job": 10, "cancel_job": 5, "interrupt": 10, "start": 10, "restart": 8,
     "shutdown": 7, "kill_container": 6, "kill_server": 4,
 }  # fmt: skip
-FAST_RESTARTER = ("--KernelRestarter.time_to_dead=0.5", "--KernelRestarter.stable_start_time=2")
 
 
 def kernel_containers(client, kid):
     return containers(client, kernel=kid, running=True)
-
-
-def answers(srv, kid, value, timeout=60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, out = srv.execute(kid, f"print({value!r})", timeout=20)
-            if status == "ok" and out.strip() == str(value):
-                return True
-        except Exception:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, docker_client):
@@ -83,7 +70,7 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
             assert (status, srv.last_error) == ("error", "KeyboardInterrupt"), context
         elif op == "restart":
             assert requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120).status_code == 200, context
-            assert answers(srv, kid, i), context
+            srv.wait_answers(kid, i, what=f"{context}: the kernel to answer after its restart")
         elif op == "shutdown":
             assert requests.delete(srv.api(f"kernels/{kid}"), timeout=60).status_code == 204, context
             live.remove(kid)
@@ -91,7 +78,7 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
         elif op == "kill_container":
             (old,) = kernel_containers(docker_client, kid)
             old.kill()
-            assert answers(srv, kid, i), f"{context}: the restarter did not bring the kernel back"
+            srv.wait_answers(kid, i, what=f"{context}: the restarter to bring the kernel back")
             (new,) = kernel_containers(docker_client, kid)
             assert new.id != old.id and new.attrs["Image"] == old.attrs["Image"], context
         elif op == "kill_server":
@@ -101,7 +88,7 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
             live = []  # the old kernels are orphans now: the next start (or envpin gc) collects them
         done[op] = done.get(op, 0) + 1
     for kid in live:
-        assert answers(srv, kid, "still here"), f"kernel {kid} does not answer at the end (seed {SEED})"
+        srv.wait_answers(kid, "still here", what=f"kernel {kid} to answer at the end (seed {SEED})")
     print(f"\n{OPERATIONS} operations in {time.monotonic() - started:.0f}s (seed {SEED}): {done}")
     srv.stop()
     gc = subprocess.run([sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=60)

@@ -16,8 +16,8 @@ def canaries(tmp_path):
 
 
 @pytest.fixture
-def hostile_setup(install_kernelspec, notebook_dir, tmp_path):
-    """A kernelspec running kernels as KERNEL_UID, and a notebook folder that uid owns."""
+def hostile_setup(install_kernelspec, notebook_dir, tmp_path, docker_client):
+    """A kernelspec running kernels as KERNEL_UID (on the engine), and a notebook folder that uid owns."""
     os.chown(notebook_dir, KERNEL_UID, KERNEL_UID)
     name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
     env = {"JPY_SESSION_NAME": str(notebook_dir / "analysis.ipynb")}

@@ -21,6 +21,9 @@ from testutils.kernels import PROBE, kernel, run, run_json
 
 ONLY_311 = "envpin-test/py311*"
 
+#: Every test here runs kernels or containers: each asks for the engine.
+pytestmark = pytest.mark.usefixtures("docker_client")
+
 
 def write_pin(folder, image, notebook="*"):
     (folder / ".envpin.json").write_text(json.dumps({"version": 1, "notebooks": {notebook: {"image": image}}}))

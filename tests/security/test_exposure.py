@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from testutils import PY311, containers
+from testutils import PY311, containers, program
 from testutils.kernels import kernel, run
 
 _LISTEN = "0A"
@@ -90,23 +90,6 @@ def test_envpin_launch_refuses_to_mount_a_shared_runtime_folder(tmp_path):
     assert out.returncode == 2 and "kernel-other.json" in out.stderr and "tcp transport" in out.stderr, out.stderr
 
 
-PLAIN_PEER = """
-import sys, time, zmq
-from zmq.utils.monitor import recv_monitor_message
-ctx = zmq.Context()
-s = ctx.socket(zmq.DEALER)
-s.linger = 0
-monitor = s.get_monitor_socket()
-s.connect(sys.argv[1])
-deadline, seen = time.time() + 3, set()
-while time.time() < deadline:
-    if monitor.poll(100):
-        seen.add(recv_monitor_message(monitor)["event"])
-print("handshake-ok" if zmq.EVENT_HANDSHAKE_SUCCEEDED in seen else
-      "connected-refused" if zmq.EVENT_CONNECTED in seen else "unreachable")
-"""
-
-
 async def test_tcp_kernels_speak_only_curve_to_other_containers(docker_client, install_kernelspec, notebook_dir):
     """On the bridge, another container reaches the kernel's ports: without its CurveZMQ key it gets nothing."""
     name = install_kernelspec(PY311, transport="tcp")
@@ -116,7 +99,7 @@ async def test_tcp_kernels_speak_only_curve_to_other_containers(docker_client, i
         address = container.attrs["NetworkSettings"]["IPAddress"]
         url = f"tcp://{address}:{km.shell_port}"
         out = docker_client.containers.run(
-            PY311, ["python3", "-c", PLAIN_PEER, url], remove=True, network_mode="bridge"
+            PY311, ["python3", "-c", program("plain_peer"), url], remove=True, network_mode="bridge"
         )
         # The TCP connection is made (the port is reachable on the bridge), the ZMTP handshake is refused.
         assert out.decode().strip() == "connected-refused"
@@ -132,12 +115,13 @@ async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, i
     import pytest
     from jupyter_client.manager import AsyncKernelManager
 
+    from envpin.host import docker_client as envpin_docker_client
     from envpin_provisioner.images import pulling
 
     image_id = docker_client.images.get(PY311).id
     name = install_kernelspec(PY311, transport="tcp")
 
-    key = (docker_client.address_of(docker_client), image_id)
+    key = (envpin_docker_client.address_of(docker_client), image_id)
     pulling._curve_support[key] = False
     try:
         km = AsyncKernelManager(kernel_name=name)

@@ -25,7 +25,8 @@ import uuid
 import pytest
 
 from envpin.jobs.executor import ContainerExecutor, WorkerDied
-from envpin.jobs.listener import CONTAINER_SOCKET_DIR, HANDSHAKE_SECONDS, MAX_PENDING, SOCKET_NAME
+from envpin.jobs.listener import HANDSHAKE_SECONDS, MAX_PENDING, SOCKET_NAME
+from envpin.names import CONTAINER_JOB_SOCKETS as CONTAINER_SOCKET_DIR
 from testutils import PY311, containers, wait_for
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the findings need a caller running as root")

@@ -17,28 +17,19 @@ import uuid
 
 import pytest
 
-from testutils import PY311, PY313, envpin_containers, flat, hostile, image_absent
+from testutils import PY311, PY313, envpin_containers, flat, hostile, image_absent, program
 from testutils.kernels import PROBE, kernel, run, run_json
 
 KERNEL_UID = 4242
 ONLY_311 = "envpin-test/py311*"
 
 #: The shared attacker's toolbox (send, wait_answer, ...) and a %use_image request in one call.
-TOOLBOX = (
-    hostile.TOOLBOX
-    + r"""
-import threading
-def ask(image, pull=False, restart=False, timeout=60.0):
-    rid = uuid.uuid4().hex
-    send({"id": rid, "image": image, "pull": pull, "allow_restart": restart})
-    return wait_answer(rid, timeout)
-"""
-)
+TOOLBOX = hostile.TOOLBOX + program("hostile", "ask")
 
 
 @pytest.fixture
-def setup(install_kernelspec, notebook_dir):
-    """``setup(**config)``: a PY311 kernelspec (kernels as uid 4242 when root) and its start environment."""
+def setup(install_kernelspec, notebook_dir, docker_client):
+    """``setup(**config)``: a PY311 kernelspec (kernels as uid 4242 when root, on the engine) and its start environment."""
 
     def make(**config):
         if os.getuid() == 0:
@@ -191,22 +182,7 @@ async def test_an_aliases_fifo_does_not_block_and_a_flipped_alias_never_passes(
         assert "SECRET-CANARY" not in json.dumps(answer)
         # Flipping the alias between an allowed and a refused image while asking: every answer is about the
         # reference that was checked (allowed: 'same'; refused: an error), never a refused image resolved.
-        code = f"""
-os.unlink({str(aliases_path)!r})
-stop = False
-def flip():
-    i = 0
-    while not stop:
-        target = {PY311!r} if i % 2 else {PY313!r}
-        tmp = {str(aliases_path)!r} + '.tmp'
-        open(tmp, 'w').write(json.dumps({{'py': target}}))
-        os.replace(tmp, {str(aliases_path)!r})
-        i += 1
-flipper = threading.Thread(target=flip); flipper.start()
-answers = [ask('py', timeout=30) for _ in range(20)]
-stop = True; flipper.join()
-print(json.dumps(answers))
-"""
+        code = program("hostile", "flip-alias", ALIASES=str(aliases_path), ALLOWED=PY311, REFUSED=PY313)
         res = await run(kc, code, timeout=300)
         assert res["status"] == "ok", res
         answers = json.loads(res["stdout"].strip().splitlines()[-1])

@@ -28,7 +28,7 @@ import pytest
 from envpin import names
 from envpin.host import docker_client as envpin_docker_client
 from envpin.host import labels
-from testutils import PY311
+from testutils import PY311, program
 from testutils.kernels import kernel
 
 SLEEP = ["python3", "-c", "import time; time.sleep(600)"]
@@ -66,25 +66,10 @@ def build_labelled(client, image_labels: dict[str, str], tag: str) -> str:
     return image.id
 
 
-ENVPIN_CREATE = """
-import sys
-from envpin.host import dialect
-from envpin.host import images
-from envpin.host.container_spec import base_options
-client = images.client()
-image = client.images.get(sys.argv[1])
-options = base_options(image_id=image.id, reference=sys.argv[1], immutable=image.id, role=sys.argv[2],
-                       mount_envpin=False, extra_labels={"envpin.kernel-id": sys.argv[3]} if sys.argv[3] else None)
-container = dialect.create(client, entrypoint=["python3", "-c", "import time; time.sleep(600)"], **options)
-container.start()
-print(container.id)
-"""
-
-
 def real_orphan(client, role: str, kernel_id: str = ""):
     """A container made by envpin's own code (``container_spec.base_options``) in a process that has exited."""
     out = subprocess.run(
-        [sys.executable, "-c", ENVPIN_CREATE, PY311, role, kernel_id],
+        [sys.executable, "-c", program("envpin_create"), PY311, role, kernel_id],
         capture_output=True,
         text=True,
         timeout=60,

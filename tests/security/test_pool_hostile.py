@@ -51,7 +51,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
 from envpin_provisioner.warm.pool import pools
-from testutils import PY311, PY313, async_wait_for, containers, envpin_containers
+from testutils import PY311, PY313, async_wait_for, containers, envpin_containers, program
 from testutils.hostile import KERNEL_UID, Canaries
 from testutils.hostile import TOOLBOX as HOSTILE_TOOLBOX
 from testutils.kernels import run
@@ -250,89 +250,7 @@ def specs(install_kernelspec):
 
 # Kernel-side helpers, defined in every kernel after each start: the security tests' toolbox (send,
 # wait_answer, plant_link ...) and what attacks on a pooled kernel's folders need.
-TOOLBOX = (
-    HOSTILE_TOOLBOX
-    + r'''
-import builtins, sys
-NB = os.getcwd()
-def peek(path, limit=4096):
-    """What reading path gives: its text, or the error's name (printed: a leak shows in the output)."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", "replace")
-    except (OSError, ValueError) as exc:
-        return type(exc).__name__
-def plant(folder, name, body):
-    path = os.path.join(folder, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write(body)
-def relink(folder, target):
-    """Move a folder aside and put a link to target at its name."""
-    aside = folder.rstrip("/") + "-" + uuid.uuid4().hex[:6]
-    os.rename(folder, aside)
-    os.symlink(target, folder)
-    return aside
-def fill(folder, count):
-    """count empty files in folder (fewer when a quota stops it): how many were made."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    tag, made = uuid.uuid4().hex[:6], 0
-    try:
-        for i in range(count):
-            try:
-                os.close(os.open(f"j{tag}{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=fd))
-            except OSError:
-                break
-            made += 1
-    finally:
-        os.close(fd)
-    return made
-def tree(folder, depth):
-    """A chain of depth nested folders in folder (shorter when a quota stops it), a file at the bottom."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    name, made = "t" + uuid.uuid4().hex[:6], 0
-    try:
-        for _ in range(depth):
-            try:
-                os.mkdir(name, dir_fd=fd)
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            except OSError:
-                break
-            os.close(fd)
-            fd, name, made = sub, "d", made + 1
-        try:
-            os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
-        except OSError:
-            pass
-    finally:
-        os.close(fd)
-    return made
-def trim(folder, keep=1000):
-    """Give back some of this kernel's own quota (its restarts and moves need entries there): keep keep junk
-    files and one tree, remove the rest."""
-    import subprocess
-    names = sorted(os.listdir(folder))
-    for n in [n for n in names if n.startswith("j")][keep:]:
-        os.unlink(os.path.join(folder, n))
-    extra = [os.path.join(folder, n) for n in names if n.startswith("t")][1:]
-    if extra:
-        subprocess.run(["rm", "-rf", "--", *extra], check=False)
-def steal(paths):
-    """Other kernels' files through /proc/PID/root, from /proc and from a working folder that became /proc."""
-    found = {}
-    for base in {"/proc", os.getcwd()}:
-        try:
-            pids = [p for p in os.listdir(base) if p.isdigit()]
-        except OSError:
-            continue
-        for pid in pids:
-            for path in paths:
-                text = peek(os.path.join(base, pid, "root", path.lstrip("/")))
-                if text not in ("FileNotFoundError", "PermissionError", "NotADirectoryError", "OSError"):
-                    found[f"{base}/{pid}/root{path}"] = text
-    return found
-'''
-)
+TOOLBOX = HOSTILE_TOOLBOX + program("hostile", "pool")
 
 #: What a kernel says of itself after each start: which user, which folder, where its modules came from.
 PROBE = (
@@ -492,6 +410,7 @@ def evil_pth(folder: str) -> str:
 PLANTED = {
     "envpin/__init__.py": evil("envpin"),
     "envpin/entry/warm_kernel.py": evil("envpin.entry.warm_kernel"),
+    "envpin/entry/__init__.py": evil("envpin.entry"),
     "envpin/entry/boot.py": evil("envpin.entry.boot"),
     "ipykernel/__init__.py": evil("ipykernel"),
     "ipykernel_launcher.py": evil("ipykernel_launcher"),
@@ -657,7 +576,7 @@ async def test_planted_packages_never_run_in_the_next_warm_kernels(realm, specs,
     )
     res = await first.run(code)
     assert res["status"] == "ok" and str(realm.nested) in res["stdout"], res
-    assert (realm.nested / "envpin" / "pooled.py").exists() and (realm.nested / "zz-envpin.pth").exists()
+    assert (realm.nested / "envpin" / "entry" / "warm_kernel.py").exists() and (realm.nested / "zz-envpin.pth").exists()
     checked = []
 
     async def check(kernel: Kernel, how: str) -> None:

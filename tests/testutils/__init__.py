@@ -7,9 +7,11 @@ wait_for``), never from ``conftest`` or from each other; fixtures live in
 
 from __future__ import annotations
 
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +20,10 @@ if str(ROOT) not in sys.path:  # the dev tools (tools.docker_engine, tools.image
     sys.path.insert(0, str(ROOT))
 
 from envpin import names  # noqa: E402
+
+#: Set by scripts/test, which prepares everything first (engine, images, Ray releases): a missing piece is then
+#: a failure, where a test run on its own skips with what to run.
+FROM_SCRIPTS_TEST = "ENVPIN_FROM_SCRIPTS_TEST"
 
 # ---- the offline-built test images (tools/images.py builds them) --------------------------------
 
@@ -79,39 +85,104 @@ def flat(error: BaseException | str) -> str:
     return " ".join(str(error).split())
 
 
+# ---- programs that run inside kernels (tests/kernel_programs/NAME.py) ------------------------------
+
+#: Where the programs live: real files, so ruff checks them like any other code.
+PROGRAMS = ROOT / "tests" / "kernel_programs"
+#: A parameter: ``NAME = ...`` on a line of its own (a literal Ellipsis keeps the file valid Python).
+_PARAMETER = re.compile(r"^([A-Z][A-Z0-9_]*) = \.\.\.(?:[ \t]*#.*)?$", re.M)
+#: A cell of a program run in steps: ``# %% NAME`` up to the next marker (VS Code's and Jupytext's spelling).
+_CELL = re.compile(r"^# %% ([\w-]+).*\n", re.M)
+
+
+def program(name: str, cell: str | None = None, **params: Any) -> str:
+    """The text of ``tests/kernel_programs/NAME.py`` (or of its cell ``# %% CELL``), its parameters set.
+
+    Each parameter the text declares (``NAME = ...``) becomes ``NAME = repr(value)``;
+    one missing or one too many is an error, so a program never runs with a
+    placeholder.  A file of cells is one program run in steps (the cells share
+    its names, and ruff sees them together); ``program`` returns one step.
+    """
+    text = (PROGRAMS / f"{name}.py").read_text(encoding="utf-8")
+    where = f"{name}.py"
+    if cell is not None:
+        parts = _CELL.split(text)  # [before the first marker, name, body, name, body, ...]
+        cells = dict(zip(parts[1::2], parts[2::2], strict=True))
+        if cell not in cells:
+            raise KeyError(f"{where} has no cell {cell!r}; its cells: {sorted(cells)}")
+        text, where = cells[cell], f"{where}, cell {cell!r},"
+    declared = set(_PARAMETER.findall(text))
+    if declared != set(params):
+        raise TypeError(f"{where} takes the parameters {sorted(declared)}, not {sorted(params)}")
+    return _PARAMETER.sub(lambda m: f"{m.group(1)} = {params[m.group(1)]!r}", text)
+
+
+# ---- no engine, for the tests that did not ask for one ------------------------------------------
+
+#: A Docker address where nothing answers (the discard port): a client made for it fails at its first call.
+NO_ENGINE = "tcp://127.0.0.1:9"
+
+
+@contextmanager
+def no_engine(monkeypatch: Any) -> Iterator[None]:
+    """``DOCKER_HOST`` pointed at nothing while the block runs, and envpin's cached clients forgotten around it.
+
+    For the tests that did not ask for the engine (the unit tier, and any other
+    test without the ``docker_client`` fixture): one that reaches for an engine
+    anyway fails at once instead of quietly using the machine's.
+    """
+    from envpin.host import docker_client
+
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    docker_client.reset()
+    try:
+        yield
+    finally:
+        docker_client.reset()
+
+
 # ---- waiting for an event instead of sleeping ----------------------------------------------------
 
 
-def _polls(predicate: Callable[[], T], timeout: float, what: str) -> Iterator[T | None]:
-    """Look at ``predicate`` once per step: yields its value (true: the last step), fails naming ``what`` at ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            yield value
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        yield None
+class _Deadline:
+    """``timeout`` seconds from now; :meth:`check` fails naming ``what`` once they have passed."""
+
+    def __init__(self, timeout: float, what: str):
+        self.timeout, self.what = timeout, what
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise AssertionError(f"timed out after {self.timeout:.0f}s waiting for {self.what}")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something true, and return that; fail naming ``what`` at ``timeout``."""
-    for value in _polls(predicate, timeout, what):
+    deadline = _Deadline(timeout, what)
+    while True:
+        value = predicate()
         if value:
             return value
+        deadline.check()
         time.sleep(interval)
-    raise AssertionError("unreachable")
 
 
 async def async_wait_for(
-    predicate: Callable[[], T], timeout: float = 30, what: str = "the condition", interval: float = 0.05
+    predicate: Callable[[], T | Awaitable[T]], timeout: float = 30, what: str = "the condition", interval: float = 0.05
 ) -> T:
-    """:func:`wait_for` for async tests: the event loop keeps running between polls."""
-    import asyncio
+    """:func:`wait_for` for async tests: the event loop keeps running between polls.
 
-    for value in _polls(predicate, timeout, what):
+    ``predicate`` may be a coroutine function (``km.is_alive``): each poll awaits it.
+    """
+    import asyncio
+    import inspect
+
+    deadline = _Deadline(timeout, what)
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
+        deadline.check()
         await asyncio.sleep(interval)
-    raise AssertionError("unreachable")

@@ -13,6 +13,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from testutils import program
 from testutils.kernels import run
 
 KERNEL_UID = 4242
@@ -61,69 +62,8 @@ class Canaries:
             assert self.secret not in text, "the canary's secret reached the kernel"
 
 
-# Kernel-side helpers, defined once per kernel: the attacker's toolbox.
-TOOLBOX = r'''
-import json, os, time, uuid
-CONTROL = os.environ["ENVPIN_CONTROL_DIR"]
-SOCK = os.path.join(os.path.dirname(CONTROL), "sock")
-def _put(name, data):
-    tmp = os.path.join(CONTROL, "." + uuid.uuid4().hex)
-    with open(tmp, "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else json.dumps(data).encode())
-    os.replace(tmp, os.path.join(CONTROL, name))
-def send(request):
-    _put("request.json", request)
-def wait_answer(rid, timeout=10.0):
-    """The final answer to request rid (None when none came): what the kernel side of %use_image does."""
-    path = os.path.join(CONTROL, f"response-{rid}.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = json.loads(open(path).read())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-            continue
-        if data.get("status") != "working":
-            os.unlink(path)
-            return data
-        time.sleep(0.05)
-    return None
-def tidy():
-    """Clear what the attacks left in the control folder (temporary files, folders, links): a kernel that
-    wants to talk to the server again cleans up first, as the quota (tmpfs) may be full of its own junk."""
-    import shutil
-    for n in os.listdir(CONTROL):
-        p = os.path.join(CONTROL, n)
-        if n.startswith("response-") and os.path.isfile(p) and not os.path.islink(p):
-            continue
-        try:
-            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
-        except OSError:
-            pass
-def all_answers():
-    out = []
-    for n in os.listdir(CONTROL):
-        p = os.path.join(CONTROL, n)
-        if n.startswith("response-") and os.path.isfile(p) and not os.path.islink(p):
-            try:
-                out.append(open(p).read())
-            except OSError:
-                pass
-    return out
-def plant_link(folder, name, target):
-    p = os.path.join(folder, name)
-    try:
-        if os.path.isdir(p) and not os.path.islink(p):
-            os.rmdir(p)
-        else:
-            os.unlink(p)
-    except OSError:
-        pass
-    try:
-        os.symlink(target, p)
-    except OSError:
-        pass
-'''
+#: Kernel-side helpers, defined once per kernel: the attacker's toolbox (tests/kernel_programs/hostile.py).
+TOOLBOX = program("hostile", "toolbox")
 
 
 async def toolbox(kc):

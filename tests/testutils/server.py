@@ -18,6 +18,11 @@ import uuid
 import requests
 import websocket
 
+from testutils import wait_for
+
+#: Server options for tests that kill kernels on purpose: the restarter notices within 0.5 s and retries soon.
+FAST_RESTARTER = ("--KernelRestarter.time_to_dead=0.5", "--KernelRestarter.stable_start_time=2")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -167,6 +172,18 @@ class Server:
                 result["idle"] = True
         ws.close()
         return [results[i] for i in ids]
+
+    def wait_answers(self, kernel_id, value, timeout=60, what=None):
+        """Wait until the kernel prints ``value`` when asked to: through a restart, its channels come and go."""
+
+        def answers() -> bool:
+            try:
+                status, out = self.execute(kernel_id, f"print({value!r})", timeout=20)
+            except (websocket.WebSocketException, OSError):  # the channels are down while the kernel restarts
+                return False
+            return status == "ok" and out.strip() == str(value)
+
+        wait_for(answers, timeout=timeout, what=what or f"kernel {kernel_id} to answer", interval=0.3)
 
     def stop(self):
         if self.proc.poll() is None:

@@ -1,16 +1,15 @@
 """The unit tier: pure logic, no engine.  It points DOCKER_HOST at nothing itself, so a test that reached
-for an engine fails at once instead of quietly using whatever engine the machine has."""
+for an engine fails at once instead of quietly using whatever engine the machine has (whichever conftest
+runs it: this tier never asks for the ``docker_client`` fixture)."""
 
 from __future__ import annotations
 
 import pytest
 
+from testutils import no_engine
+
 
 @pytest.fixture(autouse=True)
-def no_engine(monkeypatch):
-    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # the discard port: nothing answers
-    from envpin.host import docker_client
-
-    docker_client.reset()
-    yield
-    docker_client.reset()
+def no_engine_here(monkeypatch):
+    with no_engine(monkeypatch):
+        yield

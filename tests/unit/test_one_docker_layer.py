@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = [ROOT / "ipython_ext" / "envpin", ROOT / "kernel_provisioner" / "envpin_provisioner"]
 ALLOWED = {
     "create": {"envpin/host/dialect.py"},  # client.containers.create, the one place
-    "run": set(),  # client.containers.run: nowhere (it skips engines.create)
+    "run": set(),  # client.containers.run: nowhere (it skips envpin.host.dialect.create)
     "from_env": {"envpin/host/docker_client.py"},
     "DockerClient": {"envpin/host/docker_client.py"},
     "APIClient": {"envpin/host/docker_client.py"},

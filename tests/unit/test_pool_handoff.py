@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from envpin.entry import warm_kernel
+from testutils import wait_for
 
 
 def _warm(handoff_dir):
@@ -41,11 +42,7 @@ def test_a_probe_does_not_wake_the_kernel_and_the_hand_over_does(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(warm_kernel._wait(handoff)), daemon=True)
     reader.start()
-    import time
-
-    deadline = time.monotonic() + 5
-    while not warm.waiting() and time.monotonic() < deadline:  # the probe: open and close, no data
-        time.sleep(0.01)
+    wait_for(warm.waiting, timeout=5, what="the reader to wait", interval=0.01)  # the probe: open and close, no data
     assert warm.waiting() and not got  # probed twice, still waiting
     message = {"argv": ["-f", "/c/kernel.json", "--ext", "envpin"], "cwd": "/nb", "env": {"A": "1"}, "unset": ["B"]}
     assert warm.hand_over(message)  # right after a probe: the patience covers the reader's reopen

@@ -86,11 +86,29 @@ _JOB_SDK = "ray.dashboard.modules.job.sdk"
 
 
 class RuntimeEnvConflict(EnvpinError):
-    """A Ray ``runtime_env`` asks for fields Ray cannot combine with the pinned ``image_uri``."""
+    """A Ray ``runtime_env`` asks for fields Ray cannot combine with the pinned ``image_uri``.
+
+    Ray accepts ``image_uri`` only beside ``config`` and ``env_vars``; ``pip``, ``uv``,
+    ``conda``, ``py_executable``, ``working_dir`` and the like are refused before anything is
+    submitted.  Also raised by ``ray.init()`` starting a local cluster from a kernel that does
+    not run in the image, whose workers could not start in it.
+
+    Fix: put those dependencies into the image (for a uv project: ``uv sync
+    --no-install-project``), or use ``%use_image IMAGE --ray-mode env_vars`` when the cluster's
+    nodes already run the image; run the notebook in the image for a local cluster.
+    """
 
 
 class ClusterMismatch(EnvpinError):
-    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray)."""
+    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray).
+
+    Checked when ``ray.init`` connects and before ``submit_job``, from the versions the cluster's
+    dashboard reports, instead of a ``RuntimeEnvSetupError`` or a broken connection later.
+
+    Fix: build the image on the cluster's Ray and Python (the message names both), or pin an
+    image that has them; set ``RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor`` where the cluster
+    is configured that way.
+    """
 
 
 class LocalClusterInImage(UserWarning):

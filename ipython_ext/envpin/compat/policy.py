@@ -59,7 +59,11 @@ REFUSED = ("measured-broken", "inferred-broken")
 
 
 class EnvelopeModeError(EnvpinError):
-    """A strictness setting that is neither ``compatible`` nor ``strict``."""
+    """A strictness setting that is neither ``compatible`` nor ``strict``.
+
+    Fix: set ``ENVPIN_ENVELOPE``, ``%use_image --envelope`` or ``ContainerExecutor(envelope=...)``
+    to ``compatible`` or ``strict``, or leave it unset (``compatible``).
+    """
 
 
 class UnmeasuredPairWarning(UserWarning):

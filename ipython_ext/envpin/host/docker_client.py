@@ -32,7 +32,15 @@ PING_TIMEOUT = 5
 
 
 class EngineUnavailable(EnvpinError):
-    """No Docker engine answers, or this user may not talk to it."""
+    """No Docker engine answers, or this user may not talk to it.
+
+    Every envpin path that needs the engine (a kernel start, ``envpin gc``, ``envpin run``, a
+    ``ContainerExecutor``) says so within seconds instead of hanging.
+
+    Fix: start the engine (``sudo systemctl start docker``; rootless Podman: ``systemctl --user
+    start podman.socket``), add this user to the ``docker`` group, or point ``DOCKER_HOST`` at an
+    engine this user may use; ``envpin doctor`` shows which engine envpin talks to.
+    """
 
 
 def engine_address() -> str:

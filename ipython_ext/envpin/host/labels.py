@@ -86,7 +86,15 @@ def owner_labels(pid: int | None = None) -> dict[str, str]:
 
 
 class OwnerKeyError(EnvpinError):
-    """The owner key file exists but is not one envpin may trust."""
+    """The owner key file exists but is not one envpin may trust.
+
+    ``~/.local/state/envpin/owner.key`` proves which containers are this user's (for ``envpin gc``
+    and every clean-up); it must be a regular file of this user, readable by nobody else, and not
+    a link.
+
+    Fix: remove the file; envpin makes a new one (containers started under the old key are then
+    no longer collected automatically: remove those once by hand).
+    """
 
 
 def key_path() -> str:

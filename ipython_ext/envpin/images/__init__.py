@@ -1,0 +1,1 @@
+"""Image names: the one reference parser (``references``) and the ``allowed_images`` rule (``allowlist``)."""

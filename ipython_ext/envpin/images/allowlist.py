@@ -51,7 +51,16 @@ ENV = names.ALLOWED_IMAGES
 
 
 class ImageNotAllowed(EnvpinError):
-    """The image matches none of the ``allowed_images`` patterns."""
+    """The image matches none of the ``allowed_images`` patterns.
+
+    Checked before any pull or container, on every path that would run an image: a kernelspec,
+    a pin file, ``%use_image``, ``envpin run``/``launch``, ``envpin.use_image()``, a
+    ``ContainerExecutor``, ``envpin.fingerprint(image=...)``.  The message names the image, where
+    its name came from and the patterns.
+
+    Fix: use an image that matches, or (if you administer the server and trust the image) add a
+    pattern for it to ``allowed_images`` / ``ENVPIN_ALLOWED_IMAGES``.
+    """
 
 
 def patterns_from_env(environ: dict[str, str] | None = None) -> list[str]:

@@ -55,11 +55,28 @@ _MAX_ENV_VALUE = 200
 
 
 class EnvelopeMismatch(EnvpinError):
-    """A payload was made under a Python or pickler this side cannot safely load."""
+    """A payload was made under a Python or pickler this side cannot safely load.
+
+    A job (or its result) crosses environments the measured pickle matrix says break
+    (another Python minor, cloudpickle 3 pickles loaded by cloudpickle 2), or that strict mode
+    refuses.  It is refused before unpickling, instead of a ``TypeError`` or a segfault; the
+    message names both environments and the measurement.
+
+    Fix: run the caller in the job's image (the Containerized Python kernel), or give the image
+    the caller's Python and pickler release; ``--envelope compatible`` (the default) lets pairs
+    measured to work through.
+    """
 
 
 class ProtocolError(EnvpinError):
-    """A peer sent something that is not a valid message: a bad length, header or kind."""
+    """A peer sent something that is not a valid message: a bad length, header or kind.
+
+    Between an executor and its workers: a worker (or something else on its socket) answered
+    with a frame envpin does not accept.  Only that job fails; the worker is replaced.
+
+    Fix: nothing to do for one occurrence; if it repeats, the job's code is writing to the
+    worker's connection, or the image runs an envpin of another version.
+    """
 
 
 @functools.lru_cache(maxsize=8)

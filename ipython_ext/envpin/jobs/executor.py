@@ -46,11 +46,25 @@ _ANSWERS = {"job": frozenset({"result", "refused"}), "probe": frozenset({"probe"
 
 
 class WorkerDied(EnvpinError):
-    """The worker running a job died (killed, out of memory); only that job fails."""
+    """The worker running a job died (killed, out of memory); only that job fails.
+
+    Also raised when a worker does not start: an image without Python 3 or cloudpickle.  The
+    executor replaces the worker and goes on with the other jobs.
+
+    Fix: give container workers more memory (``ContainerExecutor(mem_limit="4g")``), install
+    cloudpickle in the image, or look at what the job does when it dies.
+    """
 
 
 class ModuleNotInImage(EnvpinError):
-    """A job needs a module the image cannot import and envpin cannot ship."""
+    """A job needs a module the image cannot import and envpin cannot ship.
+
+    envpin ships the notebook's own modules (anything outside site-packages) with the job; an
+    installed package it refers to must be in the image.  Raised at submission, naming the module.
+
+    Fix: install the package in the image, or run the notebook in the image so that what it
+    imports is what the jobs import.
+    """
 
 
 class RemoteTraceback(Exception):

@@ -19,7 +19,7 @@ worker, so a connection is hostile until it proved otherwise:
 * **The socket lives in a private folder.**  ``FOLDER_BASE`` (one per user,
   0700, checked to be ours and not a link) holds one 0700 folder per
   executor; a worker container gets only its own executor's folder, mounted
-  read-only at ``CONTAINER_SOCKET_DIR`` (``envpin.jobs.worker_hosts``), so another
+  read-only at ``names.CONTAINER_JOB_SOCKETS`` (``envpin.jobs.worker_hosts``), so another
   executor's socket is not in its file system at all.
 """
 

@@ -42,6 +42,9 @@ class UsageError(_IPythonUsageError, EnvpinError):
     Both an IPython ``UsageError`` (what a magic raises for a bad call) and an
     ``EnvpinError``, so envpin's short display shows it (``short_errors``)
     and ``%tb`` still has the whole story: the cause is chained.
+
+    Fix: the paragraph is the message of the error underneath (one of the others on this page)
+    and says what to do; ``%tb`` in the next cell shows the full traceback.
     """
 
 

@@ -33,7 +33,15 @@ class ImageConflictWarning(UserWarning):
 
 
 class ImageConflict(EnvpinError):
-    """Strict mode: a job names an image other than the session's pin."""
+    """Strict mode: a job names an image other than the session's pin.
+
+    After ``%use_image IMAGE --strict``, a job that names its own image (``container_image``,
+    ``image_uri``, ``docker_image``) is refused before submission instead of warned about
+    (``ImageConflictWarning``).
+
+    Fix: remove the job's own image so it gets the pin, pin the session to that image, or pin
+    without ``--strict`` to keep the job's image with a warning.
+    """
 
 
 @dataclass(frozen=True)

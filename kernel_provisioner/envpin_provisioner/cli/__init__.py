@@ -1,0 +1,1 @@
+"""The ``envpin`` command: ``main`` (argument parsing), ``launch``, ``doctor``, ``kernelspec``."""

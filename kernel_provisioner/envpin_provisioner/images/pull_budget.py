@@ -40,7 +40,14 @@ from envpin_provisioner.errors import ImageUnavailable
 
 
 class PullRefused(ImageUnavailable):
-    """This kernel may not cause another pull now (count, bytes or rate)."""
+    """This kernel may not cause another pull now (count, bytes or rate).
+
+    A kernel's pulls (``%use_image --pull``, or ``%use_image`` of an image the engine lacks) are
+    bounded by ``max_pulls_per_kernel``, ``max_pull_bytes`` and ``pull_interval``.
+
+    Fix: wait the time the message names, ask whoever runs the server to pull the image
+    (``docker pull``), or raise the limits in the server's configuration.
+    """
 
 
 def _mib(n: int) -> str:

@@ -26,7 +26,11 @@ from envpin_provisioner.errors import EnvpinError, ImageUnavailable, InvalidImag
 
 
 class PullTooLarge(ImageUnavailable):
-    """A pull a kernel caused was cancelled: its layers passed the kernel's byte allowance."""
+    """A pull a kernel caused was cancelled: its layers passed the kernel's byte allowance.
+
+    Fix: pull the image on the engine yourself (``docker pull IMAGE``; a present image needs no
+    pull), or raise ``max_pull_bytes`` in the server's configuration.
+    """
 
 
 PULL_POLICIES = ("if-missing", "always", "never")

@@ -1,0 +1,1 @@
+"""One kernel's container: launch, channels, readiness, the tmpfs quota, and ownership of what envpin started."""
