@@ -119,12 +119,17 @@ class Server:
         if during is not None:
             during()
         out, status, self.last_error = [], None, None
-        while status is None or (status == "ok" and not out):
+        idle, deadline = False, time.monotonic() + timeout
+        # Done at the reply and the request's "idle" (its output may come after the reply: a kernel's first
+        # output, the pin note, is one message and the cell's print another); an error ends it at once.
+        while status is None or (status == "ok" and not idle and time.monotonic() < deadline):
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if msg["msg_type"] == "stream":
                 out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
             elif msg["msg_type"] == "execute_reply":
                 status = msg["content"]["status"]
                 if status != "ok":
