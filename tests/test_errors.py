@@ -173,7 +173,7 @@ def test_cli_refuses_bad_options(jupyter_env, capsys):
 
 
 def test_gpus_option_is_checked():
-    from envpin_provisioner.kernel.container import parse_gpus
+    from envpin_provisioner.kernel.launch import parse_gpus
 
     assert parse_gpus("all")[0]["Count"] == -1
     assert parse_gpus("2")[0]["Count"] == 2
@@ -201,6 +201,7 @@ def test_engine_socket_permission_denied_for_a_real_user():
         "idna",
         "charset_normalizer",
         "certifi",
+        "traitlets",  # the CLI's help comes from the options' traitlets
         "envpin",
         "envpin_provisioner",
     ):

@@ -260,13 +260,14 @@ def test_a_hung_job_can_be_cancelled(executor, docker_client):
     assert ex.submit(abs, -5).result(timeout=60) == 5
 
 
-def test_stamp_for_systems_without_an_adapter(monkeypatch):
+def test_stamp_for_systems_without_an_adapter(request):
     from envpin.session import stamping, state
 
     with pytest.raises(envpin.EnvpinError, match="pin the session first"):
         envpin.stamp()
     pin = state.Pin(PY311, PY311, "sha256:abc", "3.11.2", "3.1.3", "host")
-    monkeypatch.setattr(state, "_current", pin)
+    stamping.pin_session(pin)
+    request.addfinalizer(stamping.unpin_session)
     stamped = envpin.stamp()
     assert stamped["env"] == {"ENVPIN_IMAGE": PY311, "YT_JOB_DOCKER_IMAGE": PY311, "ENVPIN_IMAGE_ID": "sha256:abc"}
     job = envpin.stamp({"name": "train", "env": {"ENVPIN_IMAGE": "mine"}})

@@ -92,6 +92,41 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
     # The autouse fixture asserts the container is gone after shutdown.
 
 
+async def test_argv_fallback_starts_what_the_provisioner_would(jupyter_env, docker_client, notebook_dir):
+    """envpin launch builds the provisioner's launch: the folder's pin wins over the argv's image, LC_* and
+    ENVPIN_ENVELOPE pass through and nothing else of the client's environment does, the kernel starts pinned
+    (envpin loaded), and /dev/shm is sized as the provisioner sizes it ('auto')."""
+    from envpin.session import pin_file
+    from envpin_provisioner.cli import kernelspec
+
+    pin_file.record(notebook_dir, None, {"image": PY311})  # the folder's pin, as %use_image records it headless
+    spec = kernelspec.kernelspec_dict(PY313, "no provisioner")
+    del spec["metadata"]["kernel_provisioner"]
+    d = jupyter_env["data"] / "kernels" / "argv-pinned"
+    d.mkdir(parents=True)
+    (d / "kernel.json").write_text(json.dumps(spec))
+    env = {"LC_ALL": "C.UTF-8", "ENVPIN_ENVELOPE": "strict", "ENVPIN_TEST_SECRET": "not for the kernel"}
+    probe = (
+        "{**{k: __import__('os').environ.get(k) for k in "
+        "('ENVPIN_IMAGE', 'LC_ALL', 'ENVPIN_ENVELOPE', 'ENVPIN_TEST_SECRET', 'ENVPIN_PINNED')}, "
+        "'python': list(__import__('sys').version_info[:2]), "
+        "'pin': getattr(__import__('envpin').current_pin(), 'name', None), "
+        "'shm': (lambda s: s.f_blocks * s.f_frsize)(__import__('os').statvfs('/dev/shm'))}"
+    )
+    async with kernel("argv-pinned", cwd=notebook_dir, env=env) as (_km, kc):
+        got = await run_json(kc, probe)
+    assert got.pop("shm") > 64 * 2**20  # Docker's own default is 64 MB
+    assert got == {
+        "ENVPIN_IMAGE": PY311,
+        "LC_ALL": "C.UTF-8",
+        "ENVPIN_ENVELOPE": "strict",
+        "ENVPIN_TEST_SECRET": None,
+        "ENVPIN_PINNED": "1",
+        "python": [3, 11],
+        "pin": PY311,
+    }
+
+
 @pytest.mark.usefixtures("docker_client")
 def test_doctor_checks_the_engine_and_every_envpin_kernelspec(install_kernelspec, tmp_path):
     from testutils import NO_IPYKERNEL

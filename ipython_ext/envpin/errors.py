@@ -74,6 +74,17 @@ class MissingDependency(EnvpinError):
     """
 
 
+class ClusterMismatch(EnvpinError):
+    """A cluster (Ray, Dask) runs another Python, pickler or engine release than the pinned image: refused.
+
+    Checked when the client connects (``ray.init``, ``distributed.Client``) and before submissions, from what
+    the cluster reports about itself, instead of tasks that fail to load or kill their workers later.
+
+    Fix: run the cluster in the pinned image (``envpin.DaskCluster()``, or name the image to the cluster
+    manager), or pin the image the cluster runs; the message names both sides.
+    """
+
+
 #: Columns of a line in a dialog that keeps line breaks but does not wrap (JupyterLab's is about 130 wide).
 DIALOG_WIDTH = 96
 

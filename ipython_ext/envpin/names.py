@@ -48,6 +48,8 @@ ALIASES = "ENVPIN_ALIASES"
 ALLOWED_IMAGES = "ENVPIN_ALLOWED_IMAGES"
 #: The Ray dashboard address the Ray adapter submits jobs to.
 RAY_DASHBOARD = "ENVPIN_RAY_DASHBOARD"
+#: The container engine a batch queue's nodes run Dask workers with (dask-jobqueue): podman, apptainer, docker.
+DASK_NODE_ENGINE = "ENVPIN_DASK_NODE_ENGINE"
 #: YTsaurus's own variable for a job's image (set beside ``IMAGE`` in every stamp).
 YT_JOB_DOCKER_IMAGE = "YT_JOB_DOCKER_IMAGE"
 #: jupyter_server's notebook path for the kernel (relative to its root).
@@ -71,6 +73,8 @@ LABEL_OWNER_UID = "envpin.owner-uid"
 LABEL_IMAGE = "envpin.image"
 LABEL_NONCE = "envpin.nonce"
 LABEL_PROOF = "envpin.proof"
+#: The ``envpin.DaskCluster`` a scheduler or worker container belongs to (its name).
+LABEL_DASK_CLUSTER = "envpin.dask-cluster"
 
 # --- places inside a container -------------------------------------------------------------------------
 #: Where envpin's package is mounted (read-only): ``CONTAINER_PYTHONPATH/envpin``.

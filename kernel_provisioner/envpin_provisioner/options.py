@@ -226,7 +226,8 @@ class ProvisionerOptions(Configurable):
         min=0.001,
         config=True,
         help="""Seconds from container start until the kernel must answer (image pulls not
-        included). A container that exits earlier is reported at once with its last log lines.""",
+        included). A container that exits earlier is reported at once with its last log lines.
+        Default: $ENVPIN_LAUNCH_TIMEOUT, else 60.""",
     )
 
     @default("launch_timeout")
@@ -348,7 +349,8 @@ def _whole_number(name: str, fallback: int) -> int:
 def byte_count(value: int | str, option: str) -> int:
     """``value`` (bytes, or a string like '20g') in bytes; raise TraitError naming ``option``."""
     from docker.errors import DockerException
-    from docker.utils import parse_bytes
+
+    from envpin.internals import DOCKER
 
     if isinstance(value, bool):
         raise TraitError(f"{option}={value!r} is not a size")
@@ -357,7 +359,7 @@ def byte_count(value: int | str, option: str) -> int:
             raise TraitError(f"{option}={value!r} is negative")
         return value
     try:
-        number = parse_bytes(value.strip())
+        number = DOCKER.get("parse_bytes")(value.strip())
     except (DockerException, ValueError):  # text docker's parser does not know
         number = None
     if not isinstance(number, int) or number < 0:
@@ -365,13 +367,21 @@ def byte_count(value: int | str, option: str) -> int:
     return number
 
 
-def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any, where: str = "kernelspec") -> None:
+def check_options(
+    cls: type[HasTraits],
+    kwargs: dict[str, Any],
+    kernel_spec: Any,
+    where: str = "kernelspec",
+    source: str = "metadata.kernel_provisioner.config",
+) -> None:
     """Raise ConfigError naming every unknown or ill-typed key of ``kwargs`` (a kernelspec's config).
 
     ``where`` the settings are being written or read, which decides what the
     fix says: ``"kernelspec"`` (a kernel start: edit its kernel.json),
     ``"install"`` (``envpin kernelspec install --config``: fix the option on
     that command line), ``"config"`` (a Jupyter config file) or ``"doctor"``.
+    ``source``: the part of the kernelspec the options come from (``envpin
+    launch`` gets them from its ``argv``).
     """
     base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
     traits = cls.class_traits(config=True)
@@ -414,8 +424,7 @@ def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any
     folder = getattr(kernel_spec, "resource_dir", None)
     file = f"{folder}/kernel.json" if folder else "its kernel.json (envpin kernelspec list shows where)"
     raise ConfigError(
-        f"The kernelspec '{name}' (image {image}) has bad envpin settings in "
-        f"metadata.kernel_provisioner.config: {'; '.join(problems)}.{known}",
+        f"The kernelspec '{name}' (image {image}) has bad envpin settings in {source}: {'; '.join(problems)}.{known}",
         fix=f"Fix: {'; '.join(fixes)} in {file} (or reinstall the kernelspec: envpin kernelspec install).",
     )
 

@@ -32,7 +32,7 @@ ESCAPES = "\x1b[1A\x1b[2K\r\x1b]0;pwned\x07\u202e"
 
 #: A fingerprint (what envpin's probe prints) whose values carry lines and escapes of the image's choosing.
 HOSTILE_FINGERPRINT = {
-    "fingerprint_version": 4,
+    "fingerprint_version": 5,
     "python_implementation": "CPython",
     "python_version": f"3.11.2{ESCAPES}\n{FORGED_LINE}\n\n{FORGED_SUMMARY}\n",
     "python_minor": "3.11",

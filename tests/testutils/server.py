@@ -130,6 +130,8 @@ class Server:
                 out.append(msg["content"]["text"])
             elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 idle = True
+            elif msg["msg_type"] in ("display_data", "update_display_data"):  # a %use_image line and its outcome
+                out.append(msg["content"]["data"].get("text/plain", "") + "\n")
             elif msg["msg_type"] == "execute_reply":
                 status = msg["content"]["status"]
                 if status != "ok":

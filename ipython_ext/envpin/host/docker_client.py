@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from envpin.errors import EnvpinError, MissingDependency
+from envpin.internals import DOCKER
 
 #: Seconds an API call may take before the engine counts as unresponsive (pulls and waits pass their own).
 API_TIMEOUT = 30
@@ -59,8 +60,8 @@ def address_of(client: Any) -> str:
     ``unix:///path`` for a socket (docker-py gives every socket client the same
     ``base_url``, so the socket path is read from its adapter), else the URL.
     """
-    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
-    return f"unix://{socket_path}" if socket_path else str(getattr(client.api, "base_url", "?"))
+    socket_path = DOCKER.attr(DOCKER.attr(client.api, "api_custom_adapter", None), "unix_socket_path", None)
+    return f"unix://{socket_path}" if socket_path else str(DOCKER.attr(client.api, "api_base_url", "?"))
 
 
 def is_local_client(client: Any) -> bool:
@@ -130,13 +131,13 @@ def connect(timeout: float = API_TIMEOUT) -> Any:
     except docker.errors.DockerException as exc:
         raise explain_engine_failure(exc) from exc
     try:
-        client.api.timeout = PING_TIMEOUT
+        DOCKER.assign(client.api, "api_timeout", PING_TIMEOUT)  # the SDK reads it at each request
         client.ping()
     except engine_errors() as exc:  # refused, missing socket, permission, timeout: "not reachable"
         client.close()
         raise explain_engine_failure(exc) from exc
     finally:
-        client.api.timeout = timeout
+        DOCKER.assign(client.api, "api_timeout", timeout)
     return client
 
 

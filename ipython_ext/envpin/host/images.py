@@ -23,6 +23,7 @@ from envpin.errors import EnvpinError
 from envpin.host import dialect, docker_client
 from envpin.host.container_spec import base_options
 from envpin.images import allowlist, references
+from envpin.internals import DOCKER
 from envpin.session import aliases
 
 
@@ -171,7 +172,7 @@ def run_attached(c, image: ResolvedImage, argv: list[str], cwd: str, env: dict[s
         return _run_on_terminal(container)
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
+        raw = DOCKER.attr(sock, "attach_socket_raw", sock)
 
         def forward(signum, _frame):
             import docker.errors
@@ -222,7 +223,7 @@ def _run_on_terminal(container) -> int:
     previous = signal.signal(signal.SIGWINCH, resize) if threading.current_thread() is threading.main_thread() else None
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
+        raw = DOCKER.attr(sock, "attach_socket_raw", sock)
         container.start()
         resize()
         tty.setraw(fd)  # keys (Ctrl-C too) go to the program's terminal, which handles them

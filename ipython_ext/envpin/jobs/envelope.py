@@ -239,3 +239,9 @@ def loads(header: dict, payload: Any, buffers: list, what: str, mode: str | None
         check(clean_environment(sent), sender_environment(), what, mode)
         _last_accepted[(what, mode)] = sent
     return pickle.loads(payload, buffers=buffers)
+
+
+def reset() -> None:
+    """Forget this process's envelope header and the senders already judged (``envpin.reset_caches``)."""
+    _header.cache_clear()
+    _last_accepted.clear()

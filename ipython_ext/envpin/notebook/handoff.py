@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from envpin import names
+from envpin.internals import IPYKERNEL, InternalMissing
 from envpin.notebook import control
 
 
@@ -43,9 +44,9 @@ def hand_over_and_exit(shell: Any, folder: Path, image: str = "the new image") -
     image; its reply and error output are not sent from here), and the
     process ends once they are answered.
     """
-    kernel = shell.kernel
-    parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else kernel._parent_header
-    ident = kernel._parent_ident  # ipykernel >= 6: a mapping by channel; older: the shell's idents
+    kernel = IPYKERNEL.attr(shell, "shell_kernel")
+    parent = IPYKERNEL.attr(kernel, "get_parent")("shell")
+    ident = IPYKERNEL.attr(kernel, "parent_ident")  # a mapping by channel (ipykernel 6, 7)
     if isinstance(ident, Mapping):
         ident = ident["shell"]
     if isinstance(ident, (bytes, bytearray, str)):
@@ -101,20 +102,19 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
     the handles (then the caller exits at once, as before).
     """
     try:
-        handlers = kernel.shell_handlers
-        session = kernel.session
+        handlers = IPYKERNEL.attr(kernel, "shell_handlers")
+        session = IPYKERNEL.attr(kernel, "session")
         queue_last = _last_in_queue(kernel)
-    except AttributeError:
-        return False
-    if queue_last is None:
+    except InternalMissing:
         return False
     moved_id = moved["header"]["msg_id"]
     note = not_run_note(image) + "\n"
 
     async def not_run(stream: Any, ident: Any, parent: dict) -> None:
         _answered.append(parent["header"].get("msg_id"))
-        session.send(kernel.iopub_socket, "stream", {"name": "stderr", "text": note}, parent=parent,
-                     ident=b"stream.stderr")  # fmt: skip
+        _activity.append(time.monotonic())
+        session.send(IPYKERNEL.attr(kernel, "iopub_socket"), "stream", {"name": "stderr", "text": note},
+                     parent=parent, ident=b"stream.stderr")  # fmt: skip
         metadata = {"status": "aborted", "started": parent["header"].get("date")}
         session.send(stream, "execute_reply", {"status": "aborted"}, metadata=metadata, parent=parent, ident=ident)
 
@@ -131,6 +131,9 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
             msg_or_type == "status" and isinstance(content, dict) and content.get("execution_state") == "idle"
         )
         if ends_this_cell and isinstance(header, dict) and header.get("msg_id") == moved_id:
+            if msg_or_type == "status":  # ipykernel is done with the moving cell: the queue's turn
+                _activity.append(time.monotonic())
+                _moving_cell_over.set()
             return session.msg(msg_or_type, content=content, parent=parent)
         return send(stream, msg_or_type, content, parent, *a, **kw)
 
@@ -138,14 +141,29 @@ def _answer_queued_then_exit(kernel: Any, moved: dict, image: str) -> bool:
     session.send = send_but_this_cells_end
     # The HandedOver that ends this cell is an error to ipykernel, which would abort what is queued on its
     # own (stop_on_error), without saying why: here every queued request is answered by not_run instead.
-    kernel._abort_queues = lambda *args, **kwargs: None
+    IPYKERNEL.assign(kernel, "abort_queues", lambda *args, **kwargs: None)
     threading.Timer(DRAIN_LIMIT, _end).start()
-    queue_last()
+    if queue_last is not None:
+        queue_last()
+    else:
+        threading.Thread(target=_end_when_quiet, daemon=True).start()
     return True
 
 
 #: The requests answered "not run" by this (old) kernel: none in the common case (one cell at a time).
 _answered: list[str] = []
+#: When the old kernel last finished something (the moving cell, a "not run" answer), and the moving cell's end.
+_activity: list[float] = [0.0]
+_moving_cell_over = threading.Event()
+#: Seconds without an answer after which an ipykernel 6 kernel's queue counts as empty.
+QUIET = 0.3
+
+
+def reset() -> None:
+    """Forget a hand-over's bookkeeping (``envpin.reset_caches``; a real old kernel ends instead)."""
+    _answered.clear()
+    _activity[:] = [0.0]
+    _moving_cell_over.clear()
 
 
 def _end() -> None:
@@ -163,15 +181,15 @@ def _last_in_queue(kernel: Any):
     to the main thread through an inproc socket, where each waits for the
     cell lock: the final message goes the same way, sent from that thread
     (which owns the socket) under its lock, after whatever it has read.
-    ipykernel 6 queues requests in ``msg_queue`` (``schedule_dispatch``):
-    the final one goes behind them, after the socket is flushed into it.
+    None for ipykernel 6 (no such thread): :func:`_end_when_quiet` then.
     """
     import asyncio
 
-    channel = getattr(kernel, "shell_channel_thread", None)
+    channel = IPYKERNEL.attr(kernel, "shell_channel_thread", None)
     if channel is not None:
-        socket = channel.manager.get_shell_channel_to_subshell_socket(None)
-        dispatch = kernel.dispatch_shell
+        socket = IPYKERNEL.attr(IPYKERNEL.attr(channel, "subshell_manager"), "main_shell_socket")(None)
+        dispatch = IPYKERNEL.attr(kernel, "dispatch_shell")
+        lock = IPYKERNEL.attr(channel, "channel_lock")
 
         async def dispatch_until_last(msg: Any, *args: Any, **kwargs: Any) -> Any:
             if len(msg) == 1 and bytes(getattr(msg[0], "bytes", msg[0])) == _LAST:
@@ -180,27 +198,31 @@ def _last_in_queue(kernel: Any):
             return await dispatch(msg, *args, **kwargs)
 
         async def send_last() -> None:
-            async with channel.asyncio_lock:  # behind every request this thread has read and not yet passed on
+            async with lock:  # behind every request this thread has read and not yet passed on
                 socket.send(_LAST)
 
         def on_channel_thread() -> None:
-            kernel.shell_stream.flush()
+            IPYKERNEL.attr(kernel, "shell_stream").flush()
             asyncio.ensure_future(send_last())
 
-        kernel.dispatch_shell = dispatch_until_last
-        return lambda: channel.io_loop.add_callback(on_channel_thread)
-    if hasattr(kernel, "schedule_dispatch") and hasattr(kernel, "msg_queue"):
-
-        async def last() -> None:
-            threading.Thread(target=_end, daemon=True).start()
-
-        def queue_last() -> None:
-            if kernel.shell_stream is not None:
-                kernel.shell_stream.flush()
-            kernel.schedule_dispatch(last)
-
-        return queue_last
+        IPYKERNEL.assign(kernel, "dispatch_shell", dispatch_until_last)
+        loop = IPYKERNEL.attr(channel, "channel_loop")
+        return lambda: loop.add_callback(on_channel_thread)
     return None
+
+
+def _end_when_quiet() -> None:
+    """ipykernel 6: end once the moving cell is over and no queued request was answered for :data:`QUIET` s.
+
+    Its queue holds what the client had sent (Run All sends all at once,
+    before the move began), answered back to back as soon as the moving cell
+    ends; a pause that long means it is empty.  It costs a move that much
+    time on ipykernel 6 images; ipykernel 7's queue is seen to its end.
+    """
+    _moving_cell_over.wait(DRAIN_LIMIT)
+    while time.monotonic() - _activity[-1] < QUIET:
+        time.sleep(0.02)
+    _end()
 
 
 def _current_cell_number(shell: Any) -> int:
@@ -219,7 +241,7 @@ def _as_bytes(frame: Any) -> bytes:
 
 def expect_handoff(shell: Any, folder: Path, wait: float = 120.0) -> None:
     """In a kernel started by a move: answer the moved cell once the handoff arrives."""
-    kernel = getattr(shell, "kernel", None)
+    kernel = IPYKERNEL.attr(shell, "shell_kernel", None)
     if kernel is None or os.environ.get(names.HANDOFF_EXPECTED) != "1":
         return
     os.environ.pop(names.HANDOFF_EXPECTED, None)
@@ -235,7 +257,7 @@ def expect_handoff(shell: Any, folder: Path, wait: float = 120.0) -> None:
                     f"envpin: this kernel now runs in {os.environ.get('ENVPIN_IMAGE_NAME') or os.environ.get('ENVPIN_IMAGE')}"
                     f" ({os.environ.get('ENVPIN_IMAGE_ID')}), Python {platform.python_version()}"
                 )
-                loop = kernel.shell_stream.io_loop
+                loop = IPYKERNEL.attr(kernel, "shell_stream").io_loop
                 loop.add_callback(_send_reply, kernel, data, loop, time.monotonic() + 30)
                 return
             time.sleep(0.02)
@@ -249,11 +271,11 @@ def _send_reply(kernel: Any, data: dict[str, Any], loop: Any, deadline: float) -
 
     parent = {"header": data["parent_header"]}
     ident = [bytes.fromhex(i) for i in data["ident"]]
-    sock = kernel.shell_stream.socket
+    sock = IPYKERNEL.attr(kernel, "shell_stream").socket
     content = {"status": "ok", "execution_count": data["execution_count"], "user_expressions": {}, "payload": []}
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # raise instead of dropping while the client reconnects
     try:
-        kernel.session.send(sock, "execute_reply", content, parent=parent, ident=ident)
+        IPYKERNEL.attr(kernel, "session").send(sock, "execute_reply", content, parent=parent, ident=ident)
     except zmq.ZMQError:
         if time.monotonic() < deadline:
             loop.call_later(0.02, _send_reply, kernel, data, loop, deadline)
@@ -275,12 +297,16 @@ def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     # CI: JupyterLab missed the note); the idle repeats below cover a late subscriber.
     time.sleep(0.1)
     if note:
-        kernel.session.send(
-            kernel.iopub_socket, "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
+        IPYKERNEL.attr(kernel, "session").send(
+            IPYKERNEL.attr(kernel, "iopub_socket"), "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
             ident=b"stream.stdout",
         )  # fmt: skip
     for delay in (0.0, 0.05, 0.1, 0.3, 0.6, 1.2, 2.5):
         time.sleep(delay)
-        kernel.session.send(
-            kernel.iopub_socket, "status", {"execution_state": "idle"}, parent=parent, ident=b"kernel.status"
+        IPYKERNEL.attr(kernel, "session").send(
+            IPYKERNEL.attr(kernel, "iopub_socket"),
+            "status",
+            {"execution_state": "idle"},
+            parent=parent,
+            ident=b"kernel.status",
         )

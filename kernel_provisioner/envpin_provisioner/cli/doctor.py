@@ -153,7 +153,7 @@ def check() -> list[Finding]:
             )
         breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
         detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
-        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
+        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit", "distributed") if theirs.get(k)]
         if clients:
             detail += f"; engine clients: {', '.join(clients)}"
         if breaking:
@@ -193,7 +193,7 @@ def _shadowed() -> list[Finding]:
 def _warm_pool(client) -> Finding:
     """What waiting warm containers (pool_size) cost on this engine right now."""
     from envpin_provisioner.kernel import ownership
-    from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
+    from envpin_provisioner.kernel.launch import WARM_NAME_PREFIX
 
     warm = [
         c

@@ -7,7 +7,7 @@
     envpin gc [--other-hosts] [--dry-run]
     envpin doctor                                        # what works, what to fix
     envpin run --image IMAGE -- python script.py ARGS   # the script runs inside IMAGE
-    envpin launch [--image IMAGE] -f CONNECTION_FILE   # what a kernelspec's argv runs
+    envpin launch [--image IMAGE] [--config KEY=VALUE] -f CONNECTION_FILE   # what a kernelspec's argv runs
 
 Errors envpin raises on purpose are printed as their one-paragraph message,
 without a traceback, and exit with status 2; the message is escaped onto one
@@ -27,7 +27,8 @@ from envpin_provisioner.errors import EnvpinError
 from envpin_provisioner.images import pulling
 
 
-def _parse_config(pairs: list[str]) -> dict:
+def parse_config(pairs: list[str]) -> dict:
+    """``--config KEY=VALUE`` pairs as provisioner options (a VALUE that is JSON is read as JSON)."""
     config = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -45,7 +46,7 @@ def _kernelspec_install(args) -> int:
     from envpin_provisioner.options import check_options
     from envpin_provisioner.provisioner import EnvpinProvisioner
 
-    config = _parse_config(args.config)
+    config = parse_config(args.config)
     check_options(EnvpinProvisioner, dict(config, image=args.image or "x"), None, where="install")
     name = args.name or (kernelspec.default_name(args.image) if args.image else kernelspec.STATIC_KERNELSPEC)
     prefix = sys.prefix if args.sys_prefix else args.prefix
@@ -137,6 +138,14 @@ def _launch(args) -> int:
     return launch.main(args)
 
 
+def _option_help(name: str) -> str:
+    """The provisioner option's own help (its default included), as one line of ``--help``."""
+    from envpin_provisioner.options import ProvisionerOptions
+
+    text = " ".join(str(ProvisionerOptions.class_traits()[name].help).split())
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="envpin", description="Run notebooks and their jobs in one container image.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,11 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("launch", help="run a containerized kernel in the foreground (kernelspec argv)")
     la.add_argument("-f", dest="connection_file", required=True, help="connection file written by the client")
-    la.add_argument("--image", help="image (default: $ENVPIN_IMAGE, else ubuntu-22.04-py3)")
-    la.add_argument("--pull-policy", default="if-missing", choices=pulling.PULL_POLICIES)
-    la.add_argument("--network", default="bridge", help="network mode of the container")
-    la.add_argument("--python", default="python3", help="Python interpreter inside the image")
-    la.add_argument("--launch-timeout", type=float, default=60.0)
+    # No defaults here: an option not given is the provisioner's (ProvisionerOptions: $ENVPIN_*, then its default).
+    la.add_argument("--image", help=_option_help("image"))
+    la.add_argument("--pull-policy", choices=pulling.PULL_POLICIES, help=_option_help("pull_policy"))
+    la.add_argument("--network", dest="network_mode", help=_option_help("network_mode"))
+    la.add_argument("--python", help=_option_help("python"))
+    la.add_argument("--launch-timeout", type=float, help=_option_help("launch_timeout"))
+    la.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other provisioner option, as in a kernelspec (e.g. mem_limit=4g); repeatable",
+    )
     la.set_defaults(func=_launch)
     return parser
 

@@ -22,6 +22,7 @@ from envpin import printable
 from envpin.host import docker_client, images
 from envpin.host.images import ResolvedImage
 from envpin.images import references
+from envpin.internals import DOCKER
 from envpin_provisioner.errors import EnvpinError, ImageUnavailable, InvalidImageReference
 
 
@@ -92,24 +93,23 @@ def _pull_stream(client: docker.DockerClient, repository: str, tag: str) -> tupl
     response, and closing that response is the only way to cancel a pull on
     the engine (it stops when its client goes away): a pull over a kernel's
     byte allowance must stop, not finish in the background.  So this uses
-    docker-py's request helpers (``_post``, ``_stream_helper``) directly.
+    docker-py's request helpers (``_post``, ``_stream_helper``: ``envpin.internals.DOCKER``) directly.
     """
-    from docker import auth
-
     api = client.api
     headers = {}
-    header = auth.get_config_header(api, auth.resolve_repository_name(repository)[0])
+    registry = DOCKER.get("auth_resolve_repository_name")(repository)[0]
+    header = DOCKER.get("auth_config_header")(api, registry)
     if header:
         headers["X-Registry-Auth"] = header
-    response = api._post(
-        api._url("/images/create"),
+    response = DOCKER.attr(api, "api_post")(
+        DOCKER.attr(api, "api_url")("/images/create"),
         params={"fromImage": repository, "tag": tag},
         headers=headers,
         stream=True,
         timeout=None,
     )
-    api._raise_for_status(response)
-    return response, api._stream_helper(response, decode=True)
+    DOCKER.attr(api, "api_raise_for_status")(response)
+    return response, DOCKER.attr(api, "api_stream_helper")(response, decode=True)
 
 
 def pull(
@@ -251,13 +251,18 @@ def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: st
     if key not in _curve_support:
         code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
         try:
-            out = images.run_python(client, image, code, python=python)
-            _curve_support[key] = out.strip().endswith("True")
+            supported = images.run_python(client, image, code, python=python).strip().endswith("True")
         except (docker.errors.DockerException, EnvpinError):
-            _curve_support[key] = False
+            supported = False
+        remember_curve_support(client, image.id, supported)
     return _curve_support[key]
 
 
-def reset_caches() -> None:
-    """Forget what was learnt about images (tests that rebuild an image under the same id)."""
+def remember_curve_support(client: docker.DockerClient, image_id: str, supported: bool) -> None:
+    """Record whether image ``image_id`` of this engine speaks CurveZMQ: an id names one image for good."""
+    _curve_support[(docker_client.address_of(client), image_id)] = supported
+
+
+def reset() -> None:
+    """Forget what was learnt about images (``envpin_provisioner.reset_caches``; tests that rebuild an image)."""
     _curve_support.clear()

@@ -49,6 +49,9 @@ from envpin.session.options import SessionOptions
 from envpin_provisioner.errors import ImageUnavailable
 from envpin_provisioner.images import pulling
 
+#: Where a kernel's image came from (``ImageChoice.source``): shown by the JupyterLab extension.
+BY_KERNELSPEC, BY_PIN_FILE, BY_USE_IMAGE = "kernelspec", "pin file", "%use_image"
+
 
 @dataclass
 class ImageChoice:
@@ -59,10 +62,16 @@ class ImageChoice:
     notes: list[str] = field(default_factory=list)
     #: the session's %use_image options (strict, ray_mode), kept in the pin record across restarts and moves
     options: dict = field(default_factory=dict)
+    #: where the image came from: the kernel's configuration, the notebook's pin file, or a %use_image request
+    source: str = ""
     #: which pin decided the image, from where (``pin_file.Found.describe``): the kernel's first output says it
     pinned_by: str | None = None
     #: pin entries that were there but did not apply (a stale name, another kernelspec's folder pin), in words
     skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            self.source = BY_PIN_FILE if self.pinned else BY_KERNELSPEC
 
     def first_output(self) -> list[str]:
         """What the kernel says about pins before its first cell's output: which pin decided, which did not apply."""
@@ -140,13 +149,15 @@ def choose(
     configured: str,
     pull_policy: str,
     notebook: str | None,
-    cwd: str | None,
+    cwd: str | safe_files.PinnedDir | None,
     log: logging.Logger | logging.LoggerAdapter,
     allowed: list[str] | tuple[str, ...] = (),
+    configured_by: str = "this kernel's configuration (kernelspec)",
     kernelspec: str | None = None,
 ) -> ImageChoice:
-    """Blocking: call from a worker thread.
+    """The image a start uses, resolved.  Blocking: call from a worker thread.
 
+    ``configured_by``: where ``configured`` came from, as a refusal names it;
     ``kernelspec``: the name of the kernelspec being started (a folder pin
     applies only to kernels of the kernelspec it was made in).
     """
@@ -157,7 +168,7 @@ def choose(
         log.info("envpin: %s.", skipped)
     table = aliases.load()  # once per start: the check and the resolution use the same table
     if lookup.found is None:
-        ref = checked_reference(configured, allowed, "this kernel's configuration (kernelspec)", table)
+        ref = checked_reference(configured, allowed, configured_by, table)
         resolved = pulling.resolve(client, ref, pull_policy, log)
         return ImageChoice(configured, resolved, pinned=False, skipped=lookup.skipped)
     found = lookup.found
@@ -228,7 +239,15 @@ def _choose_pinned(
     )
 
 
-def _resolve_pinned(client, name: str, reference: references.Reference, pull_policy: str, log, folder: str, key: str):
+def _resolve_pinned(
+    client,
+    name: str,
+    reference: references.Reference,
+    pull_policy: str,
+    log,
+    folder: str | os.PathLike,
+    key: str,
+):
     """Resolve a pinned image the engine must already have: a pin file alone never causes a pull.
 
     With pull_policy 'always' an image that is present is still refreshed (it was

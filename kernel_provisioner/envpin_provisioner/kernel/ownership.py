@@ -87,6 +87,12 @@ _image_labels_lock = threading.Lock()
 _IMAGE_LABELS_KEPT = 1024
 
 
+def reset() -> None:
+    """Forget the images' labels (``envpin_provisioner.reset_caches``)."""
+    with _image_labels_lock:
+        _image_labels.clear()
+
+
 def image_labels(client: docker.DockerClient, image_id: str) -> dict[str, str] | None:
     """The labels image ``image_id`` defines itself, None when it is gone; one engine call per id and process."""
     with _image_labels_lock:

@@ -53,8 +53,15 @@ CONTENTS_SCHEMA = "https://events.jupyter.org/jupyter_server/contents_service/v1
 
 #: One thread for every pin file change this process makes on an event: in order, off the event loop.
 _WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="envpin-pins")
-#: Event loggers a follower listens on already (one per server): attaching twice is a no-op.
-_ATTACHED: dict[int, PinFollower] = {}
+#: Event loggers a follower listens on already (one per server), with it: attaching twice is a no-op.
+_attached: dict[int, tuple[Any, PinFollower]] = {}
+
+
+def reset() -> None:
+    """Stop following (``envpin_provisioner.reset_caches``): the listeners leave their event loggers."""
+    for events, follower in _attached.values():
+        events.remove_listener(schema_id=CONTENTS_SCHEMA, listener=follower)
+    _attached.clear()
 
 
 class PinFollower:
@@ -156,10 +163,12 @@ def listen(serverapp: Any, log: logging.Logger | logging.LoggerAdapter | None = 
     root = getattr(getattr(serverapp, "contents_manager", None), "root_dir", None)
     if events is None or not isinstance(root, str) or not os.path.isdir(root):
         return None
-    follower = _ATTACHED.get(id(events))
-    if follower is None:
-        follower = _ATTACHED[id(events)] = PinFollower(root, log or serverapp.log)
-        events.add_listener(schema_id=CONTENTS_SCHEMA, listener=follower)
+    known = _attached.get(id(events))
+    if known is not None and known[0] is events:
+        return known[1]
+    follower = PinFollower(root, log or serverapp.log)
+    _attached[id(events)] = (events, follower)
+    events.add_listener(schema_id=CONTENTS_SCHEMA, listener=follower)
     return follower
 
 
