@@ -29,7 +29,8 @@ def test_shipped_kernelspec_names_the_provisioner():
     assert ep.load().__name__ == "EnvpinProvisioner"
 
 
-def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
+def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path, docker_client):
+    """The image is checked on the engine before anything is written (--no-check skips that)."""
     out = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--image", PY313,
          "--display-name", "Py 3.13 jobs", "--prefix", str(tmp_path / "venv"), "--config", "network_mode=none"],

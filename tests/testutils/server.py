@@ -173,6 +173,8 @@ class Server:
                 continue
             if msg["msg_type"] == "stream":
                 result[msg["content"]["name"]] += msg["content"]["text"]
+            elif msg["msg_type"] in ("display_data", "update_display_data"):  # a %use_image line and its outcome
+                result["stdout"] += msg["content"]["data"].get("text/plain", "") + "\n"
             elif msg["msg_type"] == "execute_reply":
                 result["status"] = msg["content"]["status"]
             elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
