@@ -29,13 +29,16 @@ def test_shipped_kernelspec_names_the_provisioner():
     assert ep.load().__name__ == "EnvpinProvisioner"
 
 
-def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
+def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path, docker_client):
+    """The image is checked on the engine before anything is written (--no-check skips that)."""
     out = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--image", PY313,
          "--display-name", "Py 3.13 jobs", "--prefix", str(tmp_path / "venv"), "--config", "network_mode=none"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    path = Path(out.stdout.strip().split(" in ", 1)[1])
+    (installed,) = [line for line in out.stdout.splitlines() if line.startswith("Installed kernelspec ")]
+    path = Path(installed.split(" in ", 1)[1])
+    assert f"envpin: image {PY313} is on the engine" in out.stdout  # checked before it was written
     assert path == tmp_path / "venv" / "share" / "jupyter" / "kernels" / "envpin-envpin-test-py313-latest"
     spec = json.loads((path / "kernel.json").read_text())
     assert spec["display_name"] == "Py 3.13 jobs"

@@ -70,6 +70,7 @@ STATEFUL_MODULES = (
     "envpin.host.dialect",
     "envpin.host.labels",
     "envpin.host.docker_client",
+    "envpin.notebook.handoff",
 )
 
 
@@ -123,7 +124,7 @@ def load_ipython_extension(ipython) -> None:
     image) loads this by itself and starts out pinned to its image.
     """
     from envpin import adapters
-    from envpin.notebook import control, handoff, short_errors
+    from envpin.notebook import control, handoff, pin_notes, short_errors
     from envpin.notebook.magics import EnvpinMagics
     from envpin.session import stamping, state
 
@@ -135,6 +136,7 @@ def load_ipython_extension(ipython) -> None:
     pin = state.pin_from_environment() if os.environ.get(names.PINNED) == "1" else None
     if pin is not None and state.current_pin() is None:
         stamping.pin_session(pin)
+    pin_notes.show_on_first_cell(ipython)
     folder = control.control_dir()
     if folder is not None:
         handoff.expect_handoff(ipython, folder)

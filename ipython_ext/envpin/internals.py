@@ -435,6 +435,66 @@ IPYKERNEL = Library(
         "launch_new_instance",
         "a warm pooled process becoming a kernel, exactly as python -m ipykernel_launcher does",
     ),
+    # The old kernel of a move answers what a client queued behind the moving cell (Run All), then ends.
+    EntryPoint(
+        "shell_handlers",
+        "ipykernel.kernelbase",
+        "Kernel.shell_handlers",
+        "the execute_request handler replaced: each request queued behind a move is answered 'aborted' with a note",
+        instance=True,
+    ),
+    EntryPoint(
+        "dispatch_shell",
+        "ipykernel.kernelbase",
+        "Kernel.dispatch_shell",
+        "ipykernel 7: wrapped to see the last message queued behind a move reach the main shell (then the end)",
+    ),
+    EntryPoint(
+        "abort_queues",
+        "ipykernel.kernelbase",
+        "Kernel._abort_queues",
+        "made a no-op during a move: the moving cell ends in an error, whose stop_on_error would abort the queue "
+        "without the note",
+    ),
+    EntryPoint(
+        "shell_channel_thread",
+        "ipykernel.kernelbase",
+        "Kernel.shell_channel_thread",
+        "ipykernel 7 reads the shell socket in that thread; absent in 6, where the old kernel ends when its queue is "
+        "quiet instead",
+        required=False,
+    ),
+    EntryPoint(
+        "subshell_manager",
+        "ipykernel.shellchannel",
+        "ShellChannelThread.manager",
+        "ipykernel 7: the inproc socket to the main shell, through which the last message of a move is queued",
+        required=False,
+    ),
+    EntryPoint(
+        "main_shell_socket",
+        "ipykernel.subshell_manager",
+        "SubshellManager.get_shell_channel_to_subshell_socket",
+        "ipykernel 7: that socket (subshell None: the main shell)",
+        parameters=("subshell_id",),
+        required=False,
+    ),
+    EntryPoint(
+        "channel_loop",
+        "ipykernel.thread",
+        "BaseThread.io_loop",
+        "ipykernel 7: the shell thread's event loop, where the last message of a move is sent from",
+        instance=True,
+        required=False,
+    ),
+    EntryPoint(
+        "channel_lock",
+        "ipykernel.shellchannel",
+        "ShellChannelThread.asyncio_lock",
+        "ipykernel 7: the shell thread passes requests on under it; the last message of a move waits its turn",
+        instance=True,
+        required=False,
+    ),
 )
 
 

@@ -29,8 +29,10 @@ IMAGE_ID = "ENVPIN_IMAGE_ID"
 IMAGE_LATEST_ID = "ENVPIN_IMAGE_LATEST_ID"
 #: Set in an image (``ENV ENVPIN_CODE_IN_IMAGE=/app``): where it keeps the project's code.
 CODE_IN_IMAGE = "ENVPIN_CODE_IN_IMAGE"
-#: Where the image choice came from (a pin file entry), for the kernel's first output.
+#: "1" when a pin (or a move) decided the image: the kernel starts out pinned.
 PINNED = "ENVPIN_PINNED"
+#: What the kernel's first output says about pins (JSON list of sentences): which pin decided, which did not apply.
+PIN_NOTES = "ENVPIN_PIN_NOTES"
 #: The kernel's control folder (inside its container), where ``%use_image`` asks the server to move it.
 CONTROL_DIR = "ENVPIN_CONTROL_DIR"
 #: Set for a successor kernel that must take over a running ``%use_image`` cell.

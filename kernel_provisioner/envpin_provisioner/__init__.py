@@ -23,6 +23,7 @@ STATEFUL_MODULES = (
     "envpin_provisioner.images.pulling",
     "envpin_provisioner.kernel.ownership",
     "envpin_provisioner.kernel.quota",
+    "envpin_provisioner.pins.follow",
     "envpin_provisioner.warm.standbys",
 )
 
@@ -45,3 +46,8 @@ def __getattr__(name: str):
 
         return EnvpinProvisioner
     raise AttributeError(f"module 'envpin_provisioner' has no attribute {name!r}")
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """jupyter_server extension (enabled by ``jupyter_server_config.d/envpin.json``): pins follow their notebooks."""
+    return [{"module": "envpin_provisioner.pins.follow"}]

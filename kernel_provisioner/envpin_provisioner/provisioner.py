@@ -34,10 +34,11 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
 from envpin import names, safe_files
+from envpin.errors import for_dialog
 from envpin.host import docker_client
 from envpin.host.images import ResolvedImage
 from envpin_provisioner import engine
-from envpin_provisioner.errors import ConfigError, EnvpinError
+from envpin_provisioner.errors import ConfigError, EnvpinError, shown_in_dialogs
 from envpin_provisioner.images import pulling, selection
 from envpin_provisioner.images.pull_budget import PullBudget
 from envpin_provisioner.kernel import channels, folder, ownership, readiness
@@ -47,6 +48,7 @@ from envpin_provisioner.kernel.launch import KernelLaunch
 from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
+from envpin_provisioner.pins import follow
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
@@ -79,13 +81,24 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
     _sockets: dict[str, tuple[int, int]] | None = None
     _pull_budget: PullBudget | None = None
+    #: The container whose death the log has explained (Jupyter says only "appears to have died").
+    _told_dead: str | None = None
     #: whether the running container was a warm one (the shared pool's or a standby) rather than a cold start
     _started_warm = False
 
     def __init__(self, **kwargs: Any) -> None:
-        check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        try:
+            check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        except ConfigError as exc:  # what JupyterLab's start dialog shows: fix first, short lines
+            raise for_dialog(exc) from None
         super().__init__(**kwargs)
         self._warm = WarmKernels(self)
+        follow.attach(self.parent, self.log)  # pins follow renames made in this server (no-op outside one)
+
+    @property
+    def kernelspec_name(self) -> str | None:
+        """The kernelspec this kernel was started from (a folder pin applies only to its own kernelspec)."""
+        return getattr(self.parent, "kernel_name", None) or None
 
     @property
     def _resolved(self) -> ResolvedImage | None:
@@ -246,6 +259,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def has_process(self) -> bool:
         return self._container is not None
 
+    @shown_in_dialogs
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Choose and resolve the image, prepare the private channel directory, write the connection file.
 
@@ -265,6 +279,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             self._pin_dir,
             self.log,
             self.allowed_images,
+            kernelspec=self.kernelspec_name,
         )
         transport = self._transport()
         kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
@@ -287,11 +302,17 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     async def _pin_notebook(self, env: dict[str, str], cwd: str | None) -> None:
         """The notebook and its folder come from jupyter_server's start request, and from nowhere else.
 
-        The first start pins the folders; restarts and moves use what was pinned.
+        The first start pins the folders; restarts and moves use what was pinned,
+        except the pin file's folder, which follows a notebook renamed, moved or
+        saved as another file in Jupyter (``pins.follow.follow_session``).
         """
-        self._notebook = env.get(names.SESSION_NAME) or None
+        previous, self._notebook = self._notebook, env.get(names.SESSION_NAME) or None
         if self._folder is None:
             self._folder, self._pin_dir = await engine.call(folder.pin_folders, self._notebook, cwd)
+        elif self._pin_dir is not None:
+            self._pin_dir = await engine.call(
+                follow.follow_session, previous, self._notebook, self._folder, self._pin_dir, self.log
+            )
 
     async def _set_up_channels(self, transport: str, env: dict[str, str]) -> None:
         """This kernel's channel folder, kept across restarts: a warm container's when the pool has one, else new."""
@@ -349,6 +370,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         if owner and self._channel_dir and km is not None:
             channels.give_connection_file(os.path.dirname(km.connection_file), owner)
 
+    @shown_in_dialogs
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel answers its heartbeat."""
         if self._choice is None or self._folder is None:
@@ -393,6 +415,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         try:
             _, code = await engine.call(kernel_container.state, self._container)
             if code is not None and self._launch is not None and not self._moving:
+                if self._told_dead != self._container.id:  # the first poll that sees it dead says why, once
+                    self._told_dead = self._container.id
+                    note = await engine.call(readiness.death_note, self._container)
+                    self.log.warning(
+                        "envpin: kernel %s (container %s, image %s) %s",
+                        self.kernel_id, self._container.short_id, self._launch.image.reference, note,
+                    )  # fmt: skip
                 # Dead: until a restart binds them anew, reconnects must find nothing at the socket names.
                 self._sockets = None
                 await engine.call(channels.clear_sockets, self._launch)

@@ -30,6 +30,8 @@ LABEXTENSION = ROOT / "jupyterlab_ext" / "labextension"
 ENVPIN_KERNEL_LABEL = "Containerized Python"
 #: The envpin status bar item.
 ITEM = ".jp-envpin-status"
+#: The cells of the notebook in front (other notebooks' tabs stay in the page, hidden).
+VISIBLE_CELLS = ".jp-NotebookPanel:visible .jp-Notebook .jp-Cell"
 
 
 def install_extension(jupyter_env: dict, page: bool = True) -> None:
@@ -85,13 +87,13 @@ def open_notebook(p, chromium: str, url: str, kernel_display_name: str):
 
 def run_cell(page, code: str, expect: str, index: int, timeout: float = 60_000) -> str:
     """Type ``code`` into cell ``index``, run it, wait for an output containing ``expect``; all its output text."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell = page.locator(VISIBLE_CELLS).nth(index)
     cell.locator(".cm-content").click()
     page.keyboard.press("Control+a")
     page.keyboard.insert_text(code)
     page.wait_for_timeout(300)  # let the editor settle (a completer popup would eat the key)
     page.keyboard.press("Shift+Enter")
-    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
+    output = page.locator(VISIBLE_CELLS).nth(index).locator(".jp-OutputArea-output")
     try:
         output.filter(has_text=expect).first.wait_for(timeout=timeout)
     except Exception:

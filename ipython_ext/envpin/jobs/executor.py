@@ -329,7 +329,11 @@ class ContainerExecutor(cf.Executor):
             if self._image is None:  # resolved once, at the first container worker
                 from envpin.host import images
 
-                self._docker = images.client()
+                self._docker = images.client(
+                    in_container_fix="Jobs of a Containerized Python kernel run as processes of its own container, "
+                    f"in its image; to run them in {self.image!r}, move the kernel there: %use_image {self.image}, "
+                    "and use ContainerExecutor() without an image."
+                )
                 self._image = images.resolve(self._docker, self.image, source="a ContainerExecutor")
             assert self._box is not None
             return worker_hosts.ContainerWorker(

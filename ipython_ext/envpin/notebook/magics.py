@@ -190,7 +190,8 @@ class EnvpinMagics(Magics):
             )
             for note in answer.get("notes", []):
                 print(f"envpin: {note}", flush=True)
-            handoff.hand_over_and_exit(self.shell, folder)
+            handoff.hand_over_and_exit(self.shell, folder, args.image)
+            return
         raise EnvpinError(answer.get("message") or f"The envpin provisioner answered {answer!r}.")
 
     # -- a container envpin cannot restart ------------------------------------------

@@ -75,7 +75,7 @@ def options_for(config: dict[str, Any], **flags: Any) -> ProvisionerOptions:
     The rest is what any ``ProvisionerOptions`` falls back to: ``ENVPIN_*``, then the defaults.
     """
     config = {**config, **{k: v for k, v in flags.items() if v is not None}}
-    check_options(ProvisionerOptions, config, None, where="the argv of envpin launch (its flags and --config)")
+    check_options(ProvisionerOptions, config, None, source="the argv of envpin launch (its flags and --config)")
     return ProvisionerOptions(**config)
 
 

@@ -12,6 +12,7 @@ turns a launch into the keyword arguments of ``containers.create``.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -146,6 +147,12 @@ def session_env(
         extra_env[names.PINNED] = "1"
         if mount_envpin:
             kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
+    # Which pin decided the image, or which did not apply: said in the kernel's first output (a move says its own).
+    said = [] if moved else choice.first_output()
+    if said:
+        extra_env[names.PIN_NOTES] = json.dumps(said)
+        if mount_envpin:
+            kernel_args = ["--ext", "envpin"]
     if moved:
         extra_env[names.HANDOFF_EXPECTED] = "1"
     extra_env.update(SessionOptions.parse(choice.options, strict_schema=False).as_env())
@@ -274,6 +281,8 @@ def container_options(launch: KernelLaunch) -> dict[str, Any]:
         options["name"] = f"{WARM_NAME_PREFIX}{os.path.basename(launch.handoff_dir)}-{os.urandom(3).hex()}"
     else:
         command = ["ipykernel_launcher", "-f", launch.in_container_connection_file(), *launch.kernel_args]
+        if launch.kernel_id:  # named like a pooled kernel's container: docker ps --filter name=envpin-<kernel id>
+            options["name"] = f"envpin-{launch.kernel_id}-{os.urandom(3).hex()}"
     options.update(
         entrypoint=boot.entrypoint(launch.python),  # nothing imported from the notebook folder
         command=command,

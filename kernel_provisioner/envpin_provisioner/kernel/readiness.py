@@ -4,7 +4,7 @@
 echo ipykernel answers from a thread as soon as its sockets are bound (the
 same for both transports, a millisecond each).  A container that exits (no
 ipykernel, a crash) is reported at once with its last log lines instead of
-after the timeout (:func:`died_message`).  Blocking: the provisioner runs it
+after the timeout (:func:`died`).  Blocking: the provisioner runs it
 in a worker thread.
 """
 
@@ -44,32 +44,58 @@ def logs_tail(container, lines: int = 15) -> str:
     return printable.lines(raw) if raw else ""
 
 
-def died_message(launch: KernelLaunch, exit_code: int, logs: str) -> str:
-    """Why a kernel container exited before it was ready, from its exit code and last output."""
+def died(launch: KernelLaunch, exit_code: int, logs: str) -> KernelStartFailed:
+    """Why a kernel container exited before it was ready: the problem, the fix, then its last output."""
     ref = launch.image.reference
+    fix = None
     if "No module named ipykernel" in logs or "No module named 'ipykernel" in logs:
-        lead = (
-            f"Image '{ref}' has Python but not ipykernel, so the kernel could not start. "
-            "Install it in the image (pip install ipykernel, plus cloudpickle for jobs) or pick an image that has it."
-        )
+        problem = f"Image '{ref}' has Python but not ipykernel, so the kernel could not start."
+        fix = "Install it in the image (pip install ipykernel, plus cloudpickle for jobs) or pick an image that has it."
     elif "site-packages/ipykernel" in logs or "ipykernel" in logs and ("Error" in logs or "error" in logs):
-        lead = (
+        problem = (
             f"The ipykernel in image '{ref}' fails to start (exit code {exit_code}): it is broken or incompatible "
-            "with the rest of the image (see its last output below). Reinstall it with its dependencies in the "
-            "image (pip install -U ipykernel), or pick an image whose kernel starts with python -m ipykernel_launcher."
+            "with the rest of the image (see its last output below)."
+        )
+        fix = (
+            "Reinstall it with its dependencies in the image (pip install -U ipykernel), or pick an image whose "
+            "kernel starts with python -m ipykernel_launcher."
         )
     elif exit_code in (126, 127):
-        lead = (
+        problem = (
             f"Image '{ref}' has no '{launch.python}' on its PATH (exit code {exit_code}), so no Python kernel "
-            "can run in it. Use an image with Python and ipykernel installed, or set the provisioner's python "
-            "option to the interpreter's path inside the image."
+            "can run in it."
+        )
+        fix = (
+            "Use an image with Python and ipykernel installed, or set the provisioner's python option "
+            "to the interpreter's path inside the image."
         )
     elif exit_code == 137:
-        lead = f"The kernel container of '{ref}' was killed (exit code 137: out of memory or killed from outside)."
+        problem = f"The kernel container of '{ref}' was killed (exit code 137: out of memory or killed from outside)."
     else:
-        lead = f"The kernel in image '{ref}' exited with code {exit_code} before it was ready."
-    tail = f" Its last output:\n{logs}" if logs else ""
-    return lead + tail
+        problem = f"The kernel in image '{ref}' exited with code {exit_code} before it was ready."
+    return KernelStartFailed(problem, fix=fix, detail=f" Its last output:\n{logs}" if logs else "")
+
+
+def death_note(container) -> str:
+    """Why a kernel container stopped, for the server's log (Jupyter itself only says "appears to have died").
+
+    Blocking.  The exit code in words (137: killed, by the kernel's memory
+    limit when Docker says OOMKilled), and the container's last output.
+    """
+    attrs = container.attrs.get("State", {}) if isinstance(container.attrs, dict) else {}
+    code = attrs.get("ExitCode")
+    if attrs.get("OOMKilled"):
+        why = "killed for using more memory than it may (OOMKilled: raise mem_limit, or use less)"
+    elif code == 137:
+        why = "killed (SIGKILL: from outside, e.g. docker kill, or by the system's memory killer)"
+    elif code == 143:
+        why = "stopped (SIGTERM, from outside: docker stop)"
+    elif code == 0:
+        why = "exited (the kernel ended itself: exit() or quit() in a cell)"
+    else:
+        why = f"exited with code {code}"
+    tail = logs_tail(container, 5)
+    return f"{why}" + (f"; its last output:\n{tail}" if tail else "")
 
 
 class _Heartbeat:
@@ -122,7 +148,7 @@ def _raise_if_exited(container, launch: KernelLaunch) -> None:
     container.reload()
     if container.status in ("exited", "dead"):
         code = container.attrs.get("State", {}).get("ExitCode", -1)
-        raise KernelStartFailed(died_message(launch, code, logs_tail(container)))
+        raise died(launch, code, logs_tail(container))
 
 
 def _timed_out(container, launch: KernelLaunch, timeout: float) -> KernelStartFailed:

@@ -123,7 +123,8 @@ def kernel_report(kernel_id: str, provisioner: EnvpinProvisioner, facts: dict[st
             short_id=_short(image.id),
             source=choice.source,
             pinned=choice.pinned,
-            notes=[printable.one_line(n, 600) for n in choice.notes[:5]],
+            # the tooltip's lines: a moved tag, and which pin decided the image (from where, how to change it)
+            notes=[printable.one_line(n, 600) for n in [*choice.notes, *choice.first_output()][:5]],
         )
     report.update(
         python=(facts or {}).get("python"),

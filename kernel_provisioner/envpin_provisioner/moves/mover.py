@@ -69,6 +69,10 @@ class MovableKernel(Protocol):
     @property
     def choice(self) -> selection.ImageChoice | None: ...
 
+    @property
+    def kernelspec_name(self) -> str | None:
+        """The kernelspec the kernel was started from: recorded with a pin (a folder pin applies only to it)."""
+
     def pin_location(self) -> tuple[safe_files.PinnedDir, str | None, tuple[int, int] | None]:
         """(folder of the pin file, pinned at the first start; notebook key; owner of the files written)."""
 
@@ -168,7 +172,12 @@ class MoveServer:
         options = request.options.as_dict()
         if options.get("by_digest"):
             require_digest(name, resolved.immutable)  # before anything moves
-        record: dict[str, Any] = {"image": name, "reference": resolved.reference, "image_id": resolved.immutable}
+        record: dict[str, Any] = {
+            "image": name,
+            "reference": resolved.reference,
+            "image_id": resolved.immutable,
+            pin_file.KERNELSPEC: kernel.kernelspec_name,
+        }
         if options:
             record["options"] = options
         pin_folder, notebook, owner = kernel.pin_location()

@@ -149,7 +149,7 @@ class Warm:
 #: is visible to its kernel for good (``/proc/1/environ``), so it is part of the shape: a container made
 #: for a kernelspec with a secret in its ``environment`` is never handed to another configuration.
 PER_START_ENV = frozenset(
-    {names.SESSION_NAME, names.IMAGE_NAME, names.PINNED, names.CONTROL_DIR, names.IMAGE_LATEST_ID}
+    {names.SESSION_NAME, names.IMAGE_NAME, names.PINNED, names.PIN_NOTES, names.CONTROL_DIR, names.IMAGE_LATEST_ID}
 )
 
 
