@@ -480,7 +480,10 @@ class RemoteHost:
         # A folder hidden under a tmpfs still exists (as an empty mount point), so for the checkout, the
         # venv and $HOME the hidden folder is the top-level one that holds them (``/check`` for a checkout
         # at ``/check/work/main``), or their parent when that top-level folder is the system's own.
-        wanted = [*HIDDEN, *(_container_of(os.path.realpath(p)) for p in (str(REPO), sys.prefix, os.path.expanduser("~")))]
+        wanted = [
+            *HIDDEN,
+            *(_container_of(os.path.realpath(p)) for p in (str(REPO), sys.prefix, os.path.expanduser("~"))),
+        ]
         chosen: list[str] = []
         for path in sorted({os.path.realpath(p) for p in wanted}, key=len):
             if path != "/" and os.path.isdir(path) and not any(path == c or path.startswith(c + "/") for c in chosen):
@@ -719,7 +722,9 @@ class RemoteHost:
 
 
 #: Top-level folders of the system itself: hiding one would take the remote host's programs away.
-_SYSTEM_TOP = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "usr", "var"})
+_SYSTEM_TOP = frozenset(
+    {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "usr", "var"}
+)
 
 
 def _container_of(path: str) -> str:
