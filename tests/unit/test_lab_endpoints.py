@@ -92,7 +92,8 @@ def test_with_the_token_only_this_servers_kernels(srv):
         (b'{"image": "a\\nb"}', "'image' must be"),
         (b'{"image": ""}', "'image' must be"),
         (b'{"image": "envpin-test/py313", "restart": "yes"}', "'restart' must be"),
-        (b'{"image": "' + b"a" * 5000 + b'"}', "at most"),
+        (b'{"image": "a..b"}', "'image' must be"),
+        (b'{"image": "' + b"a" * 400 + b'"}', "'image' must be"),
     ],
 )
 def test_a_malformed_move_is_a_400_before_anything(srv, body, says):
@@ -103,6 +104,17 @@ def test_a_malformed_move_is_a_400_before_anything(srv, body, says):
         timeout=10,
     )
     assert r.status_code == 400 and says in r.json()["message"], r.text
+
+
+def test_a_move_body_too_large_is_a_413_unread(srv):
+    r = requests.post(
+        api(srv, f"kernels/{uuid.uuid4()}/move"),
+        data=b'{"image": "' + b"a" * 5000 + b'"}',
+        headers={**auth(srv), "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 413 and "at most 4096 bytes" in r.json()["message"], r.text
+    assert r.headers.get("Connection") == "close"  # its body was left unread
 
 
 def test_a_good_move_of_an_unknown_kernel_is_a_404(srv):
