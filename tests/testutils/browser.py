@@ -81,7 +81,12 @@ def open_notebook(p, chromium: str, url: str, kernel_display_name: str):
     page.locator(f".jp-LauncherCard[title*='{kernel_display_name}']").first.click()
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.
-    page.get_by_text(f"{ENVPIN_KERNEL_LABEL} | Idle").wait_for(timeout=60_000)
+    try:
+        page.get_by_text(f"{ENVPIN_KERNEL_LABEL} | Idle").wait_for(timeout=60_000)
+    except Exception:
+        shoot(page, "jupyterlab-open-notebook-failed")
+        (ARTIFACTS / "jupyterlab-open-notebook-failed.txt").write_text(page.locator("body").inner_text())
+        raise
     return browser, page
 
 
