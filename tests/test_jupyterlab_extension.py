@@ -181,12 +181,7 @@ def test_a_pull_shows_its_progress_as_a_notification(
         proxy.shutdown()
 
 
-@pytest.mark.xfail(
-    reason="since the merge with main the notebook of a kernelspec with allowed_images never shows "
-    "'Containerized Python | Idle' in the browser (the kernel itself starts: checked by hand); to fix first next session",
-    strict=False,
-)
-def test_an_image_allowed_images_refuses_is_an_error_notification(chromium, lab, install_kernelspec):
+def test_an_image_allowed_images_refuses_is_an_error_notification(chromium, lab, install_kernelspec, docker_client):
     from playwright.sync_api import sync_playwright
 
     install_kernelspec(PY311, display_name="Py311 kernel", allowed_images=["envpin-test/py311*"])
