@@ -66,6 +66,16 @@ export interface IImages {
   pinned: boolean;
 }
 
+/** A pull a kernel start is waiting for (or one that just ended), server-wide. */
+export interface IStartPull {
+  serial: number;
+  image: string;
+  kernel_id: string | null;
+  message: string;
+  fraction: number | null;
+  state: 'pulling' | 'done' | 'failed';
+}
+
 /**
  * ``value`` as text of at most ``limit`` characters.  What the server reports may come from a kernel, a
  * pin file or an image (the server escapes and cuts it already): the page shows it only through
@@ -110,6 +120,10 @@ export function kernelReport(kernelId: string): Promise<IKernelReport> {
 
 export function choosableImages(kernelId: string): Promise<IImages> {
   return request<IImages>(`kernels/${encodeURIComponent(kernelId)}/images`);
+}
+
+export function startPulls(): Promise<{ pulls: IStartPull[] }> {
+  return request<{ pulls: IStartPull[] }>('pulls');
 }
 
 export function move(kernelId: string, image: string, restart: boolean, pull: boolean): Promise<{ ui_move: IUiMove }> {

@@ -112,7 +112,7 @@ def test_strangers_are_refused_before_anything_is_read(ext_server):
     srv = ext_server()
     api = Api(srv)
     kid = nobody_kernel()
-    paths = ("kernels", f"kernels/{kid}", f"kernels/{kid}/images")
+    paths = ("kernels", f"kernels/{kid}", f"kernels/{kid}/images", "pulls")
 
     for headers in ({}, {"Authorization": "token wrong"}, {"Authorization": f"Bearer {srv.token[:-1]}x"}):
         for path in paths:
@@ -227,7 +227,7 @@ def test_fuzzed_requests_are_refused_quickly_and_plainly(ext_server):
     for method in ("PUT", "DELETE", "PATCH"):
         for path in ("kernels", f"kernels/{kid}", f"kernels/{kid}/images", f"kernels/{kid}/move"):
             api.refused(method, path, {405}, data=b"{}")
-    for path in ("kernels", f"kernels/{kid}/images", f"kernels/{kid}"):
+    for path in ("kernels", f"kernels/{kid}/images", f"kernels/{kid}", "pulls"):
         api.refused("POST", path, {405}, json={"image": PY313})
     # Query strings are ignored, whatever they say.
     listed = api.call("GET", "kernels", params={"kernel_id": "../../x", "all": "1", "user": "*"})

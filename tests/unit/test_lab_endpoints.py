@@ -49,7 +49,7 @@ def auth(srv) -> dict:
 
 def test_no_token_no_answer(srv):
     kid = str(uuid.uuid4())
-    for path in ("kernels", f"kernels/{kid}", f"kernels/{kid}/images"):
+    for path in ("kernels", f"kernels/{kid}", f"kernels/{kid}/images", "pulls"):
         r = requests.get(api(srv, path), timeout=10)
         assert r.status_code == 403, (path, r.status_code)
     r = requests.post(api(srv, f"kernels/{kid}/move"), json={"image": "envpin-test/py313"}, timeout=10)
@@ -74,6 +74,8 @@ def test_a_login_cookie_without_xsrf_cannot_move(srv):
 def test_with_the_token_only_this_servers_kernels(srv):
     r = requests.get(api(srv, "kernels"), headers=auth(srv), timeout=10)
     assert r.status_code == 200 and r.json() == {"kernels": []}
+    r = requests.get(api(srv, "pulls"), headers=auth(srv), timeout=10)
+    assert r.status_code == 200 and r.json() == {"pulls": []}
     assert r.headers["Cache-Control"] == "no-store"
     for path in (f"kernels/{uuid.uuid4()}", f"kernels/{uuid.uuid4()}/images"):
         assert requests.get(api(srv, path), headers=auth(srv), timeout=10).status_code == 404

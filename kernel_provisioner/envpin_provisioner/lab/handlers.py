@@ -38,6 +38,7 @@ from tornado import web
 
 from envpin import printable
 from envpin_provisioner import engine
+from envpin_provisioner.images import start_pulls
 from envpin_provisioner.lab import report
 from envpin_provisioner.lab.ui_moves import IMAGE_NAME, MAX_MOVES, UiMoves
 
@@ -178,6 +179,19 @@ class ImagesHandler(_Base):
         self._json(listed)
 
 
+class PullsHandler(_Base):
+    """``GET /envpin/api/pulls``: the pulls kernel starts of this server are waiting for, and those just ended.
+
+    A start has no kernel to report on until it ends; the page asks this while
+    one of its notebooks waits for a kernel (``images.start_pulls``: memory only, bounded).
+    """
+
+    @web.authenticated
+    @authorized(action="read")
+    async def get(self) -> None:
+        self._json(start_pulls.report())
+
+
 def parse_move(body: bytes) -> tuple[str, bool, bool]:
     """(image, restart, pull) from a move request's body; ``web.HTTPError(400)`` naming the first problem."""
     if len(body) > MAX_BODY:
@@ -283,6 +297,7 @@ def handlers(base_url: str) -> list[tuple[str, type]]:
     api = url_path_join(base_url, "envpin", "api")
     return [
         (url_path_join(api, "kernels") + "/?", KernelsHandler),
+        (url_path_join(api, "pulls") + "/?", PullsHandler),
         (url_path_join(api, "kernels", KERNEL_ID) + "/?", KernelHandler),
         (url_path_join(api, "kernels", KERNEL_ID, "images") + "/?", ImagesHandler),
         (url_path_join(api, "kernels", KERNEL_ID, "move") + "/?", MoveHandler),
