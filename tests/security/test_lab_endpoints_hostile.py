@@ -399,7 +399,7 @@ def test_a_hostile_kernel_cannot_break_or_slow_the_report(ext_server, install_ke
         "Evil.__name__ = 'E' * 5000\n"
         "def magic(name, line):\n"
         "    record('run_line_magic', name, line)\n"
-        "    raise Evil('\\x1b[2J<b>moved</b>\\n' + 'L' * 1_000_000)\n"
+        "    raise Evil('\\x1b[2J<b>moved</b>\\n' + 'L' * 200_000)\n"
         "ip.run_line_magic = magic\n"
         "print('lying')"
     )

@@ -42,9 +42,10 @@ IMAGE_NAME = re.compile(r"^(?!.*(?:\.\.|//))[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,299}
 MOVE_TIMEOUT = 1800.0
 #: Moves from pages in flight on this server at once.
 MAX_MOVES = 8
-#: The largest message the kernel may send the move's shell connection (a reply is a few hundred bytes):
-#: a larger one disconnects it (zmq's MAXMSGSIZE) rather than being held in the server's memory.
-MAX_REPLY_BYTES = 1 << 20
+#: The largest message the kernel may send the move's shell connection (a reply is a few kilobytes, its
+#: traceback included): a larger one is dropped by zmq (MAXMSGSIZE) rather than held in the server's memory,
+#: and the move then ends at MOVE_TIMEOUT (only this kernel's moves wait for it).
+MAX_REPLY_BYTES = 16 << 20
 #: Messages on that connection that are not the reply, before the kernel is taken to be flooding it.
 MAX_OTHER_MESSAGES = 100
 
