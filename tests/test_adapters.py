@@ -329,13 +329,13 @@ async def test_pyflyte_from_the_notebook_packages_with_the_pinned_image(jupyter_
     assert spec.template.container.image == IMAGE + ":latest"
 
 
-async def test_flyte_image_with_the_code_says_fast_registration_is_unnecessary(jupyter_env, tmp_path, docker_client):
-    """The marker: the image sets ENVPIN_CODE_IN_IMAGE; the status says what to do instead of fast registration."""
+async def test_flyte_image_with_the_code_says_its_tasks_need_no_bundle(jupyter_env, tmp_path, docker_client):
+    """The marker: the image sets ENVPIN_CODE_IN_IMAGE; the status says its tasks are registered without a bundle."""
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, "%load_ext envpin\n%use_image envpin-test/with-code")
         status = await _ok(kc, "import flytekit\n%use_image")
     assert "the image contains the code (/opt/project)" in status
-    assert "pyflyte register --copy none" in status
+    assert "registered without a code bundle" in status
 
 
 # --------------------------------------------------------------------------------------
