@@ -15,10 +15,10 @@ Where that is asked:
   ``ENVPIN_IMAGE_ID`` is the pin's id): a child process of the kernel's
   interpreter, started in ``/`` with the image's own ``PYTHONPATH`` (envpin's
   mounted folder removed), so the notebook's folder does not count;
-* a kernel on the host: a short-lived container of the image
+* elsewhere (a kernel on the host): a short-lived container of the image
   (``envpin.host.images.run_python``, about a third of a second);
-* anywhere else (a container of another image, no engine): it cannot be
-  checked; the claim is trusted and :func:`check` says so once.
+* where neither works (a container of another image without an engine): it
+  cannot be checked; the claim is trusted and :func:`check` says so once.
 
 Answers are cached per image id and module: a registration of fifty tasks
 from three modules asks once, and a second registration not at all.
@@ -148,9 +148,6 @@ def _ask(image: str, image_id: str | None, path: str, modules: list[str]) -> dic
             _unchecked(image, f"the check in this kernel failed ({exc})")
             return None
         return json.loads(done.stdout.strip().splitlines()[-1])
-    if names.in_container():
-        _unchecked(image, "this kernel runs in another image and has no Docker engine to look into it")
-        return None
     try:
         from envpin.host import images
 
