@@ -313,6 +313,14 @@ def _tasks_of(entity: Any, seen: set[int] | None = None) -> list:
 _from_environment: Registration | None = None
 
 
+def reset() -> None:
+    """Take out the rules installed from ``ENVPIN_FLYTE_STAMP`` (``envpin.reset_caches``)."""
+    global _from_environment
+    if _from_environment is not None:
+        _from_environment.uninstall()
+        _from_environment = None
+
+
 def install_from_environment() -> Registration | None:
     """Install the rules of the pin in ``ENVPIN_FLYTE_STAMP`` into this process's flytekit (the plugin hook)."""
     import os
