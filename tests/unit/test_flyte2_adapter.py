@@ -71,6 +71,7 @@ ENVS = f"""
     auto = flyte.TaskEnvironment(name="auto_env")
     none = flyte.TaskEnvironment(name="none_env", image=None, env_vars={{"ENVPIN_IMAGE": "mine", "A": "1"}})
     own = flyte.TaskEnvironment(name="own_env", image="registry.example/other:2")
+    based = flyte.TaskEnvironment(name="based_env", image=flyte.Image.from_base("{PIN}"))
     built = flyte.TaskEnvironment(name="built_env", image=flyte.Image.from_base("{PIN}").clone(name="mine", extendable=True).with_pip_packages("x"))
 """
 
@@ -83,6 +84,7 @@ def test_new_environments_get_the_pin_and_variables_and_own_images_are_kept_with
     assert m.auto.image == PIN and m.auto.env_vars["ENVPIN_IMAGE_ID"] == IMAGE_ID
     assert m.none.image == PIN and m.none.env_vars["ENVPIN_IMAGE"] == "mine" and m.none.env_vars["A"] == "1"
     assert m.own.image == "registry.example/other:2" and not m.own.env_vars
+    assert m.based.env_vars["ENVPIN_IMAGE"] == PIN  # the pin as a flyte.Image, used as it is
     assert m.built.image.base_image == PIN and not m.built.env_vars  # the user's image on top of the pin
     conflicts = [str(w.message) for w in caught if issubclass(w.category, ImageConflictWarning)]
     assert len(conflicts) == 1 and "own_env" in conflicts[0] and "registry.example/other:2" in conflicts[0]

@@ -155,10 +155,11 @@ class Flyte2Adapter(LibraryAdapter):
         stamp = self.stamp
         if stamp is None or not stamp.code_in_image or not envs:
             return None
-        pin = {references.with_tag(stamp.job_image), references.with_tag(stamp.image), stamp.image, stamp.image_id}
+        pin = {references.with_tag(stamp.job_image), references.with_tag(stamp.image), stamp.image}
+        pin |= {stamp.image_id} if stamp.image_id else set()
         modules: set[str] = set()
         for env in envs:
-            if not isinstance(env.image, str) or env.image not in pin:
+            if _reference(env.image) not in pin and env.image not in pin:
                 return None
             for task in env.tasks.values():
                 module = _task_module(task, root_dir)
@@ -211,10 +212,24 @@ def _stamp_environment(env: Any, stamp: Stamp, image: str) -> None:
             env.env_vars = {**stamp.env, **(env.env_vars or {})}
         else:
             stamp.check_explicit(named, what)
-    else:  # a flyte.Image: built by Flyte at deployment
+    else:  # a flyte.Image: built by Flyte at deployment, unless it is a base image as it is
+        pin = (image, references.with_tag(stamp.image))
         base = getattr(named, "base_image", None)
-        if not (isinstance(base, str) and references.with_tag(base) in (image, references.with_tag(stamp.image))):
+        if _reference(named) in pin:  # flyte.Image.from_base(PIN): the pin itself
+            env.env_vars = {**stamp.env, **(env.env_vars or {})}
+        elif not (isinstance(base, str) and references.with_tag(base) in pin):  # not built on the pin either
             stamp.check_explicit(f"flyte.Image({getattr(named, 'name', None) or base or '?'})", what)
+
+
+def _reference(image: Any) -> str | None:
+    """The reference an environment's image runs as: a string's own, a flyte.Image's ``uri`` (tagged)."""
+    if isinstance(image, str):
+        return references.with_tag(image) if image and image != "auto" else None
+    try:
+        uri = image.uri  # a base image used as it is: its reference; a built one: name:content-hash
+    except Exception:  # noqa: BLE001  # an Image Flyte cannot name yet (no base, no name): not the pin
+        return None
+    return references.with_tag(uri) if isinstance(uri, str) and uri else None
 
 
 def _root_dir() -> Any:

@@ -97,7 +97,7 @@ class Registration:
         if not isinstance(image, str) or not image:
             return False
         s = self.stamp
-        return image in {references.with_tag(s.job_image), references.with_tag(s.image), s.image, s.image_id}
+        return image in {references.with_tag(s.job_image), references.with_tag(s.image), s.image, s.image_id or s.image}
 
     def module_in_image(self, task: Any, settings: Any) -> str | None:
         """The module a task runs from the image's code, or None when it needs a bundle (or is not a Python task)."""
