@@ -172,3 +172,19 @@ def test_unpinning_restores_flyte(pinned):
     adapter.deactivate()
     env = flyte.TaskEnvironment(name="after")
     assert env.image == "auto" and not env.env_vars
+
+
+def test_in_a_kernel_of_the_pinned_image_local_runs_are_in_the_image_and_the_status_says_so(pinned, monkeypatch):
+    """As a Containerized Python kernel of the pin sees itself (the image's id, a container marker): strict, yet run."""
+    from envpin import names
+
+    pin, load, tmp_path = pinned
+    monkeypatch.setattr(names, "CONTAINER_MARKERS", (str(tmp_path),))
+    monkeypatch.setenv(names.IMAGE_ID, IMAGE_ID)
+    adapter = pin(strict=True)
+    assert "local runs are in the image (this kernel)" in adapter.summary()
+    m = load("flows_g", TASKS.format(env="in_image_env"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LocalRunWarning)
+        run = flyte.with_runcontext(mode="local").run(m.double, x=5)
+    assert run.outputs()[0] == 10
