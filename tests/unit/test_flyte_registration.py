@@ -164,3 +164,37 @@ def test_fast_package_uploads_nothing_when_the_registration_is_all_in_the_image(
     assert url == "" and len(digest) == 16
     assert "no files scanned or uploaded" in capsys.readouterr().out
     assert FlyteEntities.entities  # the loaded tasks: what pyflyte register judges instead
+
+
+def test_register_script_of_a_workflow_all_in_the_image_uploads_nothing(project, tmp_path, capsys):
+    """FlyteRemote.register_script, which would tar and upload the module (script mode) or the folder (fast):
+    with every task from the image, neither happens, and the workflow is registered with a version all the same.
+    The remote's upload and registration calls are replaced by recorders: no Flyte cluster here."""
+    from flytekit.configuration import Config
+    from flytekit.remote.remote import FlyteRemote
+
+    remote = FlyteRemote(Config.for_sandbox(), default_project="p", default_domain="d")
+    registered = []
+
+    def no_upload(*args, **kwargs):
+        raise AssertionError(f"uploaded {args}")
+
+    remote.upload_file = no_upload  # type: ignore[method-assign]
+    remote.register_workflow = lambda entity, settings, version, *a, **k: registered.append((entity, settings, version))  # type: ignore[method-assign]
+    remote.register_script(project.all_in_image, source_path=str(tmp_path), module_name="mine.flows")
+    ((entity, settings, version),) = registered
+    assert entity is project.all_in_image and version
+    assert "no files scanned or uploaded" in capsys.readouterr().out
+    assert _args_with(settings, project.all_in_image)["shout"][0] == "pyflyte-execute"
+
+
+def _args_with(settings, entity) -> dict[str, list[str]]:
+    from flytekit.tools.translator import get_serializable
+
+    entities: OrderedDict = OrderedDict()
+    get_serializable(entities, settings, entity)
+    return {
+        spec.template.id.name.rsplit(".", 1)[-1]: list(spec.template.container.args or [])
+        for spec in entities.values()
+        if getattr(getattr(spec, "template", None), "container", None) is not None
+    }
