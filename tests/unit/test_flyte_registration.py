@@ -198,3 +198,17 @@ def _args_with(settings, entity) -> dict[str, list[str]]:
         for spec in entities.values()
         if getattr(getattr(spec, "template", None), "container", None) is not None
     }
+
+
+def test_a_false_claim_in_a_mixed_registration_is_refused_before_the_bundle_is_uploaded(project, tmp_path):
+    """pyflyte register uploads the bundle (FlyteRemote.fast_package) before serializing: the claim is checked there."""
+    from flytekit.remote.remote import FlyteRemote
+
+    from envpin.adapters import flyte_registration
+
+    token = flyte_registration._scope.set([project.exclaim, project.local_only])
+    try:
+        with pytest.raises(code_in_image.CodeNotInImage, match="'mine.flows'"):
+            FlyteRemote.fast_package(None, tmp_path)  # type: ignore[arg-type]  # refused before the remote is used
+    finally:
+        flyte_registration._scope.reset(token)

@@ -131,11 +131,10 @@ class Registration:
         if not needing or not self.stamp.code_in_image or not self.skip_bundle:
             return None
         modules = [self.module_in_image(t, settings) for t in needing]
-        if any(m is None for m in modules):
-            return None
-        found = sorted({m for m in modules if m})
-        self.check(found)
-        return found
+        claimed = sorted({m for m in modules if m})
+        if claimed:  # a mixed registration too: a false claim is refused before the others' bundle is uploaded
+            self.check(claimed)
+        return None if any(m is None for m in modules) else claimed
 
     def check(self, modules: list[str]) -> None:
         s = self.stamp
