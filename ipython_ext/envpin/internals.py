@@ -632,8 +632,9 @@ FLYTEKIT = Library(
         "package",
         "flytekit.tools.repo",
         "package",
-        "pyflyte package and serialize_and_package: no code archive when no task needs one",
-        parameters=("serializable_entities", "fast_options"),
+        "pyflyte package and serialize_and_package: no code archive when no task needs one (fast_options from "
+        "1.14, the bool fast before)",
+        parameters=("serializable_entities",),
     ),
     EntryPoint(
         "remote_fast_package",

@@ -171,13 +171,18 @@ class Registration:
 
             def package(*args, **kwargs):
                 bound = signature.bind(*args, **kwargs)
-                fast = bound.arguments.get("fast_options")
-                if fast is not None and fast.copy_style != _no_copy() and registration.stamp.code_in_image:
+                # flytekit >= 1.14 passes fast_options (copy_style NO_COPY: no archive); 1.13 a bool, fast.
+                options = bound.arguments.get("fast_options")
+                archive = bound.arguments.get("fast", False) or (
+                    options is not None and getattr(options, "copy_style", None) != _no_copy()
+                )
+                if archive and registration.stamp.code_in_image:
                     specs = bound.arguments["serializable_entities"]
                     if not any(_task_spec_uses_bundle(e) for e in specs):
                         modules = sorted({m for e in specs for m in _task_spec_modules(e)})
                         registration.say_no_bundle(modules)
-                        bound.arguments["fast_options"] = None
+                        bound.arguments.pop("fast", None)
+                        bound.arguments.pop("fast_options", None)
                 return original(*bound.args, **bound.kwargs)
 
             return package
@@ -204,8 +209,6 @@ class Registration:
 
             def register_script(*args, **kwargs):
                 from flytekit.configuration import ImageConfig, SerializationSettings
-                from flytekit.constants import CopyFileDetection
-                from flytekit.tools.fast_registration import FastPackageOptions
 
                 bound = signature.bind(*args, **kwargs)
                 tasks = _tasks_of(bound.arguments["entity"])
@@ -214,9 +217,14 @@ class Registration:
                 )
                 if registration.all_in_image(tasks, settings) is None:
                     return original(*bound.args, **bound.kwargs)
-                # Through fast_package (above), which uploads nothing, not script mode's archive of the modules.
-                options = bound.arguments.get("fast_package_options")
-                if options is None or options.copy_style == CopyFileDetection.NO_COPY:
+                # Through fast_package (above), which uploads nothing, not script mode's archive of the modules:
+                # copy_all (every release so far; deprecated for fast_package_options' copy_style from 1.14).
+                if "copy_all" in signature.parameters:
+                    bound.arguments["copy_all"] = True
+                else:
+                    from flytekit.constants import CopyFileDetection
+                    from flytekit.tools.fast_registration import FastPackageOptions
+
                     bound.arguments["fast_package_options"] = FastPackageOptions([], copy_style=CopyFileDetection.ALL)
                 token = _scope.set(tasks)
                 try:
@@ -254,8 +262,11 @@ class Registration:
 
 
 def _no_copy() -> Any:
-    from flytekit.constants import CopyFileDetection
-
+    """flytekit's "copy nothing" (``CopyFileDetection.NO_COPY``; None before 1.14, which had no such choice)."""
+    try:
+        from flytekit.constants import CopyFileDetection
+    except ImportError:
+        return None
     return CopyFileDetection.NO_COPY
 
 
