@@ -65,6 +65,8 @@ STATEFUL_MODULES = (
     "envpin.adapters.ray_adapter",
     "envpin.adapters.ray_compat",
     "envpin.adapters.dask_check",
+    "envpin.adapters.code_in_image",
+    "envpin.adapters.flyte_registration",
     "envpin.compat.policy",
     "envpin.internals",
     "envpin.host.dialect",
