@@ -147,7 +147,7 @@ def instrument() -> None:
     _wrap_async(LocalProvisioner, "pre_launch", "pre_launch (jupyter_client: ports, connection file)")
     _wrap_async(LocalProvisioner, "launch_kernel", "launch_kernel (local: Popen)")
     _wrap_async(AsyncKernelManager, "start_kernel", "start_kernel (total)")
-    _wrap_async(AsyncKernelClient, "wait_for_ready", "wait_for_ready: kernel_info round trip")
+    _wrap_async(AsyncKernelClient, "wait_for_ready", "after it: wait_for_ready (IOPub check, 0.2 s drain)")
 
 
 def summarize(runs: list[Timeline | list[Span]]) -> list[tuple[str, float, float, int]]:
