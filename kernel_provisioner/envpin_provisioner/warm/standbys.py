@@ -23,10 +23,12 @@ It uses exactly the provisioner members :class:`WarmableKernel` lists.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from docker.models.containers import Container
@@ -61,6 +63,13 @@ class WarmableKernel(Protocol):
     def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
 
 
+#: Seconds the background work a start sets going (the pool's refill, the kernel's standbys) waits once
+#: the start is over.  Creating a container and importing ipykernel in it takes about a core-second; on a
+#: small machine, done at once, it competes for the CPU with the kernel that has just answered its
+#: heartbeat and is still finishing its start and answering its client's first requests.
+SETTLE = 1.0
+
+
 def reset() -> None:
     """Report the deprecated pool_root again (``envpin_provisioner.reset_caches``)."""
     WarmKernels._warned_pool_root = False
@@ -76,6 +85,9 @@ class WarmKernels:
         self._task: asyncio.Task | None = None
         self._moved_from: KernelLaunch | None = None  #: the launch before the last move
         self._folder_key: str | None = None  #: the shared pools' folder this kernel holds open (see Pools.hold)
+        #: Set going when the start is over (``start_done``): the shared pool's refill, the taken container's rename.
+        self._refill: Callable[[], None] | None = None
+        self._to_rename: Container | None = None
 
     def standby_ids(self) -> set[str]:
         """Container ids of this kernel's standbys (they carry its kernel id, and are not stale)."""
@@ -146,7 +158,7 @@ class WarmKernels:
                 await engine.call_through(channels.remove_channel_dir, channel_dir)
                 raise
 
-        pool.pools.refill(key, kernel.pool_size, make, kernel.log, group, folder=folder_key)
+        self._refill = functools.partial(pool.pools.refill, key, kernel.pool_size, make, kernel.log, group, folder_key)
         if self._taken is not None:
             kernel.log.info(
                 "envpin: kernel %s takes warm container %s", kernel.kernel_id, self._taken.container.short_id
@@ -199,8 +211,21 @@ class WarmKernels:
             self.kernel.log.warning("envpin: warm container %s stopped waiting; starting cold", warm.container.short_id)
             await engine.call(kernel_container.remove, warm.container)
             return None
-        asyncio.ensure_future(self._rename(warm.container))  # off the start's critical path
+        self._to_rename = warm.container  # once it answers (start_done): off the start's path
         return warm.container
+
+    def start_done(self, ready: bool) -> None:
+        """The start is over (``ready``: the kernel answered): what it left for later may begin.
+
+        The taken container's rename at once (one Engine API request); the
+        shared pool's refill after :data:`SETTLE` seconds.
+        """
+        container, self._to_rename = self._to_rename, None
+        if container is not None and ready:
+            asyncio.ensure_future(self._rename(container))
+        refill, self._refill = self._refill, None
+        if refill is not None:
+            asyncio.get_running_loop().call_later(SETTLE, refill)
 
     async def _rename(self, container: Container) -> None:
         """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
@@ -224,6 +249,7 @@ class WarmKernels:
         self._task = asyncio.ensure_future(self._make_standbys(wanted))
 
     async def _make_standbys(self, launches: list[KernelLaunch]) -> None:
+        await asyncio.sleep(SETTLE)  # after the kernel's own start has settled (cancelled by discard meanwhile)
         kernel = self.kernel
         ids = {launch.image.id for launch in launches}
         for image_id in [i for i in self._standbys if i not in ids]:  # images this kernel no longer uses
@@ -255,7 +281,10 @@ class WarmKernels:
             self._task.cancel()
             self._task = None
         warms = [*self._standbys.values(), *([self._taken] if self._taken else [])]
-        self._standbys, self._taken, self._moved_from = {}, None, None
+        self._standbys, self._taken, self._moved_from, self._to_rename = {}, None, None, None
+        refill, self._refill = self._refill, None  # a start that never ran: the pool refills all the same
+        if refill is not None:
+            refill()
         if self._folder_key is not None and self.kernel.kernel_id:
             pool.pools.release(self._folder_key, self.kernel.kernel_id)
             self._folder_key = None
