@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import functools
 import os
 import queue
 import socket
@@ -113,6 +112,7 @@ class _Slot:
         self.id = f"{index}-{uuid.uuid4().hex[:6]}"
         self.jobs, self.start, self.image, self.envelope_mode = jobs, start, image, envelope_mode
         self.conn: socket.socket | None = None
+        self._receiver: worker.Receiver | None = None  #: reads ``conn`` (made anew for each new connection)
         self.worker: worker_hosts.Worker | None = None
         self.cancelled: JobFuture | None = None
         self.thread = threading.Thread(target=self._loop, name=f"envpin-worker-{index}", daemon=True)
@@ -155,9 +155,9 @@ class _Slot:
                     if self.cancelled is future:  # cancelled while its worker started: nothing to kill then
                         raise EOFError("the job was cancelled before it was sent")
                 worker.send_frames(self.conn, frames)
-                header, payload, buffers = envelopes.read_frames(
-                    functools.partial(worker.recv_exact, self.conn), _ANSWERS[kind]
-                )
+                if self._receiver is None or self._receiver.sock is not self.conn:
+                    self._receiver = worker.Receiver(self.conn)
+                header, payload, buffers = envelopes.read_frames(self._receiver, _ANSWERS[kind])
                 future._slot = None
                 self._deliver(future, header, payload, buffers, kind)
             except envelopes.ProtocolError as exc:  # the job (or its image) broke the protocol: not trusted again
