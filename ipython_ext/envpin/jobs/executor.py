@@ -393,7 +393,7 @@ class ContainerExecutor(cf.Executor):
         job = (fn, args, kwargs)
         frames = self._dump(job, fn)
         payload = bytes(frames[3])
-        mentioned = [m for m in shipping.loaded_top_level_modules() if m.encode() in payload]
+        mentioned = shipping.mentioned_in(payload)
         unknown = [m for m in mentioned if m not in self._verdicts]
         if unknown:
             referenced = shipping.modules_by_reference(payload)
