@@ -87,10 +87,20 @@ async def one_start(kernel_name: str, cwd: str, seen: dict | None = None, **star
 
 
 async def wait_for_pool(pools, timeout: float = 60) -> None:
-    """Until the shared pool holds a waiting container again (untimed: refills happen between starts)."""
+    """Until the shared pool holds a waiting container again and no fill runs (untimed, before every start).
+
+    Before *every* start, not only the pooled ones: a refill set going by
+    the last pooled start would otherwise create a container and import
+    ipykernel during the next start, whichever kind that is (it used to
+    overlap the next local start, and made the baseline slower).
+    """
     deadline = time.monotonic() + timeout
-    while not any(pools.count(key) for key in list(pools._ready)) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        filling = any(not task.done() for task in list(pools._filling.values()))
+        if not filling and any(pools.count(key) for key in list(pools._ready)):
+            break
         await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # the engine's own work after a fill (the container's start settles)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -123,9 +133,7 @@ async def breakdown(args, cwd: str, pools) -> None:
     process_start: list[float] = []
     for _ in range(args.runs):
         for kind, spec in kinds.items():
-            if kind == "pooled":
-                await wait_for_pool(pools)
-                await asyncio.sleep(0.5)  # the refill's container settles: not this start's cost
+            await wait_for_pool(pools)
             seen: dict = {}
             timeline.begin()
             totals[kind].append(await one_start(spec, cwd, seen))
@@ -235,8 +243,7 @@ async def main() -> None:
         ready: dict[str, list[float]] = {kind: [] for kind in times}  # until wait_for_ready returned
         for _ in range(args.runs):
             for kind, spec in (("local", "python3"), ("container", "bench-container"), ("pooled", "bench-pooled")):
-                if kind == "pooled":
-                    await wait_for_pool(pools)
+                await wait_for_pool(pools)
                 seen: dict = {}
                 times[kind].append(await one_start(spec, cwd, seen))
                 ready[kind].append(seen["wait_for_ready"])
