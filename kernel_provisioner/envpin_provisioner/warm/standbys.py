@@ -23,6 +23,7 @@ It uses exactly the provisioner members :class:`WarmableKernel` lists.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -148,7 +149,9 @@ class WarmKernels:
                 channels.make_channel_dir, owner, dispose=channels.remove_channel_dir
             )
             try:
-                launch = self._template(choice, env)
+                # A copy of the template made now: the fill may run after this kernel has gone (start_done
+                # sets it going SETTLE s after the start), when the kernel can no longer build a launch.
+                launch = dataclasses.replace(template)
                 launch.channel_root = channel_dir
                 launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
                 launch.connection_file = os.path.join(launch.handoff_dir, channels.CONNECTION_FILE)
