@@ -104,7 +104,7 @@ class _Slot:
     def __init__(
         self,
         index: int,
-        jobs: queue.Queue[Any],
+        jobs: queue.SimpleQueue[Any],
         start: Callable[[str], tuple[worker_hosts.Worker, socket.socket]],
         image: str,
         envelope_mode: str,
@@ -289,7 +289,7 @@ class ContainerExecutor(cf.Executor):
         except BaseException:
             self._listener.close()
             raise
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # C: cheaper per job than Queue
         self._slots: list[_Slot] = []
         self._shutdown = False
         self._lock = threading.Lock()
