@@ -89,6 +89,8 @@ class WarmKernels:
         #: Set going when the start is over (``start_done``): the shared pool's refill, the taken container's rename.
         self._refill: Callable[[], None] | None = None
         self._to_rename: Container | None = None
+        self._current: KernelLaunch | None = None  #: the launch standbys are kept for (``keep_standbys``)
+        self._again = False  #: keep_standbys was called while its task ran: that task goes round again
 
     def standby_ids(self) -> set[str]:
         """Container ids of this kernel's standbys (they carry its kernel id, and are not stale)."""
@@ -241,18 +243,31 @@ class WarmKernels:
     # ---- standbys, for restarts and moves ----------------------------------------------------
 
     def keep_standbys(self, current: KernelLaunch, moved_from: KernelLaunch | None = None) -> None:
-        """Have (in the background) a standby for ``current``'s image, and one for the image last moved from."""
+        """Have (in the background) a standby for ``current``'s image, and one for the image last moved from.
+
+        A call while standbys are being made is not lost: the running task
+        makes them again, for the launches named last, once it is done.
+        """
         if moved_from is not None:
             self._moved_from = moved_from
         if not self.kernel.pool_size or not self.kernel.mount_envpin or not current.private_channels:
             return
+        self._current = current
         if self._task is not None and not self._task.done():
+            self._again = True
             return
-        wanted = [launch for launch in (current, self._moved_from) if launch is not None]
-        self._task = asyncio.ensure_future(self._make_standbys(wanted))
+        self._task = asyncio.ensure_future(self._keep_standbys())
 
-    async def _make_standbys(self, launches: list[KernelLaunch]) -> None:
-        await asyncio.sleep(SETTLE)  # after the kernel's own start has settled (cancelled by discard meanwhile)
+    async def _keep_standbys(self) -> None:
+        while True:
+            self._again = False
+            await asyncio.sleep(SETTLE)  # after the kernel's own start has settled (cancelled by discard meanwhile)
+            wanted = [launch for launch in (self._current, self._moved_from) if launch is not None]
+            if not await self._make_standbys(wanted) or not self._again:
+                return
+
+    async def _make_standbys(self, launches: list[KernelLaunch]) -> bool:
+        """Standbys for ``launches``' images (and none for others); False when the kernel went meanwhile."""
         kernel = self.kernel
         ids = {launch.image.id for launch in launches}
         for image_id in [i for i in self._standbys if i not in ids]:  # images this kernel no longer uses
@@ -274,9 +289,10 @@ class WarmKernels:
                 continue
             if kernel._channel_dir is None:  # the kernel was shut down meanwhile
                 await engine.call(warm.discard)
-                return
+                return False
             self._standbys[launch.image.id] = warm
             pool.pools.track(warm)
+        return True
 
     async def discard(self) -> None:
         """The kernel goes for good: its standbys, and a taken container it never used, go too."""
@@ -285,6 +301,7 @@ class WarmKernels:
             self._task = None
         warms = [*self._standbys.values(), *([self._taken] if self._taken else [])]
         self._standbys, self._taken, self._moved_from, self._to_rename = {}, None, None, None
+        self._current, self._again = None, False
         refill, self._refill = self._refill, None  # a start that never ran: the pool refills all the same
         if refill is not None:
             refill()
