@@ -64,10 +64,10 @@ class WarmableKernel(Protocol):
     def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
 
 
-#: Seconds the background work a start sets going (the pool's refill, the kernel's standbys) waits once
-#: the start is over.  Creating a container and importing ipykernel in it takes about a core-second; on a
-#: small machine, done at once, it competes for the CPU with the kernel that has just answered its
-#: heartbeat and is still finishing its start and answering its client's first requests.
+#: Seconds the shared pool's refill a start sets going waits once the start is over.  Creating a
+#: container and importing ipykernel in it takes about a core-second; on a small machine, done at once,
+#: it competes for the CPU with the kernel that has just answered its heartbeat and is still finishing
+#: its start and answering its client's first requests.
 SETTLE = 1.0
 
 
@@ -259,9 +259,10 @@ class WarmKernels:
         self._task = asyncio.ensure_future(self._keep_standbys())
 
     async def _keep_standbys(self) -> None:
+        # At once, not SETTLE s later like the pool's refill: a standby being made when its kernel shuts down is
+        # removed only once its creation ends, and the later it starts, the likelier that overlap.
         while True:
             self._again = False
-            await asyncio.sleep(SETTLE)  # after the kernel's own start has settled (cancelled by discard meanwhile)
             wanted = [launch for launch in (self._current, self._moved_from) if launch is not None]
             if not await self._make_standbys(wanted) or not self._again:
                 return
