@@ -230,7 +230,7 @@ class WarmKernels:
             asyncio.ensure_future(self._rename(container))
         refill, self._refill = self._refill, None
         if refill is not None:
-            asyncio.get_running_loop().call_later(SETTLE, refill)
+            pool.pools.refill_later(SETTLE, refill)
 
     async def _rename(self, container: Container) -> None:
         """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
