@@ -120,6 +120,11 @@ def __getattr__(name: str):
     return value
 
 
+def __dir__() -> list[str]:
+    """The lazy names too: ``envpin.<TAB>`` offers ``ContainerExecutor`` before its first use."""
+    return sorted({*globals(), *_LAZY})
+
+
 def in_container() -> bool:
     """True inside a Docker (``/.dockerenv``) or Podman (``/run/.containerenv``) container."""
     return names.in_container()
