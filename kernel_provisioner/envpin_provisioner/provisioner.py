@@ -191,18 +191,23 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         or this kernel's standby for the image) becomes the kernel; else a new
         container is created (a cold start).
         """
-        client = await self._docker()
-        container = await self._warm.hand_over(launch)
-        warm = container is not None
-        if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
-            container = await engine.create_owned(
-                kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
-            )
+        ready = False
         try:
-            await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
-        except BaseException:  # a failed or cancelled start leaves no container behind
-            await engine.call_through(kernel_container.remove, container)
-            raise
+            client = await self._docker()
+            container = await self._warm.hand_over(launch)
+            warm = container is not None
+            if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
+                container = await engine.create_owned(
+                    kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
+                )
+            try:
+                await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
+            except BaseException:  # a failed or cancelled start leaves no container behind
+                await engine.call_through(kernel_container.remove, container)
+                raise
+            ready = True
+        finally:  # the pool's refill and the rename wait until the start is over, whatever its outcome
+            self._warm.start_done(ready)
         self._started_warm = warm
         return container
 
