@@ -186,3 +186,16 @@ async def async_wait_for(
             return value
         deadline.check()
         await asyncio.sleep(interval)
+
+
+def frames_reader(frames: Any) -> Callable[[int], bytes]:
+    """A ``read(n)`` over the bytes of an envelope's frames, as a worker's pipe would give them."""
+    data = b"".join(bytes(f) for f in frames)
+    position = 0
+
+    def read(n: int) -> bytes:
+        nonlocal position
+        chunk, position = data[position : position + n], position + n
+        return chunk
+
+    return read

@@ -6,18 +6,7 @@ from __future__ import annotations
 import pytest
 
 from envpin.jobs import envelope
-
-
-def _frames_reader(frames):
-    data = b"".join(bytes(f) for f in frames)
-    position = 0
-
-    def read(n):
-        nonlocal position
-        chunk, position = data[position : position + n], position + n
-        return chunk
-
-    return read
+from testutils import frames_reader
 
 
 def test_an_envelope_round_trips_a_closure_and_its_numpy_array_out_of_band():
@@ -26,7 +15,7 @@ def test_an_envelope_round_trips_a_closure_and_its_numpy_array_out_of_band():
     factor = 3
     array = np.arange(50_000, dtype=np.float64)
     frames = envelope.dumps((lambda v: v * factor, array), "job")
-    header, payload, buffers = envelope.read_frames(_frames_reader(frames))
+    header, payload, buffers = envelope.read_frames(frames_reader(frames))
     assert header["kind"] == "job" and header["env"]["pickler"] == "cloudpickle"
     assert len(buffers) == 1 and len(payload) < 10_000  # the array travelled out of band, not inside the pickle
     fn, back = envelope.loads(header, payload, buffers, "job")
@@ -34,7 +23,7 @@ def test_an_envelope_round_trips_a_closure_and_its_numpy_array_out_of_band():
 
 
 def test_control_frames_are_plain_json_any_python_can_read():
-    header, payload, buffers = envelope.read_frames(_frames_reader(envelope.control_frames({"kind": "probe"})))
+    header, payload, buffers = envelope.read_frames(frames_reader(envelope.control_frames({"kind": "probe"})))
     assert header == {"kind": "probe"} and not payload and buffers == []
 
 

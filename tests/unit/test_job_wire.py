@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from envpin.jobs import envelope, worker
+from testutils import frames_reader
 
 
 def _pair():
@@ -79,7 +80,7 @@ def test_a_result_the_standard_pickler_cannot_take_travels_by_value_and_plain_da
 
     factor = 7
     frames = envelope.dumps_plain_first(("ok", lambda v: v * factor, None), "result")
-    header, payload, buffers = envelope.read_frames(_reader(frames))
+    header, payload, buffers = envelope.read_frames(frames_reader(frames))
     assert envelope.loads(header, payload, buffers, "job result")[1](2) == 14
 
     def no_cloudpickle(*args, **kwargs):
@@ -87,18 +88,6 @@ def test_a_result_the_standard_pickler_cannot_take_travels_by_value_and_plain_da
 
     monkeypatch.setattr(cloudpickle, "dumps", no_cloudpickle)
     plain = envelope.dumps_plain_first(("ok", {"a": [1, 2.5, "x"]}, None), "result")
-    header, payload, buffers = envelope.read_frames(_reader(plain))
+    header, payload, buffers = envelope.read_frames(frames_reader(plain))
     assert header["env"]["pickler"] == "cloudpickle"  # the envelope names the same sender either way
     assert envelope.loads(header, payload, buffers, "job result") == ("ok", {"a": [1, 2.5, "x"]}, None)
-
-
-def _reader(frames):
-    data = b"".join(bytes(f) for f in frames)
-    position = 0
-
-    def read(n):
-        nonlocal position
-        chunk, position = data[position : position + n], position + n
-        return chunk
-
-    return read
