@@ -239,7 +239,10 @@ def read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes:
     Refused: a symbolic link (ELOOP from ``O_NOFOLLOW``), anything but a
     regular file (a FIFO, a socket, a device, a directory), a file with more
     than one hard link (it may be a link to a file elsewhere that the planter
-    could not read itself), a file over ``max_bytes``.
+    could not read itself), a file over ``max_bytes``.  A file with no link
+    left is read: it was this name when it was opened and has been replaced
+    or removed since (an editor's or a writer's atomic ``os.replace``), which
+    is the file the caller asked for, as of the open.
     """
     try:
         fd = os.open(check_name(name), _READ_FLAGS, dir_fd=dir_fd)
@@ -251,7 +254,7 @@ def read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafeFile(errno.EINVAL, f"{name} is not a regular file")
-        if st.st_nlink != 1:
+        if st.st_nlink > 1:
             raise UnsafeFile(errno.EMLINK, f"{name} has {st.st_nlink} hard links")
         if st.st_size > max_bytes:
             raise UnsafeFile(errno.EFBIG, f"{name} is larger than {max_bytes} bytes")

@@ -46,6 +46,25 @@ def test_read_regular_refuses_links_fifos_hard_links_and_big_files(folder):
             safe_files.read_regular(fd, "../secret.txt", 100)
 
 
+def test_read_regular_reads_a_file_replaced_after_it_was_opened(folder, monkeypatch):
+    """A writer's atomic ``os.replace`` between our open and fstat leaves the opened file with no link:
+    that is the file the name held at the open, not a hard link to a file elsewhere (CI once saw the
+    aliases file refused so while a kernel rewrote it)."""
+    d, _ = folder
+    (d / "aliases.json").write_bytes(b"old")
+    real_open = os.open
+
+    def open_then_replace(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        (d / "new").write_bytes(b"new")
+        os.replace(d / "new", d / "aliases.json")
+        return fd
+
+    with safe_files.directory(d) as fd:
+        monkeypatch.setattr(safe_files.os, "open", open_then_replace)
+        assert safe_files.read_regular(fd, "aliases.json", 100) == b"old"
+
+
 def test_write_atomic_replaces_a_planted_link_instead_of_writing_through(folder):
     d, secret = folder
     (d / "answer.json").symlink_to(secret)
