@@ -73,7 +73,11 @@ def _raw_answer(address: str, context: ssl.SSLContext | None) -> str:
     """What the server at ``address`` sends back to a hello in Dask's framing: its bytes (hex), or the error."""
     host, port = _host_port(address)
     try:
-        with socket.create_connection((host, port), timeout=5) as raw:
+        raw = socket.create_connection((host, port), timeout=5)
+    except OSError as exc:
+        return f"unreachable:{type(exc).__name__}"  # not a refusal by TLS: the test would prove nothing
+    try:
+        with raw:
             sock = context.wrap_socket(raw) if context is not None else raw
             # Dask's frames: a count of frames, their lengths, then a msgpack {"op": "identity"}.
             sock.sendall(bytes.fromhex("01000000000000000f00000000000000") + b"\x81\xa2op\xa8identity\x00")
@@ -84,7 +88,7 @@ def _raw_answer(address: str, context: ssl.SSLContext | None) -> str:
 
 
 def _refused(answer: str) -> bool:
-    """No Dask reply: an error, the connection closed (nothing), or a TLS alert record (0x15)."""
+    """No Dask reply (the port was reached): an error, the connection closed (nothing), or a TLS alert (0x15)."""
     return answer.startswith("error:") or answer in ("data:", "") or answer.startswith("data:15")
 
 
@@ -198,6 +202,9 @@ def answer(address, tls):
     host, port = address.split("://", 1)[1].rsplit(":", 1)
     try:
         raw = socket.create_connection((host, int(port)), timeout=5)
+    except OSError as exc:
+        return "unreachable:" + type(exc).__name__
+    try:
         sock = raw
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

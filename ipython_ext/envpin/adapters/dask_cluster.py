@@ -480,7 +480,7 @@ def DaskCluster(n_workers: int = 1, *, image: str | None = None, **options: Any)
             processes=options.pop("nanny", True),
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0" if dashboard else None,
-            security=options.pop("security", _can_make_certificates()),
+            security=options.pop("security", True if _can_make_certificates() else None),
             **options,
         )
     return ContainerCluster(n_workers, image=wanted, **options)
