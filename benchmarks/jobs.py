@@ -7,8 +7,9 @@ before or after, interleaved; nothing is asserted (the machines are noisy).
 
     python benchmarks/jobs.py [--workers 2] [--image envpin-test/py311:latest]
 
-* warm per-job latency of a tiny function, one job at a time (target <= 2x);
-* throughput of 2,000 tiny jobs submitted at once (target >= 0.5x);
+* warm per-job latency of a tiny function, one job at a time (target <= 1.0x; median of 5 interleaved
+  rounds of 100 jobs);
+* throughput of 2,000 tiny jobs submitted at once (target >= 1.0x; median of 3 interleaved rounds);
 * round trip of a 100 MB NumPy array (target >= 0.8x of the baseline's speed);
 * the cold first job of a new executor vs ``docker run IMAGE python -c pass`` (target <= 1.2x).
 """
@@ -82,16 +83,25 @@ def main() -> None:
 
     array = np.random.default_rng(0).random(12_500_000)  # 100 MB
     with ProcessPoolExecutor(args.workers) as ppe, ContainerExecutor(args.image, max_workers=args.workers) as env:
-        lat_p, lat_e = per_job_latency(ppe, 300), per_job_latency(env, 300)
-        thr_p, thr_e = throughput(ppe, 2000), throughput(env, 2000)
+        # Interleaved rounds, medians: a burst of load on this shared machine hits both alike.
+        lats: dict[str, list[float]] = {"p": [], "e": []}
+        thrs: dict[str, list[float]] = {"p": [], "e": []}
+        for _ in range(5):
+            lats["p"].append(per_job_latency(ppe, 100))
+            lats["e"].append(per_job_latency(env, 100))
+        for _ in range(3):
+            thrs["p"].append(throughput(ppe, 2000))
+            thrs["e"].append(throughput(env, 2000))
+        lat_p, lat_e = statistics.median(lats["p"]), statistics.median(lats["e"])
+        thr_p, thr_e = statistics.median(thrs["p"]), statistics.median(thrs["e"])
         rt_p, rt_e = roundtrip(ppe, array, 5), roundtrip(env, array, 5)
 
     print(f"image {args.image}, {args.workers} workers, caller Python {sys.version.split()[0]} on the host")
     print(
-        f"warm per-job latency : envpin {lat_e * 1e3:6.2f} ms  ProcessPool {lat_p * 1e3:6.2f} ms  ratio {lat_e / lat_p:5.2f}x (target <= 2x)"
+        f"warm per-job latency : envpin {lat_e * 1e3:6.2f} ms  ProcessPool {lat_p * 1e3:6.2f} ms  ratio {lat_e / lat_p:5.2f}x (target <= 1.0x)"
     )
     print(
-        f"2,000 tiny jobs      : envpin {thr_e:6.0f}/s    ProcessPool {thr_p:6.0f}/s    ratio {thr_e / thr_p:5.2f}x (target >= 0.5x)"
+        f"2,000 tiny jobs      : envpin {thr_e:6.0f}/s    ProcessPool {thr_p:6.0f}/s    ratio {thr_e / thr_p:5.2f}x (target >= 1.0x)"
     )
     print(
         f"100 MB array trip    : envpin {rt_e * 1e3:6.0f} ms  ProcessPool {rt_p * 1e3:6.0f} ms  speed ratio {rt_p / rt_e:5.2f}x (target >= 0.8x)"

@@ -329,13 +329,63 @@ async def test_pyflyte_from_the_notebook_packages_with_the_pinned_image(jupyter_
     assert spec.template.container.image == IMAGE + ":latest"
 
 
-async def test_flyte_image_with_the_code_says_fast_registration_is_unnecessary(jupyter_env, tmp_path, docker_client):
-    """The marker: the image sets ENVPIN_CODE_IN_IMAGE; the status says what to do instead of fast registration."""
+async def test_flyte_image_with_the_code_says_its_tasks_need_no_bundle(jupyter_env, tmp_path, docker_client):
+    """The marker: the image sets ENVPIN_CODE_IN_IMAGE; the status says its tasks are registered without a bundle."""
     async with kernel("python3", cwd=tmp_path) as (km, kc):
         await _ok(kc, "%load_ext envpin\n%use_image envpin-test/with-code")
         status = await _ok(kc, "import flytekit\n%use_image")
     assert "the image contains the code (/opt/project)" in status
-    assert "pyflyte register --copy none" in status
+    assert "registered without a code bundle" in status
+
+
+FLYTE2_TASKS = """\
+import flyte
+
+env = flyte.TaskEnvironment(name="code_env")
+
+
+@env.task
+async def double(x: int) -> int:
+    return 2 * x
+"""
+
+
+async def test_flyte2_environments_serialize_with_the_pin_and_no_bundle_when_the_image_has_the_code(
+    jupyter_env, tmp_path, docker_client
+):
+    """A host kernel pinned to an image that holds the project (its package ``flows_in_image`` is in
+    /opt/project there, as in this checkout): Flyte 2's run, serialized by the real SDK, names the pin,
+    carries the variables and no bundle; a module the image lacks is refused by asking the image; local
+    mode here (outside the image) is warned about. Not run: the task itself (see tests/unit/test_flyte2_adapter.py)."""
+    pytest.importorskip("flyte")
+    for package, module in (("flows_in_image", "tasks"), ("notinimage", "tasks")):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+        (tmp_path / package / f"{module}.py").write_text(FLYTE2_TASKS.replace("code_env", f"{package}_env"))
+    image_id = docker_client.images.get("envpin-test/flyte-code").id
+    async with kernel("python3", cwd=tmp_path) as (km, kc):
+        status = await _ok(kc, "%load_ext envpin\n%use_image envpin-test/flyte-code\nimport flyte\n%use_image")
+        said = await _ok(kc, program("flyte2_dry_run", MODULE="flows_in_image.tasks"), timeout=120)
+        good = await run_json(kc, "flyte2")
+        await _ok(kc, "import shutil; shutil.rmtree('bundle')")
+        await _ok(kc, program("flyte2_dry_run", MODULE="notinimage.tasks"), timeout=120)
+        bad = await run_json(kc, "flyte2")
+        local = await _ok(
+            kc,
+            "import warnings\nwith warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+            "    r = flyte.with_runcontext(mode='local').run(tasks.double, x=4)\n"
+            "print(r.outputs()[0], [type(x.message).__name__ for x in w])",
+            timeout=120,
+        )
+    assert "flyte 2: image and env_vars of new TaskEnvironments" in status
+    assert "copy_style='none'" in status and "local runs would be outside the image (warned)" in status
+    assert good["image"] == "envpin-test/flyte-code:latest" and good["env"]["ENVPIN_IMAGE_ID"] == image_id
+    assert good["bundle"] == [] and "--tgz" not in good["args"] and good["refused"] is None, good
+    assert good["args"][good["args"].index("mod") + 1] == "flows_in_image.tasks"
+    assert said.count("copy_style='none'") == 1
+    assert bad["refused"].startswith("CodeNotInImage: Module 'notinimage.tasks' is not in image"), bad
+    assert bad["bundle"] == []  # refused before Flyte bundled anything
+    assert local.startswith("8 ") and "LocalRunWarning" in local
 
 
 # --------------------------------------------------------------------------------------

@@ -32,12 +32,19 @@ IDENTITY = (
 
 
 def warm_waiting(client):
-    """The shared pool's containers that wait (not yet taken; a kernel's standbys carry its id and are not these)."""
+    """The shared pool's running containers, ready or still warming up (not yet taken; a kernel's standbys carry
+    its id and are not these)."""
     return [
         c
         for c in containers(client, role="pool", running=True)
         if c.name.startswith(WARM_NAME_PREFIX) and "envpin.kernel-id" not in c.labels
     ]
+
+
+def warm_ready(client):
+    """Those of :func:`warm_waiting` this process's pool can hand out now (warmed up: the next start takes one)."""
+    ready = {w.container.id for w in pools.waiting()}
+    return [c for c in warm_waiting(client) if c.id in ready]
 
 
 def fill_failed(image_id: str) -> bool:
@@ -76,7 +83,7 @@ async def test_a_pooled_kernel_is_the_cold_kernel_and_each_warm_container_serves
         cold = await run_json(kc, IDENTITY)
     async with kernel(pooled, cwd=notebook_dir, env=env) as (km1, kc1):  # cold itself: it fills the pool
         first = await run_json(kc1, IDENTITY)
-        (w,) = await async_wait_for(lambda: warm_waiting(docker_client), timeout=60, what="the pool to fill")
+        (w,) = await async_wait_for(lambda: warm_ready(docker_client), timeout=60, what="the pool to fill")
         async with kernel(pooled, cwd=notebook_dir, env=env) as (km2, kc2):
             second = await run_json(kc2, IDENTITY)
             # The hand-over folder is the server's: the kernel can neither write there nor replace the FIFO.

@@ -77,7 +77,8 @@ def fetch(name: str, version: str) -> Path:
     target = folder(name, version)
     if target.is_dir():
         return target
-    wanted = plan(name, version)
+    # Nothing to install means the venv has exactly that version: the folder still gets the library itself.
+    wanted = plan(name, version) or [f"{name}=={version}"]
     print(f"[envpin] fetching {name} {version} for the version tests: {' '.join(wanted)}", file=sys.stderr)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -24,15 +24,35 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from envpin import names
 from envpin._version import __version__ as __version__
-from envpin.compat.fingerprints import compare, fingerprint
 from envpin.errors import EnvpinError
-from envpin.host.respawn import use_image
-from envpin.jobs.executor import ContainerExecutor, submit
-from envpin.session.stamping import stamp
-from envpin.session.state import current_pin
+
+if TYPE_CHECKING:
+    from envpin.adapters.dask_cluster import DaskCluster
+    from envpin.compat.fingerprints import compare, fingerprint
+    from envpin.host.respawn import use_image
+    from envpin.jobs.executor import ContainerExecutor, submit
+    from envpin.session.stamping import stamp
+    from envpin.session.state import current_pin
+
+#: The public names defined elsewhere, and where: imported on first use (``__getattr__``).  A process that
+#: needs one part of envpin (a job worker, a kernel loading the extension, a warm kernel) imports envpin's
+#: package first; importing all of these with it cost a job worker or a pinned kernel's start about
+#: 100 ms before it could answer (``benchmarks/kernel_start.py --breakdown``).  ``DaskCluster``: ``import
+#: envpin`` must not import distributed either.
+_LAZY = {
+    "compare": "envpin.compat.fingerprints",
+    "fingerprint": "envpin.compat.fingerprints",
+    "use_image": "envpin.host.respawn",
+    "ContainerExecutor": "envpin.jobs.executor",
+    "submit": "envpin.jobs.executor",
+    "stamp": "envpin.session.stamping",
+    "current_pin": "envpin.session.state",
+    "DaskCluster": "envpin.adapters.dask_cluster",
+}
 
 __all__ = [
     "ContainerExecutor",
@@ -65,6 +85,8 @@ STATEFUL_MODULES = (
     "envpin.adapters.ray_adapter",
     "envpin.adapters.ray_compat",
     "envpin.adapters.dask_check",
+    "envpin.adapters.code_in_image",
+    "envpin.adapters.flyte_registration",
     "envpin.compat.policy",
     "envpin.internals",
     "envpin.host.dialect",
@@ -89,12 +111,20 @@ def reset_caches() -> None:
 
 
 def __getattr__(name: str):
-    """``envpin.DaskCluster``, imported on first use: ``import envpin`` must not import distributed."""
-    if name == "DaskCluster":
-        from envpin.adapters.dask_cluster import DaskCluster
+    """A public name of :data:`_LAZY`, imported on first use (then kept as this module's attribute)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'envpin' has no attribute {name!r}")
+    import importlib
 
-        return DaskCluster
-    raise AttributeError(f"module 'envpin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The lazy names too: ``envpin.<TAB>`` offers ``ContainerExecutor`` before its first use."""
+    return sorted({*globals(), *_LAZY})
 
 
 def in_container() -> bool:

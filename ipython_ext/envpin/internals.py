@@ -621,6 +621,130 @@ FLYTEKIT = Library(
         check=lambda value: value == FLYTE_DEFAULT_IMAGE_VARIABLE,
         expects=repr(FLYTE_DEFAULT_IMAGE_VARIABLE),
     ),
+    EntryPoint(
+        "get_serializable_task",
+        "flytekit.tools.translator",
+        "get_serializable_task",
+        "every task's serialization (pyflyte register/package, FlyteRemote, @dynamic): a task whose image holds "
+        "the code is serialized without the fast-registration wrapper (get_serializable calls it by module name)",
+        parameters=("entity_mapping", "settings", "entity"),
+    ),
+    EntryPoint(
+        "package",
+        "flytekit.tools.repo",
+        "package",
+        "pyflyte package and serialize_and_package: no code archive when no task needs one (fast_options from "
+        "1.14, the bool fast before)",
+        parameters=("serializable_entities",),
+    ),
+    EntryPoint(
+        "remote_fast_package",
+        "flytekit.remote.remote",
+        "FlyteRemote.fast_package",
+        "pyflyte register and FlyteRemote.register_script scan and upload the code here: skipped when every task "
+        "of the registration holds its code in the image",
+        parameters=("self", "root"),
+    ),
+    EntryPoint(
+        "register_script",
+        "flytekit.remote.remote",
+        "FlyteRemote.register_script",
+        "FlyteRemote's script-mode registration: its tasks decide whether fast_package uploads anything",
+        parameters=("self", "entity", "image_config", "fast_package_options"),
+    ),
+    EntryPoint(
+        "flyte_entities",
+        "flytekit.core.context_manager",
+        "FlyteEntities",
+        "the tasks pyflyte register loaded (its registration), which decide whether a bundle is needed",
+        check=lambda value: isinstance(getattr(value, "entities", None), list),
+        expects="a class with a list 'entities'",
+    ),
+    EntryPoint(
+        "plugins_entry_point_group",
+        "flytekit",
+        "load_implicit_plugins",
+        "pyflyte started from a pinned notebook loads envpin's rules through the 'flytekit.plugins' entry points "
+        "this function loads at import flytekit (envpin/adapters/flyte_hook)",
+    ),
+)
+
+
+# ---- flyte, Flyte 2's SDK (kernel side: adapters/flyte2_adapter) ----------------------------------------
+
+FLYTE = Library(
+    "flyte",
+    "flyte",
+    ("2.12.1", "2.12.1"),
+    EntryPoint(
+        "task_environment_post_init",
+        "flyte._task_environment",
+        "TaskEnvironment.__post_init__",
+        "every TaskEnvironment created after the pin (clone_with too): the pin for image 'auto'/None, the "
+        "ENVPIN_* variables in env_vars",
+        parameters=("self",),
+    ),
+    EntryPoint(
+        "runner_build_task_spec",
+        "flyte._run",
+        "_Runner._build_task_spec_from_template",
+        "flyte.run / with_runcontext(...).run of a local task (remote and dry run): where the code bundle is built "
+        "from the runner's copy_style, interactive mode and version, which envpin sets when the image holds the code",
+        parameters=("self", "obj"),
+    ),
+    EntryPoint(
+        "runner_run_local",
+        "flyte._run",
+        "_Runner._run_local",
+        "local mode runs the task in this process: warned about (refused with --strict) outside the pinned image",
+        parameters=("self", "obj"),
+    ),
+    EntryPoint(
+        "runner_copy_style",
+        "flyte._run",
+        "_Runner._copy_files",
+        "the run's copy_style ('none' when every environment's image holds the code)",
+        instance=True,
+    ),
+    EntryPoint(
+        "runner_interactive_mode",
+        "flyte._run",
+        "_Runner._interactive_mode",
+        "a notebook's runs pickle the task (interactive mode) whatever copy_style says: off for such runs",
+        instance=True,
+    ),
+    EntryPoint(
+        "runner_version",
+        "flyte._run",
+        "_Runner._version",
+        "copy_style 'none' needs a version: envpin's, from the image id and the modules, when none is given",
+        instance=True,
+    ),
+    EntryPoint(
+        "deploy_apply",
+        "flyte._deploy",
+        "apply",
+        "flyte.deploy's per-plan step, which builds the bundle from copy_style (called by module name)",
+        parameters=("deployment_plan", "copy_style"),
+    ),
+    EntryPoint(
+        "plan_deploy",
+        "flyte._deploy",
+        "plan_deploy",
+        "the environments a run needs (the task's and those it depends on)",
+    ),
+    EntryPoint(
+        "default_task_resolver",
+        "flyte._internal.resolvers.default",
+        "DefaultTaskResolver",
+        "the module a Flyte 2 pod imports for a task (loader_args: mod M instance T), checked in the image",
+    ),
+    EntryPoint(
+        "get_init_config",
+        "flyte._initialize",
+        "get_init_config",
+        "the root_dir task modules are named from (flyte.init(root_dir=...))",
+    ),
 )
 
 
@@ -946,5 +1070,6 @@ DASK_GATEWAY = Library(
 
 #: Every section, by the name pip knows the library by.
 LIBRARIES: dict[str, Library] = {
-    lib.distribution: lib for lib in (DOCKER, IPYKERNEL, IPYTHON, YTSAURUS, FLYTEKIT, RAY, DISTRIBUTED, DASK_GATEWAY)
+    lib.distribution: lib
+    for lib in (DOCKER, IPYKERNEL, IPYTHON, YTSAURUS, FLYTEKIT, FLYTE, RAY, DISTRIBUTED, DASK_GATEWAY)
 }

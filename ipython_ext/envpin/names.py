@@ -29,6 +29,10 @@ IMAGE_ID = "ENVPIN_IMAGE_ID"
 IMAGE_LATEST_ID = "ENVPIN_IMAGE_LATEST_ID"
 #: Set in an image (``ENV ENVPIN_CODE_IN_IMAGE=/app``): where it keeps the project's code.
 CODE_IN_IMAGE = "ENVPIN_CODE_IN_IMAGE"
+#: The pin a ``pyflyte`` started from a pinned notebook registers with (JSON; ``adapters.flyte_registration``).
+FLYTE_STAMP = "ENVPIN_FLYTE_STAMP"
+#: The folder of the flytekit plugin that applies it there, first on child processes' ``PYTHONPATH`` while pinned.
+FLYTE_HOOK_DIR = os.path.join(PACKAGE_DIR, "adapters", "flyte_hook")
 #: "1" when a pin (or a move) decided the image: the kernel starts out pinned.
 PINNED = "ENVPIN_PINNED"
 #: What the kernel's first output says about pins (JSON list of sentences): which pin decided, which did not apply.

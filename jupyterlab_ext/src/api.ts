@@ -38,6 +38,8 @@ export interface IKernelReport {
   source?: string;
   pinned?: boolean;
   notes?: string[];
+  /** The image's Python is being asked for: ask again shortly. */
+  probing?: boolean;
   python?: string | null;
   pickler?: string | null;
   pooled?: boolean;
@@ -64,6 +66,26 @@ export interface IImages {
   pinned: boolean;
 }
 
+/** A pull a kernel start is waiting for (or one that just ended), server-wide. */
+export interface IStartPull {
+  serial: number;
+  image: string;
+  kernel_id: string | null;
+  message: string;
+  fraction: number | null;
+  state: 'pulling' | 'done' | 'failed';
+}
+
+/**
+ * ``value`` as text of at most ``limit`` characters.  What the server reports may come from a kernel, a
+ * pin file or an image (the server escapes and cuts it already): the page shows it only through
+ * textContent, title and notification text, never as HTML, and never more than this.
+ */
+export function clip(value: unknown, limit = 2000): string {
+  const text = String(value ?? '');
+  return text.length > limit ? `${text.slice(0, limit)}...` : text;
+}
+
 /** A refusal or failure of the server, with its one-paragraph message. */
 export class ApiError extends Error {
   constructor(
@@ -87,7 +109,7 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
   }
   if (!response.ok) {
     const message = (data && (data.message || data.reason)) || `${response.status} ${response.statusText}`;
-    throw new ApiError(String(message), response.status);
+    throw new ApiError(clip(message), response.status);
   }
   return data as T;
 }
@@ -98,6 +120,10 @@ export function kernelReport(kernelId: string): Promise<IKernelReport> {
 
 export function choosableImages(kernelId: string): Promise<IImages> {
   return request<IImages>(`kernels/${encodeURIComponent(kernelId)}/images`);
+}
+
+export function startPulls(): Promise<{ pulls: IStartPull[] }> {
+  return request<{ pulls: IStartPull[] }>('pulls');
 }
 
 export function move(kernelId: string, image: string, restart: boolean, pull: boolean): Promise<{ ui_move: IUiMove }> {

@@ -4,6 +4,7 @@
  * - a status bar item, "image · Python · short id" of the current notebook's kernel when envpin runs it,
  *   kept current on start, restart and move (item.ts); clicking it opens the move dialog (moves.ts);
  * - notifications for %use_image requests: a pull's progress, then its outcome; refusals with their fix;
+ * - notifications for pulls during a kernel start (pulls.ts), the same way;
  * - JupyterLab's own kernel name (notebook toolbar, status bar) says "Containerized Python" for kernels of
  *   envpin's kernelspecs, not the kernelspec's display name: that names the image the kernelspec starts in,
  *   which stops being true after a move or with a pin, and would then name an image the kernel left.
@@ -18,6 +19,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { EnvpinStatus } from './item';
 import { Notifier, moveDialog } from './moves';
+import { StartPulls } from './pulls';
 
 /** What JupyterLab's chrome calls a kernel envpin runs: the image is the envpin item's to say. */
 export const ENVPIN_KERNEL_LABEL = 'Containerized Python';
@@ -67,9 +69,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const specs = app.serviceManager.kernelspecs;
     const item = new EnvpinStatus((panel, report) => void moveDialog(panel, report, item, notifier));
     const notifier = new Notifier(item);
+    const startPulls = new StartPulls();
     const adopt = (panel: NotebookPanel) => {
       relabel(panel.sessionContext, specs);
       notifier.watch(panel);
+      startPulls.watch(panel);
     };
     tracker.forEach(adopt);
     tracker.widgetAdded.connect((_, panel) => adopt(panel));

@@ -11,12 +11,14 @@ import { Kernel } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
-import { IKernelReport, kernelReport } from './api';
+import { IKernelReport, clip, kernelReport } from './api';
 
 export function describe(report: IKernelReport): string {
-  return [report.image ?? '?', report.python ? `Python ${report.python}` : 'Python ?', report.short_id ?? '?'].join(
-    ' · '
-  );
+  return [
+    clip(report.image ?? '?', 300),
+    report.python ? `Python ${clip(report.python, 40)}` : 'Python ?',
+    clip(report.short_id ?? '?', 40)
+  ].join(' · ');
 }
 
 function details(report: IKernelReport): string {
@@ -30,8 +32,8 @@ function details(report: IKernelReport): string {
     `start: ${report.pooled ? 'warm (pooled)' : 'cold'}`,
     `container: ${report.container ?? '-'}`
   ];
-  for (const note of report.notes ?? []) {
-    lines.push(`note: ${note}`);
+  for (const note of (report.notes ?? []).slice(0, 5)) {
+    lines.push(`note: ${clip(note, 600)}`);
   }
   lines.push('Click to move this kernel to another image.');
   return lines.join('\n');
@@ -94,10 +96,13 @@ export class EnvpinStatus extends Widget {
     void this.refresh();
   }
 
-  /** Ask the server again; ``until``: keep asking (every 0.5 s, 60 s at most) until it holds for the report. */
+  /**
+   * Ask the server again; ``until``: keep asking (every 0.5 s, 60 s at most) until it holds for the report.
+   * A report whose image's Python is still being asked for (``probing``) is asked again too.
+   */
   async refresh(until?: (report: IKernelReport) => boolean): Promise<void> {
     const serial = ++this._serial;
-    for (let attempt = 0; attempt < (until ? 120 : 1); attempt++) {
+    for (let attempt = 0; attempt < 120; attempt++) {
       const kernel = this._panel?.sessionContext.session?.kernel;
       if (!kernel) {
         this.render(null);
@@ -113,7 +118,7 @@ export class EnvpinStatus extends Widget {
         return; // a newer refresh took over
       }
       this.render(report);
-      if (!until || !report || !report.envpin || until(report)) {
+      if (!report || !report.envpin || (!report.probing && (!until || until(report)))) {
         return;
       }
       await new Promise(resolve => setTimeout(resolve, 500));
@@ -151,7 +156,7 @@ export class EnvpinStatus extends Widget {
       const step = report.activity;
       if (step) {
         const pct = step.fraction !== null ? ` ${Math.round(step.fraction * 100)}%` : '';
-        text += ` → ${step.image}: ${step.phase}${pct}`;
+        text += ` → ${clip(step.image, 300)}: ${clip(step.phase, 40)}${pct}`;
       }
       this.node.textContent = text;
       this.node.title = details(report);

@@ -12,7 +12,7 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 import { KernelMessage } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, IKernelReport, IUiMove, choosableImages, kernelReport, move } from './api';
+import { ApiError, IKernelReport, IUiMove, choosableImages, clip, kernelReport, move } from './api';
 import { EnvpinStatus, describe } from './item';
 
 export const PROGRESS_MIME = 'application/vnd.envpin.progress+json';
@@ -46,6 +46,9 @@ export function withBar(fraction: number, message: string): string {
   return `${'█'.repeat(full)}${'░'.repeat(cells - full)} ${Math.round(fraction * 100)}% ${message}`;
 }
 
+/** Pull notifications shown at once, at most (a request line is one; a kernel cannot make more). */
+const MAX_NOTES = 8;
+
 /** Notifications of %use_image requests, one per request line (its display id). */
 export class Notifier {
   constructor(private readonly item: EnvpinStatus) {}
@@ -72,12 +75,17 @@ export class Notifier {
     this.onState(panel, kernelId, displayId, data);
   }
 
-  private onState(panel: NotebookPanel, kernelId: string, key: string, data: IProgressState): void {
-    const message = String(data.message ?? '');
+  private onState(panel: NotebookPanel, kernelId: string, key: string, raw: IProgressState): void {
+    // The kernel's word (its output on iopub): shown as text only, cut, and its numbers checked.
+    const data = { ...raw, image: clip(raw.image, 300) };
+    const message = clip(raw.message);
     const known = this._notes.get(key);
     if (data.state === 'working') {
-      if (typeof data.fraction !== 'number') {
+      if (typeof data.fraction !== 'number' || !Number.isFinite(data.fraction)) {
         return; // resolving: no notification until there is something to wait for (a pull)
+      }
+      if (!known && this._notes.size >= MAX_NOTES) {
+        return; // a kernel printing progress lines in a loop does not bury the page in notifications
       }
       const progress = Math.min(Math.max(data.fraction, 0), 1);
       const text = withBar(progress, message);
@@ -113,6 +121,12 @@ export class Notifier {
     if (data.state === 'error' || known) {
       if (known) {
         Notification.dismiss(known);
+      } else {
+        if (this._errors >= MAX_NOTES) {
+          return; // the message is in the cell; a minute holds a few error notifications, not a flood
+        }
+        this._errors++;
+        setTimeout(() => this._errors--, 60_000);
       }
       Notification.error(message, {
         autoClose: false,
@@ -122,6 +136,7 @@ export class Notifier {
   }
 
   private _notes = new Map<string, string>();
+  private _errors = 0;
 }
 
 class MoveBody extends Widget {
@@ -129,7 +144,7 @@ class MoveBody extends Widget {
     super();
     this.addClass('jp-envpin-move');
     const now = document.createElement('p');
-    now.textContent = `Now: ${describe(report)}${report.pinned ? ' (pinned: ' + report.image + ')' : ' (not pinned)'}`;
+    now.textContent = `Now: ${describe(report)}${report.pinned ? ' (pinned: ' + clip(report.image, 300) + ')' : ' (not pinned)'}`;
     this.node.appendChild(now);
     const label = document.createElement('label');
     label.textContent = 'Move this kernel to ';
@@ -171,7 +186,7 @@ class MoveBody extends Widget {
         this.select.appendChild(option);
       }
       this.select.disabled = listed.images.length === 0;
-      const patterns = listed.allowed_images.length ? listed.allowed_images.join(', ') : 'any image';
+      const patterns = listed.allowed_images.length ? clip(listed.allowed_images.join(', '), 1000) : 'any image';
       this.note.textContent +=
         ` Listed: the images on the engine that allowed_images lets this kernel run (${patterns})` +
         (listed.truncated ? ', the first 500.' : '.');

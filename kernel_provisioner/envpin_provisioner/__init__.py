@@ -21,6 +21,7 @@ __all__ = ["EnvpinError", "EnvpinProvisioner", "__version__", "reset_caches"]
 STATEFUL_MODULES = (
     "envpin_provisioner.engine",
     "envpin_provisioner.images.pulling",
+    "envpin_provisioner.images.start_pulls",
     "envpin_provisioner.kernel.ownership",
     "envpin_provisioner.kernel.quota",
     "envpin_provisioner.pins.follow",

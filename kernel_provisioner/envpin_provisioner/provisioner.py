@@ -39,7 +39,7 @@ from envpin.host import docker_client
 from envpin.host.images import ResolvedImage
 from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError, EnvpinError, shown_in_dialogs
-from envpin_provisioner.images import pulling, selection
+from envpin_provisioner.images import pulling, selection, start_pulls
 from envpin_provisioner.images.pull_budget import PullBudget
 from envpin_provisioner.kernel import channels, folder, ownership, readiness
 from envpin_provisioner.kernel import container as kernel_container
@@ -191,18 +191,23 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         or this kernel's standby for the image) becomes the kernel; else a new
         container is created (a cold start).
         """
-        client = await self._docker()
-        container = await self._warm.hand_over(launch)
-        warm = container is not None
-        if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
-            container = await engine.create_owned(
-                kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
-            )
+        ready = False
         try:
-            await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
-        except BaseException:  # a failed or cancelled start leaves no container behind
-            await engine.call_through(kernel_container.remove, container)
-            raise
+            client = await self._docker()
+            container = await self._warm.hand_over(launch)
+            warm = container is not None
+            if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
+                container = await engine.create_owned(
+                    kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
+                )
+            try:
+                await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
+            except BaseException:  # a failed or cancelled start leaves no container behind
+                await engine.call_through(kernel_container.remove, container)
+                raise
+            ready = True
+        finally:  # the pool's refill and the rename wait until the start is over, whatever its outcome
+            self._warm.start_done(ready)
         self._started_warm = warm
         return container
 
@@ -270,17 +275,19 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         client = await self._prepare_engine()
         env = kwargs.get("env") or {}
         await self._pin_notebook(env, kwargs.get("cwd"))
-        self._choice = await engine.call(
-            selection.choose,
-            client,
-            self.image,
-            self.pull_policy,
-            self._notebook,
-            self._pin_dir,
-            self.log,
-            self.allowed_images,
-            kernelspec=self.kernelspec_name,
-        )
+        with start_pulls.tracked(self.image or "", self.kernel_id) as progress:  # shown by the JupyterLab extension
+            self._choice = await engine.call(
+                selection.choose,
+                client,
+                self.image,
+                self.pull_policy,
+                self._notebook,
+                self._pin_dir,
+                self.log,
+                self.allowed_images,
+                kernelspec=self.kernelspec_name,
+                progress=progress,
+            )
         transport = self._transport()
         kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
         await self._set_up_channels(transport, env)

@@ -80,8 +80,18 @@ def open_notebook(p, chromium: str, url: str, kernel_display_name: str):
     page.wait_for_selector(".jp-LauncherCard", timeout=90_000)
     page.locator(f".jp-LauncherCard[title*='{kernel_display_name}']").first.click()
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.
-    page.get_by_text(f"{ENVPIN_KERNEL_LABEL} | Idle").wait_for(timeout=60_000)
+    # Typing before the kernel connects runs nothing: wait for the status bar to say it is idle.  A start
+    # that failed shows JupyterLab's "Error Starting Kernel" dialog instead: fail at once, with its text.
+    idle = page.get_by_text(f"{ENVPIN_KERNEL_LABEL} | Idle")
+    start_error = page.locator(".jp-Dialog", has_text="Error Starting Kernel")
+    try:
+        idle.or_(start_error).first.wait_for(timeout=60_000)
+    except Exception:
+        shoot(page, "jupyterlab-open-notebook-failed")
+        raise
+    if start_error.count():
+        shoot(page, "jupyterlab-open-notebook-failed")
+        raise AssertionError(f"the kernel did not start: {start_error.first.inner_text()}")
     return browser, page
 
 

@@ -49,7 +49,7 @@ def auth(srv) -> dict:
 
 def test_no_token_no_answer(srv):
     kid = str(uuid.uuid4())
-    for path in ("kernels", f"kernels/{kid}", f"kernels/{kid}/images"):
+    for path in ("kernels", f"kernels/{kid}", f"kernels/{kid}/images", "pulls"):
         r = requests.get(api(srv, path), timeout=10)
         assert r.status_code == 403, (path, r.status_code)
     r = requests.post(api(srv, f"kernels/{kid}/move"), json={"image": "envpin-test/py313"}, timeout=10)
@@ -74,6 +74,8 @@ def test_a_login_cookie_without_xsrf_cannot_move(srv):
 def test_with_the_token_only_this_servers_kernels(srv):
     r = requests.get(api(srv, "kernels"), headers=auth(srv), timeout=10)
     assert r.status_code == 200 and r.json() == {"kernels": []}
+    r = requests.get(api(srv, "pulls"), headers=auth(srv), timeout=10)
+    assert r.status_code == 200 and r.json() == {"pulls": []}
     assert r.headers["Cache-Control"] == "no-store"
     for path in (f"kernels/{uuid.uuid4()}", f"kernels/{uuid.uuid4()}/images"):
         assert requests.get(api(srv, path), headers=auth(srv), timeout=10).status_code == 404
@@ -92,7 +94,8 @@ def test_with_the_token_only_this_servers_kernels(srv):
         (b'{"image": "a\\nb"}', "'image' must be"),
         (b'{"image": ""}', "'image' must be"),
         (b'{"image": "envpin-test/py313", "restart": "yes"}', "'restart' must be"),
-        (b'{"image": "' + b"a" * 5000 + b'"}', "at most"),
+        (b'{"image": "a..b"}', "'image' must be"),
+        (b'{"image": "' + b"a" * 400 + b'"}', "'image' must be"),
     ],
 )
 def test_a_malformed_move_is_a_400_before_anything(srv, body, says):
@@ -103,6 +106,17 @@ def test_a_malformed_move_is_a_400_before_anything(srv, body, says):
         timeout=10,
     )
     assert r.status_code == 400 and says in r.json()["message"], r.text
+
+
+def test_a_move_body_too_large_is_a_413_unread(srv):
+    r = requests.post(
+        api(srv, f"kernels/{uuid.uuid4()}/move"),
+        data=b'{"image": "' + b"a" * 5000 + b'"}',
+        headers={**auth(srv), "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 413 and "at most 4096 bytes" in r.json()["message"], r.text
+    assert r.headers.get("Connection") == "close"  # its body was left unread
 
 
 def test_a_good_move_of_an_unknown_kernel_is_a_404(srv):

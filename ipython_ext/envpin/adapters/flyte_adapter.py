@@ -28,10 +28,12 @@ Flyte parses images as ``name:tag`` or ``name@digest``; a pinned reference
 without either is written with ``:latest``, which is what it means to Docker.
 
 When the pinned image already contains the project's code, marked by the
-image setting ``ENV ENVPIN_CODE_IN_IMAGE=/path/of/the/code``, fast
-registration (``pyflyte register`` uploading a code bundle on top of the
-image, its default ``--copy all``) is unnecessary: the status table says so,
-and ``pyflyte register --copy none`` is the command to use.
+image setting ``ENV ENVPIN_CODE_IN_IMAGE=/path/of/the/code``, its tasks are
+registered without fast registration's code bundle, and a registration whose
+tasks all run from the image scans and uploads nothing, whatever ``--copy``
+says (``flyte_registration``; in a ``pyflyte`` started from the notebook too,
+through the plugin in ``flyte_hook``, put on child processes' ``PYTHONPATH``
+while the session is pinned).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ import os
 import sys
 import warnings
 
+from envpin import names
 from envpin.adapters.base import LibraryAdapter
+from envpin.adapters.flyte_registration import Registration, stamp_to_environment
 from envpin.images import references
 from envpin.internals import FLYTE_DEFAULT_IMAGE_VARIABLE, FLYTEKIT
 from envpin.session.stamping import ImageConflictWarning, Stamp
@@ -56,6 +60,22 @@ class FlyteAdapter(LibraryAdapter):
         super().__init__()
         self._env_before: str | None = None
         self._env_set: str | None = None
+        self._children_before: dict[str, str | None] | None = None
+        self._registration: Registration | None = None
+        self._skip_bundle = True
+
+    @property
+    def skip_bundle(self) -> bool:
+        """False: register tasks whose image holds the code with a bundle anyway (flytekit's own behaviour)."""
+        return self._skip_bundle
+
+    @skip_bundle.setter
+    def skip_bundle(self, value: bool) -> None:
+        self._skip_bundle = bool(value)
+        if self._registration is not None:
+            self._registration.skip_bundle = self._skip_bundle
+        if self.stamp is not None and self._children_before is not None:
+            os.environ[names.FLYTE_STAMP] = stamp_to_environment(self.stamp, self._skip_bundle)
 
     def describe(self) -> str:
         if self.installed:
@@ -67,10 +87,10 @@ class FlyteAdapter(LibraryAdapter):
 
     def summary(self) -> str:
         text = "flyte: container_image of new tasks, FLYTE_INTERNAL_IMAGE"
-        if self.stamp is not None and self.stamp.code_in_image:
+        if self.stamp is not None and self.stamp.code_in_image and self._skip_bundle:
             text += (
-                f"; the image contains the code ({self.stamp.code_in_image}): fast registration is unnecessary, "
-                "register with pyflyte register --copy none"
+                f"; the image contains the code ({self.stamp.code_in_image}): its tasks are registered without a "
+                "code bundle, and nothing is uploaded when all are"
             )
         return text
 
@@ -87,6 +107,10 @@ class FlyteAdapter(LibraryAdapter):
                 stacklevel=2,
             )
         os.environ[ENV_DEFAULT_IMAGE] = self._env_set = image
+        # A pyflyte started from the notebook applies the same registration rules (flyte_hook's plugin).
+        self._children_before = {k: os.environ.get(k) for k in (names.FLYTE_STAMP, "PYTHONPATH")}
+        os.environ[names.FLYTE_STAMP] = stamp_to_environment(stamp, self._skip_bundle)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [names.FLYTE_HOOK_DIR, os.environ.get("PYTHONPATH")]))
         super().activate(stamp)
 
     def deactivate(self) -> None:
@@ -97,6 +121,25 @@ class FlyteAdapter(LibraryAdapter):
             else:
                 os.environ[ENV_DEFAULT_IMAGE] = self._env_before
         self._env_before = self._env_set = None
+        if self._children_before is not None:
+            for key, before in self._children_before.items():
+                now = os.environ.get(key, "")
+                if key == "PYTHONPATH":  # take out our folder only: the user may have added to it since
+                    now = os.pathsep.join(p for p in now.split(os.pathsep) if p != names.FLYTE_HOOK_DIR)
+                    if now or before is not None:
+                        os.environ[key] = now
+                    else:
+                        os.environ.pop(key, None)
+                elif before is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = before
+            self._children_before = None
+
+    def uninstall(self) -> None:
+        if self._registration is not None:
+            self._registration.uninstall()
+            self._registration = None
 
     def install(self, flytekit, stamp: Stamp) -> None:
         image = references.with_tag(stamp.job_image)
@@ -124,6 +167,9 @@ class FlyteAdapter(LibraryAdapter):
             return __init__
 
         self.patches.wrap(*FLYTEKIT.site("task_init"), make_init)
+        self._registration = Registration(stamp)
+        self._registration.skip_bundle = self._skip_bundle
+        self._registration.install()
 
 
 def _image_for(named, stamp: Stamp, image: str, task_name: str):

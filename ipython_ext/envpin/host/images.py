@@ -134,17 +134,23 @@ def _options(image: ResolvedImage, role: str, cwd: str | None, env: dict[str, st
     return opts
 
 
-def run_python(c, image: ResolvedImage, code: str, timeout: float = 60, python: str = "python3") -> str:
-    """Run ``python -c code`` in a short-lived container of ``image`` (labelled, so gc sees it); return its stdout."""
+def run_python(
+    c, image: ResolvedImage, code: str, timeout: float = 60, python: str = "python3", tail: int | str = "all"
+) -> str:
+    """Run ``python -c code`` in a short-lived container of ``image`` (labelled, so gc sees it); return its stdout.
+
+    ``tail``: only the last lines of it (the engine splits a long line at 16 KiB), for a caller that must
+    not read whatever amount an image chooses to print.
+    """
     container = dialect.create(
         c, entrypoint=[python, "-c", code], network_mode="none", **_options(image, "probe", None, None)
     )
     try:
         container.start()
         result = container.wait(timeout=timeout)
-        out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+        out = container.logs(stdout=True, stderr=False, tail=tail).decode(errors="replace")
         if result.get("StatusCode") != 0:
-            err = container.logs(stdout=False, stderr=True).decode(errors="replace").strip()
+            err = container.logs(stdout=False, stderr=True, tail=20).decode(errors="replace").strip()
             raise EnvpinError(  # its stderr is the image's text: escaped, on one line
                 f"Probing image '{image.name}' failed (exit {result.get('StatusCode')}): {printable.one_line(err[-500:])}"
             )

@@ -162,7 +162,11 @@ def control_frames(header: dict[str, Any]) -> list:
 
 
 def dumps(obj: Any, kind: str, dumper: Callable | None = None) -> list:
-    """Frames of one envelope holding ``obj`` (a list of bytes-like objects, ready for sendmsg)."""
+    """Frames of one envelope holding ``obj`` (a list of bytes-like objects, ready for sendmsg).
+
+    ``dumper``: ``cloudpickle.dumps`` unless given (``pickle.dumps`` for what the standard pickler can
+    take: ``dumps_plain_first``).
+    """
     import cloudpickle
 
     buffers: list = []
@@ -175,6 +179,24 @@ def dumps(obj: Any, kind: str, dumper: Callable | None = None) -> list:
     return frames
 
 
+def dumps_plain_first(obj: Any, kind: str) -> list:
+    """:func:`dumps` with the standard pickler when it can take ``obj``, else with cloudpickle.
+
+    For a worker's results: mostly plain data, which ``pickle`` writes in a
+    fraction of cloudpickle's time.  What ``pickle`` can only write by
+    reference to something that is not importable as the same object (a
+    class or function the job defined, a lambda) it refuses, and cloudpickle
+    then writes it by value, as it always did.  Either way the receiver loads
+    it with ``pickle.loads``, after the same envelope check.
+    """
+    import pickle
+
+    try:
+        return dumps(obj, kind, dumper=pickle.dumps)
+    except Exception:  # noqa: BLE001  anything pickle refuses (PicklingError, TypeError, AttributeError...)
+        return dumps(obj, kind)
+
+
 def _length(recv_exact: Callable[[int], Any], what: str, limit: int) -> int:
     (n,) = _U64.unpack(bytes(recv_exact(8)))
     if n > limit:
@@ -182,12 +204,28 @@ def _length(recv_exact: Callable[[int], Any], what: str, limit: int) -> int:
     return n
 
 
+#: Headers up to this size are parsed once per distinct text (``_parsed``): a peer repeats its header
+#: for every message, and its JSON costs more than a tiny job's pickle.
+_CACHED_HEADER = 4096
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(data: bytes) -> Any:
+    return json.loads(data)
+
+
 def parse_header(data: bytes, kinds: frozenset[str] | None = None) -> dict[str, Any]:
-    """The header's JSON object, checked: an object with a string ``kind`` (one of ``kinds`` when given)."""
+    """The header's JSON object, checked: an object with a string ``kind`` (one of ``kinds`` when given).
+
+    Every header is checked; only the JSON parse of a text seen before is
+    reused (the result is a new dict each time; callers only read it).
+    """
     try:
-        header = json.loads(data)
+        header = _parsed(bytes(data)) if len(data) <= _CACHED_HEADER else json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("the peer sent a header that is not JSON") from None
+    if isinstance(header, dict):
+        header = dict(header)
     if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
         raise ProtocolError("the peer sent a header without a kind")
     if kinds is not None and header["kind"] not in kinds:
@@ -244,4 +282,5 @@ def loads(header: dict, payload: Any, buffers: list, what: str, mode: str | None
 def reset() -> None:
     """Forget this process's envelope header and the senders already judged (``envpin.reset_caches``)."""
     _header.cache_clear()
+    _parsed.cache_clear()
     _last_accepted.clear()

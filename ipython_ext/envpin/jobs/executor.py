@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import functools
 import os
 import queue
 import socket
@@ -105,7 +104,7 @@ class _Slot:
     def __init__(
         self,
         index: int,
-        jobs: queue.Queue[Any],
+        jobs: queue.SimpleQueue[Any],
         start: Callable[[str], tuple[worker_hosts.Worker, socket.socket]],
         image: str,
         envelope_mode: str,
@@ -113,6 +112,7 @@ class _Slot:
         self.id = f"{index}-{uuid.uuid4().hex[:6]}"
         self.jobs, self.start, self.image, self.envelope_mode = jobs, start, image, envelope_mode
         self.conn: socket.socket | None = None
+        self._receiver: worker.Receiver | None = None  #: reads ``conn`` (made anew for each new connection)
         self.worker: worker_hosts.Worker | None = None
         self.cancelled: JobFuture | None = None
         self.thread = threading.Thread(target=self._loop, name=f"envpin-worker-{index}", daemon=True)
@@ -155,9 +155,9 @@ class _Slot:
                     if self.cancelled is future:  # cancelled while its worker started: nothing to kill then
                         raise EOFError("the job was cancelled before it was sent")
                 worker.send_frames(self.conn, frames)
-                header, payload, buffers = envelopes.read_frames(
-                    functools.partial(worker.recv_exact, self.conn), _ANSWERS[kind]
-                )
+                if self._receiver is None or self._receiver.sock is not self.conn:
+                    self._receiver = worker.Receiver(self.conn)
+                header, payload, buffers = envelopes.read_frames(self._receiver, _ANSWERS[kind])
                 future._slot = None
                 self._deliver(future, header, payload, buffers, kind)
             except envelopes.ProtocolError as exc:  # the job (or its image) broke the protocol: not trusted again
@@ -289,7 +289,7 @@ class ContainerExecutor(cf.Executor):
         except BaseException:
             self._listener.close()
             raise
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # C: cheaper per job than Queue
         self._slots: list[_Slot] = []
         self._shutdown = False
         self._lock = threading.Lock()
@@ -393,7 +393,7 @@ class ContainerExecutor(cf.Executor):
         job = (fn, args, kwargs)
         frames = self._dump(job, fn)
         payload = bytes(frames[3])
-        mentioned = [m for m in shipping.loaded_top_level_modules() if m.encode() in payload]
+        mentioned = shipping.mentioned_in(payload)
         unknown = [m for m in mentioned if m not in self._verdicts]
         if unknown:
             referenced = shipping.modules_by_reference(payload)

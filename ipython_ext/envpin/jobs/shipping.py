@@ -23,24 +23,39 @@ def site_dirs() -> tuple[str, ...]:
     return tuple(os.path.realpath(paths[k]) for k in ("purelib", "platlib", "stdlib", "platstdlib") if paths.get(k))
 
 
-_loaded_top: tuple[int, frozenset] = (-1, frozenset())
+#: (len(sys.modules) when computed, the top-level names, the same names encoded, for searching pickles)
+_loaded_top: tuple[int, frozenset, tuple[tuple[str, bytes], ...]] = (-1, frozenset(), ())
 
 
-def loaded_top_level_modules() -> frozenset:
-    """Top-level names of imported non-standard modules (recomputed when sys.modules grows)."""
+def _refresh() -> None:
     global _loaded_top
     if _loaded_top[0] != len(sys.modules):
         names = {m.partition(".")[0] for m in list(sys.modules)}
         names -= set(sys.stdlib_module_names) | {"__main__", "builtins", "cloudpickle", "envpin", "__mp_main__"}
-        _loaded_top = (len(sys.modules), frozenset(n for n in names if not n.startswith("__")))
+        kept = frozenset(n for n in names if not n.startswith("__"))
+        _loaded_top = (len(sys.modules), kept, tuple((n, n.encode()) for n in sorted(kept)))
+
+
+def loaded_top_level_modules() -> frozenset:
+    """Top-level names of imported non-standard modules (recomputed when sys.modules grows)."""
+    _refresh()
     return _loaded_top[1]
+
+
+def mentioned_in(payload: bytes) -> list[str]:
+    """The loaded top-level modules whose name occurs anywhere in ``payload`` (a superset of those it uses).
+
+    Runs for every job: the names are encoded once, not per job.
+    """
+    _refresh()
+    return [name for name, encoded in _loaded_top[2] if encoded in payload]
 
 
 def reset() -> None:
     """Forget the site folders and the imported modules seen (``envpin.reset_caches``)."""
     global _loaded_top
     site_dirs.cache_clear()
-    _loaded_top = (-1, frozenset())
+    _loaded_top = (-1, frozenset(), ())
 
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING"}

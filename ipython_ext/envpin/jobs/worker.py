@@ -34,12 +34,13 @@ JOB_KINDS = frozenset({"job", "probe"})
 _LAZY_FRAME = 1 << 28
 
 
-def recv_exact(sock: socket.socket, n: int):
+def recv_exact(sock: socket.socket, n: int, head: bytes | bytearray = b""):
     """Exactly ``n`` bytes from ``sock`` (EOFError if it closes first), as a writable buffer.
 
     ``n`` comes from the peer (``envelope.read_frames`` bounds it): see
     ``_LAZY_FRAME`` for where it is received, so that a lie about a huge
     length is answered by EOF, not by filling the caller's memory up front.
+    ``head``: the first bytes, already received (``Receiver``'s read-ahead; fewer than ``n``).
     """
     if n < 0:
         raise ValueError(f"negative frame length {n}")
@@ -53,7 +54,8 @@ def recv_exact(sock: socket.socket, n: int):
                 f"a frame of {n} bytes cannot be received here (out of address space)"
             ) from None
     view = memoryview(buf)
-    got = 0
+    got = len(head)
+    view[:got] = head
     try:
         while got < n:
             k = sock.recv_into(view[got:], n - got)
@@ -63,6 +65,51 @@ def recv_exact(sock: socket.socket, n: int):
     finally:
         view.release()
     return buf
+
+
+class Receiver:
+    """``recv_exact`` for one connection, reading ahead into a small buffer: a tiny message is one system call.
+
+    A message is five frames or more (lengths, header, payload, buffer
+    count); read one by one they cost a ``recv`` each, more than a tiny job
+    itself.  Here a read asks for up to :data:`READ_AHEAD` bytes and keeps
+    what came beyond the frame for the next one.  The read-ahead is bounded,
+    so the memory rule of :func:`recv_exact` still holds: a frame larger than
+    the buffer is received into its own memory as its bytes arrive.
+    """
+
+    #: Bytes asked for per read (and the most kept between two frames).
+    READ_AHEAD = 1 << 16
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray(self.READ_AHEAD)
+        self._start = self._end = 0
+
+    def __call__(self, n: int):
+        """Exactly ``n`` bytes (EOFError if the peer closes first), as a writable buffer of their own."""
+        if n < 0:
+            raise ValueError(f"negative frame length {n}")
+        have = self._end - self._start
+        if n > have and n <= self.READ_AHEAD:
+            if self._start:  # what is left goes to the front: room for a whole read-ahead after it
+                self._buf[:have] = self._buf[self._start : self._end]
+                self._start, self._end = 0, have
+            with memoryview(self._buf) as view:
+                while self._end - self._start < n:
+                    k = self.sock.recv_into(view[self._end :], self.READ_AHEAD - self._end)
+                    if k == 0:
+                        raise EOFError("the peer closed the connection")
+                    self._end += k
+            have = self._end - self._start
+        if n <= have:
+            out = self._buf[self._start : self._start + n]
+            self._start += n
+            return out
+        # Larger than the read-ahead: what is buffered first, the rest straight into the frame's own memory.
+        head = self._buf[self._start : self._end]
+        self._start = self._end = 0
+        return recv_exact(self.sock, n, head)
 
 
 def send_frames(sock: socket.socket, frames: list) -> None:
@@ -111,7 +158,7 @@ def serve(path: str, slot: str) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     send_frames(sock, hello)
-    read = lambda n: recv_exact(sock, n)  # noqa: E731
+    read = Receiver(sock)
     while True:
         try:
             header, payload, buffers = envelope.read_frames(read, JOB_KINDS)
@@ -131,13 +178,13 @@ def serve(path: str, slot: str) -> None:
         except BaseException as exc:  # noqa: BLE001  the job's own failure (a SystemExit too): sent back
             tb = traceback.format_exc()
             try:
-                frames = envelope.dumps(("error", exc, tb), "result")
+                frames = envelope.dumps_plain_first(("error", exc, tb), "result")
             except Exception:  # noqa: BLE001  an exception that does not pickle: its traceback text still goes
                 frames = envelope.dumps(("error", None, tb), "result")
             send_frames(sock, frames)
             continue
         try:
-            frames = envelope.dumps(("ok", value, None), "result")
+            frames = envelope.dumps_plain_first(("ok", value, None), "result")
         except Exception as exc:  # noqa: BLE001  pickling raises whatever the result's __reduce__ raises
             frames = envelope.dumps(
                 ("unpicklable", None, f"{type(exc).__name__}: {exc} (result of type {type(value).__name__})"), "result"

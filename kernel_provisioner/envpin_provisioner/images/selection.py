@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import docker
@@ -154,12 +155,14 @@ def choose(
     allowed: list[str] | tuple[str, ...] = (),
     configured_by: str = "this kernel's configuration (kernelspec)",
     kernelspec: str | None = None,
+    progress: Callable[[str, float | None], None] | None = None,
 ) -> ImageChoice:
     """The image a start uses, resolved.  Blocking: call from a worker thread.
 
     ``configured_by``: where ``configured`` came from, as a refusal names it;
     ``kernelspec``: the name of the kernelspec being started (a folder pin
-    applies only to kernels of the kernelspec it was made in).
+    applies only to kernels of the kernelspec it was made in); ``progress``:
+    told of a pull (``start_pulls.tracked``).
     """
     # The provisioner passes the folder it pinned (a PinnedDir: read through its descriptor); others a path.
     folder = cwd if isinstance(cwd, safe_files.PinnedDir) else notebook_folder(notebook, cwd)
@@ -169,10 +172,12 @@ def choose(
     table = aliases.load()  # once per start: the check and the resolution use the same table
     if lookup.found is None:
         ref = checked_reference(configured, allowed, configured_by, table)
-        resolved = pulling.resolve(client, ref, pull_policy, log)
+        resolved = pulling.resolve(client, ref, pull_policy, log, progress)
         return ImageChoice(configured, resolved, pinned=False, skipped=lookup.skipped)
     found = lookup.found
-    choice = _choose_pinned(client, configured, pull_policy, found.key, folder, log, allowed, found.entry, table)
+    choice = _choose_pinned(
+        client, configured, pull_policy, found.key, folder, log, allowed, found.entry, table, progress
+    )
     choice.pinned_by, choice.skipped = found.describe(), lookup.skipped
     log.info(
         "envpin: kernel of %s starts in '%s', pinned by %s",
@@ -191,6 +196,7 @@ def _choose_pinned(
     allowed: list[str] | tuple[str, ...],
     pin: dict,
     table: dict[str, str],
+    progress: Callable[[str, float | None], None] | None = None,
 ) -> ImageChoice:
     """The image ``pin`` (an entry of the pin file) stands for, resolved: never pulled on the pin's word alone."""
     name = pin["image"]
@@ -198,9 +204,9 @@ def _choose_pinned(
     source = f"the pin file {pin_file.pin_file_for(folder)}"
     reference = _pinned_reference(pin, table, allowed, source, str(pin_file.pin_file_for(folder)))
     if _is_configured(reference, _configured_reference(configured, table)):
-        current = pulling.resolve(client, reference, pull_policy, log)
+        current = pulling.resolve(client, reference, pull_policy, log, progress)
     else:
-        current = _resolve_pinned(client, name, reference, pull_policy, log, folder, key)
+        current = _resolve_pinned(client, name, reference, pull_policy, log, folder, key, progress)
     pinned_id = pin.get("image_id")
     if pinned_id is not None and not isinstance(pinned_id, str):
         raise PinFileError(
@@ -247,6 +253,7 @@ def _resolve_pinned(
     log,
     folder: str | os.PathLike,
     key: str,
+    progress: Callable[[str, float | None], None] | None = None,
 ):
     """Resolve a pinned image the engine must already have: a pin file alone never causes a pull.
 
@@ -257,7 +264,7 @@ def _resolve_pinned(
     try:
         if pull_policy == "always":
             pulling.resolve(client, reference, "never", log)  # present? else refuse below, before any pull
-        return pulling.resolve(client, reference, policy, log)
+        return pulling.resolve(client, reference, policy, log, progress)
     except ImageUnavailable:
         pass
     raise ImageUnavailable(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 from envpin import safe_files
@@ -93,12 +94,32 @@ def verify_folder_mount(container, launch: KernelLaunch, log: logging.Logger | l
             os.close(fd)
         seen = (st.st_dev, st.st_ino)
     except OSError as exc:
-        container.reload()
-        if container.status != "running":
-            return  # it exited meanwhile: waiting for it reports why
+        if _exited(container, int(pid)):
+            return  # it exited meanwhile (its /proc entry went first): waiting for it reports why
         log.warning("envpin: cannot see the notebook folder inside container %s: %s", container.short_id, exc)
         raise folder_changed(
             launch, f"its path inside the image cannot be followed without a link ({exc.strerror or exc})"
         ) from None
     if seen != launch.folder.identity:
         raise folder_changed(launch, "another folder was mounted in its place")
+
+
+def _exited(container, pid: int, patience: float = 2.0) -> bool:
+    """Whether the container's first process has ended, waiting a little for the engine to notice.
+
+    A kernel that crashes at once can be gone from ``/proc`` before the
+    engine's state says so (the shim reports the exit asynchronously), so a
+    failed look at a process that no longer exists is that exit, not a
+    changed folder.  A process that still exists keeps the look's failure:
+    fail closed.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        container.reload()
+        if container.status != "running":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

@@ -174,7 +174,9 @@ def wait_ready(
     the new kernel counts as ready only once it has bound every path anew.
     """
     deadline = time.monotonic() + timeout
-    next_state_check = 0.0
+    # The first look at the container's state (an Engine API request) after one interval, not at once: a
+    # kernel that answers within it (a warm one, always) costs the engine nothing while it starts.
+    next_state_check = time.monotonic() + STATE_INTERVAL
     heartbeat = _Heartbeat(launch)
     try:
         while True:

@@ -5,7 +5,9 @@ as written, the reference and id it resolved to, where the image came from
 (the kernelspec, the notebook's pin file, a ``%use_image`` request), whether
 the container was taken warm, the Python and pickler inside the image, and
 the move or pull going on.  It never carries the connection file, the key,
-the channel folder or any path: nothing a page needs, nothing to leak.
+the channel folder or a path of the server's own: nothing a page needs,
+nothing to leak (its notes may name the notebook folder's pin file, the
+user's own file, as the kernel's first output does).
 
 The Python and pickler are the image's, asked of the image itself once (a
 short-lived probe container, like ``envpin.fingerprint(image=...)``'s, without
@@ -13,12 +15,14 @@ network or mounts) and kept by image id for the server's life: an id names one
 content.  What the probe prints is the image's word, so only values shaped
 like versions are kept.  Probes run one at a time, off the event loop, and a
 failed one is not retried for a minute: a page polling a broken image cannot
-make the server start containers in a loop.
+make the server start containers in a loop.  A request waits for a probe a
+few seconds at most (``ImageFacts.of``); its report then says ``probing``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -31,6 +35,7 @@ from envpin_provisioner import engine
 from envpin_provisioner.errors import EnvpinError
 
 if TYPE_CHECKING:
+    from envpin.host.images import ResolvedImage
     from envpin_provisioner.provisioner import EnvpinProvisioner
 
 #: The probe: the image's Python and its picklers, as JSON on one line; stdlib only, so any Python answers.
@@ -45,6 +50,10 @@ PROBE = (
 _VERSION = re.compile(r"^[0-9]{1,4}(\.[0-9A-Za-z+-]{1,16}){0,4}$")
 #: Seconds before a failed probe of an image is tried again.
 RETRY_AFTER = 60.0
+#: Seconds a probe container may run: an image whose Python does not answer by then is asked again later.
+PROBE_TIMEOUT = 30
+#: The probe's answer is one short line of JSON: what is longer is not read further.
+MAX_PROBE_LINE = 4096
 #: At most this many images are listed (an engine with thousands of tags answers with the first ones, sorted).
 MAX_IMAGES = 500
 
@@ -54,44 +63,68 @@ def _version(value: Any) -> str | None:
 
 
 class ImageFacts:
-    """The Python and pickler of each image id, probed once per server (see the module's docstring)."""
+    """The Python and pickler of each image id, probed once per server (see the module's docstring).
+
+    A report never waits on a probe longer than the caller allows: the probe
+    runs as a task of its own (one at a time, one per image), and a report
+    asked meanwhile says ``probing`` and is asked again by the page.  So an
+    image whose Python is slow to answer (or never does, up to ``PROBE_TIMEOUT``)
+    holds up no request, and a page polling it starts no second container.
+    """
 
     def __init__(self) -> None:
         self._known: dict[str, dict[str, str | None]] = {}
         self._failed: dict[str, float] = {}
+        self._probing: dict[str, asyncio.Task] = {}
         self._lock = asyncio.Lock()
 
     def known(self, image_id: str) -> dict[str, str | None] | None:
         return self._known.get(image_id)
 
-    async def of(self, provisioner: EnvpinProvisioner) -> dict[str, str | None] | None:
-        """The facts of the image ``provisioner``'s kernel runs in; None when the image will not say."""
+    def probing(self, image_id: str) -> bool:
+        return image_id in self._probing
+
+    async def of(self, provisioner: EnvpinProvisioner, wait: float = 0.0) -> dict[str, str | None] | None:
+        """The facts of the image ``provisioner``'s kernel runs in; None when not known (yet) or it will not say.
+
+        ``wait``: seconds this caller waits for a probe it started or found running (it goes on regardless).
+        """
         choice = provisioner.choice
         if choice is None:
             return None
         image = choice.resolved
         if image.id in self._known:
             return self._known[image.id]
-        async with self._lock:  # one probe at a time, and one per image however many pages ask
-            if image.id in self._known:
-                return self._known[image.id]
-            if time.monotonic() - self._failed.get(image.id, -RETRY_AFTER) < RETRY_AFTER:
-                return None
+        if time.monotonic() - self._failed.get(image.id, -RETRY_AFTER) < RETRY_AFTER:
+            return None
+        task = self._probing.get(image.id)
+        if task is None:
+            task = asyncio.ensure_future(self._probe(image, provisioner.python, provisioner.log))
+            self._probing[image.id] = task
+            task.add_done_callback(functools.partial(self._done, image.id))
+        if wait > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), wait)
+            except asyncio.TimeoutError:
+                pass
+        return self._known.get(image.id)
+
+    def _done(self, image_id: str, _task: asyncio.Task) -> None:
+        self._probing.pop(image_id, None)
+
+    async def _probe(self, image: ResolvedImage, python: str, log: Any) -> None:
+        async with self._lock:  # one probe container at a time, however many images and pages ask
             try:
                 client = (await engine.call(engine.shared)).client
-                out = await engine.call(host_images.run_python, client, image, PROBE, 30, provisioner.python)
-                data = json.loads(out.strip().splitlines()[-1])
+                out = await engine.call(host_images.run_python, client, image, PROBE, PROBE_TIMEOUT, python, 2)
+                data = json.loads(out.strip().splitlines()[-1][:MAX_PROBE_LINE])
                 if not isinstance(data, dict):
                     raise ValueError("not an object")
             except (*engine.ENGINE_ERRORS, EnvpinError, ValueError, IndexError) as exc:
                 self._failed[image.id] = time.monotonic()
-                provisioner.log.info(
-                    "envpin: could not ask image %s for its Python: %s", image.name, printable.one_line(exc, 300)
-                )
-                return None
-            facts = {key: _version(data.get(key)) for key in ("python", "cloudpickle", "dill")}
-            self._known[image.id] = facts
-            return facts
+                log.info("envpin: could not ask image %s for its Python: %s", image.name, printable.one_line(exc, 300))
+                return
+            self._known[image.id] = {key: _version(data.get(key)) for key in ("python", "cloudpickle", "dill")}
 
 
 def _pickler(facts: dict[str, str | None] | None) -> str | None:
@@ -108,8 +141,14 @@ def _short(image_id: str) -> str:
     return image_id.split(":", 1)[-1][:12]
 
 
-def kernel_report(kernel_id: str, provisioner: EnvpinProvisioner, facts: dict[str, str | None] | None) -> dict:
-    """The report of one envpin kernel (see the module's docstring); no engine call, no file read."""
+def kernel_report(
+    kernel_id: str, provisioner: EnvpinProvisioner, facts: dict[str, str | None] | None, probing: bool = False
+) -> dict:
+    """The report of one envpin kernel (see the module's docstring); no engine call, no file read.
+
+    ``probing``: the image's Python is being asked for (the page asks again for it).  Every string that
+    came from a kernel, a pin file or an image is escaped to one line and cut (``printable.one_line``).
+    """
     choice = provisioner.choice
     mover = provisioner.mover
     report: dict[str, Any] = {"kernel_id": kernel_id, "envpin": True, "ready": choice is not None}
@@ -127,6 +166,7 @@ def kernel_report(kernel_id: str, provisioner: EnvpinProvisioner, facts: dict[st
             notes=[printable.one_line(n, 600) for n in [*choice.notes, *choice.first_output()][:5]],
         )
     report.update(
+        probing=probing and facts is None,
         python=(facts or {}).get("python"),
         pickler=_pickler(facts),
         pooled=provisioner.started_warm,

@@ -16,7 +16,10 @@ Only a validated image name reaches the code sent (``IMAGE_NAME``: letters,
 digits and ``._:/@+-``), as a Python string literal; the flags are booleans.
 One move per kernel at a time; a busy kernel is refused rather than queued
 behind a running cell.  The move is bounded in time (``MOVE_TIMEOUT``): a pull
-has its own limits, and a kernel that never answers frees its slot.
+has its own limits, and a kernel that never answers frees its slot.  What the
+kernel answers is the kernel's word: its messages on the move's connection
+are bounded in size (``MAX_REPLY_BYTES``) and number (``MAX_OTHER_MESSAGES``),
+and its error text is escaped to one line and cut before a page sees it.
 """
 
 from __future__ import annotations
@@ -27,14 +30,24 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import zmq
+import zmq.asyncio
+
 from envpin import printable
 
-#: What an image name from a page may look like: a reference, an id or an alias, nothing a shell or parser splits.
-IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,299}\Z")
+#: What an image name from a page may look like: a reference, an id or an alias, nothing a shell or parser
+#: splits, no option (it starts with a letter or digit), no path step (``..``, ``//``: no reference has them).
+IMAGE_NAME = re.compile(r"^(?!.*(?:\.\.|//))[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,299}\Z")
 #: Seconds a move from the page may take, pull included, before it is given up (the kernel goes on alone).
 MOVE_TIMEOUT = 1800.0
 #: Moves from pages in flight on this server at once.
 MAX_MOVES = 8
+#: The largest message the kernel may send the move's shell connection (a reply is a few kilobytes, its
+#: traceback included): a larger one is dropped by zmq (MAXMSGSIZE) rather than held in the server's memory,
+#: and the move then ends at MOVE_TIMEOUT (only this kernel's moves wait for it).
+MAX_REPLY_BYTES = 16 << 20
+#: Messages on that connection that are not the reply, before the kernel is taken to be flooding it.
+MAX_OTHER_MESSAGES = 100
 
 
 @dataclass
@@ -94,9 +107,19 @@ class UiMoves:
         return move
 
     async def _run(self, km: Any, provisioner: Any, move: UiMove) -> None:
+        try:
+            await self._move(km, provisioner, move)
+        finally:  # whatever happened, the record ends: a move left "running" would refuse every later one
+            if move.state == "running":
+                self._end(move, "error", "the move ended without an answer from the kernel")
+
+    async def _move(self, km: Any, provisioner: Any, move: UiMove) -> None:
         mover = provisioner.mover
         serial = mover.activity.last.serial if mover is not None and mover.activity.last else 0
-        client = km.client()
+        # A context of its own, so that the bound on the kernel's messages applies to this connection only.
+        context = zmq.asyncio.Context()
+        context.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+        client = km.client(context=context)
         try:
             client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
             msg_id = client.execute(
@@ -106,12 +129,14 @@ class UiMoves:
         except asyncio.TimeoutError:
             self._end(move, "error", f"The move to '{move.image}' did not finish within {MOVE_TIMEOUT:.0f} s.")
             return
-        except (OSError, RuntimeError, ValueError) as exc:  # no connection to the kernel (it went away)
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, zmq.ZMQError) as exc:  # gone, or nonsense
             self._end(move, "error", f"envpin could not ask the kernel to move: {type(exc).__name__}: {exc}")
             return
         finally:
             client.stop_channels()
-        content = reply.get("content", {})
+            context.destroy(linger=0)
+        content = reply.get("content")
+        content = content if isinstance(content, dict) else {}
         last = mover.activity.last if mover is not None else None
         outcome = last.phase if last is not None and last.serial > serial else None
         if content.get("status") == "ok":
@@ -123,10 +148,13 @@ class UiMoves:
 
     @staticmethod
     async def _reply(client: Any, msg_id: str) -> dict:
-        while True:
+        """The reply to ``msg_id``; a kernel that sends anything else, again and again, is not waited on."""
+        for _ in range(MAX_OTHER_MESSAGES):
             msg = await client.get_shell_msg()
-            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+            parent = msg.get("parent_header")
+            if isinstance(parent, dict) and parent.get("msg_id") == msg_id:
                 return msg
+        raise ValueError(f"the kernel sent {MAX_OTHER_MESSAGES} messages that are not the move's reply")
 
     @staticmethod
     def _end(move: UiMove, state: str, message: str) -> None:

@@ -209,6 +209,7 @@ class Pools:
         self._folder_of: dict[str, str] = {}  #: pool key -> its folder (engine, user, notebook folder)
         self._holders: dict[str, set[str]] = {}  #: folder -> the kernels open there
         self._lingering: dict[str, asyncio.TimerHandle] = {}  #: folder -> its pending drain
+        self._later: set[asyncio.TimerHandle] = set()  #: refills set going for later (``refill_later``)
         self._lock = threading.Lock()
 
     def take(self, key: str) -> Warm | None:
@@ -252,6 +253,16 @@ class Pools:
             return
         self._drain_group(group, keep=key)
         self._filling[key] = asyncio.ensure_future(self._fill(key, size, make, log, group))
+
+    def refill_later(self, delay: float, refill: Callable[[], None]) -> None:
+        """Call ``refill`` (a :meth:`refill` with its arguments) in ``delay`` s, unless :meth:`drain` runs first."""
+
+        def run() -> None:
+            self._later.discard(handle)
+            refill()
+
+        handle = asyncio.get_running_loop().call_later(delay, run)
+        self._later.add(handle)
 
     async def _fill(self, key: str, size: int, make, log, group: str) -> None:
         while self.count(key) < size:
@@ -333,9 +344,10 @@ class Pools:
             self._ready.clear()
             self._standbys.clear()
             self._folder_of.clear()
-        for timer in self._lingering.values():
+        for timer in [*self._lingering.values(), *self._later]:
             timer.cancel()
         self._lingering.clear()
+        self._later.clear()
         self._holders.clear()
         for task in self._filling.values():
             task.cancel()

@@ -23,10 +23,13 @@ It uses exactly the provisioner members :class:`WarmableKernel` lists.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from docker.models.containers import Container
@@ -61,6 +64,13 @@ class WarmableKernel(Protocol):
     def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
 
 
+#: Seconds the shared pool's refill a start sets going waits once the start is over.  Creating a
+#: container and importing ipykernel in it takes about a core-second; on a small machine, done at once,
+#: it competes for the CPU with the kernel that has just answered its heartbeat and is still finishing
+#: its start and answering its client's first requests.
+SETTLE = 1.0
+
+
 def reset() -> None:
     """Report the deprecated pool_root again (``envpin_provisioner.reset_caches``)."""
     WarmKernels._warned_pool_root = False
@@ -76,6 +86,11 @@ class WarmKernels:
         self._task: asyncio.Task | None = None
         self._moved_from: KernelLaunch | None = None  #: the launch before the last move
         self._folder_key: str | None = None  #: the shared pools' folder this kernel holds open (see Pools.hold)
+        #: Set going when the start is over (``start_done``): the shared pool's refill, the taken container's rename.
+        self._refill: Callable[[], None] | None = None
+        self._to_rename: Container | None = None
+        self._current: KernelLaunch | None = None  #: the launch standbys are kept for (``keep_standbys``)
+        self._again = False  #: keep_standbys was called while its task ran: that task goes round again
 
     def standby_ids(self) -> set[str]:
         """Container ids of this kernel's standbys (they carry its kernel id, and are not stale)."""
@@ -136,7 +151,9 @@ class WarmKernels:
                 channels.make_channel_dir, owner, dispose=channels.remove_channel_dir
             )
             try:
-                launch = self._template(choice, env)
+                # A copy of the template made now: the fill may run after this kernel has gone (start_done
+                # sets it going SETTLE s after the start), when the kernel can no longer build a launch.
+                launch = dataclasses.replace(template)
                 launch.channel_root = channel_dir
                 launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
                 launch.connection_file = os.path.join(launch.handoff_dir, channels.CONNECTION_FILE)
@@ -146,7 +163,7 @@ class WarmKernels:
                 await engine.call_through(channels.remove_channel_dir, channel_dir)
                 raise
 
-        pool.pools.refill(key, kernel.pool_size, make, kernel.log, group, folder=folder_key)
+        self._refill = functools.partial(pool.pools.refill, key, kernel.pool_size, make, kernel.log, group, folder_key)
         if self._taken is not None:
             kernel.log.info(
                 "envpin: kernel %s takes warm container %s", kernel.kernel_id, self._taken.container.short_id
@@ -199,8 +216,21 @@ class WarmKernels:
             self.kernel.log.warning("envpin: warm container %s stopped waiting; starting cold", warm.container.short_id)
             await engine.call(kernel_container.remove, warm.container)
             return None
-        asyncio.ensure_future(self._rename(warm.container))  # off the start's critical path
+        self._to_rename = warm.container  # once it answers (start_done): off the start's path
         return warm.container
+
+    def start_done(self, ready: bool) -> None:
+        """The start is over (``ready``: the kernel answered): what it left for later may begin.
+
+        The taken container's rename at once (one Engine API request); the
+        shared pool's refill after :data:`SETTLE` seconds.
+        """
+        container, self._to_rename = self._to_rename, None
+        if container is not None and ready:
+            asyncio.ensure_future(self._rename(container))
+        refill, self._refill = self._refill, None
+        if refill is not None:
+            pool.pools.refill_later(SETTLE, refill)
 
     async def _rename(self, container: Container) -> None:
         """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
@@ -213,17 +243,32 @@ class WarmKernels:
     # ---- standbys, for restarts and moves ----------------------------------------------------
 
     def keep_standbys(self, current: KernelLaunch, moved_from: KernelLaunch | None = None) -> None:
-        """Have (in the background) a standby for ``current``'s image, and one for the image last moved from."""
+        """Have (in the background) a standby for ``current``'s image, and one for the image last moved from.
+
+        A call while standbys are being made is not lost: the running task
+        makes them again, for the launches named last, once it is done.
+        """
         if moved_from is not None:
             self._moved_from = moved_from
         if not self.kernel.pool_size or not self.kernel.mount_envpin or not current.private_channels:
             return
+        self._current = current
         if self._task is not None and not self._task.done():
+            self._again = True
             return
-        wanted = [launch for launch in (current, self._moved_from) if launch is not None]
-        self._task = asyncio.ensure_future(self._make_standbys(wanted))
+        self._task = asyncio.ensure_future(self._keep_standbys())
 
-    async def _make_standbys(self, launches: list[KernelLaunch]) -> None:
+    async def _keep_standbys(self) -> None:
+        # At once, not SETTLE s later like the pool's refill: a standby being made when its kernel shuts down is
+        # removed only once its creation ends, and the later it starts, the likelier that overlap.
+        while True:
+            self._again = False
+            wanted = [launch for launch in (self._current, self._moved_from) if launch is not None]
+            if not await self._make_standbys(wanted) or not self._again:
+                return
+
+    async def _make_standbys(self, launches: list[KernelLaunch]) -> bool:
+        """Standbys for ``launches``' images (and none for others); False when the kernel went meanwhile."""
         kernel = self.kernel
         ids = {launch.image.id for launch in launches}
         for image_id in [i for i in self._standbys if i not in ids]:  # images this kernel no longer uses
@@ -245,9 +290,10 @@ class WarmKernels:
                 continue
             if kernel._channel_dir is None:  # the kernel was shut down meanwhile
                 await engine.call(warm.discard)
-                return
+                return False
             self._standbys[launch.image.id] = warm
             pool.pools.track(warm)
+        return True
 
     async def discard(self) -> None:
         """The kernel goes for good: its standbys, and a taken container it never used, go too."""
@@ -255,7 +301,11 @@ class WarmKernels:
             self._task.cancel()
             self._task = None
         warms = [*self._standbys.values(), *([self._taken] if self._taken else [])]
-        self._standbys, self._taken, self._moved_from = {}, None, None
+        self._standbys, self._taken, self._moved_from, self._to_rename = {}, None, None, None
+        self._current, self._again = None, False
+        refill, self._refill = self._refill, None  # a start that never ran: the pool refills all the same
+        if refill is not None:
+            refill()
         if self._folder_key is not None and self.kernel.kernel_id:
             pool.pools.release(self._folder_key, self.kernel.kernel_id)
             self._folder_key = None
