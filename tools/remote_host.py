@@ -60,7 +60,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.engine import apt_install
+from tools.docker_engine import apt_install
 
 REPO = Path(__file__).resolve().parent.parent
 #: Host-side private folders of each remote host (client keys and certificates, the remote's config, logs).

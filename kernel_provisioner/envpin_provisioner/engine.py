@@ -78,16 +78,16 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def shared() -> Engine:
-    """This process's :class:`Engine` for the address the environment names (connected and pinged once).
+def shared(address: str | None = None) -> Engine:
+    """This process's :class:`Engine` for ``address`` (a kernelspec's ``engine``; default: the environment's).
 
-    Blocking the first time: call it through :func:`call` in async code.
+    Connected and pinged once.  Blocking the first time: call it through :func:`call` in async code.
     """
-    address = docker_client.engine_address()
+    address = docker_client.engine_address(address)
     with _engines_lock:
         engine = _engines.get(address)
         if engine is None:
-            engine = _engines[address] = Engine(address, docker_client.shared())
+            engine = _engines[address] = Engine(address, docker_client.shared(address))
         return engine
 
 

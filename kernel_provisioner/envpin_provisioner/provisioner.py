@@ -48,6 +48,7 @@ from envpin_provisioner.kernel import ownership
 from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
+from envpin_provisioner.remote import ssh_kernel
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
@@ -101,6 +102,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
     _sockets: dict[str, tuple[int, int]] | None = None
     _pull_budget: PullBudget | None = None
+    #: With an ssh:// engine: this kernel's side of the remote host (``remote.ssh_kernel``).
+    _remote: ssh_kernel.RemoteKernel | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         check_options(type(self), kwargs, kwargs.get("kernel_spec"))
@@ -116,12 +119,17 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     async def _docker(self) -> Any:
         """The server's shared Docker client (connected on first use, off the event loop)."""
         if self._engine is None:
-            self._engine = await engine.call(engine.shared)
+            self._engine = await engine.call(engine.shared, self.engine or None)
         return self._engine.client
 
     @property
     def _moving(self) -> bool:
         return self._mover is not None and self._mover.moving
+
+    @property
+    def over_ssh(self) -> bool:
+        """The engine is another machine's, reached through SSH: nothing of this machine is mounted there."""
+        return docker_client.engine_address(self.engine or None).startswith("ssh://")
 
     def _extra_mounts(self) -> list[Mount]:
         out = []
@@ -132,7 +140,9 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                     f"Mount '{spec}' is not 'HOST_PATH:CONTAINER_PATH[:ro]'; fix the mounts option of this kernel."
                 )
             src = os.path.abspath(os.path.expanduser(parts[0]))
-            if not os.path.exists(src):
+            if self.over_ssh:  # a path of the remote host: checked there (remote.ssh_kernel.prepare)
+                src = parts[0]
+            elif not os.path.exists(src):
                 raise ConfigError(f"Mount source '{src}' (from mounts option '{spec}') does not exist.")
             out.append(Mount(target=parts[1], source=src, type="bind", read_only=len(parts) == 3 and parts[2] == "ro"))
         return out
@@ -152,7 +162,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def _transport(self) -> str:
         if self.transport != "auto":
             return self.transport
-        return "ipc" if docker_client.is_local_engine() else "tcp"
+        # Over SSH the server side is ipc too: its socket names are forwards of the kernel's (remote.ssh_kernel).
+        return "ipc" if docker_client.is_local_engine(self.engine or None) or self.over_ssh else "tcp"
 
     @property
     def _control_dir(self) -> str | None:
@@ -211,14 +222,14 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             mount_envpin=self.mount_envpin,
             extra_env=extra_env,
             kernel_args=kernel_args,
-            private_channels=True,
+            private_channels=self._remote is None,
             channel_root=self._channel_dir,
         )
 
     @property
     def transport_supports_control(self) -> bool:
         """The control folder lives in the channel directory, which only ipc mounts into the container."""
-        return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc")
+        return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc" and self._remote is None)
 
     def _remove_other_containers(self, client: Any, keep: Container) -> None:
         """Remove this kernel's containers other than ``keep``.  Blocking.
@@ -248,7 +259,11 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         client = await self._docker()
         container = await self._warm.hand_over(launch)
-        if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
+        if container is None and self._remote is not None:  # another machine's engine, over SSH
+            container = await engine.create_owned(
+                ssh_kernel.start, client, launch, self._remote, self.log, dispose=kc.remove
+            )
+        elif container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
             container = await engine.create_owned(kc.start, client, launch, self.log, dispose=kc.remove)
         try:
             await engine.call(kc.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
@@ -328,7 +343,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 f"transport='tcp' cannot work with network_mode='none' (image '{self._choice.name}'): "
                 "use transport='ipc' with a local engine, or another network mode."
             )
-        if km is not None and self._channel_dir is None and transport == "ipc" and self.pool_size:
+        if km is not None and self._channel_dir is None and transport == "ipc" and self.pool_size and not self.over_ssh:
             warm = await self._warm.take_pooled(self._choice, env)
             if warm is not None and warm.channel_dir:  # its channel folder becomes this kernel's
                 self._channel_dir = warm.channel_dir
@@ -349,6 +364,15 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 km.ip = os.path.join(self._channel_dir, kc.SOCKET_DIR, "k")
             else:
                 km.ip = "127.0.0.1"
+        if self.over_ssh and self._remote is None:
+            self._remote = await engine.call(
+                ssh_kernel.prepare,
+                docker_client.engine_address(self.engine or None),
+                self.remote_root,
+                self.local_root,
+                self._folder.path,
+                [m.split(":")[0] for m in self.mounts],
+            )
         # tcp ports are reachable by every local user and, on a bridge network, by every other container on
         # it (publishing on 127.0.0.1 does not stop container-to-container traffic): the channels must be
         # encrypted, or the kernel does not start.
@@ -501,6 +525,9 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 )  # fmt: skip
         if not restart:
             await self._warm.discard()
+        if not restart and self._remote is not None:
+            remote, self._remote = self._remote, None
+            await engine.call(ssh_kernel.teardown, remote)
         if not restart and self._channel_dir:
             if self._control is not None:
                 self._control.close()

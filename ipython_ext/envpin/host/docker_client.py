@@ -43,14 +43,24 @@ class EngineUnavailable(EnvpinError):
     """
 
 
-def engine_address() -> str:
-    """The engine this process talks to, as the Docker SDK and CLI pick it: ``DOCKER_HOST``, else the local socket."""
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+def engine_address(address: str | None = None) -> str:
+    """The engine to talk to: ``address`` when given (a kernelspec's ``engine``), else as the Docker CLI picks it.
+
+    ``DOCKER_HOST``, else the current Docker context (``DOCKER_CONTEXT``, or
+    ``currentContext`` in ``~/.docker/config.json``), else the local socket.
+    """
+    if address:
+        return address
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    from envpin.host import engine_urls as addresses
+
+    return addresses.context_host() or "unix:///var/run/docker.sock"
 
 
-def is_local_engine() -> bool:
+def is_local_engine(address: str | None = None) -> bool:
     """True when the engine shares this machine's filesystem (a unix socket): bind mounts mean something."""
-    return engine_address().startswith(("unix://", "npipe://"))
+    return engine_address(address).startswith(("unix://", "npipe://"))
 
 
 def address_of(client: Any) -> str:
@@ -60,11 +70,18 @@ def address_of(client: Any) -> str:
     ``base_url``, so the socket path is read from its adapter), else the URL.
     """
     socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
-    return f"unix://{socket_path}" if socket_path else str(getattr(client.api, "base_url", "?"))
+    if socket_path:
+        from envpin.host import ssh_tunnel
+
+        return ssh_tunnel.url_of_socket(socket_path) or f"unix://{socket_path}"
+    return str(getattr(client.api, "base_url", "?"))
 
 
 def is_local_client(client: Any) -> bool:
-    """True when ``client`` talks to an engine on this machine (a unix socket): its processes are in our /proc."""
+    """True when ``client`` talks to an engine on this machine (a unix socket): its processes are in our /proc.
+
+    A socket that is an SSH forward of a remote engine (``ssh_tunnel``) is not local.
+    """
     return address_of(client).startswith("unix://")
 
 
@@ -78,9 +95,17 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = nxt
 
 
-def explain_engine_failure(exc: BaseException) -> EngineUnavailable:
+def explain_engine_failure(exc: BaseException, address: str | None = None) -> EngineUnavailable:
     """The one-paragraph error for an engine that cannot be reached (refused, missing, forbidden, silent)."""
-    address = engine_address()
+    address = engine_address(address)
+    if isinstance(exc, EnvpinError) and not isinstance(exc, EngineUnavailable):  # the SSH tunnel's own words
+        return EngineUnavailable(str(exc))
+    if not address.startswith(("unix://", "npipe://")) and "timed out" not in str(exc).lower():
+        return EngineUnavailable(
+            f"The Docker engine at {address} does not answer ({_root_cause(exc)}), so envpin cannot reach the "
+            "kernel's container there. Check that the remote host is up and its engine running (ssh HOST docker "
+            "info, or docker -H ADDRESS info), then restart the kernel; envpin doctor --engine ADDRESS shows more."
+        )
     text = f"{exc} {_root_cause(exc)}".lower()
     if isinstance(_root_cause(exc), PermissionError) or "permission denied" in text:
         return EngineUnavailable(
@@ -122,19 +147,26 @@ def engine_errors() -> tuple[type[BaseException], ...]:
     return (docker.errors.DockerException, requests.exceptions.RequestException, EngineUnavailable)
 
 
-def connect(timeout: float = API_TIMEOUT) -> Any:
-    """A new client for the engine the environment names, checked with a ping.  Blocking."""
+def connect(timeout: float = API_TIMEOUT, address: str | None = None) -> Any:
+    """A new client for ``address`` (default: the engine the environment names), checked with a ping.  Blocking.
+
+    ``ssh://`` goes through this process's SSH master (``envpin.host.ssh_tunnel``), ``tcp://`` with TLS
+    through ``envpin.host.engine_urls.tls_client`` (which keeps ``REQUESTS_CA_BUNDLE`` out of it).
+    """
     docker = sdk()
+    from envpin.host import engine_urls as addresses
+
+    chosen = engine_address(address)
     try:
-        client = docker.from_env(timeout=timeout)
-    except docker.errors.DockerException as exc:
-        raise explain_engine_failure(exc) from exc
+        client = addresses.client_for(chosen, timeout)
+    except (docker.errors.DockerException, EnvpinError) as exc:
+        raise explain_engine_failure(exc, chosen) from exc
     try:
         client.api.timeout = PING_TIMEOUT
         client.ping()
     except engine_errors() as exc:  # refused, missing socket, permission, timeout: "not reachable"
         client.close()
-        raise explain_engine_failure(exc) from exc
+        raise explain_engine_failure(exc, chosen) from exc
     finally:
         client.api.timeout = timeout
     return client
@@ -144,13 +176,13 @@ _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def shared() -> Any:
-    """This process's client for the engine the environment names (connected and pinged once).  Blocking."""
-    address = engine_address()
+def shared(address: str | None = None) -> Any:
+    """This process's client for ``address`` (default: the environment's engine), connected and pinged once.  Blocking."""
+    address = engine_address(address)
     with _clients_lock:
         client = _clients.get(address)
         if client is None:
-            client = _clients[address] = connect()
+            client = _clients[address] = connect(address=address)
         return client
 
 
