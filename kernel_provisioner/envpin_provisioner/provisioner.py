@@ -365,6 +365,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             else:
                 km.ip = "127.0.0.1"
         if self.over_ssh and self._remote is None:
+            assert self._folder is not None  # pinned above
             self._remote = await engine.call(
                 ssh_kernel.prepare,
                 docker_client.engine_address(self.engine or None),

@@ -73,7 +73,9 @@ def _leftover_folders(remote) -> list[str]:
     return done.stdout.split()
 
 
-async def test_kernel_runs_on_the_remote_engine_only(remote, admin, docker_client, remote_spec, notebook_dir, before_listeners):
+async def test_kernel_runs_on_the_remote_engine_only(
+    remote, admin, docker_client, remote_spec, notebook_dir, before_listeners
+):
     name = remote_spec()
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         probe = await run_json(kc, PROBE)
@@ -196,7 +198,7 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, admin, rem
     # The container of the dead session is collected by envpin gc --engine.
     env = {**os.environ}
     done = subprocess.run(
-        ["/work/main/.venv/bin/python", "-m", "envpin_provisioner", "gc", "--engine", remote.ssh_url, "--all-hosts"],
+        ["/work/main/.venv/bin/python", "-m", "envpin_provisioner", "gc", "--engine", remote.ssh_url, "--other-hosts"],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -209,8 +211,27 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, admin, rem
 
 def _stop_dockerd(remote) -> None:
     remote.run(["sh", "-c", "kill $(cat /run/docker.pid)"], as_user=False)
-    wait_for(lambda: remote.run(["test", "-S", "/run/docker.sock"], as_user=False).returncode != 0, 30, "dockerd to stop")
+    wait_for(
+        lambda: remote.run(["test", "-S", "/run/docker.sock"], as_user=False).returncode != 0, 30, "dockerd to stop"
+    )
 
 
 def _start_dockerd(remote) -> None:
-    pass
+    """The harness's own dockerd command line (its init script's), started again in the host's namespaces."""
+    line = next(entry for entry in remote._init_script().splitlines() if entry.startswith("dockerd "))
+    line = line.replace(">&3 2>&3 &", ">/dev/null 2>&1 </dev/null &")
+    remote.run(["sh", "-c", f"setsid {line}"], as_user=False)
+
+    def answers() -> bool:
+        try:
+            client = remote.docker_client("admin", timeout=5)
+        except Exception:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            client.close()
+
+    wait_for(answers, 60, "the remote dockerd to answer again")

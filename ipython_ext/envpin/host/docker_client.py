@@ -151,14 +151,13 @@ def connect(timeout: float = API_TIMEOUT, address: str | None = None) -> Any:
     """A new client for ``address`` (default: the engine the environment names), checked with a ping.  Blocking.
 
     ``ssh://`` goes through this process's SSH master (``envpin.host.ssh_tunnel``), ``tcp://`` with TLS
-    through ``envpin.host.engine_urls.tls_client`` (which keeps ``REQUESTS_CA_BUNDLE`` out of it).
+    through ``tls_client`` (which keeps ``REQUESTS_CA_BUNDLE`` out of it).
     """
     docker = sdk()
-    from envpin.host import engine_urls as addresses
 
     chosen = engine_address(address)
     try:
-        client = addresses.client_for(chosen, timeout)
+        client = client_for(chosen, timeout)
     except (docker.errors.DockerException, EnvpinError) as exc:
         raise explain_engine_failure(exc, chosen) from exc
     try:
@@ -170,6 +169,57 @@ def connect(timeout: float = API_TIMEOUT, address: str | None = None) -> Any:
     finally:
         client.api.timeout = timeout
     return client
+
+
+#: The API version a TLS client starts with, before it negotiates (no request may precede trust_env=False).
+_BOOT_API_VERSION = "1.41"
+
+
+def tls_client(address: str, timeout: float) -> Any:
+    from envpin.host import engine_urls
+
+    """A TLS client of ``address`` that trusts the engine's CA only (never ``REQUESTS_CA_BUNDLE``)."""
+    import docker
+    import docker.tls
+
+    cert_dir = engine_urls.context_tls_dir() or os.environ.get("DOCKER_CERT_PATH") or engine_urls.docker_config_dir()
+    files = {n: os.path.join(cert_dir, f"{n}.pem") for n in ("ca", "cert", "key")}
+    missing = [p for p in files.values() if not os.path.isfile(p)]
+    if missing:
+        raise EnvpinError(
+            f"The TLS engine at {address} needs ca.pem, cert.pem and key.pem in {cert_dir} "
+            f"(DOCKER_CERT_PATH); missing: {', '.join(missing)}."
+        )
+    tls = docker.tls.TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
+    client = docker.DockerClient(base_url=address.replace("tcp://", "https://", 1), tls=tls,
+                                 version=_BOOT_API_VERSION, timeout=timeout)  # fmt: skip
+    client.api.trust_env = False  # before the first request: the engine's CA, not REQUESTS_CA_BUNDLE's
+    try:
+        client.api._version = client.api._retrieve_server_version()
+    except docker.errors.DockerException:
+        client.close()
+        raise
+    return client
+
+
+def client_for(address: str, timeout: float) -> Any:
+    """A Docker SDK client of ``address`` (not pinged).  Blocking (an SSH connection may be made)."""
+    import docker
+
+    from envpin.host import engine_urls
+
+    if address.startswith("ssh://"):
+        from envpin.host import ssh_tunnel
+
+        master = ssh_tunnel.master_for(address)
+        return docker.DockerClient(base_url=f"unix://{master.engine_socket}", version="auto", timeout=timeout)
+    if engine_urls.wants_tls(address):
+        return tls_client(address, timeout)
+    if address.startswith(("unix://", "npipe://", "tcp://", "http://")):
+        return docker.DockerClient(base_url=address, version="auto", timeout=timeout)
+    raise EnvpinError(
+        f"'{address}' is not an engine address envpin knows: use unix:///path, ssh://[USER@]HOST or tcp://HOST:2376."
+    )
 
 
 _clients: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Engine addresses: which one the Docker CLI would pick, and a Docker SDK client for each kind.
+"""Engine addresses: which one the Docker CLI would pick, and what each kind needs (clients: ``docker_client``).
 
 * ``unix://`` / ``npipe://``: the SDK as it is.
 * ``ssh://[user@]host[:port][/socket]``: the remote engine's socket forwarded to
@@ -25,11 +25,8 @@ from typing import Any
 
 from envpin.errors import EnvpinError
 
-#: The API version a TLS client starts with, before it negotiates (no request may precede trust_env=False).
-_BOOT_API_VERSION = "1.41"
 
-
-def _docker_config_dir() -> str:
+def docker_config_dir() -> str:
     return os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
 
 
@@ -38,7 +35,7 @@ def _context_name() -> str | None:
     if name:
         return name
     try:
-        with open(os.path.join(_docker_config_dir(), "config.json"), encoding="utf-8") as f:
+        with open(os.path.join(docker_config_dir(), "config.json"), encoding="utf-8") as f:
             return json.load(f).get("currentContext") or None
     except (OSError, ValueError, AttributeError):
         return None
@@ -46,7 +43,7 @@ def _context_name() -> str | None:
 
 def _context_meta(name: str) -> dict[str, Any]:
     digest = hashlib.sha256(name.encode()).hexdigest()
-    path = os.path.join(_docker_config_dir(), "contexts", "meta", digest, "meta.json")
+    path = os.path.join(docker_config_dir(), "contexts", "meta", digest, "meta.json")
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -68,59 +65,16 @@ def context_host() -> str | None:
     return str(host) if host else None
 
 
-def _context_tls_dir() -> str | None:
+def context_tls_dir() -> str | None:
     name = _context_name()
     if not name or name == "default" or os.environ.get("DOCKER_HOST"):
         return None
     digest = hashlib.sha256(name.encode()).hexdigest()
-    path = os.path.join(_docker_config_dir(), "contexts", "tls", digest, "docker")
+    path = os.path.join(docker_config_dir(), "contexts", "tls", digest, "docker")
     return path if os.path.isfile(os.path.join(path, "cert.pem")) else None
 
 
 def wants_tls(address: str) -> bool:
     return address.startswith("tcp://") and (
-        bool(os.environ.get("DOCKER_TLS_VERIFY")) or address.rstrip("/").endswith(":2376") or bool(_context_tls_dir())
-    )
-
-
-def tls_client(address: str, timeout: float) -> Any:
-    """A TLS client of ``address`` that trusts the engine's CA only (never ``REQUESTS_CA_BUNDLE``)."""
-    import docker
-    import docker.tls
-
-    cert_dir = _context_tls_dir() or os.environ.get("DOCKER_CERT_PATH") or _docker_config_dir()
-    files = {n: os.path.join(cert_dir, f"{n}.pem") for n in ("ca", "cert", "key")}
-    missing = [p for p in files.values() if not os.path.isfile(p)]
-    if missing:
-        raise EnvpinError(
-            f"The TLS engine at {address} needs ca.pem, cert.pem and key.pem in {cert_dir} "
-            f"(DOCKER_CERT_PATH); missing: {', '.join(missing)}."
-        )
-    tls = docker.tls.TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
-    client = docker.DockerClient(base_url=address.replace("tcp://", "https://", 1), tls=tls,
-                                 version=_BOOT_API_VERSION, timeout=timeout)  # fmt: skip
-    client.api.trust_env = False  # before the first request: the engine's CA, not REQUESTS_CA_BUNDLE's
-    try:
-        client.api._version = client.api._retrieve_server_version()
-    except docker.errors.DockerException:
-        client.close()
-        raise
-    return client
-
-
-def client_for(address: str, timeout: float) -> Any:
-    """A Docker SDK client of ``address`` (not pinged).  Blocking (an SSH connection may be made)."""
-    import docker
-
-    if address.startswith("ssh://"):
-        from envpin.host import ssh_tunnel
-
-        master = ssh_tunnel.master_for(address)
-        return docker.DockerClient(base_url=f"unix://{master.engine_socket}", version="auto", timeout=timeout)
-    if wants_tls(address):
-        return tls_client(address, timeout)
-    if address.startswith(("unix://", "npipe://", "tcp://", "http://")):
-        return docker.DockerClient(base_url=address, version="auto", timeout=timeout)
-    raise EnvpinError(
-        f"'{address}' is not an engine address envpin knows: use unix:///path, ssh://[USER@]HOST or tcp://HOST:2376."
+        bool(os.environ.get("DOCKER_TLS_VERIFY")) or address.rstrip("/").endswith(":2376") or bool(context_tls_dir())
     )

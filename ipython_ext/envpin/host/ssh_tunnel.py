@@ -175,32 +175,29 @@ class Master:
             "-L", f"{self.engine_socket}:{self.target.remote_socket}",
             *self.target.ssh_args(),
         ]  # fmt: skip
-        err = tempfile.TemporaryFile()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + CONNECT_TIMEOUT + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                err.seek(0)
-                self._last_error = err.read().decode(errors="replace").strip()[-600:]
-                err.close()
+        with tempfile.TemporaryFile() as err:  # the master keeps its own copy of the descriptor
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            deadline = time.monotonic() + CONNECT_TIMEOUT + 10
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    err.seek(0)
+                    self._last_error = err.read().decode(errors="replace").strip()[-600:]
+                    raise TunnelError(
+                        f"envpin could not open an SSH connection to {self.target.destination} for its Docker "
+                        f"engine: {self._last_error or 'ssh exited with code ' + str(proc.returncode)}. Check that "
+                        f"'ssh {' '.join(self.target.ssh_args()[:-2] + [self.target.host])} true' works for this "
+                        "user without a prompt (a key in the agent or ~/.ssh/config, the host in known_hosts)."
+                    )
+                if os.path.exists(self.engine_socket) and self._check():
+                    break
+                time.sleep(0.05)
+            else:
+                proc.kill()
+                proc.wait()
                 raise TunnelError(
-                    f"envpin could not open an SSH connection to {self.target.destination} for its Docker engine: "
-                    f"{self._last_error or 'ssh exited with code ' + str(proc.returncode)}. Check that "
-                    f"'ssh {' '.join(self.target.ssh_args()[:-2] + [self.target.host])} true' works for this user "
-                    "without a prompt (a key in the agent or ~/.ssh/config, the host in known_hosts)."
+                    f"The SSH connection to {self.target.destination} did not come up within "
+                    f"{CONNECT_TIMEOUT + 10}s; check that the host is reachable (ssh {self.target.host} true)."
                 )
-            if os.path.exists(self.engine_socket) and self._check():
-                break
-            time.sleep(0.05)
-        else:
-            proc.kill()
-            proc.wait()
-            err.close()
-            raise TunnelError(
-                f"The SSH connection to {self.target.destination} did not come up within "
-                f"{CONNECT_TIMEOUT + 10}s; check that the host is reachable (ssh {self.target.host} true)."
-            )
-        err.close()
         self._proc = proc
         for local, remote in list(self._forwards.items()):  # a new master after a drop: the same paths again
             self._forward(local, remote)
@@ -276,7 +273,15 @@ class Master:
         """Run ``script`` (a POSIX shell script envpin wrote, never user text) on the remote host; its stdout."""
         self.start()
         done = subprocess.run(
-            [self.ssh, "-S", self.control, "-o", "BatchMode=yes", *self.target.ssh_args(), "sh -c " + shlex.quote(script)],
+            [
+                self.ssh,
+                "-S",
+                self.control,
+                "-o",
+                "BatchMode=yes",
+                *self.target.ssh_args(),
+                "sh -c " + shlex.quote(script),
+            ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -36,6 +36,7 @@ import os
 import posixpath
 import re
 import shlex
+import subprocess
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ def _workdir_for(remote_root: str, local_root: str, notebook_folder: str) -> str
     return posixpath.normpath(posixpath.join(remote_root, *rel.split(os.sep))) if rel != "." else remote_root
 
 
-def prepare(url: str, remote_root: str, local_root: str, notebook_folder: str, mount_sources: list[str]) -> RemoteKernel:
+def prepare(
+    url: str, remote_root: str, local_root: str, notebook_folder: str, mount_sources: list[str]
+) -> RemoteKernel:
     """Make the kernel's folder on the remote host (and its working folder), check mount sources there.  Blocking."""
     master = ssh_tunnel.master_for(url)
     workdir = _workdir_for(remote_root, local_root, notebook_folder) if remote_root else None
@@ -216,7 +219,5 @@ def teardown(remote: RemoteKernel) -> None:
     remote.forwarded.clear()
     try:
         master.run(f"rm -rf -- {shlex.quote(remote.folder)}", timeout=20)
-    except (ssh_tunnel.TunnelError, OSError) as exc:
-        logging.getLogger("envpin").warning("envpin: could not remove %s on %s: %s", remote.folder, remote.url, exc)
-    except Exception as exc:  # subprocess.TimeoutExpired: the host does not answer
+    except (ssh_tunnel.TunnelError, OSError, subprocess.TimeoutExpired) as exc:  # the host does not answer
         logging.getLogger("envpin").warning("envpin: could not remove %s on %s: %s", remote.folder, remote.url, exc)
