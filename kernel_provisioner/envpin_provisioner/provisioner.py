@@ -407,7 +407,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         restarting = self._launch is not None
         if restarting:  # the old container is gone: drop whatever the kernel left at its socket names
             await engine.call(kc.clear_sockets, launch)
-        container = await self.start_container(launch)
+        try:
+            container = await self.start_container(launch)
+        except BaseException:  # a first start that failed: nothing of it stays on the remote host
+            if not restarting and self._remote is not None:
+                remote, self._remote = self._remote, None
+                await engine.call_through(ssh_kernel.teardown, remote)
+            raise
         # Two restarts can overlap (the server's auto-restarter and a user's): one kernel, one container.
         previous, self._container, self._launch = self._container, container, launch
         if previous is not None and previous.id != container.id:

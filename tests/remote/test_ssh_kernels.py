@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -198,7 +199,7 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, admin, rem
     # The container of the dead session is collected by envpin gc --engine.
     env = {**os.environ}
     done = subprocess.run(
-        ["/work/main/.venv/bin/python", "-m", "envpin_provisioner", "gc", "--engine", remote.ssh_url, "--other-hosts"],
+        [sys.executable, "-m", "envpin_provisioner", "gc", "--engine", remote.ssh_url, "--other-hosts"],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
