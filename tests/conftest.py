@@ -184,6 +184,36 @@ def server(jupyter_env, tmp_path, docker_client):
         s.stop()
 
 
+# ---- JupyterLab with envpin's extension, and the browser that drives it (testutils.browser) ------------
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from testutils.browser import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        from tools.docker_engine import apt_install
+
+        apt_install("chromium", "chromium")
+    return CHROMIUM
+
+
+@pytest.fixture
+def lab(jupyter_env, tmp_path):
+    """JupyterLab (the shared test server, with its pages and this tree's envpin extension) on 127.0.0.1.
+
+    Yields ``(url, root folder, server)``.
+    """
+    from testutils.browser import install_extension, start_lab
+
+    root = tmp_path / "lab"
+    root.mkdir()
+    install_extension(jupyter_env)
+    srv, url = start_lab(root)
+    yield url, root, srv
+    srv.stop()
+
+
 # ---- a real registry on 127.0.0.1 (Debian's docker-registry), for pulls ------------------------
 
 

@@ -117,6 +117,37 @@ def test_a_job_pickled_under_another_python_is_refused_before_loads(executor, do
         envelope.loads(header, payload, buffers, "job result")
 
 
+def test_envpin_run_on_a_terminal_gives_the_program_a_terminal(notebook_dir, docker_client):
+    """`envpin run` said "wired to this terminal", but the program saw no terminal: no REPL, no pdb, no input()."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: envpin run on a terminal (the pty)
+        os.chdir(notebook_dir)
+        os.execv(sys.executable, [sys.executable, "-m", "envpin_provisioner", "run", "--image", PY311, "--", "python3",
+                 "-c", "import sys; print('tty', sys.stdin.isatty(), sys.stdout.isatty()); print('got', input('name? '))"])  # fmt: skip
+    seen, answered, deadline = b"", False, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal: it has ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"name? " in seen:
+            os.write(fd, b"Ada\r")  # typed at the terminal, in the program's terminal
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "tty True True" in text and "got Ada" in text, text
+
+
 def test_a_jobs_exception_comes_back_with_its_remote_traceback(executor):
     ex = executor(PY311)
 
@@ -229,13 +260,14 @@ def test_a_hung_job_can_be_cancelled(executor, docker_client):
     assert ex.submit(abs, -5).result(timeout=60) == 5
 
 
-def test_stamp_for_systems_without_an_adapter(monkeypatch):
+def test_stamp_for_systems_without_an_adapter(request):
     from envpin.session import stamping, state
 
     with pytest.raises(envpin.EnvpinError, match="pin the session first"):
         envpin.stamp()
     pin = state.Pin(PY311, PY311, "sha256:abc", "3.11.2", "3.1.3", "host")
-    monkeypatch.setattr(state, "_current", pin)
+    stamping.pin_session(pin)
+    request.addfinalizer(stamping.unpin_session)
     stamped = envpin.stamp()
     assert stamped["env"] == {"ENVPIN_IMAGE": PY311, "YT_JOB_DOCKER_IMAGE": PY311, "ENVPIN_IMAGE_ID": "sha256:abc"}
     job = envpin.stamp({"name": "train", "env": {"ENVPIN_IMAGE": "mine"}})

@@ -110,18 +110,23 @@ async def test_kill_removes_the_container(docker_client, install_kernelspec, not
             docker_client.containers.get(cid)
 
 
-async def test_poll_sees_a_container_killed_from_outside(docker_client, install_kernelspec, notebook_dir):
+async def test_poll_sees_a_container_killed_from_outside(docker_client, install_kernelspec, notebook_dir, caplog):
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         km.stop_restarter()
         assert await km.is_alive()
-        kernel_container(docker_client, km).kill()
+        container = kernel_container(docker_client, km)
+        assert container.name.startswith(f"envpin-{km.kernel_id}-")  # a cold start is named for its kernel too
+        container.kill()
 
         async def dead():
             return not await km.is_alive()
 
         await async_wait_for(dead, timeout=5, what="is_alive to see the killed container", interval=0.1)
         assert not await km.is_alive()
+    # Jupyter only says "the kernel appears to have died": the server's log says why, once.
+    told = [r.getMessage() for r in caplog.records if "killed (SIGKILL" in r.getMessage()]
+    assert len(told) == 1 and container.short_id in told[0] and PY311 in told[0], caplog.text
 
 
 async def test_channels_are_private_and_the_key_is_never_exposed(docker_client, install_kernelspec, notebook_dir):

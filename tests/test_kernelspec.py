@@ -29,13 +29,16 @@ def test_shipped_kernelspec_names_the_provisioner():
     assert ep.load().__name__ == "EnvpinProvisioner"
 
 
-def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path):
+def test_cli_installs_a_kernelspec_for_an_image(jupyter_env, tmp_path, docker_client):
+    """The image is checked on the engine before anything is written (--no-check skips that)."""
     out = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--image", PY313,
          "--display-name", "Py 3.13 jobs", "--prefix", str(tmp_path / "venv"), "--config", "network_mode=none"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    path = Path(out.stdout.strip().split(" in ", 1)[1])
+    (installed,) = [line for line in out.stdout.splitlines() if line.startswith("Installed kernelspec ")]
+    path = Path(installed.split(" in ", 1)[1])
+    assert f"envpin: image {PY313} is on the engine" in out.stdout  # checked before it was written
     assert path == tmp_path / "venv" / "share" / "jupyter" / "kernels" / "envpin-envpin-test-py313-latest"
     spec = json.loads((path / "kernel.json").read_text())
     assert spec["display_name"] == "Py 3.13 jobs"
@@ -88,6 +91,41 @@ async def test_argv_fallback_for_clients_that_ignore_provisioners(jupyter_env, d
         assert res["ename"] == "UsageError" and "the envpin provisioner does not manage" in res["evalue"], res
         assert (await run(kc, f"%use_image {PY313}"))["status"] == "ok"  # its own image: pinned
     # The autouse fixture asserts the container is gone after shutdown.
+
+
+async def test_argv_fallback_starts_what_the_provisioner_would(jupyter_env, docker_client, notebook_dir):
+    """envpin launch builds the provisioner's launch: the folder's pin wins over the argv's image, LC_* and
+    ENVPIN_ENVELOPE pass through and nothing else of the client's environment does, the kernel starts pinned
+    (envpin loaded), and /dev/shm is sized as the provisioner sizes it ('auto')."""
+    from envpin.session import pin_file
+    from envpin_provisioner.cli import kernelspec
+
+    pin_file.record(notebook_dir, None, {"image": PY311})  # the folder's pin, as %use_image records it headless
+    spec = kernelspec.kernelspec_dict(PY313, "no provisioner")
+    del spec["metadata"]["kernel_provisioner"]
+    d = jupyter_env["data"] / "kernels" / "argv-pinned"
+    d.mkdir(parents=True)
+    (d / "kernel.json").write_text(json.dumps(spec))
+    env = {"LC_ALL": "C.UTF-8", "ENVPIN_ENVELOPE": "strict", "ENVPIN_TEST_SECRET": "not for the kernel"}
+    probe = (
+        "{**{k: __import__('os').environ.get(k) for k in "
+        "('ENVPIN_IMAGE', 'LC_ALL', 'ENVPIN_ENVELOPE', 'ENVPIN_TEST_SECRET', 'ENVPIN_PINNED')}, "
+        "'python': list(__import__('sys').version_info[:2]), "
+        "'pin': getattr(__import__('envpin').current_pin(), 'name', None), "
+        "'shm': (lambda s: s.f_blocks * s.f_frsize)(__import__('os').statvfs('/dev/shm'))}"
+    )
+    async with kernel("argv-pinned", cwd=notebook_dir, env=env) as (_km, kc):
+        got = await run_json(kc, probe)
+    assert got.pop("shm") > 64 * 2**20  # Docker's own default is 64 MB
+    assert got == {
+        "ENVPIN_IMAGE": PY311,
+        "LC_ALL": "C.UTF-8",
+        "ENVPIN_ENVELOPE": "strict",
+        "ENVPIN_TEST_SECRET": None,
+        "ENVPIN_PINNED": "1",
+        "python": [3, 11],
+        "pin": PY311,
+    }
 
 
 @pytest.mark.usefixtures("docker_client")

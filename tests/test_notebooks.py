@@ -101,3 +101,16 @@ def test_flyte_notebook_runs_its_workflow_in_the_image(jupyter_env, tmp_path, mo
     }
     assert lines.get("double") == lines.get("where") == "envpin-test/flyte:latest", text
     assert lines.get("train") == "registry.example/team/gpu:7", text
+
+
+def test_dask_notebook_runs_a_cluster_in_the_image_and_refuses_another(
+    jupyter_env, tmp_path, monkeypatch, docker_client
+):
+    """In a host kernel: envpin.DaskCluster's containers run the tasks, scale adds workers, a 3.13 cluster is refused."""
+    text = _run_host_notebook("dask_cluster.ipynb", tmp_path, monkeypatch)
+    image_id = docker_client.images.get("envpin-test/dask:latest").id
+    assert f"task ran in Python 3.11.2, image {image_id}, marker dask-py311" in text, text
+    assert "workers after scale(3): 3, all in the image: True" in text, text
+    assert "dashboard: http://127.0.0.1:" in text
+    assert "refused: The Dask cluster at tcp://127.0.0.1:" in text and "Python 3.13.5" in text
+    assert not containers(docker_client, role="dask-worker") and not containers(docker_client, role="dask-scheduler")

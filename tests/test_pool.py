@@ -17,7 +17,7 @@ import pytest
 import requests
 from jupyter_client.manager import AsyncKernelManager
 
-from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
+from envpin_provisioner.kernel.launch import WARM_NAME_PREFIX
 from envpin_provisioner.warm.pool import pools
 from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers, program, wait_for
 from testutils.kernels import PROBE, kernel, run, run_json

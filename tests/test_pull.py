@@ -79,7 +79,9 @@ async def test_use_image_shows_pull_progress_in_the_cell(
             pulling = [b for b in bars if f"envpin: pulling {reference}:" in b.get("text/plain", "")]
             assert len(pulling) >= 3 and "MiB" in pulling[-1]["text/plain"]
             assert "<progress value=" in pulling[-1]["text/html"]
-            assert f"envpin: moving this kernel into {reference}" in text
+            # The progress line ends replaced by the outcome: the move, never "resolving" or "pulling".
+            final = bars[-1]["text/plain"]
+            assert f"envpin: moving this kernel into {reference}" in final, (text, final)
             assert (await run_json(kc, PROBE))["image"] == reference
     finally:
         proxy.shutdown()

@@ -136,6 +136,30 @@ def test_use_image_through_jupyter_server_pins_the_notebook(server, install_kern
     r = requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120)
     assert r.status_code == 200, r.text
     status, out = srv.execute(kid, "import sys; print(sys.version_info[:2])")
-    assert out.strip() == "(3, 11)"  # the restart read the pin
+    assert out.strip().endswith("(3, 11)")  # the restart read the pin ...
+    assert "pinned by the entry 'analysis.ipynb'" in out  # ... and says so, before the first cell's output
     requests.delete(srv.api(f"kernels/{kid}"), timeout=60)
     assert not containers(docker_client, kernel=kid)
+
+
+def test_run_all_with_a_move_in_the_middle_answers_every_cell(server, install_kernelspec, docker_client):
+    """JupyterLab's Run All sends every cell at once; those queued behind %use_image were sent to the old kernel.
+
+    Each gets an answer: the cells before the move ran, the move's cell finished, the ones behind it are
+    "aborted" (not run) with a line saying why and what to do; then the next cell runs in the new image.
+    """
+    name = install_kernelspec(PY313)
+    srv = server()
+    kid = srv.start_kernel(name, "run-all.ipynb")
+    where = "import sys; print('where', sys.version_info[:2])"
+    cells = [where, "x = 1", f"%load_ext envpin\n%use_image {PY311} --restart", where, "x += 1", where]
+    replies = srv.execute_all(kid, cells, timeout=120)
+    assert [r["status"] for r in replies] == ["ok", "ok", "ok", "aborted", "aborted", "aborted"], replies
+    assert "where (3, 13)" in replies[0]["stdout"]
+    assert f"moving this kernel into {PY311}" in replies[2]["stdout"]
+    for r in replies[3:]:
+        assert f"not run: the kernel moved into {PY311}" in r["stderr"] and "Run it again" in r["stderr"], r
+        assert "where" not in r["stdout"]  # nothing of it ran, in either image
+    status, out = srv.execute(kid, where)
+    assert (status, out.strip()) == ("ok", "where (3, 11)")
+    requests.delete(srv.api(f"kernels/{kid}"), timeout=60)

@@ -13,7 +13,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from testutils import NO_IPYKERNEL, PY311, PY313, containers, envpin_containers
+from testutils import NO_IPYKERNEL, PY311, PY313, containers, envpin_containers, flat
 from testutils.kernels import PROBE, kernel, run, run_json
 
 #: Every test here runs kernels or containers: each asks for the engine.
@@ -76,6 +76,27 @@ def test_headless_notebook_moves_then_starts_in_its_pin(install_kernelspec, note
     second = execute(cells, name, notebook_dir)
     assert f"where (3, 11) {PY311} True" in second[0]  # started directly in the pinned image
     assert "pinned to" in second[2] and "moving" not in second[2]
+
+
+def test_a_headless_folder_pin_never_overrides_a_notebook_of_another_kernelspec(
+    install_kernelspec, notebook_dir, docker_client
+):
+    """The newcomer's quickstart: a headless run pinned the folder ("*"); a notebook of that folder that names
+    another kernelspec then ran in the pin's image, and nothing said so."""
+    generic = install_kernelspec(PY313, name="generic")
+    other = install_kernelspec(PY313, name="py313k", display_name="Python 3.13 (py313)")
+    execute(["%load_ext envpin", f"%use_image {PY311}"], generic, notebook_dir)
+    pin = json.loads((notebook_dir / ".envpin.json").read_text())["notebooks"]["*"]
+    assert pin["image"] == PY311 and pin["kernelspec"] == "generic"  # the kernelspec the headless run used
+
+    (out,) = execute([WHERE], other, notebook_dir)
+    assert f"where (3, 13) {PY313} True" in out  # the notebook's own kernelspec decides
+    assert "the folder pin '*'" in out and "was made in kernelspec 'generic'" in out  # and the kernel says why
+
+    (out,) = execute([WHERE], generic, notebook_dir)
+    assert f"where (3, 11) {PY311} True" in out  # the folder pin applies to its own kernelspec ...
+    assert out.startswith(f"envpin: this kernel runs in '{PY311}', pinned by the folder pin '*' in {notebook_dir}")
+    assert "%use_image IMAGE changes the pin" in out  # ... saying which pin, from where, how to change it
 
 
 async def test_use_image_of_the_kernels_own_image_pins_without_moving(install_kernelspec, notebook_dir, docker_client):
@@ -151,7 +172,7 @@ async def test_a_damaged_pin_file_is_reported_and_kept(install_kernelspec, noteb
     with pytest.raises(PinFileError) as info:
         await km.start_kernel(cwd=str(notebook_dir))
     assert time.monotonic() - started < 10
-    assert ".envpin.json is damaged (line 1)" in str(info.value) and "will not overwrite" in str(info.value)
+    assert ".envpin.json is damaged (line 1)" in flat(info.value) and "will not overwrite" in flat(info.value)
     assert (notebook_dir / ".envpin.json").read_text() == '{"notebooks": {"a.ipynb": {"image": '
 
 
@@ -288,12 +309,15 @@ def test_envpin_run_from_the_shell(notebook_dir):
 
 
 async def test_kernel_side_reports_what_the_image_lacks_in_one_line(install_kernelspec, notebook_dir):
-    """The image has no Docker SDK (and the kernel no engine): fingerprinting another image says so plainly."""
+    """The kernel has no engine (by design): fingerprinting another image says so, and what to do from there
+    (it said "pip install docker", which would not help in a kernel)."""
     name = install_kernelspec(PY311)
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         res = await run(kc, f"import envpin; envpin.fingerprint(image={PY313!r})")
-        assert res["ename"] == "MissingDependency"
-        assert res["evalue"].startswith("This needs the Docker SDK for Python") and "\n" not in res["evalue"]
+        assert res["ename"] == "EnvpinError" and "\n" not in res["evalue"]
+        assert res["evalue"].startswith("This runs inside a container (a Containerized Python kernel, or a job)")
+        assert f"Compare on the host: envpin.fingerprint(image={PY313!r})" in res["evalue"]
+        assert f"%use_image {PY313}" in res["evalue"] and "pip install docker" not in res["evalue"]
         # envpin itself imported fine from the read-only mount, with nothing installed into the image.
         where = await run_json(
             kc, "[__import__('envpin').__file__, __import__('importlib.util').util.find_spec('docker') is None]"

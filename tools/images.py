@@ -62,9 +62,14 @@ class ImageRecipe:
     tail: str = ""
     #: False: built only when asked for by name (the full pickle matrix's Python 3.9), not by the test command
     default: bool = True
+    #: wheels fetched without their dependencies into ``extra-wheels/`` of the build context, for a ``tail``
+    #: that installs a release the main set's resolver would refuse (cloudpickle 2 under distributed)
+    extra_wheels: tuple[str, ...] = ()
 
     def digest(self) -> str:
         text = repr((self.suite, self.packages, self.python, _DOCKERFILE, _BASE_VERSION)) + self.tail
+        if self.extra_wheels:
+            text += repr(self.extra_wheels)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -99,6 +104,10 @@ _UV_PROJECT = {
 #: which is the newest Ray envpin supports (ray_compat.SUPPORTED, the one place that version is written).
 _RAY_PACKAGES = ("ipykernel", "cloudpickle", f"ray[default,client]=={RAY_NEWEST}")
 _RAY_UV_PACKAGES = (*_RAY_PACKAGES, "uv", "hatchling", "editables")  # editables: hatchling builds editable installs
+#: A Dask user's image: notebook kernel, scheduler and worker alike (bokeh: the scheduler's dashboard).
+_DASK_PACKAGES = ("ipykernel", "cloudpickle", "numpy", "distributed", "bokeh")
+#: The file only the Dask images have, with the image's own word in it (tasks report it).
+DASK_MARKER = "/opt/envpin-dask-marker"
 
 
 def _uv_sync_tail(install_project: bool) -> str:
@@ -205,6 +214,32 @@ RECIPES: dict[str, ImageRecipe] = {
             "bookworm",
             ("ipykernel", "cloudpickle==3.1.1", "numpy"),
             notes="envpin-test/py311 with cloudpickle 3.1.1: an image a cloudpickle patch release behind the host",
+        ),
+        ImageRecipe(
+            "envpin-test/dask:latest",
+            "bookworm",
+            _DASK_PACKAGES,
+            notes="Python 3.11 with ipykernel, cloudpickle and distributed (+ bokeh): a Dask user's image",
+            tail=f"RUN echo dask-py311 > {DASK_MARKER}\n",
+        ),
+        ImageRecipe(
+            "envpin-test/dask313:latest",
+            "trixie",
+            _DASK_PACKAGES,
+            notes="Python 3.13 with distributed: a Dask cluster of another Python, which envpin refuses",
+            tail=f"RUN echo dask-py313 > {DASK_MARKER}\n",
+        ),
+        ImageRecipe(
+            "envpin-test/dask-cloudpickle2:latest",
+            "bookworm",
+            _DASK_PACKAGES,
+            notes="envpin-test/dask with cloudpickle 2.2.1, which is measured not to load cloudpickle 3 pickles",
+            extra_wheels=("cloudpickle==2.2.1",),
+            tail=(
+                "COPY extra-wheels /tmp/extra-wheels\n"
+                "RUN /opt/python/bin/python -m pip install -q --no-index --no-deps --find-links /tmp/extra-wheels "
+                f"cloudpickle==2.2.1 && rm -rf /tmp/extra-wheels && echo dask-cloudpickle2 > {DASK_MARKER}\n"
+            ),
         ),
         ImageRecipe(
             "envpin-test/py39:latest",
@@ -361,6 +396,10 @@ def build(name: str, client: docker.DockerClient | None = None) -> str:
             shutil.copytree(_wheels(SUITES[recipe.suite], recipe.packages), Path(ctx) / "wheels")
         else:
             (Path(ctx) / "wheels").mkdir()
+        if recipe.extra_wheels:
+            shutil.copytree(
+                _wheels(SUITES[recipe.suite], ("--no-deps", *recipe.extra_wheels)), Path(ctx) / "extra-wheels"
+            )
         dockerfile = _DOCKERFILE.format(
             base=base, packages=" ".join(recipe.packages) or "--upgrade pip", label=RECIPE_LABEL, digest=digest
         )

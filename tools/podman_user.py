@@ -70,7 +70,7 @@ def as_user(argv: list[str], extra_env: dict[str, str] | None = None, **kwargs) 
 
 def _source_digest() -> str:
     h = hashlib.sha256()
-    for top in ("ipython_ext", "kernel_provisioner", "kernelspecs"):
+    for top in ("ipython_ext", "kernel_provisioner", "kernelspecs", "jupyter-config", "jupyterlab_ext/labextension"):
         for path in sorted((REPO / top).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 h.update(str(path.relative_to(REPO)).encode())
@@ -103,16 +103,21 @@ def _venv() -> None:
     if SRC.exists():
         shutil.rmtree(SRC)
     SRC.mkdir()
-    for top in ("ipython_ext", "kernel_provisioner", "kernelspecs"):
+    for top in ("ipython_ext", "kernel_provisioner", "kernelspecs", "jupyter-config", "jupyterlab_ext/labextension"):
         shutil.copytree(REPO / top, SRC / top, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "jupyterlab_ext/install.json"):
         shutil.copy(REPO / name, SRC / name)
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(SRC)], check=True)
+    # The JupyterLab extension is copied prebuilt (this checkout's install built it): no build hook, no npm.
+    no_hooks = {"HATCH_BUILD_NO_HOOKS": "true"}
     as_user(
         [f"{VENV}/bin/pip", "install", "-q", "--no-build-isolation", "--force-reinstall", "--no-deps", str(SRC)],
+        no_hooks,
         check=True,
     )
-    as_user([f"{VENV}/bin/pip", "install", "-q", str(SRC)], check=True)  # envpin's own dependencies
+    as_user(
+        [f"{VENV}/bin/pip", "install", "-q", "--no-build-isolation", str(SRC)], no_hooks, check=True
+    )  # envpin's own dependencies
     as_user(["sh", "-c", f"printf '%s' {digest} > {stamp}"], check=True)
 
 

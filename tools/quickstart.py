@@ -23,11 +23,12 @@ def main() -> int:
     workdir = ROOT / "build" / "quickstart"
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "quickstart.ipynb"
+    # Into this environment (.venv): in a virtual environment Jupyter looks there before the user's folder.
     subprocess.run(
-        [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--user"],
+        [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--sys-prefix"],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    print("[envpin] installed the 'Containerized Python' kernelspec for this user", file=sys.stderr)
+    print(f"[envpin] installed the 'Containerized Python' kernelspec into {sys.prefix}", file=sys.stderr)
     nb = nbformat.read(notebook, as_version=4)
     started = time.monotonic()
     print(f"[envpin] executing {notebook.relative_to(ROOT)} in the Containerized Python kernel ...", file=sys.stderr)
@@ -44,6 +45,13 @@ def main() -> int:
             elif "text/plain" in output.get("data", {}):
                 print(output["data"]["text/plain"])
     print()
+    venv = Path(sys.prefix)
+    lab = "" if (venv / "bin" / "jupyter-lab").exists() else f"  {venv}/bin/pip install jupyterlab\n"
+    print(
+        'Next: open the notebooks in JupyterLab and pick "Containerized Python" in the launcher:\n'
+        f"{lab}  {venv}/bin/jupyter lab {ROOT / 'notebooks'}\n"
+        "(%use_image IMAGE in a notebook moves its kernel into IMAGE; envpin doctor says what works.)"
+    )
     return 0
 
 

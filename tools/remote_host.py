@@ -477,7 +477,13 @@ class RemoteHost:
 
     def _hidden(self) -> list[str]:
         """The folders to hide that exist, outermost only (a folder inside a hidden one is gone already)."""
-        wanted = [*HIDDEN, str(REPO), sys.prefix, os.path.expanduser("~")]
+        # A folder hidden under a tmpfs still exists (as an empty mount point), so for the checkout, the
+        # venv and $HOME the hidden folder is the top-level one that holds them (``/check`` for a checkout
+        # at ``/check/work/main``), or their parent when that top-level folder is the system's own.
+        wanted = [
+            *HIDDEN,
+            *(_container_of(os.path.realpath(p)) for p in (str(REPO), sys.prefix, os.path.expanduser("~"))),
+        ]
         chosen: list[str] = []
         for path in sorted({os.path.realpath(p) for p in wanted}, key=len):
             if path != "/" and os.path.isdir(path) and not any(path == c or path.startswith(c + "/") for c in chosen):
@@ -713,6 +719,22 @@ class RemoteHost:
 
 
 # ---- clearing a remote host by name (stop(), and what a killed run left) -------------------------------
+
+
+#: Top-level folders of the system itself: hiding one would take the remote host's programs away.
+_SYSTEM_TOP = frozenset(
+    {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "usr", "var"}
+)
+
+
+def _container_of(path: str) -> str:
+    """The folder to hide so that ``path`` itself is gone (not merely empty) on the remote host."""
+    parts = Path(path).parts
+    if len(parts) < 2:
+        return path
+    if parts[1] not in _SYSTEM_TOP:
+        return str(Path("/", parts[1])) if len(parts) > 2 else path
+    return str(Path(path).parent)
 
 
 def _is_mountpoint(path: str) -> bool:

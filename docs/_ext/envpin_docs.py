@@ -616,7 +616,11 @@ def messages_by_class(class_names: set[str]) -> dict[str, dict[str, list[str]]]:
                 cls = _called_name(node.args[1])
             if cls not in class_names:
                 continue
-            for text in reader.render(message, node):
+            # A fix given apart (``X(problem, fix="...")``) ends the message, as str() puts it; one held in a
+            # variable with several values is left out rather than paired with the wrong problem.
+            fix = next((k.value for k in node.keywords if k.arg == "fix"), None)
+            ends = [""] if fix is None or isinstance(fix, ast.Name) else [" " + f for f in reader.render(fix, node)]
+            for text in (m + end for m in reader.render(message, node) for end in ends):
                 text = " ".join(text.split())
                 if _literal(text) < 10:
                     continue

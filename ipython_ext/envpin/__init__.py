@@ -16,11 +16,14 @@ Public API::
     envpin.submit(fn, *args)    # run fn in the pinned image (a concurrent.futures Future)
     envpin.ContainerExecutor()  # the executor behind it
     envpin.stamp(job)           # the pin, for job systems without an adapter
+    envpin.reset_caches()       # forget what this process learnt and registered (tests)
+    envpin.DaskCluster(n)       # a Dask cluster in the pinned image (imports distributed when first used)
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from envpin import names
 from envpin._version import __version__ as __version__
@@ -33,16 +36,66 @@ from envpin.session.state import current_pin
 
 __all__ = [
     "ContainerExecutor",
+    "DaskCluster",
     "EnvpinError",
     "compare",
     "current_pin",
     "fingerprint",
     "in_container",
     "kernel_image",
+    "reset_caches",
     "stamp",
     "submit",
     "use_image",
 ]
+
+
+#: The modules that keep something for the life of the process (caches, registries, the session's pin), each
+#: with a ``reset()``, in the order :func:`reset_caches` calls them: the adapters are deactivated before the
+#: pin goes, and the engines' facts before their clients.  tests/unit/test_process_state.py fails when a
+#: module keeps something that is not listed here or that its ``reset()`` leaves.
+STATEFUL_MODULES = (
+    "envpin.session.stamping",
+    "envpin.session.state",
+    "envpin.jobs.executor",
+    "envpin.jobs.envelope",
+    "envpin.jobs.listener",
+    "envpin.jobs.shipping",
+    "envpin.adapters._imports",
+    "envpin.adapters.ray_adapter",
+    "envpin.adapters.ray_compat",
+    "envpin.adapters.dask_check",
+    "envpin.compat.policy",
+    "envpin.internals",
+    "envpin.host.dialect",
+    "envpin.host.labels",
+    "envpin.host.docker_client",
+    "envpin.host.ssh_tunnel",
+    "envpin.notebook.handoff",
+)
+
+
+def reset_caches() -> None:
+    """Forget what this process learnt and registered: caches, the adapters, the session's pin, engine clients.
+
+    For tests, which must not reach into modules' private state: after this
+    the process behaves as if envpin had just been imported (files, such as
+    the owner key and pin files, stay).  A module not imported yet has
+    nothing to forget and is not imported for it.
+    """
+    for name in STATEFUL_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            module.reset()
+
+
+def __getattr__(name: str):
+    """``envpin.DaskCluster``, imported on first use: ``import envpin`` must not import distributed."""
+    if name == "DaskCluster":
+        from envpin.adapters.dask_cluster import DaskCluster
+
+        return DaskCluster
+    raise AttributeError(f"module 'envpin' has no attribute {name!r}")
 
 
 def in_container() -> bool:
@@ -72,7 +125,7 @@ def load_ipython_extension(ipython) -> None:
     image) loads this by itself and starts out pinned to its image.
     """
     from envpin import adapters
-    from envpin.notebook import control, handoff, short_errors
+    from envpin.notebook import control, handoff, pin_notes, short_errors
     from envpin.notebook.magics import EnvpinMagics
     from envpin.session import stamping, state
 
@@ -84,6 +137,7 @@ def load_ipython_extension(ipython) -> None:
     pin = state.pin_from_environment() if os.environ.get(names.PINNED) == "1" else None
     if pin is not None and state.current_pin() is None:
         stamping.pin_session(pin)
+    pin_notes.show_on_first_cell(ipython)
     folder = control.control_dir()
     if folder is not None:
         handoff.expect_handoff(ipython, folder)

@@ -2,9 +2,18 @@
 
 Every message is one paragraph that names the thing and the fix: in a notebook
 it is all the user sees (the magics print it instead of a traceback).
+
+Where an error states its fix apart (``EnvpinError(problem, fix=...)``), its
+text is still that one paragraph (problem, then fix) for terminals and logs,
+and :func:`for_dialog` can put the fix first, in short lines: JupyterLab's
+"Error Starting Kernel" dialog shows the message in a ``<pre>`` that keeps
+line breaks and does not wrap, so a paragraph is one line cut at the
+dialog's edge (seen: the fix of an option typo was never visible).
 """
 
 from __future__ import annotations
+
+import textwrap
 
 
 class EnvpinError(RuntimeError):
@@ -13,10 +22,19 @@ class EnvpinError(RuntimeError):
     Raised as itself for the refusals that need no class of their own (a bad
     argument, a request that cannot be done here); the more specific errors
     below derive from it, so ``except envpin.EnvpinError`` catches them all.
+    ``fix``: what to do, when the message states it apart (it follows the
+    problem in the paragraph, and leads in :func:`for_dialog`); ``detail``:
+    what comes last in both (a container's last output).
 
     Fix: every message names what went wrong and ends with what to do; the
     messages below are all of them.
     """
+
+    def __init__(self, message: str = "", *args: object, fix: str | None = None, detail: str = "") -> None:
+        super().__init__((f"{message} {fix}" if fix else message) + detail, *args)
+        self.problem = message
+        self.fix = fix
+        self.detail = detail
 
 
 class PinFileError(EnvpinError):
@@ -51,5 +69,57 @@ class MissingDependency(EnvpinError):
     container mode, ``envpin.use_image()``) need the Docker SDK, which the kernel side does not
     import until then.
 
-    Fix: ``pip install envpin`` (or ``pip install docker``) in the environment that runs the code.
+    Fix: ``pip install envpin`` (or ``pip install docker``) in the environment that runs the code; inside
+    a Containerized Python kernel (no engine, by design) the message says what to do from there instead.
     """
+
+
+class ClusterMismatch(EnvpinError):
+    """A cluster (Ray, Dask) runs another Python, pickler or engine release than the pinned image: refused.
+
+    Checked when the client connects (``ray.init``, ``distributed.Client``) and before submissions, from what
+    the cluster reports about itself, instead of tasks that fail to load or kill their workers later.
+
+    Fix: run the cluster in the pinned image (``envpin.DaskCluster()``, or name the image to the cluster
+    manager), or pin the image the cluster runs; the message names both sides.
+    """
+
+
+#: Columns of a line in a dialog that keeps line breaks but does not wrap (JupyterLab's is about 130 wide).
+DIALOG_WIDTH = 96
+
+
+def dialog_text(exc: BaseException, width: int = DIALOG_WIDTH) -> str:
+    """``exc``'s message for a dialog: its fix first, then the rest, in lines of at most ``width`` columns.
+
+    Lines the message already has (a container's last output, marked
+    ``  | ``, after "Its last output:") are kept as they are, below
+    everything else; the rest is wrapped.
+    """
+    fix = getattr(exc, "fix", None)
+    problem = getattr(exc, "problem", None)
+    detail = getattr(exc, "detail", "")
+    text = str(exc)
+    if fix and problem is not None and text == f"{problem} {fix}{detail}":
+        blocks = [fix, problem]
+    elif detail and problem is not None and text == f"{problem}{detail}":
+        blocks = [problem]
+    else:
+        blocks, detail = [text], ""
+    out: list[str] = []
+    for block in blocks:
+        if out:
+            out.append("")
+        for line in block.split("\n"):
+            if line.startswith("  | "):
+                out.append(line)
+            else:
+                out.extend(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [""])
+    out.extend(detail.strip().split("\n") if detail else ())  # "Its last output:", then the container's lines
+    return "\n".join(out)
+
+
+def for_dialog(exc: BaseException) -> BaseException:
+    """``exc`` itself, its message replaced by :func:`dialog_text` (type, traceback and cause kept)."""
+    exc.args = (dialog_text(exc),)
+    return exc

@@ -29,8 +29,10 @@ IMAGE_ID = "ENVPIN_IMAGE_ID"
 IMAGE_LATEST_ID = "ENVPIN_IMAGE_LATEST_ID"
 #: Set in an image (``ENV ENVPIN_CODE_IN_IMAGE=/app``): where it keeps the project's code.
 CODE_IN_IMAGE = "ENVPIN_CODE_IN_IMAGE"
-#: Where the image choice came from (a pin file entry), for the kernel's first output.
+#: "1" when a pin (or a move) decided the image: the kernel starts out pinned.
 PINNED = "ENVPIN_PINNED"
+#: What the kernel's first output says about pins (JSON list of sentences): which pin decided, which did not apply.
+PIN_NOTES = "ENVPIN_PIN_NOTES"
 #: The kernel's control folder (inside its container), where ``%use_image`` asks the server to move it.
 CONTROL_DIR = "ENVPIN_CONTROL_DIR"
 #: Set for a successor kernel that must take over a running ``%use_image`` cell.
@@ -46,6 +48,8 @@ ALIASES = "ENVPIN_ALIASES"
 ALLOWED_IMAGES = "ENVPIN_ALLOWED_IMAGES"
 #: The Ray dashboard address the Ray adapter submits jobs to.
 RAY_DASHBOARD = "ENVPIN_RAY_DASHBOARD"
+#: The container engine a batch queue's nodes run Dask workers with (dask-jobqueue): podman, apptainer, docker.
+DASK_NODE_ENGINE = "ENVPIN_DASK_NODE_ENGINE"
 #: YTsaurus's own variable for a job's image (set beside ``IMAGE`` in every stamp).
 YT_JOB_DOCKER_IMAGE = "YT_JOB_DOCKER_IMAGE"
 #: jupyter_server's notebook path for the kernel (relative to its root).
@@ -69,6 +73,8 @@ LABEL_OWNER_UID = "envpin.owner-uid"
 LABEL_IMAGE = "envpin.image"
 LABEL_NONCE = "envpin.nonce"
 LABEL_PROOF = "envpin.proof"
+#: The ``envpin.DaskCluster`` a scheduler or worker container belongs to (its name).
+LABEL_DASK_CLUSTER = "envpin.dask-cluster"
 
 # --- places inside a container -------------------------------------------------------------------------
 #: Where envpin's package is mounted (read-only): ``CONTAINER_PYTHONPATH/envpin``.

@@ -91,6 +91,12 @@ def shared(address: str | None = None) -> Engine:
         return engine
 
 
+def reset() -> None:
+    """Forget every engine's facts (``envpin_provisioner.reset_caches``); their clients are the kernel side's."""
+    with _engines_lock:
+        _engines.clear()
+
+
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run the blocking Docker call ``fn(*args, **kwargs)`` in a worker thread, off the event loop.
 

@@ -10,7 +10,11 @@ for the server log, never shown instead.
 
 from __future__ import annotations
 
-from envpin.errors import EnvpinError  # the kernel side's base: one hierarchy for both sides
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from envpin.errors import EnvpinError, for_dialog  # the kernel side's base: one hierarchy for both sides
 from envpin.host.docker_client import EngineUnavailable  # the one Docker layer's (both sides)
 
 __all__ = [
@@ -65,11 +69,35 @@ class ConfigError(EnvpinError):
     """An option is unknown or has the wrong type.
 
     A kernelspec's ``metadata.kernel_provisioner.config``, an ``envpin kernelspec install
-    --config``, an ``ENVPIN_<OPTION>`` variable of the server, or a combination of options that
-    cannot work (``transport='tcp'`` with ``network_mode='none'``), checked when the kernel starts
-    or the kernelspec is installed.  The message names each bad key, and the closest known
-    option for a misspelt one.
+    --config``, ``c.EnvpinProvisioner`` in a Jupyter config file, an ``ENVPIN_<OPTION>`` variable
+    of the server, or a combination of options that cannot work (``transport='tcp'`` with
+    ``network_mode='none'``), checked when it is written (install), by ``envpin doctor``, and when
+    the kernel starts.  The message names each bad key or impossible value (``mem_limit='lots'``),
+    and the closest known option for a misspelt one.
 
-    Fix: correct the option where the message says it was set (``jupyter kernelspec list``
-    shows where a kernelspec is), or reinstall the kernelspec with ``envpin kernelspec install``.
+    Fix: what the message's fix says for where it was set: rename or remove the key in the
+    kernelspec's kernel.json (``envpin kernelspec list`` shows where), correct the ``--config``
+    of the install command, or the Jupyter config file.
     """
+
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Awaitable[Any]])
+
+
+def shown_in_dialogs(hook: _Hook) -> _Hook:
+    """A jupyter_client hook whose EnvpinError reaches Jupyter's "Error Starting Kernel" dialog fix first.
+
+    What a kernel start raises is what JupyterLab shows, in a box that keeps
+    line breaks and does not wrap: the message goes out in short lines, its
+    fix on top (``envpin.errors.for_dialog``).  The CLI and the log of
+    anything else keep the one-paragraph form.
+    """
+
+    @functools.wraps(hook)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await hook(*args, **kwargs)
+        except EnvpinError as exc:
+            raise for_dialog(exc) from exc.__cause__
+
+    return wrapper  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any
 
 from traitlets import (
@@ -31,7 +32,6 @@ from traitlets import (
     TraitError,
     TraitType,
     Unicode,
-    Union,
     default,
 )
 from traitlets.config import Configurable
@@ -86,6 +86,44 @@ class EngineAddress(Unicode):
         return value
 
 
+class ShmSize(Unicode):
+    """``shm_size``: 'auto', '' (Docker's default) or a size."""
+
+    info_text = "'auto', '' (Docker's default) or a size like '2g'"
+
+    def validate(self, obj: Any, value: Any) -> str:
+        text = super().validate(obj, value)
+        if text not in ("auto", ""):
+            try:
+                byte_count(text, "shm_size")
+            except TraitError:
+                self.error(obj, value)
+        return text
+
+
+class Checked(Unicode):
+    """Text that must match ``pattern`` (the option's syntax, checked where it is written, not at a start)."""
+
+    def __init__(self, pattern: str, info: str, **kwargs: Any) -> None:
+        self.pattern = re.compile(pattern)
+        self.info_text = info
+        super().__init__(**kwargs)
+
+    def validate(self, obj: Any, value: Any) -> str:
+        text = super().validate(obj, value)
+        if not self.pattern.fullmatch(text):
+            self.error(obj, value)
+        return text
+
+
+#: ``docker run --network``: bridge, none, host, container:NAME or a network's name.
+NETWORK_MODE = r"[A-Za-z0-9][A-Za-z0-9_.-]*(:[A-Za-z0-9][A-Za-z0-9_.-]*)?"
+#: ``docker run --gpus``: '' (none), all, a count, device=ID[,ID...].
+GPUS = r"|all|[0-9]+|device=[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*"
+#: ``mounts``: HOST_PATH:CONTAINER_PATH[:ro|:rw], the container path absolute.
+MOUNT = r"[^:]+:/[^:]*(:(ro|rw))?"
+
+
 class ProvisionerOptions(Configurable):
     """The options of ``EnvpinProvisioner`` (configure them as ``c.EnvpinProvisioner.<option>``)."""
 
@@ -110,7 +148,9 @@ class ProvisionerOptions(Configurable):
     def _pull_policy_default(self) -> str:
         return _env("pull_policy", "if-missing")
 
-    network_mode = Unicode(
+    network_mode = Checked(
+        NETWORK_MODE,
+        "'bridge', 'none', 'host', 'container:NAME' or a network's name",
         config=True,
         help="""Docker network of the kernel container: 'bridge' (default, so the kernel can reach
         clusters), 'none' (no network; the ipc channels still work), 'host', or a network name.""",
@@ -166,7 +206,7 @@ class ProvisionerOptions(Configurable):
         return _env("local_root", "")
 
     mounts = List(
-        Unicode(),
+        Checked(MOUNT, "'HOST_PATH:CONTAINER_PATH' or 'HOST_PATH:CONTAINER_PATH:ro' (the container path absolute)"),
         config=True,
         help="""Extra bind mounts, each 'HOST_PATH:CONTAINER_PATH[:ro]'. The notebook's folder is
         always mounted at its own path and is the working directory.""",
@@ -187,15 +227,14 @@ class ProvisionerOptions(Configurable):
         help="Fixed environment variables set in the kernel container.",
     )
 
-    mem_limit = Union(
-        [Integer(), Unicode()],
+    mem_limit = ByteSize(
         allow_none=True,
         default_value=None,
         config=True,
         help="Memory limit of the kernel container, bytes or a string like '4g'. None: no limit.",
     )
 
-    shm_size = Unicode(
+    shm_size = ShmSize(
         config=True,
         help="""Size of the kernel container's /dev/shm. 'auto' (default): half the engine's memory (half
         of mem_limit when set), as a Linux host has it; Ray's object store and PyTorch's DataLoader
@@ -208,10 +247,14 @@ class ProvisionerOptions(Configurable):
     def _shm_size_default(self) -> str:
         return _env("shm_size", "auto")
 
-    cpu_limit = Float(0.0, config=True, help="CPU limit of the kernel container in cores (e.g. 1.5). 0: no limit.")
+    cpu_limit = Float(
+        0.0, min=0.0, config=True, help="CPU limit of the kernel container in cores (e.g. 1.5). 0: no limit."
+    )
 
-    gpus = Unicode(
-        "",
+    gpus = Checked(
+        GPUS,
+        "'all', a count like '2', 'device=0,1', or '' for none",
+        default_value="",
         config=True,
         help="""GPUs for the kernel, as `docker run --gpus`: 'all', a count like '2', or 'device=0,1'.
         Empty (default): none. Needs the NVIDIA container toolkit on the engine.""",
@@ -237,9 +280,11 @@ class ProvisionerOptions(Configurable):
         return _env("python", "python3")
 
     launch_timeout = Float(
+        min=0.001,
         config=True,
         help="""Seconds from container start until the kernel must answer (image pulls not
-        included). A container that exits earlier is reported at once with its last log lines.""",
+        included). A container that exits earlier is reported at once with its last log lines.
+        Default: $ENVPIN_LAUNCH_TIMEOUT, else 60.""",
     )
 
     @default("launch_timeout")
@@ -361,7 +406,8 @@ def _whole_number(name: str, fallback: int) -> int:
 def byte_count(value: int | str, option: str) -> int:
     """``value`` (bytes, or a string like '20g') in bytes; raise TraitError naming ``option``."""
     from docker.errors import DockerException
-    from docker.utils import parse_bytes
+
+    from envpin.internals import DOCKER
 
     if isinstance(value, bool):
         raise TraitError(f"{option}={value!r} is not a size")
@@ -370,7 +416,7 @@ def byte_count(value: int | str, option: str) -> int:
             raise TraitError(f"{option}={value!r} is negative")
         return value
     try:
-        number = parse_bytes(value.strip())
+        number = DOCKER.get("parse_bytes")(value.strip())
     except (DockerException, ValueError):  # text docker's parser does not know
         number = None
     if not isinstance(number, int) or number < 0:
@@ -378,32 +424,66 @@ def byte_count(value: int | str, option: str) -> int:
     return number
 
 
-def check_options(cls: type[HasTraits], kwargs: dict[str, Any], kernel_spec: Any) -> None:
-    """Raise ConfigError naming every unknown or ill-typed key of ``kwargs`` (the kernelspec's config)."""
+def check_options(
+    cls: type[HasTraits],
+    kwargs: dict[str, Any],
+    kernel_spec: Any,
+    where: str = "kernelspec",
+    source: str = "metadata.kernel_provisioner.config",
+) -> None:
+    """Raise ConfigError naming every unknown or ill-typed key of ``kwargs`` (a kernelspec's config).
+
+    ``where`` the settings are being written or read, which decides what the
+    fix says: ``"kernelspec"`` (a kernel start: edit its kernel.json),
+    ``"install"`` (``envpin kernelspec install --config``: fix the option on
+    that command line), ``"config"`` (a Jupyter config file) or ``"doctor"``.
+    ``source``: the part of the kernelspec the options come from (``envpin
+    launch`` gets them from its ``argv``).
+    """
     base = {"kernel_id", "kernel_spec", "parent", "config", "log", "connection_info"}
     traits = cls.class_traits(config=True)
-    problems = []
+    problems, fixes = [], []
+    unmatched = False
     for key, value in kwargs.items():
         if key in base:
             continue
         if key not in traits:
             close = difflib.get_close_matches(key, traits, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"unknown option '{key}'{hint}")
+            if close:
+                problems.append(f"unknown option '{key}' (did you mean '{close[0]}'?)")
+                fixes.append(f"rename '{key}' to '{close[0]}'" if where != "install" else f"--config {close[0]}=...")
+            else:
+                problems.append(f"unknown option '{key}'")
+                fixes.append(f"remove '{key}'" if where != "install" else f"drop --config {key}=...")
+                unmatched = True
             continue
         try:
             traits[key].validate(_Dummy(), value)  # type: ignore[attr-defined]  # every config trait has one
         except TraitError:
-            problems.append(f"option '{key}' has the wrong type or value {value!r} ({traits[key].info()} expected)")
-    if problems:
-        name = getattr(kernel_spec, "display_name", None) or "this kernel"
-        image = kwargs.get("image") or "the default image"
+            expected = traits[key].info()
+            problems.append(f"option '{key}' has the wrong type or value {value!r} ({expected} expected)")
+            fixes.append(f"give '{key}' {expected}" if where != "install" else f"--config {key}=<{expected}>")
+    if not problems:
+        return
+    known = f" Known options: {', '.join(sorted(traits))}." if unmatched else ""
+    if where == "config":
         raise ConfigError(
-            f"The kernelspec '{name}' (image {image}) has bad envpin settings in "
-            f"metadata.kernel_provisioner.config: {'; '.join(problems)}. "
-            f"Known options: {', '.join(sorted(traits))}. Fix the kernelspec's kernel.json "
-            "(jupyter kernelspec list shows where it is) or reinstall it with envpin kernelspec install."
+            f"The Jupyter config files set bad envpin options (c.EnvpinProvisioner): {'; '.join(problems)}.{known}",
+            fix=f"Fix them in the config file that sets them (jupyter --paths lists the folders): {'; '.join(fixes)}.",
         )
+    if where == "install":
+        raise ConfigError(
+            f"envpin kernelspec install was given bad options: {'; '.join(problems)}.{known}",
+            fix=f"Fix the command: {'; '.join(fixes)}. Nothing was installed.",
+        )
+    name = getattr(kernel_spec, "display_name", None) or "this kernel"
+    image = kwargs.get("image") or "the default image"
+    folder = getattr(kernel_spec, "resource_dir", None)
+    file = f"{folder}/kernel.json" if folder else "its kernel.json (envpin kernelspec list shows where)"
+    raise ConfigError(
+        f"The kernelspec '{name}' (image {image}) has bad envpin settings in {source}: {'; '.join(problems)}.{known}",
+        fix=f"Fix: {'; '.join(fixes)} in {file} (or reinstall the kernelspec: envpin kernelspec install).",
+    )
 
 
 class _Dummy(HasTraits):

@@ -15,66 +15,46 @@ notebooks while an image is pulled or a container starts.  The provisioner
 extends ``LocalProvisioner`` only to reuse its ``pre_launch`` (ports,
 connection file, CurveZMQ keys); every hook that touches the kernel process
 is replaced by its container equivalent.  What is not a jupyter_client hook
-lives elsewhere: the container (``container``), the image choice
-(``image_choice``), the ``%use_image`` conversation (``move_server``), warm
-containers (``warm_kernels``, ``pool``).
+lives elsewhere: the kernel's container (``kernel``: ``launch``, ``container``,
+``channels``, ``folder``, ``readiness``), the image choice (``images.selection``),
+the ``%use_image`` conversation (``moves``), warm containers (``warm``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import fnmatch
 import os
 import signal
 from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
-from docker.types import Mount
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
 from envpin import names, safe_files
+from envpin.errors import for_dialog
 from envpin.host import docker_client
 from envpin.host.images import ResolvedImage
-from envpin.session.options import SessionOptions
 from envpin_provisioner import engine
-from envpin_provisioner.errors import ConfigError, EnvpinError
+from envpin_provisioner.errors import ConfigError, EnvpinError, shown_in_dialogs
 from envpin_provisioner.images import pulling, selection
 from envpin_provisioner.images.pull_budget import PullBudget
-from envpin_provisioner.kernel import container as kc
-from envpin_provisioner.kernel import ownership
+from envpin_provisioner.kernel import channels, folder, ownership, readiness
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel import launch as kernel_launch
+from envpin_provisioner.kernel.launch import KernelLaunch
 from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
+from envpin_provisioner.pins import follow
 from envpin_provisioner.remote import ssh_kernel
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
 #: hold the threads every Docker call of every kernel runs in (asyncio's default executor).
 _REMOVALS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="envpin-removal")
-
-
-def pin_folders(notebook: str | None, cwd: str | None) -> tuple[safe_files.PinnedDir, safe_files.PinnedDir]:
-    """Pin (open, by descriptor) the notebook folder and its pin file's folder, as a kernel's first start names them.
-
-    Blocking.  Both come from jupyter_server's start request.  From here on
-    the kernel can rename either or put a link in its place: the server keeps
-    using the folders it pinned (pins through the descriptor, mounts only
-    after checking the path still leads there, see ``container.check_folder``).
-    """
-    folder_path = os.path.abspath(cwd or os.getcwd())
-    pin_path = selection.notebook_folder(notebook, folder_path)
-    try:
-        folder = safe_files.PinnedDir(folder_path)
-        pin_dir = folder if os.path.abspath(pin_path) == folder.path else safe_files.PinnedDir(pin_path)
-    except OSError as exc:
-        raise ConfigError(
-            f"The notebook folder {exc.filename or folder_path} cannot be opened ({exc.strerror}); the kernel "
-            "starts in its notebook's folder. Check that it exists and that the Jupyter server may enter it."
-        ) from None
-    return folder, pin_dir
 
 
 # (mypy cannot evaluate jupyter_client's metaclass, KernelProvisionerMeta(ABCMeta, type(LoggingConfigurable)),
@@ -88,7 +68,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _engine: engine.Engine | None = None
     _channel_dir: str | None = None
     _choice: selection.ImageChoice | None = None
-    _launch: kc.KernelLaunch | None = None
+    _launch: KernelLaunch | None = None
     _watcher: asyncio.Task | None = None
     _control: ControlChannel | None = None
     _mover: MoveServer | None = None
@@ -104,11 +84,24 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     _pull_budget: PullBudget | None = None
     #: With an ssh:// engine: this kernel's side of the remote host (``remote.ssh_kernel``).
     _remote: ssh_kernel.RemoteKernel | None = None
+    #: The container whose death the log has explained (Jupyter says only "appears to have died").
+    _told_dead: str | None = None
+    #: whether the running container was a warm one (the shared pool's or a standby) rather than a cold start
+    _started_warm = False
 
     def __init__(self, **kwargs: Any) -> None:
-        check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        try:
+            check_options(type(self), kwargs, kwargs.get("kernel_spec"))
+        except ConfigError as exc:  # what JupyterLab's start dialog shows: fix first, short lines
+            raise for_dialog(exc) from None
         super().__init__(**kwargs)
         self._warm = WarmKernels(self)
+        follow.attach(self.parent, self.log)  # pins follow renames made in this server (no-op outside one)
+
+    @property
+    def kernelspec_name(self) -> str | None:
+        """The kernelspec this kernel was started from (a folder pin applies only to its own kernelspec)."""
+        return getattr(self.parent, "kernel_name", None) or None
 
     @property
     def _resolved(self) -> ResolvedImage | None:
@@ -131,34 +124,6 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """The engine is another machine's, reached through SSH: nothing of this machine is mounted there."""
         return docker_client.engine_address(self.engine or None).startswith("ssh://")
 
-    def _extra_mounts(self) -> list[Mount]:
-        out = []
-        for spec in self.mounts:
-            parts = spec.split(":")
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-                raise ConfigError(
-                    f"Mount '{spec}' is not 'HOST_PATH:CONTAINER_PATH[:ro]'; fix the mounts option of this kernel."
-                )
-            src = os.path.abspath(os.path.expanduser(parts[0]))
-            if self.over_ssh:  # a path of the remote host: checked there (remote.ssh_kernel.prepare)
-                src = parts[0]
-            elif not os.path.exists(src):
-                raise ConfigError(f"Mount source '{src}' (from mounts option '{spec}') does not exist.")
-            out.append(Mount(target=parts[1], source=src, type="bind", read_only=len(parts) == 3 and parts[2] == "ro"))
-        return out
-
-    def _container_env(self, env: dict[str, str]) -> dict[str, str]:
-        out = {
-            k: v
-            for k, v in env.items()
-            if any(fnmatch.fnmatchcase(k, pat) for pat in self.env_passthrough) and k not in kc.NEVER_FORWARDED
-        }
-        for k in (self.kernel_spec.env or {}) if self.kernel_spec else {}:
-            if k in env and k not in kc.NEVER_FORWARDED:
-                out[k] = env[k]
-        out.update(self.environment)
-        return out
-
     def _transport(self) -> str:
         if self.transport != "auto":
             return self.transport
@@ -167,7 +132,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
 
     @property
     def _control_dir(self) -> str | None:
-        return os.path.join(self._channel_dir, kc.CONTROL_DIR) if self._channel_dir else None
+        return os.path.join(self._channel_dir, channels.CONTROL_DIR) if self._channel_dir else None
 
     def _kernel_owner(self) -> tuple[int, int] | None:
         """(uid, gid) to give the kernel's files to: only when root starts a kernel as another user."""
@@ -182,47 +147,26 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             ) from None
         return None if uid_i == 0 else (uid_i, gid_i)
 
-    def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> kc.KernelLaunch:
+    def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch:
         """The KernelLaunch for ``choice``: everything but the image comes from the options, the folder is the pinned one."""
         km = self.parent
         if self._folder is None:
             raise EnvpinError("build_launch ran before pre_launch pinned the notebook folder; this is a bug in envpin.")
-        extra_env = {names.IMAGE_NAME: choice.name}
-        kernel_args: list[str] = []
-        if self._control_dir and self.transport_supports_control:
-            extra_env[names.CONTROL_DIR] = self._control_dir
-        if choice.pinned or moved:
-            extra_env[names.PINNED] = "1"
-            if self.mount_envpin:
-                kernel_args = ["--ext", "envpin"]  # the pinned session is active from the start
-        if moved:
-            extra_env[names.HANDOFF_EXPECTED] = "1"
-        extra_env.update(SessionOptions.parse(choice.options, strict_schema=False).as_env())
-        if choice.latest_id:
-            extra_env[names.IMAGE_LATEST_ID] = choice.latest_id
-        return kc.KernelLaunch(
-            image=choice.resolved,
+        return kernel_launch.build(
+            self,
+            choice,
             kernel_id=self.kernel_id,
             connection_info=dict(self.connection_info),
             connection_file=km.connection_file if km else "",
-            python=self.python,
-            cwd=self._folder.path,
             folder=self._folder,
-            env=self._container_env(env),
-            user=self.user,
-            network_mode=self.network_mode,
-            extra_mounts=self._extra_mounts(),
-            mem_limit=self.mem_limit,
-            shm_size=kc.shm_size_for(
-                self.shm_size, self.mem_limit, self._engine.memory_total() if self._engine else None
-            ),
-            cpu_limit=self.cpu_limit or None,
-            gpus=self.gpus,
-            extra_options=dict(self.extra_container_options),
-            mount_envpin=self.mount_envpin,
-            extra_env=extra_env,
-            kernel_args=kernel_args,
+            env=env,
+            kernelspec_env=(self.kernel_spec.env or {}) if self.kernel_spec else (),
+            # asked (off the event loop) by pre_launch, only when 'auto' needs it; cached by then
+            engine_memory=self._engine.memory_total() if self._engine and self.shm_size == "auto" else None,
+            control_dir=self._control_dir if self.transport_supports_control else None,
+            moved=moved,
             private_channels=self._remote is None,
+            remote=self._remote is not None,
             channel_root=self._channel_dir,
         )
 
@@ -243,13 +187,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         try:
             for other in ownership.envpin_containers(client, f"{names.LABEL_KERNEL_ID}={self.kernel_id}"):
                 if other.id != keep.id and other.id not in standbys:
-                    kc.remove(other)
+                    kernel_container.remove(other)
                     self.log.info("envpin: removed stale container %s of kernel %s", other.short_id, self.kernel_id)
         except engine.ENGINE_ERRORS as exc:
             self.log.warning("envpin: could not sweep stale containers of kernel %s: %s", self.kernel_id, exc)
 
     async def start_container(
-        self, launch: kc.KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None
+        self, launch: KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None
     ) -> Container:
         """Start a kernel for ``launch``; return once it answers (else remove its container and raise).
 
@@ -259,20 +203,40 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         """
         client = await self._docker()
         container = await self._warm.hand_over(launch)
+        warm = container is not None
         if container is None and self._remote is not None:  # another machine's engine, over SSH
             container = await engine.create_owned(
-                ssh_kernel.start, client, launch, self._remote, self.log, dispose=kc.remove
+                ssh_kernel.start, client, launch, self._remote, self.log, dispose=kernel_container.remove
             )
         elif container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
-            container = await engine.create_owned(kc.start, client, launch, self.log, dispose=kc.remove)
+            container = await engine.create_owned(
+                kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
+            )
         try:
-            await engine.call(kc.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
+            await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
         except BaseException:  # a failed or cancelled start leaves no container behind
-            await engine.call_through(kc.remove, container)
+            await engine.call_through(kernel_container.remove, container)
             raise
+        self._started_warm = warm
         return container
 
-    # ---- what the move server uses (move_server.MovableKernel) ----------------------------
+    # ---- what the JupyterLab extension reports (envpin_provisioner.lab.report) --------------
+
+    @property
+    def started_warm(self) -> bool:
+        """Whether the running container was taken warm (pool or standby) rather than started cold."""
+        return self._started_warm
+
+    @property
+    def container_short_id(self) -> str | None:
+        return self._container.short_id if self._container is not None else None
+
+    @property
+    def mover(self) -> MoveServer | None:
+        """The server of this kernel's %use_image requests (None before its first start, or without ipc)."""
+        return self._mover
+
+    # ---- what the move server uses (moves.mover.MovableKernel) ----------------------------
 
     @property
     def choice(self) -> selection.ImageChoice | None:
@@ -296,10 +260,10 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             raise EnvpinError("This kernel has not finished starting; run %use_image again in a moment.")
         return self._pin_dir, self._notebook, self._kernel_owner()
 
-    def swap(self, container: Container, launch: kc.KernelLaunch, choice: selection.ImageChoice) -> Container | None:
+    def swap(self, container: Container, launch: KernelLaunch, choice: selection.ImageChoice) -> Container | None:
         moved_from = self._launch
         previous, self._container, self._launch, self._choice = self._container, container, launch, choice
-        self._sockets = kc.socket_inodes(launch) if launch.private_channels else None
+        self._sockets = channels.socket_inodes(launch) if launch.private_channels else None
         self._warm.keep_standbys(launch, moved_from)
         return previous
 
@@ -309,6 +273,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     def has_process(self) -> bool:
         return self._container is not None
 
+    @shown_in_dialogs
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Choose and resolve the image, prepare the private channel directory, write the connection file.
 
@@ -316,17 +281,9 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         again (a move recorded one) and the image re-resolved, so a moved tag is
         noticed.  Pulls happen here, before the launch timeout starts counting.
         """
-        km = self.parent
-        client = await self._docker()
-        assert self._engine is not None  # set by _docker()
-        await engine.call(self._engine.collect_garbage_once, self.log)
-        if self.shm_size == "auto":
-            await engine.call(self._engine.memory_total)  # asked once per engine, before build_launch needs it
+        client = await self._prepare_engine()
         env = kwargs.get("env") or {}
-        # The notebook and its folder come from jupyter_server's start request, and from nowhere else.
-        self._notebook = env.get(names.SESSION_NAME) or None
-        if self._folder is None:  # the first start pins them; restarts and moves use what was pinned
-            self._folder, self._pin_dir = await engine.call(pin_folders, self._notebook, kwargs.get("cwd"))
+        await self._pin_notebook(env, kwargs.get("cwd"))
         self._choice = await engine.call(
             selection.choose,
             client,
@@ -336,34 +293,11 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             self._pin_dir,
             self.log,
             self.allowed_images,
+            kernelspec=self.kernelspec_name,
         )
         transport = self._transport()
-        if transport == "tcp" and self.network_mode == "none":
-            raise ConfigError(
-                f"transport='tcp' cannot work with network_mode='none' (image '{self._choice.name}'): "
-                "use transport='ipc' with a local engine, or another network mode."
-            )
-        if km is not None and self._channel_dir is None and transport == "ipc" and self.pool_size and not self.over_ssh:
-            warm = await self._warm.take_pooled(self._choice, env)
-            if warm is not None and warm.channel_dir:  # its channel folder becomes this kernel's
-                self._channel_dir = warm.channel_dir
-                self._control = ControlChannel(
-                    os.path.join(self._channel_dir, kc.CONTROL_DIR), self.log, self._kernel_owner()
-                )
-                km.connection_file = os.path.join(warm.handoff_dir, kc.CONNECTION_FILE)
-                km.transport = transport
-                km.ip = os.path.join(self._channel_dir, kc.SOCKET_DIR, "k")
-        if km is not None and self._channel_dir is None:
-            self._channel_dir = kc.make_channel_dir(self._kernel_owner())
-            self._control = ControlChannel(
-                os.path.join(self._channel_dir, kc.CONTROL_DIR), self.log, self._kernel_owner()
-            )
-            km.connection_file = os.path.join(self._channel_dir, kc.CONNECTION_FILE)
-            km.transport = transport
-            if transport == "ipc":
-                km.ip = os.path.join(self._channel_dir, kc.SOCKET_DIR, "k")
-            else:
-                km.ip = "127.0.0.1"
+        kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
+        await self._set_up_channels(transport, env)
         if self.over_ssh and self._remote is None:
             assert self._folder is not None  # pinned above
             self._remote = await engine.call(
@@ -374,31 +308,93 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 self._folder.path,
                 [m.split(":")[0] for m in self.mounts],
             )
-        # tcp ports are reachable by every local user and, on a bridge network, by every other container on
-        # it (publishing on 127.0.0.1 does not stop container-to-container traffic): the channels must be
-        # encrypted, or the kernel does not start.
         if transport == "tcp" and self.network_mode != "none":
-            if not await engine.call(pulling.supports_curve, client, self._choice.resolved, self.python):
-                raise ConfigError(
-                    f"Image '{self._choice.name}' has an ipykernel that cannot encrypt its channels (CurveZMQ), "
-                    "and with transport='tcp' its ports would be open to every container on the engine's network "
-                    "and every user of this machine, so envpin does not start it. Use transport='ipc' with a local "
-                    "engine, or an image with a newer ipykernel (pip install -U ipykernel pyzmq)."
-                )
-            if kwargs.get("transport_encryption", "required") != "required":
-                raise ConfigError(
-                    f"transport_encryption={kwargs['transport_encryption']!r} with transport='tcp' would leave the "
-                    "kernel's ports unencrypted and open to other containers; envpin requires 'required' there."
-                )
-            kwargs["transport_encryption"] = "required"
+            await self._require_encryption(client, self._choice, kwargs)
         kwargs = await super().pre_launch(**kwargs)
-        owner = self._kernel_owner()
-        if owner and self._channel_dir and km is not None:
-            # The kernel's user must read the connection file. Its folder (the channel directory, or a
-            # warm container's hand-over folder) is never writable by a kernel: chown it by descriptor anyway.
-            kc.give_connection_file(os.path.dirname(km.connection_file), owner)
+        self._give_connection_file()
         return kwargs
 
+    async def _prepare_engine(self) -> Any:
+        """The shared client, after this server's first collection of orphans; the engine's memory if 'auto' needs it."""
+        client = await self._docker()
+        assert self._engine is not None  # set by _docker()
+        await engine.call(self._engine.collect_garbage_once, self.log)
+        if self.shm_size == "auto":
+            await engine.call(self._engine.memory_total)  # asked once per engine, before build_launch needs it
+        return client
+
+    async def _pin_notebook(self, env: dict[str, str], cwd: str | None) -> None:
+        """The notebook and its folder come from jupyter_server's start request, and from nowhere else.
+
+        The first start pins the folders; restarts and moves use what was pinned,
+        except the pin file's folder, which follows a notebook renamed, moved or
+        saved as another file in Jupyter (``pins.follow.follow_session``).
+        """
+        previous, self._notebook = self._notebook, env.get(names.SESSION_NAME) or None
+        if self._folder is None:
+            self._folder, self._pin_dir = await engine.call(folder.pin_folders, self._notebook, cwd)
+        elif self._pin_dir is not None:
+            self._pin_dir = await engine.call(
+                follow.follow_session, previous, self._notebook, self._folder, self._pin_dir, self.log
+            )
+
+    async def _set_up_channels(self, transport: str, env: dict[str, str]) -> None:
+        """This kernel's channel folder, kept across restarts: a warm container's when the pool has one, else new."""
+        km = self.parent
+        if km is None or self._channel_dir is not None:
+            return
+        assert self._choice is not None  # chosen by pre_launch first
+        if transport == "ipc" and self.pool_size and not self.over_ssh:
+            warm = await self._warm.take_pooled(self._choice, env)
+            if warm is not None and warm.channel_dir:  # its channel folder becomes this kernel's
+                handed_over = os.path.join(warm.handoff_dir, channels.CONNECTION_FILE)
+                self._use_channels(km, warm.channel_dir, handed_over, transport)
+                return
+        channel_dir = channels.make_channel_dir(self._kernel_owner())
+        self._use_channels(km, channel_dir, os.path.join(channel_dir, channels.CONNECTION_FILE), transport)
+
+    def _use_channels(self, km: Any, channel_dir: str, connection_file: str, transport: str) -> None:
+        """Make ``channel_dir`` this kernel's: its control folder watched, the kernel manager's channels in it."""
+        self._channel_dir = channel_dir
+        self._control = ControlChannel(os.path.join(channel_dir, channels.CONTROL_DIR), self.log, self._kernel_owner())
+        km.connection_file = connection_file
+        km.transport = transport
+        km.ip = os.path.join(channel_dir, channels.SOCKET_DIR, "k") if transport == "ipc" else "127.0.0.1"
+
+    async def _require_encryption(self, client: Any, choice: selection.ImageChoice, kwargs: dict[str, Any]) -> None:
+        """tcp: the channels must be encrypted (CurveZMQ), or the kernel does not start.
+
+        tcp ports are reachable by every local user and, on a bridge network,
+        by every other container on it (publishing on 127.0.0.1 does not stop
+        container-to-container traffic).  Sets ``transport_encryption`` in
+        ``kwargs`` (jupyter_client's ``pre_launch`` then writes the keys).
+        """
+        if not await engine.call(pulling.supports_curve, client, choice.resolved, self.python):
+            raise ConfigError(
+                f"Image '{choice.name}' has an ipykernel that cannot encrypt its channels (CurveZMQ), "
+                "and with transport='tcp' its ports would be open to every container on the engine's network "
+                "and every user of this machine, so envpin does not start it. Use transport='ipc' with a local "
+                "engine, or an image with a newer ipykernel (pip install -U ipykernel pyzmq)."
+            )
+        if kwargs.get("transport_encryption", "required") != "required":
+            raise ConfigError(
+                f"transport_encryption={kwargs['transport_encryption']!r} with transport='tcp' would leave the "
+                "kernel's ports unencrypted and open to other containers; envpin requires 'required' there."
+            )
+        kwargs["transport_encryption"] = "required"
+
+    def _give_connection_file(self) -> None:
+        """Root starting a kernel as another user: that user must read the connection file.
+
+        Its folder (the channel directory, or a warm container's hand-over
+        folder) is never writable by a kernel: it is chowned by descriptor anyway.
+        """
+        km = self.parent
+        owner = self._kernel_owner()
+        if owner and self._channel_dir and km is not None:
+            channels.give_connection_file(os.path.dirname(km.connection_file), owner)
+
+    @shown_in_dialogs
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Start the container and return once the kernel answers its heartbeat."""
         if self._choice is None or self._folder is None:
@@ -406,7 +402,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         launch = self.build_launch(self._choice, kwargs.get("env") or {})
         restarting = self._launch is not None
         if restarting:  # the old container is gone: drop whatever the kernel left at its socket names
-            await engine.call(kc.clear_sockets, launch)
+            await engine.call(channels.clear_sockets, launch)
         try:
             container = await self.start_container(launch)
         except BaseException:  # a first start that failed: nothing of it stays on the remote host
@@ -423,7 +419,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         if restarting:  # a first start has no earlier containers to sweep: spare it the Docker call
             await engine.call(self._remove_other_containers, await self._docker(), container)
         self.cwd = self._folder.path
-        self._sockets = await engine.call(kc.socket_inodes, launch) if launch.private_channels else None
+        self._sockets = await engine.call(channels.socket_inodes, launch) if launch.private_channels else None
         self._warm.keep_standbys(launch)
         if (
             self.transport_supports_control
@@ -443,15 +439,22 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         if (
             self._sockets
             and self._launch is not None
-            and self._sockets != await engine.call(kc.socket_inodes, self._launch)
+            and self._sockets != await engine.call(channels.socket_inodes, self._launch)
         ):
             return await self._channels_tampered()
         try:
-            _, code = await engine.call(kc.state, self._container)
+            _, code = await engine.call(kernel_container.state, self._container)
             if code is not None and self._launch is not None and not self._moving:
+                if self._told_dead != self._container.id:  # the first poll that sees it dead says why, once
+                    self._told_dead = self._container.id
+                    note = await engine.call(readiness.death_note, self._container)
+                    self.log.warning(
+                        "envpin: kernel %s (container %s, image %s) %s",
+                        self.kernel_id, self._container.short_id, self._launch.image.reference, note,
+                    )  # fmt: skip
                 # Dead: until a restart binds them anew, reconnects must find nothing at the socket names.
                 self._sockets = None
-                await engine.call(kc.clear_sockets, self._launch)
+                await engine.call(channels.clear_sockets, self._launch)
         except (
             engine.ENGINE_ERRORS
         ) as exc:  # engine unreachable or restarting: do not declare the kernel dead on a guess
@@ -476,7 +479,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         )
         self._sockets = None
         if self._launch is not None:
-            await engine.call(kc.clear_sockets, self._launch)
+            await engine.call(channels.clear_sockets, self._launch)
         if self._container is not None:
             try:
                 await engine.call(self._container.kill)
@@ -521,9 +524,9 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 # Before the container goes (and the clients reconnect): no name the kernel may have
                 # replaced by a link stays at its socket paths.
                 self._sockets = None
-                await engine.call(kc.clear_sockets, self._launch)
+                await engine.call(channels.clear_sockets, self._launch)
             try:
-                await engine.call(kc.remove, container)
+                await engine.call(kernel_container.remove, container)
                 self.log.info("envpin: removed kernel container %s", container.short_id)
             except engine.ENGINE_ERRORS as exc:  # the engine is unreachable: do not break the shutdown or restart
                 self.log.warning(
@@ -543,7 +546,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             # bounded in time: never on the event loop, never an exception out of cleanup.
             channel_dir, self._channel_dir = self._channel_dir, None
             try:
-                await engine.call(kc.remove_connection_files, channel_dir)
+                await engine.call(channels.remove_connection_files, channel_dir)
             except OSError as exc:
                 self.log.warning("envpin: could not remove the connection file in %s: %s", channel_dir, exc)
             removal = asyncio.get_running_loop().run_in_executor(_REMOVALS, self._remove_channel_dir, channel_dir)
@@ -560,10 +563,10 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         await super().cleanup(restart=restart)
 
     def _remove_channel_dir(self, path: str) -> None:
-        if not kc.remove_channel_dir(path):
+        if not channels.remove_channel_dir(path):
             self.log.warning(
                 "envpin: the channel folder %s of kernel %s was not fully removed within %.0f s (the kernel filled "
-                "it); its key is gone, remove the rest by hand", path, self.kernel_id, kc.REMOVAL_BUDGET,
+                "it); its key is gone, remove the rest by hand", path, self.kernel_id, channels.REMOVAL_BUDGET,
             )  # fmt: skip
 
     async def shutdown_requested(self, restart: bool = False) -> None:
@@ -571,12 +574,12 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
 
         Its clients reconnect by path as soon as the kernel's sockets close; a
         name the kernel replaced by a link would lead them elsewhere (see
-        ``container.clear_sockets``).  Established connections are not affected.
+        ``channels.clear_sockets``).  Established connections are not affected.
         """
         await super().shutdown_requested(restart=restart)
         if self._launch is not None:
             self._sockets = None
-            await engine.call(kc.clear_sockets, self._launch)
+            await engine.call(channels.clear_sockets, self._launch)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 5.0)

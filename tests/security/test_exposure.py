@@ -115,19 +115,17 @@ async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, i
     import pytest
     from jupyter_client.manager import AsyncKernelManager
 
-    from envpin.host import docker_client as envpin_docker_client
     from envpin_provisioner.images import pulling
 
     image_id = docker_client.images.get(PY311).id
     name = install_kernelspec(PY311, transport="tcp")
 
-    key = (envpin_docker_client.address_of(docker_client), image_id)
-    pulling._curve_support[key] = False
+    pulling.remember_curve_support(docker_client, image_id, False)
     try:
         km = AsyncKernelManager(kernel_name=name)
         with pytest.raises(Exception, match="cannot encrypt its channels"):
             await km.start_kernel(cwd=str(notebook_dir))
         await km.cleanup_resources()
     finally:
-        pulling._curve_support.pop(key, None)
+        pulling.reset()
     assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("envpin.kernel-id") == km.kernel_id]

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from testutils import PY311, PY313, envpin_containers, hostile, image_absent, program
+from testutils import PY311, PY313, envpin_containers, flat, hostile, image_absent, program
 from testutils.kernels import PROBE, kernel, run, run_json
 
 KERNEL_UID = 4242
@@ -87,7 +87,7 @@ async def test_a_pin_naming_the_configured_image_with_another_reference_pulls_no
     with pytest.raises(Exception) as info:
         async with kernel(name, cwd=notebook_dir, env=env):
             pass
-    message = str(info.value)
+    message = flat(info.value)
     if allowed:
         assert f"envpin will not run image '{PY311}' ({other})" in message, message
     else:

@@ -223,9 +223,9 @@ async def test_a_kernel_that_swaps_its_sockets_is_stopped(canaries, hostile_setu
 
 
 def _sockets(km):
-    from envpin_provisioner.kernel import container as kc
+    from envpin_provisioner.kernel import channels
 
-    return kc.socket_paths(km.provisioner._launch)
+    return channels.socket_paths(km.provisioner._launch)
 
 
 async def test_the_mount_is_checked_from_inside_the_running_container(
@@ -234,7 +234,7 @@ async def test_the_mount_is_checked_from_inside_the_running_container(
     """The second line: if a relink wins the race past the check before creation (simulated by switching
     that check off), the server sees through /proc/PID/root that the mounted folder is not the pinned one,
     removes the container and refuses the start."""
-    from envpin_provisioner.kernel import container as kc
+    from envpin_provisioner.kernel import folder
 
     name = install_kernelspec(PY311, user=f"{KERNEL_UID}:{KERNEL_UID}")
     proj, sub = nested_folders(tmp_path)
@@ -242,7 +242,7 @@ async def test_the_mount_is_checked_from_inside_the_running_container(
         assert (await run(kc_b, "1"))["status"] == "ok"
         os.rename(sub, proj / "sub-moved")
         os.symlink(canaries.root_only, sub)
-        monkeypatch.setattr(kc, "check_folder", lambda launch: None)
+        monkeypatch.setattr(folder, "check_folder", lambda launch: None)
         with pytest.raises(Exception, match="another folder was mounted in its place"):
             await km.restart_kernel()
         assert not containers(docker_client, kernel=km.kernel_id)

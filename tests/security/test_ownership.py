@@ -184,7 +184,7 @@ def test_a_lookalike_costs_no_engine_call_and_images_are_looked_at_once(docker_c
     calls = []
     real_get = ImageCollection.get
     monkeypatch.setattr(ImageCollection, "get", lambda self, name: calls.append(name) or real_get(self, name))
-    ownership._image_labels.clear()
+    ownership.reset()
     assert not ownership.owned(docker_client, forged) and calls == []
     assert all(ownership.owned(docker_client, c) for c in orphans)
     assert len(calls) == 1  # two containers of one image: one look at the image
@@ -233,7 +233,7 @@ async def test_a_kernel_sweep_and_an_adoption_leave_lookalikes_alone(docker_clie
 def test_the_proof_covers_every_envpin_label_and_the_key_is_private(tmp_path, monkeypatch):
     """Unit level: a changed label breaks the proof; a key file someone else could read or swap is refused."""
     monkeypatch.setattr(labels, "key_path", lambda: str(tmp_path / "state" / "owner.key"))
-    monkeypatch.setattr(labels, "_keys", {})
+    labels.reset()
     signed = labels.signed({names.LABEL_ROLE: "job", **labels.owner_labels()})
     key_file = tmp_path / "state" / "owner.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
@@ -253,7 +253,7 @@ def test_the_proof_covers_every_envpin_label_and_the_key_is_private(tmp_path, mo
         assert not labels.made_by_envpin(signed, {claimed: signed[claimed]}), claimed
     assert not labels.made_by_envpin(signed, None)  # an image that is gone
 
-    monkeypatch.setattr(labels, "_keys", {})
+    labels.reset()
     key_file.chmod(0o644)
     with pytest.raises(labels.OwnerKeyError, match="readable by nobody else"):
         labels.owner_key(create=False)

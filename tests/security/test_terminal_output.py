@@ -32,7 +32,7 @@ ESCAPES = "\x1b[1A\x1b[2K\r\x1b]0;pwned\x07\u202e"
 
 #: A fingerprint (what envpin's probe prints) whose values carry lines and escapes of the image's choosing.
 HOSTILE_FINGERPRINT = {
-    "fingerprint_version": 4,
+    "fingerprint_version": 5,
     "python_implementation": "CPython",
     "python_version": f"3.11.2{ESCAPES}\n{FORGED_LINE}\n\n{FORGED_SUMMARY}\n",
     "python_minor": "3.11",
@@ -122,10 +122,10 @@ async def test_a_kernel_start_failure_quotes_the_containers_output_inertly(
     km = AsyncKernelManager(kernel_name=name)
     with pytest.raises(KernelStartFailed) as info:
         await km.start_kernel(cwd=str(tmp_path))
-    message = str(info.value)
-    assert "exited with code 3" in message and " Its last output:\n" in message, message
+    message = str(info.value)  # in short lines for JupyterLab's dialog: the container's output follows on its own
+    assert "exited with code 3" in message and "\nIts last output:\n" in message, message
     assert_clean(message)
-    tail = message.split(" Its last output:\n", 1)[1].splitlines()
+    tail = message.split("\nIts last output:\n", 1)[1].splitlines()
     assert tail and all(line.startswith("  | ") for line in tail), tail  # every line marked as the container's
     assert any("\\x1b[2J" in line for line in tail)  # the escapes are shown, not sent
 

@@ -79,6 +79,12 @@ def envpin_containers(client: Any) -> list:
     return containers(client)
 
 
+def flat(error: BaseException | str) -> str:
+    """An error's message with its line breaks undone: what a kernel start raises is wrapped in short lines for
+    JupyterLab's dialog (``envpin.errors.for_dialog``), so a phrase a test looks for may span two of them."""
+    return " ".join(str(error).split())
+
+
 # ---- programs that run inside kernels (tests/kernel_programs/NAME.py) ------------------------------
 
 #: Where the programs live: real files, so ruff checks them like any other code.

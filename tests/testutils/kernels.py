@@ -15,7 +15,7 @@ async def run(kc, code: str, timeout: float = 30) -> dict:
     def hook(msg):
         if msg["msg_type"] == "stream":
             out.append(msg["content"]["text"])
-        elif msg["msg_type"] in ("display_data", "execute_result"):
+        elif msg["msg_type"] in ("display_data", "update_display_data", "execute_result"):
             out.append(msg["content"]["data"].get("text/plain", "") + "\n")
 
     reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook, allow_stdin=False)

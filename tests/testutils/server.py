@@ -68,13 +68,36 @@ class Server:
         return f"{self.url}/api/{path}?token={self.token}"
 
     def start_kernel(self, name, path):
+        return self.start_session(name, path)["kernel"]["id"]
+
+    def start_session(self, name, path):
+        """A session for notebook ``path`` with a new kernel of kernelspec ``name``, as JupyterLab makes it."""
         r = requests.post(
             self.api("sessions"),
             json={"path": path, "type": "notebook", "name": os.path.basename(path), "kernel": {"name": name}},
             timeout=120,
         )
         assert r.status_code == 201, r.text
-        return r.json()["kernel"]["id"]
+        return r.json()
+
+    def rename(self, old, new, session=None):
+        """Rename (or move) ``old`` to ``new`` as JupyterLab does: the contents API, then the session's path."""
+        r = requests.patch(self.api(f"contents/{old}"), json={"path": new}, timeout=30)
+        assert r.status_code == 200, r.text
+        if session is not None:
+            r = requests.patch(
+                self.api(f"sessions/{session}"), json={"path": new, "name": os.path.basename(new)}, timeout=30
+            )
+            assert r.status_code == 200, r.text
+
+    def restart(self, kernel_id):
+        r = requests.post(self.api(f"kernels/{kernel_id}/restart"), timeout=120)
+        assert r.status_code == 200, r.text
+
+    def log_text(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return (self.root.parent / f"server-{self.port}.log").read_text(errors="replace")
 
     def execute(self, kernel_id, code, timeout=60, during=None):
         """Run ``code``; ``during()`` is called once the request is sent (e.g. to interrupt it)."""
@@ -96,12 +119,19 @@ class Server:
         if during is not None:
             during()
         out, status, self.last_error = [], None, None
-        while status is None or (status == "ok" and not out):
+        idle, deadline = False, time.monotonic() + timeout
+        # Done at the reply and the request's "idle" (its output may come after the reply: a kernel's first
+        # output, the pin note, is one message and the cell's print another); an error ends it at once.
+        while status is None or (status == "ok" and not idle and time.monotonic() < deadline):
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if msg["msg_type"] == "stream":
                 out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+            elif msg["msg_type"] in ("display_data", "update_display_data"):  # a %use_image line and its outcome
+                out.append(msg["content"]["data"].get("text/plain", "") + "\n")
             elif msg["msg_type"] == "execute_reply":
                 status = msg["content"]["status"]
                 if status != "ok":
@@ -109,6 +139,48 @@ class Server:
                     break
         ws.close()
         return status, "".join(out)
+
+    def execute_all(self, kernel_id, cells, timeout=60):
+        """Send every cell at once, as JupyterLab's Run All does; each one's reply status and output, in order.
+
+        Waits until every request has its reply and its "idle" (what a client takes as "finished").
+        """
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}", timeout=timeout
+        )
+        session = uuid.uuid4().hex
+        ids = [uuid.uuid4().hex for _ in cells]
+        for msg_id, code in zip(ids, cells, strict=True):
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {"msg_id": msg_id, "username": "test", "session": session,
+                                   "msg_type": "execute_request", "version": "5.3"},
+                        "parent_header": {}, "metadata": {}, "channel": "shell",
+                        "content": {"code": code, "silent": False, "store_history": True,
+                                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+                    }
+                )
+            )  # fmt: skip
+        results = {i: {"status": None, "stdout": "", "stderr": "", "idle": False} for i in ids}
+        deadline = time.monotonic() + timeout
+        while not all(r["status"] and r["idle"] for r in results.values()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cells left without an answer: {results}")
+            msg = json.loads(ws.recv())
+            result = results.get(msg.get("parent_header", {}).get("msg_id"))
+            if result is None:
+                continue
+            if msg["msg_type"] == "stream":
+                result[msg["content"]["name"]] += msg["content"]["text"]
+            elif msg["msg_type"] in ("display_data", "update_display_data"):  # a %use_image line and its outcome
+                result["stdout"] += msg["content"]["data"].get("text/plain", "") + "\n"
+            elif msg["msg_type"] == "execute_reply":
+                result["status"] = msg["content"]["status"]
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                result["idle"] = True
+        ws.close()
+        return [results[i] for i in ids]
 
     def wait_answers(self, kernel_id, value, timeout=60, what=None):
         """Wait until the kernel prints ``value`` when asked to: through a restart, its channels come and go."""

@@ -33,8 +33,8 @@ def env(python: str, version: str, pickler: str = "cloudpickle", patch: str = "0
 @pytest.fixture(autouse=True)
 def _fresh_policy_state(monkeypatch):
     monkeypatch.delenv("ENVPIN_ENVELOPE", raising=False)
-    policy._warned.clear()
-    envelope._last_accepted.clear()
+    policy.reset()
+    envelope.reset()
 
 
 # ---- the data ---------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_troubleshooting_quotes_the_messages_envpin_raises(site):
     """A message from the source is on the page, with its computed parts as '…'."""
     text = html.unescape(page(site, "troubleshooting.html"))
     assert "is not a valid Docker image reference." in text
-    assert "Image '…' has Python but not ipykernel, so the kernel could not start." in text  # via _died_message
+    assert "Image '…' has Python but not ipykernel, so the kernel could not start." in text  # via readiness.died
     assert "No Docker engine answers at …, so envpin cannot start a container." in text  # a returned error
 
 

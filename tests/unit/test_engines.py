@@ -40,8 +40,7 @@ def fake_client(name: str, rootless: bool = False, socket: str = "/run/fake.sock
 
 @pytest.fixture(autouse=True)
 def _forget_engines():
-    dialect._kinds.clear()
-    dialect._without_init.clear()
+    dialect.reset()
 
 
 def kernel_options(**extra):
@@ -74,7 +73,7 @@ def test_rootful_podman_needs_no_user_namespace():
 def test_an_engine_without_init_gets_envpins_own():
     client = fake_client("Podman Engine", rootless=True)
     dialect.kind(client)
-    dialect._without_init.add("unix:///run/fake.sock")
+    dialect.note_init_refused(client)
     out = dialect.adapt(client, kernel_options())
     assert out["init"] is False
     # the program's own Python runs the init (an image may have no python3 on PATH)

@@ -26,13 +26,13 @@ class _RecordingAdapter:
 
 
 @pytest.fixture
-def recording_adapter(monkeypatch):
-    monkeypatch.setattr(stamping, "_registry", {})
-    monkeypatch.setattr(stamping, "_active", {})
+def recording_adapter():
+    stamping.reset()
     adapter = _RecordingAdapter()
     stamping.register(adapter)
     yield adapter
     stamping.unpin_session()
+    stamping.reset()
 
 
 def _pin(**kw):

@@ -84,3 +84,11 @@ def cancel(name: str, callback: Callable) -> None:
             _callbacks.pop(name, None)
         if not _callbacks and _finder in sys.meta_path:
             sys.meta_path.remove(_finder)
+
+
+def reset() -> None:
+    """Forget every waiting callback and leave ``sys.meta_path`` as it was (``envpin.reset_caches``)."""
+    with _lock:
+        _callbacks.clear()
+        if _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)

@@ -37,13 +37,15 @@ and ``pyflyte register --copy none`` is the command to use.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from envpin.adapters.base import LibraryAdapter
 from envpin.images import references
+from envpin.internals import FLYTE_DEFAULT_IMAGE_VARIABLE, FLYTEKIT
 from envpin.session.stamping import ImageConflictWarning, Stamp
 
-ENV_DEFAULT_IMAGE = "FLYTE_INTERNAL_IMAGE"
+ENV_DEFAULT_IMAGE = FLYTE_DEFAULT_IMAGE_VARIABLE
 
 
 class FlyteAdapter(LibraryAdapter):
@@ -97,26 +99,31 @@ class FlyteAdapter(LibraryAdapter):
         self._env_before = self._env_set = None
 
     def install(self, flytekit, stamp: Stamp) -> None:
-        from flytekit.core.python_auto_container import PythonAutoContainerTask
-
         image = references.with_tag(stamp.job_image)
+        # Where plugins pass them by position (name, task_config, task_type, container_image, ..., environment);
+        # a parameter that became keyword-only is never among the positional arguments.
+        never = sys.maxsize
+        at_name, at_image, at_environment = (
+            never if at is None else at
+            for at in (FLYTEKIT.position("task_init", p) for p in ("name", "container_image", "environment"))
+        )
 
         def make_init(original):
             def __init__(task, *args, **kwargs):
-                name = kwargs.get("name") or (args[0] if args else "this task")
-                if len(args) >= 4:  # container_image passed positionally: (name, task_config, task_type, image)
+                name = kwargs.get("name") or (args[at_name] if len(args) > at_name else "this task")
+                if len(args) > at_image:  # container_image passed positionally
                     positional = list(args)
-                    positional[3] = chosen = _image_for(args[3], stamp, image, name)
+                    positional[at_image] = chosen = _image_for(args[at_image], stamp, image, name)
                     args = tuple(positional)
                 else:
                     kwargs["container_image"] = chosen = _image_for(kwargs.get("container_image"), stamp, image, name)
-                if len(args) < 7 and chosen == image:  # the variables describe the image the task runs in
+                if len(args) <= at_environment and chosen == image:  # the variables describe the task's image
                     kwargs["environment"] = {**stamp.env, **(kwargs.get("environment") or {})}
                 original(task, *args, **kwargs)
 
             return __init__
 
-        self.patches.wrap(PythonAutoContainerTask, "__init__", make_init)
+        self.patches.wrap(*FLYTEKIT.site("task_init"), make_init)
 
 
 def _image_for(named, stamp: Stamp, image: str, task_name: str):

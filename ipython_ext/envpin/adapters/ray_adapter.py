@@ -66,23 +66,26 @@ or join a cluster).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from envpin import names
 from envpin.adapters import _imports, ray_compat
 from envpin.adapters.base import LibraryAdapter
-from envpin.errors import EnvpinError
+from envpin.errors import ClusterMismatch, EnvpinError
+from envpin.internals import RAY
 from envpin.session import state
 from envpin.session.options import RAY_MODES
 from envpin.session.stamping import Stamp
 
 #: runtime_env fields that install things on the worker: they rebuild the environment the image pins.
 INSTALLING_FIELDS = ("pip", "uv", "conda", "py_executable")
-_JOB_SDK = "ray.dashboard.modules.job.sdk"
+_JOB_SDK = RAY.entry("submit_job").module
 
 
 class RuntimeEnvConflict(EnvpinError):
@@ -96,18 +99,6 @@ class RuntimeEnvConflict(EnvpinError):
     Fix: put those dependencies into the image (for a uv project: ``uv sync
     --no-install-project``), or use ``%use_image IMAGE --ray-mode env_vars`` when the cluster's
     nodes already run the image; run the notebook in the image for a local cluster.
-    """
-
-
-class ClusterMismatch(EnvpinError):
-    """The Ray cluster runs another Ray or Python than the pinned image (or the image has no Ray).
-
-    Checked when ``ray.init`` connects and before ``submit_job``, from the versions the cluster's
-    dashboard reports, instead of a ``RuntimeEnvSetupError`` or a broken connection later.
-
-    Fix: build the image on the cluster's Ray and Python (the message names both), or pin an
-    image that has them; set ``RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor`` where the cluster
-    is configured that way.
     """
 
 
@@ -191,106 +182,43 @@ class RayAdapter(LibraryAdapter):
     # -- install ----------------------------------------------------------------------
 
     def install(self, ray, stamp: Stamp) -> None:
-        from ray import actor, remote_function
-        from ray.util.client import common as client_common
-
+        """Wrap the entry points every way to Ray goes through (the wrappers are built below, one per entry point)."""
         self.unsupported = ray_compat.unsupported()
         if self.unsupported:  # a Ray without an entry point we wrap: said at import (never breaks the import)
             warnings.warn(self.unsupported, ray_compat.RayCompatWarning, stacklevel=2)
             return
-        adapter = self
-
-        def make_init(original):
-            def init(*args, **kwargs):
-                adapter._local_in_image = adapter._client_mode = False
-                address = _address(args, kwargs)
-                if (adapter.mode or default_mode()) == "image_uri" and _starts_local_cluster(args, kwargs):
-                    adapter._local_in_image = adapter._check_local_cluster()
-                elif address:
-                    adapter.preflight(_dashboard_for(address), f"the Ray cluster at {address}")
-                stamped = adapter._stamped(kwargs.get("runtime_env"), "ray.init")  # checks conflicts too
-                if address.startswith("ray://"):
-                    # Ray Client: a job-level image_uri breaks the connection; tasks and actors get it instead.
-                    adapter._client_mode = True
-                    if stamped.get("image_uri") == adapter._active_stamp().job_image:
-                        stamped.pop("image_uri")
-                kwargs["runtime_env"] = stamped
-                try:
-                    return original(*args, **kwargs)
-                except BaseException:
-                    adapter._local_in_image = adapter._client_mode = False
-                    raise
-
-            return init
-
-        def make_shutdown(original):
-            def shutdown(*args, **kwargs):
-                adapter._local_in_image = False
-                return original(*args, **kwargs)
-
-            return shutdown
-
-        def make_remote_function(original):
-            def _remote(self, args=None, kwargs=None, serialized_runtime_env_info=None, **task_options):
-                name = getattr(self, "_function_name", "this task")
-                stamped = adapter._stamped(task_options.get("runtime_env"), f"Ray task {name}")
-                task_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
-                serialized_runtime_env_info = ray_compat.serialized_runtime_env_info(task_options["runtime_env"])
-                return original(
-                    self, args, kwargs, serialized_runtime_env_info=serialized_runtime_env_info, **task_options
-                )
-
-            return _remote
-
-        def make_actor(original):
-            def _remote(self, args=None, kwargs=None, **actor_options):
-                meta = getattr(self, "__ray_metadata__", None)
-                name = getattr(getattr(meta, "modified_class", None), "__name__", "this actor")
-                runtime_env = actor_options.get("runtime_env", getattr(meta, "runtime_env", None))
-                stamped = adapter._stamped(runtime_env, f"Ray actor {name}")
-                actor_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
-                return original(self, args, kwargs, **actor_options)
-
-            return _remote
-
-        def make_set_task_options(original):
-            def set_task_options(task, options, field="options"):
-                function, actor_kind = ray_compat.client_task_kinds()
-                stamps = adapter._client_mode and task.type in (function, actor_kind)
-                # Baseline options always (they define the task); per-call options only when they set runtime_env.
-                if stamps and (field == "baseline_options" or "runtime_env" in (options or {})):
-                    options = dict(options or {})
-                    what = f"Ray {'task' if task.type == function else 'actor'} {task.name}"
-                    options["runtime_env"] = adapter._stamped(options.get("runtime_env"), what)
-                return original(task, options, field)
-
-            return set_task_options
-
-        self.patches.wrap(client_common, "set_task_options", make_set_task_options)
-        self.patches.wrap(ray, "init", make_init)
-        self.patches.wrap(ray, "shutdown", make_shutdown)
-        self.patches.wrap(remote_function.RemoteFunction, "_remote", make_remote_function)
-        self.patches.wrap(actor.ActorClass, "_remote", make_actor)
+        self.patches.wrap(*RAY.site("set_task_options"), functools.partial(_client_task_options_wrapper, self))
+        self.patches.wrap(ray, "init", functools.partial(_init_wrapper, self))
+        self.patches.wrap(ray, "shutdown", functools.partial(_shutdown_wrapper, self))
+        self.patches.wrap(*RAY.site("remote_function_remote"), functools.partial(_task_wrapper, self))
+        self.patches.wrap(*RAY.site("actor_remote"), functools.partial(_actor_wrapper, self))
         _imports.when_imported(_JOB_SDK, self._install_job_client)
 
     def _install_job_client(self, sdk) -> None:
         if self.stamp is None:  # deactivated before the job SDK was imported
             return
-        adapter = self
+        self.patches.wrap(*RAY.site("submit_job"), functools.partial(_submit_job_wrapper, self))
 
-        def make_submit(original):
-            def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
-                address = getattr(self, "_address", None)
-                if address:
-                    adapter.preflight(
-                        address, f"the Ray cluster at {address}", dict(getattr(self, "_headers", None) or {})
-                    )
-                stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
-                return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
+    def _init_runtime_env(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The runtime_env ``ray.init(*args, **kwargs)`` gets; notes a local cluster in the image, or Ray Client.
 
-            return submit_job
-
-        self.patches.wrap(sdk.JobSubmissionClient, "submit_job", make_submit)
+        A local cluster is checked (podman, or the kernel already in the
+        image), a remote one preflighted; through Ray Client the job-level
+        ``image_uri`` is left out (it breaks the connection: tasks and actors
+        get it instead).
+        """
+        self._local_in_image = self._client_mode = False
+        address = _address(args, kwargs)
+        if (self.mode or default_mode()) == "image_uri" and _starts_local_cluster(args, kwargs):
+            self._local_in_image = self._check_local_cluster()
+        elif address:
+            self.preflight(_dashboard_for(address), f"the Ray cluster at {address}")
+        stamped = self._stamped(kwargs.get("runtime_env"), "ray.init")  # checks conflicts too
+        if address.startswith("ray://"):
+            self._client_mode = True
+            if stamped.get("image_uri") == self._active_stamp().job_image:
+                stamped.pop("image_uri")
+        return stamped
 
     def uninstall(self) -> None:
         _imports.cancel(_JOB_SDK, self._install_job_client)
@@ -305,7 +233,7 @@ class RayAdapter(LibraryAdapter):
                 f"envpin: this local Ray cluster runs its workers in this kernel's container, which is "
                 f"{stamp.image}: stamping env_vars only (image_uri is for remote clusters).",
                 LocalClusterInImage,
-                stacklevel=4,
+                stacklevel=4,  # the user's ray.init: past _init_runtime_env and the init wrapper
             )
             return True
         if shutil.which("podman") is None:
@@ -357,6 +285,91 @@ class RayAdapter(LibraryAdapter):
 
     def _stamped(self, runtime_env: Any, what: str) -> dict[str, Any]:
         return stamp_runtime_env(runtime_env, self._active_stamp(), self.effective_mode, what)
+
+
+# ---- the wrappers RayAdapter.install puts on Ray's entry points: each gets the adapter and Ray's original ----
+
+
+def _init_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
+    """``ray.init``: the job-level runtime_env stamped (see ``RayAdapter._init_runtime_env``)."""
+
+    def init(*args, **kwargs):
+        kwargs["runtime_env"] = adapter._init_runtime_env(args, kwargs)
+        try:
+            return original(*args, **kwargs)
+        except BaseException:
+            adapter._local_in_image = adapter._client_mode = False
+            raise
+
+    return init
+
+
+def _shutdown_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
+    """``ray.shutdown``: a local cluster in the image is over; the next ``ray.init`` decides again."""
+
+    def shutdown(*args, **kwargs):
+        adapter._local_in_image = False
+        return original(*args, **kwargs)
+
+    return shutdown
+
+
+def _task_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
+    """``RemoteFunction._remote``: every task's runtime_env stamped, in the form Ray parses and serializes."""
+
+    def _remote(self, args=None, kwargs=None, serialized_runtime_env_info=None, **task_options):
+        name = RAY.attr(self, "function_name", "this task")
+        stamped = adapter._stamped(task_options.get("runtime_env"), f"Ray task {name}")
+        task_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
+        serialized_runtime_env_info = ray_compat.serialized_runtime_env_info(task_options["runtime_env"])
+        return original(self, args, kwargs, serialized_runtime_env_info=serialized_runtime_env_info, **task_options)
+
+    return _remote
+
+
+def _actor_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
+    """``ActorClass._remote``: every actor's runtime_env (its options', else its class's) stamped."""
+
+    def _remote(self, args=None, kwargs=None, **actor_options):
+        meta = RAY.attr(self, "actor_metadata", None)
+        name = getattr(RAY.attr(meta, "actor_class", None), "__name__", "this actor")
+        runtime_env = actor_options.get("runtime_env", RAY.attr(meta, "actor_runtime_env", None))
+        stamped = adapter._stamped(runtime_env, f"Ray actor {name}")
+        actor_options["runtime_env"] = ray_compat.parse_runtime_env(stamped)
+        return original(self, args, kwargs, **actor_options)
+
+    return _remote
+
+
+def _client_task_options_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
+    """Ray Client's ``set_task_options``: its tasks and actors get ``image_uri`` at their own level."""
+
+    def set_task_options(task, options, field="options"):
+        function, actor_kind = ray_compat.client_task_kinds()
+        stamps = adapter._client_mode and task.type in (function, actor_kind)
+        # Baseline options always (they define the task); per-call options only when they set runtime_env.
+        if stamps and (field == "baseline_options" or "runtime_env" in (options or {})):
+            options = dict(options or {})
+            what = f"Ray {'task' if task.type == function else 'actor'} {task.name}"
+            options["runtime_env"] = adapter._stamped(options.get("runtime_env"), what)
+        return original(task, options, field)
+
+    return set_task_options
+
+
+def _submit_job_wrapper(adapter: RayAdapter, original: Callable) -> Callable:
+    """``JobSubmissionClient.submit_job``: the cluster preflighted, the job's runtime_env stamped."""
+
+    def submit_job(self, *, entrypoint, runtime_env=None, **kwargs):
+        address = RAY.attr(self, "job_client_address", None)
+        if address:
+            adapter.preflight(
+                address, f"the Ray cluster at {address}", dict(RAY.attr(self, "job_client_headers", None) or {})
+            )
+        stamped = adapter._stamped(runtime_env, f"Ray job '{entrypoint}'")
+        return original(self, entrypoint=entrypoint, runtime_env=stamped, **kwargs)
+
+    return submit_job
 
 
 def _address(args: tuple, kwargs: dict) -> str:
@@ -436,3 +449,8 @@ def _image_versions(stamp: Stamp) -> dict[str, str | None]:
 def _starts_local_cluster(args: tuple, kwargs: dict) -> bool:
     """Whether ``ray.init(*args, **kwargs)`` will start a new cluster here (Ray's own address resolution)."""
     return ray_compat.starts_local_cluster(kwargs.get("address", args[0] if args else None), kwargs.get("_temp_dir"))
+
+
+def reset() -> None:
+    """Forget the clusters' versions asked of their dashboards (``envpin.reset_caches``)."""
+    _cluster_cache.clear()

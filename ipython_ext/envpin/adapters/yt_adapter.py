@@ -46,6 +46,7 @@ import sys
 from typing import Any
 
 from envpin.adapters.base import LibraryAdapter
+from envpin.internals import YTSAURUS
 from envpin.session import state
 from envpin.session.stamping import Stamp
 
@@ -69,10 +70,8 @@ class YtsaurusAdapter(LibraryAdapter):
     # -- install ----------------------------------------------------------------------
 
     def install(self, module, stamp: Stamp) -> None:
-        from yt.wrapper import default_config, spec_builders
-        from yt.wrapper.config import get_config
-
-        self._stamp_config(default_config.default_config, stamp)  # every YtClient created from now on
+        get_config = YTSAURUS.get("get_config")
+        self._stamp_config(YTSAURUS.get("default_config"), stamp)  # every YtClient created from now on
         self._template_changes = {(t[4], t[1]): (t[2], t[3]) for t in self._undo}
         self._stamp_config(get_config(None), stamp)  # calls without a client
 
@@ -91,7 +90,7 @@ class YtsaurusAdapter(LibraryAdapter):
 
             return build
 
-        self.patches.wrap(spec_builders.UserJobSpecBuilder, "build", make_build)
+        self.patches.wrap(*YTSAURUS.site("job_spec_build"), make_build)
 
     def uninstall(self) -> None:
         for target, key, old, new, _section in reversed(self._undo):
@@ -172,7 +171,7 @@ class YtsaurusAdapter(LibraryAdapter):
         """
         if state.runs_in_image(stamp.image, stamp.job_image):
             return
-        named = getattr(builder, "_spec", {}).get("docker_image")
+        named = YTSAURUS.attr(builder, "job_spec", {}).get("docker_image")
         if named and named not in (stamp.image, stamp.job_image):
             return
         from envpin.compat import fingerprints, policy
@@ -190,7 +189,7 @@ class YtsaurusAdapter(LibraryAdapter):
             )
             verdict = policy.judge(ours, policy.Side.of_fingerprint(theirs, framework))
             self._pickle_verdicts[(stamp.image, framework)] = verdict
-        job = getattr(builder, "_job_name", None) or getattr(builder, "_job_type", "user")
+        job = YTSAURUS.attr(builder, "job_name", None) or YTSAURUS.attr(builder, "job_type", "user")
         policy.enforce(
             verdict,
             policy.resolve_mode(None, stamp.envelope),
@@ -203,7 +202,7 @@ class YtsaurusAdapter(LibraryAdapter):
 
     @staticmethod
     def _check(builder, spec: dict, stamp: Stamp) -> None:
-        job = getattr(builder, "_job_name", None) or getattr(builder, "_job_type", "user job")
+        job = YTSAURUS.attr(builder, "job_name", None) or YTSAURUS.attr(builder, "job_type", "user job")
         named = spec.get("docker_image")
         if named and named not in (stamp.image, stamp.job_image):
             stamp.check_explicit(named, f"YTsaurus {job} job")

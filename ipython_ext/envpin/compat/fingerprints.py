@@ -29,7 +29,7 @@ from typing import Any
 from envpin import names
 from envpin.compat import policy
 
-FINGERPRINT_VERSION = 4
+FINGERPRINT_VERSION = 5
 
 
 def version_of(dist: str) -> str | None:
@@ -67,6 +67,8 @@ def local_fingerprint() -> dict[str, Any]:
         "ray": version_of("ray"),
         "ytsaurus-client": version_of("ytsaurus-client"),
         "flytekit": version_of("flytekit"),
+        "dask": version_of("dask"),
+        "distributed": version_of("distributed"),
         "distributions": len(dists),
         "distributions_digest": hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16],
         "image": os.environ.get(names.IMAGE),
@@ -84,7 +86,10 @@ def image_fingerprint(name: str) -> dict[str, Any]:
     """The fingerprint of image ``name`` (an alias, reference or id), cached by image id."""
     from envpin.host import images
 
-    client = images.client()
+    client = images.client(
+        in_container_fix=f"Compare on the host: envpin.fingerprint(image={name!r}) in a Python there, or envpin doctor "
+        f"for every kernelspec's image; to run this notebook in that image instead: %use_image {name}."
+    )
     image = images.resolve(client, name, source="envpin.fingerprint(image=...)")
     cache = _cache_dir() / (image.id.replace(":", "_") + ".json")
     try:
@@ -157,6 +162,8 @@ _COMPARED = (
     "ray",  # breaks Ray jobs (driver and workers must match), not pickles in general
     "ytsaurus-client",
     "flytekit",
+    "dask",
+    "distributed",
     "platform",
     "distributions_digest",
 )
@@ -170,7 +177,7 @@ _PICKLE_KEYS = {
 
 
 #: Compared only where both sides have them: a client the image lacks is not a difference between Pythons.
-_ENGINE_CLIENTS = {"ray", "ytsaurus-client", "flytekit"}
+_ENGINE_CLIENTS = {"ray", "ytsaurus-client", "flytekit", "dask", "distributed"}
 
 
 def pickle_verdicts(a: dict[str, Any], b: dict[str, Any], pickler: str = "cloudpickle") -> list[policy.Verdict]:

@@ -243,3 +243,10 @@ def enforce(
                 ),
                 stacklevel=3,
             )
+
+
+def reset() -> None:
+    """Read the matrix again on next use and warn again about unmeasured pairs (``envpin.reset_caches``)."""
+    matrix.cache_clear()
+    _pairs.cache_clear()
+    _warned.clear()

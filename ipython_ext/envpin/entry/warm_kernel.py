@@ -104,9 +104,9 @@ def _become_kernel(message: dict) -> None:
     if cwd:
         os.chdir(cwd)
     sys.argv = [sys.executable, *[str(a) for a in message["argv"]]]
-    from ipykernel import kernelapp
+    from envpin.internals import IPYKERNEL
 
-    kernelapp.launch_new_instance(argv=sys.argv[1:])
+    IPYKERNEL.get("launch_new_instance")(argv=sys.argv[1:])
 
 
 def main(argv: list[str]) -> None:

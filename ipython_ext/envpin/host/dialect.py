@@ -40,6 +40,7 @@ from typing import Any
 from envpin import names
 from envpin.entry import boot
 from envpin.host import docker_client
+from envpin.internals import DOCKER
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def kind(client: Any) -> EngineKind:
     podman = "podman" in names.lower()
     rootless = False
     if podman:  # only Podman's options depend on it; Podman's own API says it (the compat /info does not)
-        response = client.api.get(client.api._url("/libpod/info"))
+        response = DOCKER.attr(client.api, "api_get")(DOCKER.attr(client.api, "api_url")("/libpod/info"))
         if response.ok:
             rootless = bool(((response.json().get("host") or {}).get("security") or {}).get("rootless"))
     found = EngineKind(podman=podman, rootless=rootless, version=str(version.get("Version", "?")), address=address)
@@ -144,9 +145,21 @@ def create(client: Any, **options: Any) -> Any:
     except docker.errors.APIError as exc:
         if not (options.get("init") and kind(client).podman and _init_refused(exc)):
             raise
-        with _lock:
-            _without_init.add(docker_client.address_of(client))
+        note_init_refused(client)
         return _create(client, adapt(client, options))
+
+
+def note_init_refused(client: Any) -> None:
+    """This engine refused ``init=True`` (Podman without catatonit): its containers get envpin's own init from now on."""
+    with _lock:
+        _without_init.add(docker_client.address_of(client))
+
+
+def reset() -> None:
+    """Forget what each engine was found to be and to refuse (``envpin.reset_caches``)."""
+    with _lock:
+        _kinds.clear()
+        _without_init.clear()
 
 
 def _create(client: Any, options: dict[str, Any]) -> Any:
@@ -156,9 +169,8 @@ def _create(client: Any, options: dict[str, Any]) -> Any:
             options["userns_mode"] = userns
         return client.containers.create(**options)
     # The SDK's HostConfig refuses any userns_mode but "host"; build its arguments, then set it.
-    from docker.models.containers import _create_container_args
-
-    args = _create_container_args({**options, "version": client.api._version})
+    create_container_args = DOCKER.get("create_container_args")
+    args = create_container_args({**options, "version": DOCKER.attr(client.api, "api_version")})
     args["host_config"]["UsernsMode"] = userns
     created = client.api.create_container(**args)
     return client.containers.get(created["Id"])

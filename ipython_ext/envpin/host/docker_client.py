@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from envpin.errors import EnvpinError, MissingDependency
+from envpin.internals import DOCKER
 
 #: Seconds an API call may take before the engine counts as unresponsive (pulls and waits pass their own).
 API_TIMEOUT = 30
@@ -69,12 +70,12 @@ def address_of(client: Any) -> str:
     ``unix:///path`` for a socket (docker-py gives every socket client the same
     ``base_url``, so the socket path is read from its adapter), else the URL.
     """
-    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
+    socket_path = DOCKER.attr(DOCKER.attr(client.api, "api_custom_adapter", None), "unix_socket_path", None)
     if socket_path:
         from envpin.host import ssh_tunnel
 
         return ssh_tunnel.url_of_socket(socket_path) or f"unix://{socket_path}"
-    return str(getattr(client.api, "base_url", "?"))
+    return str(DOCKER.attr(client.api, "api_base_url", "?"))
 
 
 def is_local_client(client: Any) -> bool:
@@ -161,13 +162,13 @@ def connect(timeout: float = API_TIMEOUT, address: str | None = None) -> Any:
     except (docker.errors.DockerException, EnvpinError) as exc:
         raise explain_engine_failure(exc, chosen) from exc
     try:
-        client.api.timeout = PING_TIMEOUT
+        DOCKER.assign(client.api, "api_timeout", PING_TIMEOUT)  # the SDK reads it at each request
         client.ping()
     except engine_errors() as exc:  # refused, missing socket, permission, timeout: "not reachable"
         client.close()
         raise explain_engine_failure(exc, chosen) from exc
     finally:
-        client.api.timeout = timeout
+        DOCKER.assign(client.api, "api_timeout", timeout)
     return client
 
 
@@ -176,11 +177,11 @@ _BOOT_API_VERSION = "1.41"
 
 
 def tls_client(address: str, timeout: float) -> Any:
-    from envpin.host import engine_urls
-
     """A TLS client of ``address`` that trusts the engine's CA only (never ``REQUESTS_CA_BUNDLE``)."""
     import docker
     import docker.tls
+
+    from envpin.host import engine_urls
 
     cert_dir = engine_urls.context_tls_dir() or os.environ.get("DOCKER_CERT_PATH") or engine_urls.docker_config_dir()
     files = {n: os.path.join(cert_dir, f"{n}.pem") for n in ("ca", "cert", "key")}
@@ -191,15 +192,21 @@ def tls_client(address: str, timeout: float) -> Any:
             f"(DOCKER_CERT_PATH); missing: {', '.join(missing)}."
         )
     tls = docker.tls.TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
-    client = docker.DockerClient(base_url=address.replace("tcp://", "https://", 1), tls=tls,
-                                 version=_BOOT_API_VERSION, timeout=timeout)  # fmt: skip
-    client.api.trust_env = False  # before the first request: the engine's CA, not REQUESTS_CA_BUNDLE's
+    base_url = address.replace("tcp://", "https://", 1)
+
+    def made(version: str) -> Any:
+        client = docker.DockerClient(base_url=base_url, tls=tls, version=version, timeout=timeout)
+        client.api.trust_env = False  # before the first request: the engine's CA, not REQUESTS_CA_BUNDLE's
+        return client
+
+    # The SDK's own negotiation ("auto") is a request made inside the constructor, before trust_env can be
+    # switched off; so ask /version with a fixed old version, then make the client with the engine's.
+    probe = made(_BOOT_API_VERSION)
     try:
-        client.api._version = client.api._retrieve_server_version()
-    except docker.errors.DockerException:
-        client.close()
-        raise
-    return client
+        version = str(probe.version().get("ApiVersion") or _BOOT_API_VERSION)
+    finally:
+        probe.close()
+    return made(version)
 
 
 def client_for(address: str, timeout: float) -> Any:

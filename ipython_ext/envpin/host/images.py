@@ -18,11 +18,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from envpin import printable
+from envpin import names, printable
 from envpin.errors import EnvpinError
 from envpin.host import dialect, docker_client
 from envpin.host.container_spec import base_options
 from envpin.images import allowlist, references
+from envpin.internals import DOCKER
 from envpin.session import aliases
 
 
@@ -62,9 +63,25 @@ def resolved(reference: str, image: Any, name: str = "") -> ResolvedImage:
     return ResolvedImage(reference=reference, id=image.id, digest=digest, env=env, name=name)
 
 
-def client():
-    """This process's shared Docker client (``docker_client.shared``: one per engine address, both sides)."""
-    return docker_client.shared()
+def client(in_container_fix: str | None = None):
+    """This process's shared Docker client (``docker_client.shared``: one per engine address, both sides).
+
+    ``in_container_fix``: what to do instead, said when this process runs in a
+    container without an engine (a Containerized Python kernel has none, by
+    design): installing the Docker SDK there would not help.
+    """
+    from envpin.errors import MissingDependency
+
+    try:
+        return docker_client.shared()
+    except (MissingDependency, docker_client.EngineUnavailable):
+        if in_container_fix is None or not names.in_container():
+            raise
+    raise EnvpinError(
+        "This runs inside a container (a Containerized Python kernel, or a job), which has no Docker engine to "
+        "start containers with: kernels get no engine access, by design.",
+        fix=in_container_fix,
+    )
 
 
 def remove(container) -> None:
@@ -141,15 +158,21 @@ def run_attached(c, image: ResolvedImage, argv: list[str], cwd: str, env: dict[s
 
     The working directory is mounted at the same path; SIGINT/SIGTERM/SIGHUP
     are forwarded; the container is removed afterwards; returns its exit code.
+    On a terminal (stdin and stdout both one) the program gets a terminal too:
+    ``sys.stdin.isatty()`` is true there, so a REPL, ``pdb`` and ``input()``
+    work as they do locally (this terminal is raw meanwhile, its size passed on).
     """
+    interactive = _on_a_terminal()
     # stdin_open without detach also sets StdinOnce: when our stdin ends, the program's does.
     container = dialect.create(
-        c, entrypoint=[argv[0]], command=argv[1:], stdin_open=True, tty=False, **_options(image, role, cwd, env)
+        c, entrypoint=[argv[0]], command=argv[1:], stdin_open=True, tty=interactive, **_options(image, role, cwd, env)
     )
     previous = {}
+    if interactive:
+        return _run_on_terminal(container)
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
+        raw = DOCKER.attr(sock, "attach_socket_raw", sock)
 
         def forward(signum, _frame):
             import docker.errors
@@ -170,6 +193,49 @@ def run_attached(c, image: ResolvedImage, argv: list[str], cwd: str, env: dict[s
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        remove(container)
+
+
+def _on_a_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno()) and os.isatty(sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _run_on_terminal(container) -> int:
+    """Run ``container`` (created with a TTY) on this terminal, raw, until it exits; its exit code."""
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+
+    def resize(*_: Any) -> None:
+        import docker.errors
+
+        try:
+            size = os.get_terminal_size(sys.stdout.fileno())
+            container.resize(height=size.lines, width=size.columns)
+        except (OSError, docker.errors.APIError):  # not started yet, or gone
+            pass
+
+    previous = signal.signal(signal.SIGWINCH, resize) if threading.current_thread() is threading.main_thread() else None
+    try:
+        sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        raw = DOCKER.attr(sock, "attach_socket_raw", sock)
+        container.start()
+        resize()
+        tty.setraw(fd)  # keys (Ctrl-C too) go to the program's terminal, which handles them
+        threading.Thread(target=_pump_stdin, args=(raw,), daemon=True).start()
+        sys.stdout.flush()
+        while chunk := raw.recv(65536):  # a TTY's stream is not multiplexed
+            os.write(sys.stdout.fileno(), chunk)
+        return int(container.wait()["StatusCode"])
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        if previous is not None:
+            signal.signal(signal.SIGWINCH, previous)
         remove(container)
 
 

@@ -117,6 +117,14 @@ _keys_lock = threading.Lock()
 _warned = False
 
 
+def reset() -> None:
+    """Forget the owner keys read and the warning given (``envpin.reset_caches``); the key files stay."""
+    global _warned
+    with _keys_lock:
+        _keys.clear()
+    _warned = False
+
+
 def _read_key(dir_fd: int, path: str) -> bytes | None:
     """The key in ``dir_fd``, None when there is none; OwnerKeyError for a file that must not be trusted."""
     try:

@@ -355,11 +355,17 @@ def url_of_socket(path: str) -> str | None:
 
 
 def close_all() -> None:
+    """Close every SSH master of this process (its forwards with it): at exit, and as ``reset()`` for tests."""
     with _masters_lock:
         masters = list(_masters.values())
         _masters.clear()
     for master in masters:
         master.close()
+
+
+def reset() -> None:
+    """``envpin.STATEFUL_MODULES``: listed after docker_client, whose clients talk through these masters."""
+    close_all()
 
 
 atexit.register(close_all)

@@ -1,7 +1,7 @@
 """Image references, parsed the same way on both sides (standard library only).
 
 One source for "what does this image name mean": the server side
-(``envpin_provisioner.images.pulling``, ``image_choice``), the kernel side's host
+(``envpin_provisioner.images.pulling``, ``images.selection``), the kernel side's host
 Docker calls (``envpin.host.images``) and ``allowed_images``
 (``envpin.images.allowlist``) all work on the :class:`Reference` that
 :func:`parse` makes, so the name that is checked is the name that is used.

@@ -114,6 +114,26 @@ FIX = (
 )
 
 
+def fix_for(sent: dict[str, Any], here: dict[str, Any]) -> str:
+    """What a refusal tells the user to do, from where they are.
+
+    A host kernel that ran ``%use_image IMAGE`` has done what :data:`FIX`
+    says, and it did not help: only its jobs were pinned, the kernel still
+    runs the host's Python.  It must run in the image itself.
+    """
+    from envpin.session import state
+
+    pin = state.current_pin()
+    image = (pin.name if pin else None) or sent.get("image") or here.get("image")
+    if pin is not None and pin.mode == "host" and image:
+        return (
+            f"This kernel runs on the host, not in '{image}': %use_image pinned its jobs, not its own Python. Run "
+            f"the notebook in the image: envpin kernelspec install --sys-prefix --image {image}, then pick that "
+            f"kernel (or open it in a Containerized Python kernel, where %use_image {image} moves it)."
+        )
+    return FIX
+
+
 def verdict(sent: dict[str, Any], here: dict[str, Any]) -> policy.Verdict:
     """What the measured matrix says about loading here what ``sent`` pickled (``envpin.compat.policy``)."""
     return policy.judge(policy.Side.of_envelope(sent), policy.Side.of_envelope(here))
@@ -131,7 +151,7 @@ def check(sent: dict[str, Any], here: dict[str, Any], what: str, mode: str | Non
         policy.resolve_mode(mode),
         EnvelopeMismatch,
         f"a {what} made under {_describe(sent)} {where}, under {_describe(here)}",
-        FIX,
+        fix_for(sent, here),
     )
 
 
@@ -219,3 +239,9 @@ def loads(header: dict, payload: Any, buffers: list, what: str, mode: str | None
         check(clean_environment(sent), sender_environment(), what, mode)
         _last_accepted[(what, mode)] = sent
     return pickle.loads(payload, buffers=buffers)
+
+
+def reset() -> None:
+    """Forget this process's envelope header and the senders already judged (``envpin.reset_caches``)."""
+    _header.cache_clear()
+    _last_accepted.clear()

@@ -38,7 +38,8 @@ from typing import Any
 from envpin import names
 from envpin.compat import policy
 from envpin.errors import EnvpinError
-from envpin.jobs import envelope, listener, shipping, worker, worker_hosts
+from envpin.jobs import envelope as envelopes  # not 'envelope': ContainerExecutor's argument of that name
+from envpin.jobs import listener, shipping, worker, worker_hosts
 from envpin.session import state
 
 #: What a worker may answer, per kind of request.
@@ -154,12 +155,12 @@ class _Slot:
                     if self.cancelled is future:  # cancelled while its worker started: nothing to kill then
                         raise EOFError("the job was cancelled before it was sent")
                 worker.send_frames(self.conn, frames)
-                header, payload, buffers = envelope.read_frames(
+                header, payload, buffers = envelopes.read_frames(
                     functools.partial(worker.recv_exact, self.conn), _ANSWERS[kind]
                 )
                 future._slot = None
                 self._deliver(future, header, payload, buffers, kind)
-            except envelope.ProtocolError as exc:  # the job (or its image) broke the protocol: not trusted again
+            except envelopes.ProtocolError as exc:  # the job (or its image) broke the protocol: not trusted again
                 future._slot = None
                 self.kill_worker()
                 future.set_exception(
@@ -188,18 +189,18 @@ class _Slot:
         if header["kind"] == "refused":
             message = header.get("message")
             if not isinstance(message, str):
-                raise envelope.ProtocolError("a refusal without a message")
-            future.set_exception(envelope.EnvelopeMismatch(message[:4000]))
+                raise envelopes.ProtocolError("a refusal without a message")
+            future.set_exception(envelopes.EnvelopeMismatch(message[:4000]))
             return
         if kind == "probe":
             missing = header.get("missing")
             if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
-                raise envelope.ProtocolError("a probe answer without a list of module names")
+                raise envelopes.ProtocolError("a probe answer without a list of module names")
             future.set_result(missing)
             return
         try:
-            status, value, tb = envelope.loads(header, payload, buffers, "job result", self.envelope_mode)
-        except envelope.EnvelopeMismatch:
+            status, value, tb = envelopes.loads(header, payload, buffers, "job result", self.envelope_mode)
+        except envelopes.EnvelopeMismatch:
             raise
         except Exception as exc:  # noqa: BLE001  unpickling raises anything; e.g. a class only the image has
             raise EnvpinError(
@@ -328,7 +329,11 @@ class ContainerExecutor(cf.Executor):
             if self._image is None:  # resolved once, at the first container worker
                 from envpin.host import images
 
-                self._docker = images.client()
+                self._docker = images.client(
+                    in_container_fix="Jobs of a Containerized Python kernel run as processes of its own container, "
+                    f"in its image; to run them in {self.image!r}, move the kernel there: %use_image {self.image}, "
+                    "and use ContainerExecutor() without an image."
+                )
                 self._image = images.resolve(self._docker, self.image, source="a ContainerExecutor")
             assert self._box is not None
             return worker_hosts.ContainerWorker(
@@ -343,9 +348,9 @@ class ContainerExecutor(cf.Executor):
         pair's warning shows where the user looks (this process), not in a
         worker's log.
         """
-        ours = envelope.sender_environment()
-        envelope.check(ours, theirs, "job", self.envelope, where="in its worker")
-        envelope.check(theirs, ours, "job result", self.envelope)
+        ours = envelopes.sender_environment()
+        envelopes.check(ours, theirs, "job", self.envelope, where="in its worker")
+        envelopes.check(theirs, ours, "job result", self.envelope)
 
     # -- connections ----------------------------------------------------------------
 
@@ -422,7 +427,7 @@ class ContainerExecutor(cf.Executor):
 
     def _dump(self, job: tuple, fn: Callable) -> list:
         try:
-            return envelope.dumps(job, "job")
+            return envelopes.dumps(job, "job")
         except Exception as exc:  # noqa: BLE001  pickling raises whatever an object's __reduce__ raises
             raise EnvpinError(
                 f"This job cannot be sent to a worker: pickling {getattr(fn, '__qualname__', fn)!s} with its "
@@ -442,7 +447,7 @@ class ContainerExecutor(cf.Executor):
 
     def _probe(self, names: list[str]) -> None:
         """Ask a worker which of ``names`` its image can import; record the verdicts."""
-        missing = set(self._enqueue(envelope.control_frames({"kind": "probe", "modules": names}), "probe").result())
+        missing = set(self._enqueue(envelopes.control_frames({"kind": "probe", "modules": names}), "probe").result())
         for name in names:
             self._verdicts[name] = "missing" if name in missing else "image"
 
@@ -494,3 +499,12 @@ def shutdown_shared() -> None:
         for ex in _shared.values():
             ex.shutdown(wait=False)
         _shared.clear()
+
+
+def reset() -> None:
+    """Shut the shared executors down (``envpin.reset_caches``).
+
+    Executors the caller made stay (they are listed in ``_live`` only to be
+    shut down at exit, which is theirs to do before that).
+    """
+    shutdown_shared()

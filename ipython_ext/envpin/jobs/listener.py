@@ -84,6 +84,13 @@ def _fallback_base() -> str:
         return _fallback
 
 
+def reset() -> None:
+    """Forget the fallback folder (``envpin.reset_caches``): the next one that is needed is made anew."""
+    global _fallback
+    with _fallback_lock:
+        _fallback = None
+
+
 class _Pending:
     """A connection waiting for its hello: what it sent so far and until when it may take."""
 

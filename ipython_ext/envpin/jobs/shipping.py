@@ -36,6 +36,13 @@ def loaded_top_level_modules() -> frozenset:
     return _loaded_top[1]
 
 
+def reset() -> None:
+    """Forget the site folders and the imported modules seen (``envpin.reset_caches``)."""
+    global _loaded_top
+    site_dirs.cache_clear()
+    _loaded_top = (-1, frozenset())
+
+
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING"}
 _NO_PUSH_OPS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "PROTO", "FRAME", "STOP"}
 

@@ -126,9 +126,9 @@ def serve(path: str, slot: str) -> None:
         except envelope.EnvelopeMismatch as exc:
             send_control(sock, {"kind": "refused", "message": str(exc)})
             continue
-        except BaseException as exc:  # the job's own failure: send it back
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, SystemExit):
-                raise
+        except KeyboardInterrupt:  # the worker itself is being stopped, not the job failing
+            raise
+        except BaseException as exc:  # noqa: BLE001  the job's own failure (a SystemExit too): sent back
             tb = traceback.format_exc()
             try:
                 frames = envelope.dumps(("error", exc, tb), "result")

@@ -67,12 +67,30 @@ class Status:
         return f"<table class='envpin-status'><caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>{body}</table>"
 
 
-class Progress:
-    """A pull's progress under the cell: an HTML progress bar updated in place, or text lines in a terminal."""
+#: How a request's line looks in a notebook: like the stream output beside it (monospace, no code background).
+_LINE = "font-family: var(--jp-code-font-family, monospace); font-size: var(--jp-code-font-size, 13px)"
 
-    def __init__(self):
+#: The MIME type of a %use_image request's state in its progress line, for envpin's JupyterLab extension
+#: (notifications for pulls, moves and refusals).  JupyterLab shows the HTML beside it; the page reads this.
+PROGRESS_MIME = "application/vnd.envpin.progress+json"
+
+
+class Progress:
+    """A ``%use_image`` request under its cell: a line updated in place while it works, then its outcome.
+
+    Rich output (an HTML progress bar, and ``PROGRESS_MIME`` for envpin's
+    JupyterLab extension) in a notebook, text lines in a terminal.  The line
+    never stays saying "resolving ...": :meth:`finish` replaces it with how
+    the request ended.
+    """
+
+    def __init__(self, image: str = ""):
         self.handle = None
-        self.message, self.fraction = "", None
+        self.image = image
+        self.message = ""
+        self.fraction: float | None = None
+        self.state = "working"
+        self.shown: object | None = None  #: what the finished line shows (the pin's table), else the message
 
     def update(self, message: str, fraction: float | None = None) -> None:
         from IPython.display import display
@@ -83,14 +101,49 @@ class Progress:
         elif self.handle is not None:
             self.handle.update(self)
 
+    def finish(self, state: str, message: str, shown: object | None = None) -> None:
+        """Show how the request ended, in place of its progress line (or as a new output when there was none).
+
+        ``state``: ``same`` (pinned), ``moved``, ``refused`` (needs --restart) or ``error``; ``message``: the
+        whole story (for the page's notification); ``shown``: what the cell shows instead, when not the message
+        (the pin's table; a short line where the error's paragraph follows below the cell anyway).
+        """
+        from IPython.display import display
+
+        self.state, self.message, self.fraction, self.shown = state, message, None, shown
+        if self.handle is None:
+            self.handle = display(self, display_id=True)
+        else:
+            self.handle.update(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return {
+            PROGRESS_MIME: {
+                "state": self.state,
+                "image": self.image,
+                "message": self.message,
+                "fraction": self.fraction,
+            }
+        }
+
     def __repr__(self) -> str:
+        if self.shown is not None:
+            return self.shown if isinstance(self.shown, str) else repr(self.shown)
         pct = f" ({self.fraction:.0%})" if self.fraction is not None else ""
         return self.message + pct
 
     def _repr_html_(self) -> str:
+        if self.shown is not None and hasattr(self.shown, "_repr_html_"):
+            return self.shown._repr_html_()
+        if self.shown is not None:
+            return (
+                f"<div class='envpin-progress envpin-{self.state}' style='{_LINE}'>{html.escape(str(self.shown))}</div>"
+            )
         bar = (
             f"<progress value='{self.fraction:.3f}' max='1' style='width:20em'></progress> "
             if self.fraction is not None
             else ""
         )
-        return f"<div class='envpin-progress'>{bar}<code>{html.escape(self.message)}</code></div>"
+        return (
+            f"<div class='envpin-progress envpin-{self.state}' style='{_LINE}'>{bar}{html.escape(self.message)}</div>"
+        )

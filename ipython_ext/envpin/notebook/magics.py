@@ -48,6 +48,14 @@ class UsageError(_IPythonUsageError, EnvpinError):
     """
 
 
+class MoveRefused(EnvpinError):
+    """A move the kernel's state forbids without ``--restart`` (the state would be lost).
+
+    Fix: run ``%use_image IMAGE --restart`` to move anyway and lose the variables, or restart the kernel first
+    (the pin is kept) and run ``%use_image`` before anything else.
+    """
+
+
 #: Names a fresh kernel already has; anything else in the namespace is the user's state.
 _FRESH_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
@@ -123,8 +131,22 @@ class EnvpinMagics(Magics):
         folder = control.control_dir()
         if folder is None:  # use_image() checked it; re-checked for the type checker
             raise EnvpinError("This kernel has no control folder: it was not started by the envpin provisioner.")
+        # The request's line under the cell: its progress while it works, then its outcome (never "resolving ...").
+        progress = Progress(args.image)
+        try:
+            self._ask_provisioner(args, folder, progress)
+        except EnvpinError as exc:
+            refused = isinstance(exc, MoveRefused)
+            progress.finish(
+                "refused" if refused else "error",
+                str(exc),
+                f"envpin: not moved to {args.image}: "
+                + ("this kernel holds state (see below)" if refused else "see the error below"),
+            )
+            raise
+
+    def _ask_provisioner(self, args, folder, progress: Progress) -> None:
         state = user_state(self.shell)
-        progress = Progress()
         answer = control.ask(
             folder,
             {
@@ -147,24 +169,29 @@ class EnvpinMagics(Magics):
             pin.name = args.image
             pin.notes += answer.get("notes", [])
             _pin_with_flags(pin, args)
-            display(Status(pin, f"envpin: pinned to {args.image}"))
+            progress.finish(
+                "same",
+                f"envpin: pinned to {args.image} ({pin.image_id})",
+                Status(pin, f"envpin: pinned to {args.image}"),
+            )
             return
         if status == "refused":
             shown = ", ".join(state[:8]) + (", ..." if len(state) > 8 else "")
-            raise EnvpinError(
+            raise MoveRefused(
                 f"Moving to '{args.image}' ({answer.get('image_id')}) restarts this kernel, which holds state "
                 f"({shown}) that would be lost. Re-run as %use_image {args.image} --restart to move anyway, "
                 "or put %use_image at the top of the notebook and restart the kernel."
             )
         if status == "moving":
-            print(
+            progress.finish(
+                "moved",
                 f"envpin: moving this kernel into {args.image} ({answer.get('image_id')}); "
                 "the rest of the notebook runs there.",
-                flush=True,
             )
             for note in answer.get("notes", []):
                 print(f"envpin: {note}", flush=True)
-            handoff.hand_over_and_exit(self.shell, folder)
+            handoff.hand_over_and_exit(self.shell, folder, args.image)
+            return
         raise EnvpinError(answer.get("message") or f"The envpin provisioner answered {answer!r}.")
 
     # -- a container envpin cannot restart ------------------------------------------

@@ -11,7 +11,8 @@ would have set), so ``%tb`` renders its full traceback the usual way.
 
 IPython keeps a single custom-exception handler per shell.  If something else
 already installed one, envpin leaves it alone (and envpin errors show as
-ordinary tracebacks).
+ordinary tracebacks).  Whether the handler is envpin's is read from the shell
+itself (it handles exactly ``EnvpinError``), so nothing is kept here.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from __future__ import annotations
 import sys
 
 from envpin.errors import EnvpinError
+from envpin.internals import IPYTHON
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
-_installed_on: set[int] = set()
 
 
 def _handler(shell, etype, value, tb, tb_offset=None):
@@ -29,20 +30,22 @@ def _handler(shell, etype, value, tb, tb_offset=None):
     if sys.version_info >= (3, 12):
         sys.last_exc = value
     short = [f"{_RED}{etype.__name__}{_RESET}: {value}", "(an envpin error; %tb shows the full traceback)"]
-    shell._showtraceback(etype, value, short)  # in a kernel: the error message and the reply's ename/evalue
+    IPYTHON.attr(shell, "showtraceback")(etype, value, short)  # in a kernel: the message and the reply's ename/evalue
     return short
+
+
+def _ours(shell) -> bool:
+    return IPYTHON.attr(shell, "custom_exceptions", ()) == (EnvpinError,)
 
 
 def install(shell) -> bool:
     """Take over the display of EnvpinError in ``shell``; False when another handler holds the slot."""
-    if getattr(shell, "custom_exceptions", ()) not in ((), None) and id(shell) not in _installed_on:
+    if IPYTHON.attr(shell, "custom_exceptions", ()) not in ((), None) and not _ours(shell):
         return False
     shell.set_custom_exc((EnvpinError,), _handler)
-    _installed_on.add(id(shell))
     return True
 
 
 def uninstall(shell) -> None:
-    if id(shell) in _installed_on:
+    if _ours(shell):
         shell.set_custom_exc((), None)
-        _installed_on.discard(id(shell))

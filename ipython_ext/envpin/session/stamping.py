@@ -161,6 +161,12 @@ def unregister(name: str) -> None:
     _registry.pop(name, None)
 
 
+def reset() -> None:
+    """Deactivate and forget every adapter (``envpin.reset_caches``); ``%load_ext envpin`` registers them again."""
+    deactivate_all()
+    _registry.clear()
+
+
 def adapter_names() -> list[str]:
     """Every registered adapter's name."""
     return sorted(_registry)

@@ -57,6 +57,11 @@ def _set_pin(pin: Pin | None) -> None:
     _current = pin
 
 
+def reset() -> None:
+    """Forget the pin (``envpin.reset_caches``, after the adapters are deactivated)."""
+    _set_pin(None)
+
+
 def pin_from_environment(mode: str = "kernel in image") -> Pin | None:
     """The pin of a kernel the provisioner started in the image (None outside one)."""
     reference = os.environ.get(names.IMAGE)

@@ -13,8 +13,10 @@ moves to the report.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from envpin import names, printable
 from envpin.compat import fingerprints
@@ -36,7 +38,7 @@ class Finding:
 
 
 def envpin_kernelspecs() -> dict[str, dict]:
-    """name -> {"display_name", "image", "resource_dir"} for kernelspecs that use the envpin provisioner."""
+    """name -> {"display_name", "image", "config", "resource_dir"} for kernelspecs that use the envpin provisioner."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     out = {}
@@ -47,33 +49,96 @@ def envpin_kernelspecs() -> dict[str, dict]:
             out[name] = {
                 "display_name": spec.get("display_name", name),
                 "image": (prov.get("config") or {}).get("image"),
+                "config": dict(prov.get("config") or {}),
                 "resource_dir": info.get("resource_dir"),
             }
     return out
 
 
+def jupyter_config() -> Any:
+    """The ``EnvpinProvisioner`` settings of the Jupyter config files a server or client here would read."""
+    import glob
+
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config import Config
+    from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+    config = Config()
+    for folder in reversed(jupyter_config_path()):  # the lowest priority first; later files win
+        for base in ("jupyter_config", "jupyter_client_config", "jupyter_server_config"):
+            for part in sorted(glob.glob(os.path.join(folder, f"{base}.d", "*.json"))):
+                config.merge(JSONFileConfigLoader(os.path.basename(part), path=os.path.dirname(part)).load_config())
+            for ext, loader in ((".json", JSONFileConfigLoader), (".py", PyFileConfigLoader)):
+                if os.path.isfile(os.path.join(folder, base + ext)):
+                    config.merge(loader(base + ext, path=folder).load_config())
+    return config
+
+
+def check_settings() -> list[Finding]:
+    """Every option value from the Jupyter config files and ``ENVPIN_*`` variables, as a start would read them."""
+    from traitlets import TraitError
+
+    from envpin_provisioner.options import check_options
+    from envpin_provisioner.provisioner import EnvpinProvisioner
+
+    try:
+        config = jupyter_config()
+    except Exception as exc:  # noqa: BLE001  (a config file is the user's Python: whatever it raises, say it)
+        return [Finding("FAIL", "Jupyter config", f"a config file does not load: {type(exc).__name__}: {exc}")]
+    findings = []
+    try:
+        check_options(EnvpinProvisioner, dict(config.get("EnvpinProvisioner") or {}), None, where="config")
+    except EnvpinError as exc:
+        findings.append(Finding("FAIL", "Jupyter config (c.EnvpinProvisioner)", f"{exc}"))
+    provisioner = EnvpinProvisioner()  # the environment's values (ENVPIN_*), each read as a start reads it
+    for name in sorted(EnvpinProvisioner.class_traits(config=True)):
+        try:
+            getattr(provisioner, name)
+        except (TraitError, EnvpinError) as exc:
+            findings.append(Finding("FAIL", f"option {name}", f"{exc} (from ENVPIN_{name.upper()})"))
+    return findings or [Finding("ok", "settings", "the Jupyter config files' and ENVPIN_* option values are valid")]
+
+
 def check() -> list[Finding]:
+    from envpin_provisioner.options import check_options
     from envpin_provisioner.provisioner import EnvpinProvisioner
 
     findings: list[Finding] = []
+    client = None
     try:
         client = engine.shared().client
         findings.append(Finding("ok", "engine", dialect.kind(client).describe()))
     except engine.ENGINE_ERRORS as exc:
-        return [Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc)))]
+        findings.append(Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc))))
     except EnvpinError as exc:
-        return [Finding("FAIL", "engine", str(exc))]
+        findings.append(Finding("FAIL", "engine", str(exc)))
 
+    findings += check_settings()  # the settings and kernelspecs are checked with or without an engine
     specs = envpin_kernelspecs()
     if not specs:
         findings.append(
-            Finding("warn", "kernelspecs", "none uses envpin: envpin kernelspec install --user [--image IMAGE]")
+            Finding("warn", "kernelspecs", "none uses envpin: envpin kernelspec install --sys-prefix [--image IMAGE]")
         )
     here = fingerprints.local_fingerprint()
-    default_image = EnvpinProvisioner().image  # $ENVPIN_IMAGE, else the built-in default
+    try:
+        default_image = EnvpinProvisioner().image  # $ENVPIN_IMAGE, else the built-in default
+    except EnvpinError:  # reported by check_settings
+        default_image = "ubuntu-22.04-py3"
     for name, spec in sorted(specs.items()):
         image = spec["image"] or default_image
         subject = f"kernelspec {name} ({image})"
+
+        class Spec:
+            display_name, resource_dir = spec["display_name"], spec["resource_dir"]
+
+        try:
+            check_options(EnvpinProvisioner, spec["config"], Spec(), where="doctor")
+        except EnvpinError as exc:  # it cannot start: the image is not worth probing
+            findings.append(Finding("FAIL", subject, f"{exc}"))
+            continue
+        if client is None:
+            findings.append(Finding("warn", subject, "options valid; the image is not checked (no engine)"))
+            continue
         try:
             theirs = fingerprints.image_fingerprint(image)
         except (EnvpinError, *engine.ENGINE_ERRORS) as exc:  # an image that cannot even be probed
@@ -88,7 +153,7 @@ def check() -> list[Finding]:
             )
         breaking = [d for d in fingerprints.compare(here, theirs) if d.breaks_pickles]
         detail = f"Python {theirs.get('python_version')}, ipykernel {theirs.get('ipykernel')}, cloudpickle {theirs.get('cloudpickle')}"
-        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit") if theirs.get(k)]
+        clients = [f"{k} {theirs[k]}" for k in ("ytsaurus-client", "ray", "flytekit", "distributed") if theirs.get(k)]
         if clients:
             detail += f"; engine clients: {', '.join(clients)}"
         if breaking:
@@ -102,14 +167,33 @@ def check() -> list[Finding]:
             )
         else:
             findings.append(Finding("ok", subject, detail))
-    findings.append(_warm_pool(client))
+    findings += _shadowed()
+    if client is not None:
+        findings.append(_warm_pool(client))
     return findings
+
+
+def _shadowed() -> list[Finding]:
+    """envpin kernelspecs Jupyter never uses: an earlier folder has one of the same name (a venv's copy)."""
+    from envpin_provisioner.cli.kernelspec import envpin_specs
+
+    used = {s["name"]: s["path"] for s in envpin_specs() if s["used"]}
+    return [
+        Finding(
+            "warn",
+            f"kernelspec {s['name']} in {s['path']}",
+            f"not used: Jupyter finds {used.get(s['name'], 'another kernelspec of that name')} first. Remove one "
+            "(envpin kernelspec remove NAME removes the one in use), or reinstall with --sys-prefix.",
+        )
+        for s in envpin_specs()
+        if not s["used"]
+    ]
 
 
 def _warm_pool(client) -> Finding:
     """What waiting warm containers (pool_size) cost on this engine right now."""
     from envpin_provisioner.kernel import ownership
-    from envpin_provisioner.kernel.container import WARM_NAME_PREFIX
+    from envpin_provisioner.kernel.launch import WARM_NAME_PREFIX
 
     warm = [
         c

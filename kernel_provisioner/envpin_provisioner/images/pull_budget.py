@@ -21,7 +21,7 @@ engine) or keep a registry busy.  So each kernel has a :class:`PullBudget`
 
 Pulls at a kernel's start are not counted here: they are of the kernel's
 configured image (someone chose it), and a pin file never causes a pull of
-an image the engine lacks (``image_choice``).
+an image the engine lacks (``images.selection``).
 """
 
 from __future__ import annotations

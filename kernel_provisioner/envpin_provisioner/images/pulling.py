@@ -22,6 +22,7 @@ from envpin import printable
 from envpin.host import docker_client, images
 from envpin.host.images import ResolvedImage
 from envpin.images import references
+from envpin.internals import DOCKER
 from envpin_provisioner.errors import EnvpinError, ImageUnavailable, InvalidImageReference
 
 
@@ -39,27 +40,44 @@ if TYPE_CHECKING:
     from envpin_provisioner.images.pull_budget import PullRecord
 
 
-def check_reference(reference: str) -> references.Reference:
-    """The parsed ``reference``; raise :class:`InvalidImageReference` unless it is a valid Docker reference."""
+#: What to do about a bad image name, said where the name was written (``check_reference``'s ``where``).
+_FIX_THE_NAME = {
+    "kernelspec": "Fix the image setting of this kernel (envpin kernelspec list shows its kernel.json).",
+    "use_image": "Run %use_image again with the image's name as Docker spells it.",
+    "install": "Give --image the image's name as Docker spells it.",
+    "pin": "Fix that entry of the pin file, or remove it to start in the kernel's own image.",
+}
+
+
+def check_reference(reference: str, where: str = "kernelspec") -> references.Reference:
+    """The parsed ``reference``; raise :class:`InvalidImageReference` unless it is a valid Docker reference.
+
+    ``where`` the name was written ("kernelspec", "use_image", "install", "pin"): what the fix says.
+    """
     if not isinstance(reference, str) or not reference.strip():
         raise InvalidImageReference(
-            "No image is configured for this kernel. Set one in the kernelspec "
-            "(envpin kernelspec install --image IMAGE), with c.EnvpinProvisioner.image in a Jupyter "
-            "config file, or with the ENVPIN_IMAGE environment variable."
+            "No image is configured for this kernel.",
+            fix="Set one in the kernelspec (envpin kernelspec install --image IMAGE), with c.EnvpinProvisioner.image "
+            "in a Jupyter config file, or with the ENVPIN_IMAGE environment variable.",
         )
     try:
         return references.parse(reference)
     except references.BadReference:
         pass
-    hint = ""
+    hint, fix = "", _FIX_THE_NAME.get(where, _FIX_THE_NAME["kernelspec"])
     if reference != reference.lower() and references.is_valid(reference.lower()):
         hint = f" Repository names must be lowercase: did you mean '{reference.lower()}'?"
+        if where == "use_image":
+            fix = f"Write it in lowercase: %use_image {reference.lower()}"
+        elif where == "install":
+            fix = f"Write it in lowercase: --image {reference.lower()}"
     elif " " in reference:
         hint = " It contains a space."
     raise InvalidImageReference(
         f"'{printable.one_line(reference, 300)}' is not a valid Docker image reference.{hint} "
         "A reference looks like NAME[:TAG] or NAME@sha256:DIGEST, e.g. python:3.11-slim or "
-        "registry.example.com/team/image:1.2; fix the image setting of this kernel."
+        "registry.example.com/team/image:1.2.",
+        fix=fix,
     )
 
 
@@ -75,24 +93,23 @@ def _pull_stream(client: docker.DockerClient, repository: str, tag: str) -> tupl
     response, and closing that response is the only way to cancel a pull on
     the engine (it stops when its client goes away): a pull over a kernel's
     byte allowance must stop, not finish in the background.  So this uses
-    docker-py's request helpers (``_post``, ``_stream_helper``) directly.
+    docker-py's request helpers (``_post``, ``_stream_helper``: ``envpin.internals.DOCKER``) directly.
     """
-    from docker import auth
-
     api = client.api
     headers = {}
-    header = auth.get_config_header(api, auth.resolve_repository_name(repository)[0])
+    registry = DOCKER.get("auth_resolve_repository_name")(repository)[0]
+    header = DOCKER.get("auth_config_header")(api, registry)
     if header:
         headers["X-Registry-Auth"] = header
-    response = api._post(
-        api._url("/images/create"),
+    response = DOCKER.attr(api, "api_post")(
+        DOCKER.attr(api, "api_url")("/images/create"),
         params={"fromImage": repository, "tag": tag},
         headers=headers,
         stream=True,
         timeout=None,
     )
-    api._raise_for_status(response)
-    return response, api._stream_helper(response, decode=True)
+    DOCKER.attr(api, "api_raise_for_status")(response)
+    return response, DOCKER.attr(api, "api_stream_helper")(response, decode=True)
 
 
 def pull(
@@ -158,9 +175,9 @@ def pull(
                 "pull_policy='if-missing' (without --pull) to run the local copy."
             ) from exc
         raise ImageUnavailable(
-            f"Image '{name}' is not on the Docker engine and could not be pulled: {reason}. "
-            "Check the name and tag, log in to its registry (docker login), or build/load the image "
-            "locally (docker build / docker load) and start the kernel again."
+            f"Image '{name}' is not on the Docker engine and could not be pulled: {reason}.",
+            fix="Check the name and tag, log in to its registry (docker login), or build/load the image "
+            "locally (docker build / docker load) and start the kernel again.",
         ) from exc
     finally:
         if response is not None:
@@ -208,8 +225,9 @@ def resolve(
     if pull_policy == "never" or ref.is_id:
         raise ImageUnavailable(
             f"Image '{name}' is not present on the Docker engine and the pull policy is "
-            f"'{pull_policy}', so envpin will not pull it. Build or load it locally "
-            "(docker build -t / docker load), or allow pulling with pull_policy='if-missing'."
+            f"'{pull_policy}', so envpin will not pull it.",
+            fix="Build or load it locally (docker build -t / docker load), or allow pulling with "
+            "pull_policy='if-missing'.",
         )
     pull(client, ref, log, progress, record=record)
     image = local_image(client, ref)
@@ -233,13 +251,18 @@ def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: st
     if key not in _curve_support:
         code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
         try:
-            out = images.run_python(client, image, code, python=python)
-            _curve_support[key] = out.strip().endswith("True")
+            supported = images.run_python(client, image, code, python=python).strip().endswith("True")
         except (docker.errors.DockerException, EnvpinError):
-            _curve_support[key] = False
+            supported = False
+        remember_curve_support(client, image.id, supported)
     return _curve_support[key]
 
 
-def reset_caches() -> None:
-    """Forget what was learnt about images (tests that rebuild an image under the same id)."""
+def remember_curve_support(client: docker.DockerClient, image_id: str, supported: bool) -> None:
+    """Record whether image ``image_id`` of this engine speaks CurveZMQ: an id names one image for good."""
+    _curve_support[(docker_client.address_of(client), image_id)] = supported
+
+
+def reset() -> None:
+    """Forget what was learnt about images (``envpin_provisioner.reset_caches``; tests that rebuild an image)."""
     _curve_support.clear()

@@ -49,6 +49,9 @@ from envpin.session.options import SessionOptions
 from envpin_provisioner.errors import ImageUnavailable
 from envpin_provisioner.images import pulling
 
+#: Where a kernel's image came from (``ImageChoice.source``): shown by the JupyterLab extension.
+BY_KERNELSPEC, BY_PIN_FILE, BY_USE_IMAGE = "kernelspec", "pin file", "%use_image"
+
 
 @dataclass
 class ImageChoice:
@@ -59,6 +62,26 @@ class ImageChoice:
     notes: list[str] = field(default_factory=list)
     #: the session's %use_image options (strict, ray_mode), kept in the pin record across restarts and moves
     options: dict = field(default_factory=dict)
+    #: where the image came from: the kernel's configuration, the notebook's pin file, or a %use_image request
+    source: str = ""
+    #: which pin decided the image, from where (``pin_file.Found.describe``): the kernel's first output says it
+    pinned_by: str | None = None
+    #: pin entries that were there but did not apply (a stale name, another kernelspec's folder pin), in words
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            self.source = BY_PIN_FILE if self.pinned else BY_KERNELSPEC
+
+    def first_output(self) -> list[str]:
+        """What the kernel says about pins before its first cell's output: which pin decided, which did not apply."""
+        said = []
+        if self.pinned_by:
+            said.append(
+                f"this kernel runs in '{printable.one_line(self.name, 300)}', pinned by {self.pinned_by}. "
+                "%use_image IMAGE changes the pin; without that entry the notebook starts in its kernelspec's image"
+            )
+        return said + self.skipped
 
 
 def notebook_folder(notebook: str | None, cwd: str | None) -> str:
@@ -89,7 +112,8 @@ def _checked(expanded: str, allowed: list[str] | tuple[str, ...], source: str, s
     except references.BadReference:
         if allowed and expanded.strip():
             allowlist.check(expanded, allowed, source, shown)  # refused, naming the patterns
-        pulling.check_reference(expanded)  # refused, saying what a reference looks like
+        where = "use_image" if source.startswith("%use_image") else "pin" if source.startswith("the pin") else ""
+        pulling.check_reference(expanded, where or "kernelspec")  # refused, saying what a reference looks like
         raise
     allowlist.check(ref, allowed, source, shown)
     return ref
@@ -125,18 +149,50 @@ def choose(
     configured: str,
     pull_policy: str,
     notebook: str | None,
-    cwd: str | None,
+    cwd: str | safe_files.PinnedDir | None,
     log: logging.Logger | logging.LoggerAdapter,
     allowed: list[str] | tuple[str, ...] = (),
+    configured_by: str = "this kernel's configuration (kernelspec)",
+    kernelspec: str | None = None,
 ) -> ImageChoice:
-    """Blocking: call from a worker thread."""
+    """The image a start uses, resolved.  Blocking: call from a worker thread.
+
+    ``configured_by``: where ``configured`` came from, as a refusal names it;
+    ``kernelspec``: the name of the kernelspec being started (a folder pin
+    applies only to kernels of the kernelspec it was made in).
+    """
     # The provisioner passes the folder it pinned (a PinnedDir: read through its descriptor); others a path.
     folder = cwd if isinstance(cwd, safe_files.PinnedDir) else notebook_folder(notebook, cwd)
-    pin = pin_file.lookup(folder, notebook)  # a damaged pin file stops the start
+    lookup = pin_file.find(folder, notebook, kernelspec)  # a damaged pin file stops the start
+    for skipped in lookup.skipped:
+        log.info("envpin: %s.", skipped)
     table = aliases.load()  # once per start: the check and the resolution use the same table
-    if not pin:
-        ref = checked_reference(configured, allowed, "this kernel's configuration (kernelspec)", table)
-        return ImageChoice(configured, pulling.resolve(client, ref, pull_policy, log), pinned=False)
+    if lookup.found is None:
+        ref = checked_reference(configured, allowed, configured_by, table)
+        resolved = pulling.resolve(client, ref, pull_policy, log)
+        return ImageChoice(configured, resolved, pinned=False, skipped=lookup.skipped)
+    found = lookup.found
+    choice = _choose_pinned(client, configured, pull_policy, found.key, folder, log, allowed, found.entry, table)
+    choice.pinned_by, choice.skipped = found.describe(), lookup.skipped
+    log.info(
+        "envpin: kernel of %s starts in '%s', pinned by %s",
+        printable.one_line(notebook or "a headless run", 300), printable.one_line(choice.name, 300), choice.pinned_by,
+    )  # fmt: skip
+    return choice
+
+
+def _choose_pinned(
+    client: docker.DockerClient,
+    configured: str,
+    pull_policy: str,
+    key: str,
+    folder,
+    log: logging.Logger | logging.LoggerAdapter,
+    allowed: list[str] | tuple[str, ...],
+    pin: dict,
+    table: dict[str, str],
+) -> ImageChoice:
+    """The image ``pin`` (an entry of the pin file) stands for, resolved: never pulled on the pin's word alone."""
     name = pin["image"]
     options = SessionOptions.parse(pin.get("options"), strict_schema=False).as_dict()
     source = f"the pin file {pin_file.pin_file_for(folder)}"
@@ -144,7 +200,7 @@ def choose(
     if _is_configured(reference, _configured_reference(configured, table)):
         current = pulling.resolve(client, reference, pull_policy, log)
     else:
-        current = _resolve_pinned(client, name, reference, pull_policy, log, folder, notebook)
+        current = _resolve_pinned(client, name, reference, pull_policy, log, folder, key)
     pinned_id = pin.get("image_id")
     if pinned_id is not None and not isinstance(pinned_id, str):
         raise PinFileError(
@@ -184,7 +240,13 @@ def choose(
 
 
 def _resolve_pinned(
-    client, name: str, reference: references.Reference, pull_policy: str, log, folder: str, notebook: str | None
+    client,
+    name: str,
+    reference: references.Reference,
+    pull_policy: str,
+    log,
+    folder: str | os.PathLike,
+    key: str,
 ):
     """Resolve a pinned image the engine must already have: a pin file alone never causes a pull.
 
@@ -198,7 +260,6 @@ def _resolve_pinned(
         return pulling.resolve(client, reference, policy, log)
     except ImageUnavailable:
         pass
-    key = pin_file.notebook_key(notebook)
     raise ImageUnavailable(
         f"The pin file {pin_file.pin_file_for(folder)} pins this notebook to image '{printable.one_line(name, 300)}' "
         f"({reference.engine_name}), which "

@@ -31,11 +31,12 @@ import logging
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 
-from envpin import names
+from envpin import names, printable
 from envpin.host import images, labels
 from envpin.host.labels import boot_id, owner_labels, start_ticks
 
@@ -86,6 +87,12 @@ _image_labels_lock = threading.Lock()
 _IMAGE_LABELS_KEPT = 1024
 
 
+def reset() -> None:
+    """Forget the images' labels (``envpin_provisioner.reset_caches``)."""
+    with _image_labels_lock:
+        _image_labels.clear()
+
+
 def image_labels(client: docker.DockerClient, image_id: str) -> dict[str, str] | None:
     """The labels image ``image_id`` defines itself, None when it is gone; one engine call per id and process."""
     with _image_labels_lock:
@@ -121,7 +128,9 @@ def envpin_containers(client: docker.DockerClient, label: str = names.LABEL_ROLE
     return [c for c in found if owned(client, c)]
 
 
-def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False) -> list[str]:
+def collect_garbage(
+    client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False, report: list | None = None
+) -> list[str]:
     """Remove envpin containers whose owner is gone, and exited kernel containers; return their short ids.
 
     Only containers :func:`owned` says envpin made (this user's key): never a
@@ -129,6 +138,8 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
 
     With ``other_hosts`` also those owned by processes on other hosts (whose
     liveness cannot be checked from here): only for a single-user engine.
+    ``report``: a list that gets one line per container, saying what it is
+    and why it goes (what ``envpin gc --dry-run`` shows).
     """
     removed = []
     for container in envpin_containers(client):
@@ -142,6 +153,8 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         if not finished and (state == "alive" or (state == "unknown" and not other_hosts)):
             continue
         removed.append(container.short_id)
+        if report is not None:
+            report.append(_describe(container, state, finished))
         if dry_run:
             continue
         images.remove(container)
@@ -157,3 +170,16 @@ def collect_garbage(client: docker.DockerClient, *, other_hosts: bool = False, d
         except OSError:
             pass
     return removed
+
+
+def _describe(container: Any, state: str, finished: bool) -> str:
+    """One line for a container gc takes: id, name, role, image, kernel, owner, and why."""
+    labels = container.labels
+    why = container.status if finished else f"its owner is {'gone' if state == 'gone' else 'on another host'}"
+    return (
+        f"{container.short_id}  {printable.one_line(container.name, 80)}  {labels.get(names.LABEL_ROLE, '?')}  "
+        f"image {printable.one_line(labels.get(names.LABEL_IMAGE, '?'), 200)}  "
+        f"kernel {printable.one_line(labels.get(names.LABEL_KERNEL_ID, '-'), 40)}  "
+        f"owner pid {printable.one_line(labels.get(names.LABEL_OWNER_PID, '?'), 12)} on "
+        f"{printable.one_line(labels.get(names.LABEL_OWNER_HOST, '?'), 100)}  ({why})"
+    )

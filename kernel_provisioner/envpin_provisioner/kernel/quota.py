@@ -39,6 +39,12 @@ def _c() -> ctypes.CDLL | None:
     return _libc
 
 
+def reset() -> None:
+    """Forget the C library handle (``envpin_provisioner.reset_caches``): loaded again on next use."""
+    global _libc
+    _libc = None
+
+
 def limit(path: str, owner: tuple[int, int] | None) -> bool:
     """Make the (new, empty) folder ``path`` a bounded tmpfs owned by ``owner``; False where we may not mount."""
     libc = _c()

@@ -2,7 +2,7 @@
 
 The kernel writes a request into its control folder (``envpin.notebook.control``);
 :class:`ControlChannel` reads and validates it (everything the kernel writes
-is hostile input, see ``control_server``) and hands over a typed
+is hostile input, see ``moves.control_requests``) and hands over a typed
 :class:`ControlRequest`.  :class:`MoveServer` answers it:
 
 * ``same``: the image resolves to the one the kernel runs in; the pin is
@@ -43,7 +43,10 @@ from envpin_provisioner import engine
 from envpin_provisioner.errors import EnvpinError
 from envpin_provisioner.images import pulling, selection
 from envpin_provisioner.images.pull_budget import PullBudget, PullRecord
-from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import channels
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel.launch import KernelLaunch
+from envpin_provisioner.moves.activity import Activity
 from envpin_provisioner.moves.control_requests import ControlChannel, ControlRequest
 
 if TYPE_CHECKING:
@@ -66,19 +69,21 @@ class MovableKernel(Protocol):
     @property
     def choice(self) -> selection.ImageChoice | None: ...
 
+    @property
+    def kernelspec_name(self) -> str | None:
+        """The kernelspec the kernel was started from: recorded with a pin (a folder pin applies only to it)."""
+
     def pin_location(self) -> tuple[safe_files.PinnedDir, str | None, tuple[int, int] | None]:
         """(folder of the pin file, pinned at the first start; notebook key; owner of the files written)."""
 
-    def build_launch(
-        self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False
-    ) -> kc.KernelLaunch: ...
+    def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
 
     async def start_container(
-        self, launch: kc.KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None
+        self, launch: KernelLaunch, replacing: dict[str, tuple[int, int]] | None = None
     ) -> docker.models.containers.Container: ...
 
     def swap(
-        self, container: docker.models.containers.Container, launch: kc.KernelLaunch, choice: selection.ImageChoice
+        self, container: docker.models.containers.Container, launch: KernelLaunch, choice: selection.ImageChoice
     ) -> docker.models.containers.Container | None:
         """Make ``container`` the kernel's; return the previous one."""
 
@@ -97,6 +102,8 @@ class MoveServer:
         self.env = env  #: the environment of the kernel's start request: a moved kernel gets the same
         #: True while a move replaces the container: the provisioner's poll() must not report the old one's exit
         self.moving = False
+        #: what the current request is doing and how the last one ended (reported by the JupyterLab extension)
+        self.activity = Activity()
         self._closed = False
 
     def close(self) -> None:
@@ -111,12 +118,15 @@ class MoveServer:
             request = await engine.call(self.channel.take_request)
             if request is None:
                 continue
+            self.activity.begin(request.image)
             try:
                 await self.answer(request)
             except EnvpinError as exc:
+                self.activity.end("error", str(exc))
                 self.channel.respond(request.id, status="error", message=str(exc))
             except Exception as exc:  # a bug of ours: logged in full, answered, and the watcher survives it
                 self.kernel.log.exception("envpin: %%use_image request failed")
+                self.activity.end("error", f"envpin failed: {type(exc).__name__}: {exc}")
                 self.channel.respond(request.id, status="error", message=f"envpin failed: {type(exc).__name__}: {exc}")
 
     async def answer(self, request: ControlRequest) -> None:
@@ -153,6 +163,7 @@ class MoveServer:
         policy = "always" if request.pull else kernel.pull_policy
 
         def progress(message: str, fraction: float | None = None) -> None:  # shown under the %use_image cell
+            self.activity.progress("pulling", message, fraction)
             channel.respond(request.id, status="working", message=message, fraction=fraction)
 
         resolved = await engine.call(pulling.resolve, client, reference, policy, kernel.log, progress, pulls)
@@ -161,7 +172,12 @@ class MoveServer:
         options = request.options.as_dict()
         if options.get("by_digest"):
             require_digest(name, resolved.immutable)  # before anything moves
-        record: dict[str, Any] = {"image": name, "reference": resolved.reference, "image_id": resolved.immutable}
+        record: dict[str, Any] = {
+            "image": name,
+            "reference": resolved.reference,
+            "image_id": resolved.immutable,
+            pin_file.KERNELSPEC: kernel.kernelspec_name,
+        }
         if options:
             record["options"] = options
         pin_folder, notebook, owner = kernel.pin_location()
@@ -169,14 +185,24 @@ class MoveServer:
             if request.python:
                 record["python"] = request.python
             await engine.call(pin_file.record, pin_folder, notebook, record, owner)
-            kernel.set_choice(selection.ImageChoice(name, current.resolved, pinned=True, options=options))
+            kernel.set_choice(
+                selection.ImageChoice(
+                    name, current.resolved, pinned=True, options=options, source=selection.BY_USE_IMAGE
+                )
+            )
+            self.activity.end("same", f"pinned to {name} ({resolved.immutable})")
             channel.respond(request.id, status="same", **answer)
             return True
         if not request.allow_restart:
+            self.activity.end(
+                "refused",
+                f"Moving to '{name}' ({resolved.immutable}) restarts this kernel, which holds state that would be "
+                "lost; confirm the move with --restart.",
+            )
             channel.respond(request.id, status="refused", **answer)
             return False
         await engine.call(pin_file.read, pin_folder)  # a damaged pin file stops the move before it starts
-        choice = selection.ImageChoice(name, resolved, pinned=True, options=options)
+        choice = selection.ImageChoice(name, resolved, pinned=True, options=options, source=selection.BY_USE_IMAGE)
         await self.move(request, choice, answer, lambda: pin_file.record(pin_folder, notebook, record, owner))
         return True
 
@@ -193,20 +219,22 @@ class MoveServer:
         kernel = self.kernel
         launch = kernel.build_launch(choice, self.env, moved=True)
         self.moving = True
+        self.activity.progress("starting", f"starting a kernel in {choice.name}")
         try:
-            new = await kernel.start_container(launch, replacing=kc.socket_inodes(launch))
+            new = await kernel.start_container(launch, replacing=channels.socket_inodes(launch))
             try:
                 await engine.call(record_pin)  # before the hand-over: a restart must find it
             except BaseException:
-                await engine.call_through(kc.remove, new)
+                await engine.call_through(kernel_container.remove, new)
                 raise
             self.channel.respond(request.id, status="moving", **answer)
             old = kernel.swap(new, launch, choice)
+            self.activity.end("moved", f"moved into {choice.name} ({choice.resolved.immutable})")
             if old is not None:
                 try:
                     await engine.call(wait_exit, old, self.HANDOVER_TIMEOUT)
                 finally:  # a shutdown meanwhile cancels this task: the old container still goes
-                    await engine.call_through(kc.remove, old)
+                    await engine.call_through(kernel_container.remove, old)
             kernel.log.info(
                 "envpin: kernel %s moved into %s (%s)", kernel.kernel_id, choice.name, choice.resolved.immutable
             )
@@ -220,7 +248,7 @@ def wait_exit(container: docker.models.containers.Container, timeout: float) -> 
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if kc.state(container)[1] is not None:
+        if kernel_container.state(container)[1] is not None:
             return
         time.sleep(0.05)
     try:

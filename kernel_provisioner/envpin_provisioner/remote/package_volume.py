@@ -73,6 +73,14 @@ def _package() -> tuple[str, bytes]:
     return _digest, _tar
 
 
+def reset() -> None:
+    """Forget the package's digest and which engines have its volume (``envpin_provisioner.STATEFUL_MODULES``)."""
+    global _digest, _tar
+    with _lock:
+        _digest = _tar = None
+        _ready.clear()
+
+
 def volume_name() -> str:
     return f"envpin-pkg-{_package()[0][:16]}"
 

@@ -47,7 +47,8 @@ import docker.errors
 from envpin import names
 from envpin.host import dialect, ssh_tunnel
 from envpin_provisioner.errors import ConfigError, KernelStartFailed
-from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import package_volume
 
 _CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
@@ -141,7 +142,7 @@ def _connection_tar(info: dict[str, Any], socket_prefix: str, uid: int, gid: int
     return buf.getvalue()
 
 
-def container_options(launch: kc.KernelLaunch, remote: RemoteKernel, package: str | None) -> dict[str, Any]:
+def container_options(launch: kernel_launch.KernelLaunch, remote: RemoteKernel, package: str | None) -> dict[str, Any]:
     """``containers.create`` arguments for ``launch`` on the remote engine: no source path of this machine.  Pure."""
     shaped = dataclasses.replace(
         launch,
@@ -152,7 +153,7 @@ def container_options(launch: kc.KernelLaunch, remote: RemoteKernel, package: st
         private_channels=False,
         handoff_dir=None,
     )
-    options = kc.container_options(shaped)
+    options = kernel_launch.container_options(shaped)
     options.pop("ports", None)  # the channels are ipc sockets, forwarded by SSH: nothing is published
     mounts = []
     for m in options["mounts"]:
@@ -166,7 +167,7 @@ def container_options(launch: kc.KernelLaunch, remote: RemoteKernel, package: st
     return options
 
 
-def forward_channels(launch: kc.KernelLaunch, remote: RemoteKernel) -> None:
+def forward_channels(launch: kernel_launch.KernelLaunch, remote: RemoteKernel) -> None:
     """Forward each of the kernel's local socket names to its name in ``R/sock``.  Blocking; idempotent."""
     info = launch.connection_info
     master = remote.master
@@ -177,7 +178,9 @@ def forward_channels(launch: kc.KernelLaunch, remote: RemoteKernel) -> None:
             remote.forwarded.append(local)
 
 
-def start(client: Any, launch: kc.KernelLaunch, remote: RemoteKernel, log: logging.Logger | logging.LoggerAdapter):
+def start(
+    client: Any, launch: kernel_launch.KernelLaunch, remote: RemoteKernel, log: logging.Logger | logging.LoggerAdapter
+):
     """Create and start the kernel container on the remote engine; remove it again if starting fails.  Blocking."""
     package = package_volume.ensure(client, launch.image.id) if launch.mount_envpin else None
     forward_channels(launch, remote)
@@ -197,7 +200,7 @@ def start(client: Any, launch: kc.KernelLaunch, remote: RemoteKernel, log: loggi
         )
         container.start()
     except BaseException:
-        kc.remove(container)
+        kernel_container.remove(container)
         raise
     log.info(
         "envpin: kernel %s started in container %s of image %s on %s",

@@ -51,7 +51,8 @@ from docker.models.containers import Container
 
 from envpin import names, safe_files
 from envpin_provisioner import engine
-from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import channels, readiness
+from envpin_provisioner.kernel import container as kernel_container
 
 #: A fill that failed is not retried for this long (seconds): a broken image must not loop.
 RETRY_AFTER = 60.0
@@ -138,9 +139,9 @@ class Warm:
 
     def discard(self) -> None:
         """Remove the container (and a shared pool's channel folder).  Blocking."""
-        kc.remove(self.container)
+        kernel_container.remove(self.container)
         if self.channel_dir:
-            kc.remove_channel_dir(self.channel_dir)
+            channels.remove_channel_dir(self.channel_dir)
 
 
 #: Variables envpin sets per start (who the kernel is, how it was started), which the hand-over supplies:
@@ -148,7 +149,7 @@ class Warm:
 #: is visible to its kernel for good (``/proc/1/environ``), so it is part of the shape: a container made
 #: for a kernelspec with a secret in its ``environment`` is never handed to another configuration.
 PER_START_ENV = frozenset(
-    {names.SESSION_NAME, names.IMAGE_NAME, names.PINNED, names.CONTROL_DIR, names.IMAGE_LATEST_ID}
+    {names.SESSION_NAME, names.IMAGE_NAME, names.PINNED, names.PIN_NOTES, names.CONTROL_DIR, names.IMAGE_LATEST_ID}
 )
 
 
@@ -188,9 +189,9 @@ def wait_warm(warm: Warm, log: logging.Logger | logging.LoggerAdapter, timeout: 
     while time.monotonic() < deadline:
         if warm.waiting():
             return
-        status, code = kc.state(warm.container)
+        status, code = kernel_container.state(warm.container)
         if code is not None:
-            logs = kc.logs_tail(warm.container)
+            logs = readiness.logs_tail(warm.container)
             raise KernelStartFailed(f"A warm kernel container exited (code {code}) before it was ready: {logs}")
         time.sleep(0.02)
     raise KernelStartFailed(f"A warm kernel container did not get ready within {timeout:.0f}s.")

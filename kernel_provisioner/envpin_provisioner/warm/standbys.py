@@ -35,7 +35,9 @@ from envpin import names
 from envpin.host import docker_client
 from envpin_provisioner import engine
 from envpin_provisioner.images import selection
-from envpin_provisioner.kernel import container as kc
+from envpin_provisioner.kernel import channels
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel.launch import KernelLaunch, container_options
 from envpin_provisioner.warm import pool
 
 
@@ -56,9 +58,12 @@ class WarmableKernel(Protocol):
 
     async def _docker(self) -> Any: ...
 
-    def build_launch(
-        self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False
-    ) -> kc.KernelLaunch: ...
+    def build_launch(self, choice: selection.ImageChoice, env: dict[str, str], moved: bool = False) -> KernelLaunch: ...
+
+
+def reset() -> None:
+    """Report the deprecated pool_root again (``envpin_provisioner.reset_caches``)."""
+    WarmKernels._warned_pool_root = False
 
 
 class WarmKernels:
@@ -69,7 +74,7 @@ class WarmKernels:
         self._taken: pool.Warm | None = None  #: a shared-pool container taken for the coming start
         self._standbys: dict[str, pool.Warm] = {}  #: by image id
         self._task: asyncio.Task | None = None
-        self._moved_from: kc.KernelLaunch | None = None  #: the launch before the last move
+        self._moved_from: KernelLaunch | None = None  #: the launch before the last move
         self._folder_key: str | None = None  #: the shared pools' folder this kernel holds open (see Pools.hold)
 
     def standby_ids(self) -> set[str]:
@@ -82,7 +87,7 @@ class WarmKernels:
 
     # ---- the shared pool, for a first start -------------------------------------------------
 
-    def _template(self, choice: selection.ImageChoice, env: dict[str, str]) -> kc.KernelLaunch:
+    def _template(self, choice: selection.ImageChoice, env: dict[str, str]) -> KernelLaunch:
         """A launch for a shared-pool container: this kernel's (its pinned notebook folder included), without
         what only a start knows."""
         template = self.kernel.build_launch(choice, {k: v for k, v in env.items() if k != names.SESSION_NAME})
@@ -111,7 +116,7 @@ class WarmKernels:
             kernel.log.warning("envpin: pool_root is ignored: warm containers mount exactly their notebook folder")
         folder = kernel._folder
         template = self._template(choice, env)
-        shape = pool.shape_of(kc.container_options(template))
+        shape = pool.shape_of(container_options(template))
         where = f"{folder.identity[0]}:{folder.identity[1]}" if folder is not None else ""
         folder_key = f"{docker_client.engine_address()}|{kernel.user}|{where}"
         key = f"{folder_key}|{choice.resolved.id}|{shape}"
@@ -127,16 +132,18 @@ class WarmKernels:
 
         async def make() -> pool.Warm:
             # Its own channel folder: removed again whatever stops the fill (a failed start, a drain meanwhile).
-            channel_dir = await engine.create_owned(kc.make_channel_dir, owner, dispose=kc.remove_channel_dir)
+            channel_dir = await engine.create_owned(
+                channels.make_channel_dir, owner, dispose=channels.remove_channel_dir
+            )
             try:
                 launch = self._template(choice, env)
                 launch.channel_root = channel_dir
                 launch.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, owner)
-                launch.connection_file = os.path.join(launch.handoff_dir, kc.CONNECTION_FILE)
-                launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, kc.SOCKET_DIR, "k")}
+                launch.connection_file = os.path.join(launch.handoff_dir, channels.CONNECTION_FILE)
+                launch.connection_info = {"transport": "ipc", "ip": os.path.join(channel_dir, channels.SOCKET_DIR, "k")}
                 return await self._make(launch, shape, channel_dir=channel_dir)
             except BaseException:
-                await engine.call_through(kc.remove_channel_dir, channel_dir)
+                await engine.call_through(channels.remove_channel_dir, channel_dir)
                 raise
 
         pool.pools.refill(key, kernel.pool_size, make, kernel.log, group, folder=folder_key)
@@ -146,7 +153,7 @@ class WarmKernels:
             )
         return self._taken
 
-    async def _make(self, launch: kc.KernelLaunch, shape: str, channel_dir: str | None = None) -> pool.Warm:
+    async def _make(self, launch: KernelLaunch, shape: str, channel_dir: str | None = None) -> pool.Warm:
         """Create and start a warm container for ``launch`` (its ``handoff_dir`` set); return once it waits.
 
         Cancelled at any point (the kernel shut down, the pool drained), it
@@ -154,8 +161,10 @@ class WarmKernels:
         engine returns it (``engine.create_owned``).
         """
         client = await self.kernel._docker()
-        container = await engine.create_owned(kc.start, client, launch, self.kernel.log, dispose=kc.remove)
-        env = dict(kc.container_options(launch)["environment"])
+        container = await engine.create_owned(
+            kernel_container.start, client, launch, self.kernel.log, dispose=kernel_container.remove
+        )
+        env = dict(container_options(launch)["environment"])
         warm = pool.Warm(container, launch.handoff_dir or "", launch.image.id, shape, channel_dir, env=env)
         try:
             await engine.call(pool.wait_warm, warm, self.kernel.log)
@@ -166,20 +175,20 @@ class WarmKernels:
 
     # ---- the hand-over ----------------------------------------------------------------------
 
-    async def hand_over(self, launch: kc.KernelLaunch) -> Container | None:
+    async def hand_over(self, launch: KernelLaunch) -> Container | None:
         """Make a warm container that fits ``launch`` its kernel; None when there is none (start cold)."""
         warm, self._taken = self._taken, None
         if warm is None:
             standby = self._standbys.pop(launch.image.id, None)
             if standby is not None:
                 pool.pools.untrack(standby)
-                if standby.shape == pool.shape_of(kc.container_options(launch)):
+                if standby.shape == pool.shape_of(container_options(launch)):
                     warm = standby
                 else:  # the kernel's configuration changed since it was made
                     await engine.call(standby.discard)
         if warm is None:
             return None
-        env = kc.container_options(launch)["environment"]
+        env = container_options(launch)["environment"]
         message = {
             "argv": ["-f", launch.in_container_connection_file(), *launch.kernel_args],
             "cwd": launch.cwd,
@@ -188,7 +197,7 @@ class WarmKernels:
         }
         if not await engine.call(warm.hand_over, message):  # it died while it waited: a cold start it is
             self.kernel.log.warning("envpin: warm container %s stopped waiting; starting cold", warm.container.short_id)
-            await engine.call(kc.remove, warm.container)
+            await engine.call(kernel_container.remove, warm.container)
             return None
         asyncio.ensure_future(self._rename(warm.container))  # off the start's critical path
         return warm.container
@@ -203,7 +212,7 @@ class WarmKernels:
 
     # ---- standbys, for restarts and moves ----------------------------------------------------
 
-    def keep_standbys(self, current: kc.KernelLaunch, moved_from: kc.KernelLaunch | None = None) -> None:
+    def keep_standbys(self, current: KernelLaunch, moved_from: KernelLaunch | None = None) -> None:
         """Have (in the background) a standby for ``current``'s image, and one for the image last moved from."""
         if moved_from is not None:
             self._moved_from = moved_from
@@ -214,7 +223,7 @@ class WarmKernels:
         wanted = [launch for launch in (current, self._moved_from) if launch is not None]
         self._task = asyncio.ensure_future(self._make_standbys(wanted))
 
-    async def _make_standbys(self, launches: list[kc.KernelLaunch]) -> None:
+    async def _make_standbys(self, launches: list[KernelLaunch]) -> None:
         kernel = self.kernel
         ids = {launch.image.id for launch in launches}
         for image_id in [i for i in self._standbys if i not in ids]:  # images this kernel no longer uses
@@ -225,10 +234,10 @@ class WarmKernels:
             channel_dir = kernel._channel_dir
             if launch.image.id in self._standbys or channel_dir is None:
                 continue
-            standby = kc.KernelLaunch(**{**launch.__dict__})
+            standby = KernelLaunch(**{**launch.__dict__})
             standby.handoff_dir = await engine.call(pool.make_handoff_dir, channel_dir, kernel._kernel_owner())
             try:
-                warm = await self._make(standby, pool.shape_of(kc.container_options(launch)))
+                warm = await self._make(standby, pool.shape_of(container_options(launch)))
             except Exception as exc:  # noqa: BLE001  no standby: the next restart is cold, and fails as a cold one
                 kernel.log.warning(
                     "envpin: no standby for kernel %s in %s: %s", kernel.kernel_id, launch.image.reference, exc
@@ -253,6 +262,6 @@ class WarmKernels:
         for warm in warms:
             pool.pools.untrack(warm)
             try:
-                await engine.call(kc.remove, warm.container)
+                await engine.call(kernel_container.remove, warm.container)
             except engine.ENGINE_ERRORS as exc:  # gone with the engine: envpin gc removes it later
                 self.kernel.log.warning("envpin: could not remove warm container %s: %s", warm.container.short_id, exc)
