@@ -139,6 +139,7 @@ class Master:
         self._closed = False
         self._last_error = ""
         self._watcher: threading.Thread | None = None
+        self._holders = 0  #: kernels (and their starts) using this host now; none: the master process ends
 
     # -- the master process ------------------------------------------------------------
 
@@ -157,6 +158,29 @@ class Master:
             "-o", "PermitLocalCommand=no",
         ]  # fmt: skip
 
+    def hold(self) -> None:
+        """A kernel start begins using this host: connect (or check the connection) and keep it until :meth:`release`."""
+        with self._lock:
+            self._holders += 1
+        try:
+            self.start()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """A kernel is done with this host; the last one ends the master process (no ssh stays behind idle).
+
+        The master stays known with the same socket paths: the next :meth:`hold` starts a new process, and
+        the engine client holding the forwarded engine socket works again.
+        """
+        with self._lock:
+            self._holders = max(0, self._holders - 1)
+            if self._holders or self._proc is None:
+                return
+            self._stop_process()
+            self._forwards.clear()
+
     def start(self) -> None:
         """Make the connection (or check it is up); raise :class:`TunnelError` within seconds when it cannot be."""
         with self._lock:
@@ -170,6 +194,10 @@ class Master:
             self._watcher.start()
 
     def _spawn(self) -> None:
+        try:  # a killed master leaves its control socket, and a new one would then run without multiplexing
+            os.unlink(self.control)
+        except FileNotFoundError:
+            pass
         argv = [
             self.ssh, "-M", "-S", self.control, "-N", "-n", *self._options(),
             "-L", f"{self.engine_socket}:{self.target.remote_socket}",
@@ -228,7 +256,7 @@ class Master:
             with self._lock:
                 if self._closed:
                     return
-                if self._proc is not None and self._proc.poll() is None:
+                if self._proc is None or self._proc.poll() is None:  # idle (released) or up
                     continue
                 try:
                     self._spawn()
@@ -294,23 +322,38 @@ class Master:
             )
         return done.stdout
 
+    def _stop_process(self) -> None:
+        """End the master process, its forwards with it (under the lock); ssh leaves the socket files: remove them."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                self._control_cmd("-O", "exit", timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for path in [self.engine_socket, self.control, *self._forwards]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def close(self) -> None:
         """End the master (its forwards with it) and remove the private folder."""
         with self._lock:
             self._closed = True
-            proc, self._proc = self._proc, None
-            if proc is not None and proc.poll() is None:
-                try:
-                    self._control_cmd("-O", "exit", timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            self._stop_process()
             self._forwards.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The master process's id while it runs (tests and ``envpin doctor`` look at it)."""
+        with self._lock:
+            return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def kill_for_test(self) -> None:
         """Kill the master process (tests: a dropped link) without closing the tunnel."""
@@ -333,6 +376,24 @@ def master_for(url: str) -> Master:
             master = _masters[target] = Master(target)
     master.start()
     return master
+
+
+def hold(url: str) -> Master:
+    """:func:`master_for`, held for one kernel until :func:`release` (blocking: connects when idle)."""
+    target = parse(url)
+    with _masters_lock:
+        master = _masters.get(target)
+        if master is None:
+            master = _masters[target] = Master(target)
+    master.hold()
+    return master
+
+
+def release(url: str) -> None:
+    """One kernel is done with ``url``'s host (see :meth:`Master.release`).  Blocking, never raises for a lost host."""
+    master = known(url)
+    if master is not None:
+        master.release()
 
 
 def known(url: str) -> Master | None:
