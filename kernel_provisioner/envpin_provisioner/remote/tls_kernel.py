@@ -219,8 +219,10 @@ class ChannelRelay:
         pending = b""
         try:
             while True:
-                ready = [key.data for key, _ in selector.select(timeout=5)]
-                if hasattr(remote, "pending") and remote.pending():
+                # TLS may hold decrypted bytes the socket no longer shows as readable: read those first.
+                buffered = bool(getattr(remote, "pending", lambda: 0)())
+                ready = [key.data for key, _ in selector.select(timeout=0 if buffered else 5)]
+                if buffered and "remote" not in ready:
                     ready.append("remote")
                 if "local" in ready:
                     data = conn.recv(65536)
