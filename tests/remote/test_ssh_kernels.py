@@ -180,7 +180,7 @@ async def test_a_mount_missing_on_the_remote_host_is_refused(remote, admin, remo
     here = tmp_path / "only-here"
     here.mkdir()
     name = remote_spec(mounts=[f"{here}:/data:ro"])
-    with pytest.raises(Exception, match=r"does not exist on ssh://.*mounts name paths of that machine"):
+    with pytest.raises(Exception, match=r"(?s)does not exist on ssh://.*mounts name paths of that machine"):
         async with kernel(name, cwd=notebook_dir):
             pass
     _assert_nothing_left(remote, admin, remote.ssh_url, {v.name for v in admin.volumes.list()})
@@ -214,11 +214,12 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, remote_spe
             await asyncio.wait_for(km.restart_kernel(), 30)
         assert time.monotonic() - started < 20
         message = str(failed.value)
-        assert remote.ssh_url in message and "does not answer" in message, message
-        assert "\n" not in message.strip(), message  # one paragraph
+        flat = " ".join(message.split())  # dialogs get it wrapped in short lines
+        assert remote.ssh_url in flat and "does not answer" in flat, message
+        assert "\n\n" not in message.strip(), message  # one paragraph
         # A new kernel on that engine: the same paragraph, as fast.
         started = time.monotonic()
-        with pytest.raises(Exception, match=r"does not answer"):
+        with pytest.raises(Exception, match=r"(?s)does not\s+answer"):
             async with kernel(name, cwd=notebook_dir):
                 pass
         assert time.monotonic() - started < 20

@@ -188,7 +188,7 @@ async def test_interrupt_restart_and_shutdown(remote, admin, tls_spec, notebook_
 async def test_remote_root_is_refused_over_tls(remote, admin, tls_spec, notebook_dir):
     name = tls_spec(remote_root="/srv/work")
     started = time.monotonic()
-    with pytest.raises(Exception, match=r"remote_root=.*needs an engine reached over SSH.*ssh://"):
+    with pytest.raises(Exception, match=r"(?s)remote_root=.*needs an engine reached over SSH.*ssh://"):
         async with kernel(name, cwd=notebook_dir):
             pass
     assert time.monotonic() - started < 20

@@ -277,7 +277,14 @@ class Master:
         with self._lock:
             self.start()
             if self._forwards.get(local) == remote:
-                return
+                if os.path.exists(local):
+                    return
+                # The socket file went while ssh still listens on it: jupyter_client removes a kernel's ipc
+                # files at each restart (cleanup_ipc_files).  Drop that forward, then make it again.
+                try:
+                    self._control_cmd("-O", "cancel", "-L", f"{local}:{remote}")
+                except subprocess.TimeoutExpired:
+                    pass
             self._forward(local, remote)
             self._forwards[local] = remote
 
