@@ -63,6 +63,28 @@ def remote_spec(remote, install_kernelspec, ssh_path):
     return make
 
 
+async def _iopub_back(kc, timeout: float = 20) -> None:
+    """Wait until the client's iopub connection delivers again (after its link was cut or the kernel restarted).
+
+    Shell and iopub reconnect separately; a cell sent before iopub is back runs, but its output is published
+    to nobody.  A kernel_info request's status message on iopub says it is back.
+    """
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = kc.kernel_info()
+        end = min(deadline, time.monotonic() + 1)
+        while time.monotonic() < end:
+            try:
+                msg = await kc.get_iopub_msg(timeout=0.2)
+            except (queue.Empty, asyncio.TimeoutError):
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return
+    raise AssertionError(f"the kernel's iopub did not come back within {timeout:.0f}s")
+
+
 def _remote_kernels(admin, km):
     return containers(admin, kernel=km.kernel_id)
 
@@ -156,6 +178,7 @@ async def test_interrupt_and_restart(remote, admin, remote_spec, notebook_dir):
         await run(kc, "x = 41")
         await asyncio.wait_for(km.restart_kernel(), 40)
         await kc.wait_for_ready(timeout=30)
+        await _iopub_back(kc)
         found = _remote_kernels(admin, km)
         assert len(found) == 1 and found[0].id != cid
         assert (await run(kc, "x"))["ename"] == "NameError"
@@ -207,6 +230,7 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, remote_spe
         assert master is not None and master.alive()
         master.kill_for_test()  # a dropped link: re-established within seconds, the forwards with it
         wait_for(lambda: master.pid is not None, 20, "the SSH master to come back")
+        await _iopub_back(kc)
         assert (await run_json(kc, "2", timeout=20)) == 2
         remote.stop_engine()
         started = time.monotonic()
