@@ -551,8 +551,14 @@ class RemoteHost:
     def start_engine(self, timeout: float = 60) -> None:
         """Start the remote dockerd again (after :meth:`stop_engine`), and wait until it answers on both sockets."""
         # (its log folder is a path of this machine, hidden over there: the first dockerd had it as fd 3)
-        self.run(["sh", "-c", f"setsid {self._dockerd_command()} >/dev/null 2>&1 </dev/null &"], as_user=False)
-        self._wait_ready(timeout)
+        log = "/run/envpin-dockerd-again.log"
+        self.run(["rm", "-f", "/run/docker.pid"], as_user=False)
+        self.run(["sh", "-c", f"setsid {self._dockerd_command()} >{log} 2>&1 </dev/null &"], as_user=False)
+        try:
+            self._wait_ready(timeout)
+        except RemoteHostError as exc:
+            done = self.run(["tail", "-n", "15", log], as_user=False, capture_output=True, text=True)
+            raise RemoteHostError(f"{exc}\nthe restarted dockerd said:\n{done.stdout}") from None
 
     def _launch(self) -> None:
         self.data_root.mkdir(parents=True, exist_ok=True)
