@@ -542,9 +542,15 @@ class RemoteHost:
 
     def stop_engine(self, timeout: float = 30) -> None:
         """Stop the remote dockerd (its containers stop with it; sshd stays): "the engine went away"."""
-        self.run(["sh", "-c", "kill $(cat /run/docker.pid)"], as_user=False)
+        done = self.run(["cat", "/run/docker.pid"], as_user=False, capture_output=True, text=True)
+        pid = done.stdout.strip()
+        if not pid.isdigit():
+            raise RemoteHostError(f"the remote dockerd of {self.name} is not running (no pid file)")
+        self.run(["kill", pid], as_user=False)
+        # Its socket goes first, the process later (it stops its containers): wait for the process, or a
+        # dockerd started meanwhile finds the pid file and exits.
         for _ in _deadline_loop(timeout):
-            if self.run(["test", "-S", "/run/docker.sock"], as_user=False).returncode != 0:
+            if self.run(["kill", "-0", pid], as_user=False, capture_output=True).returncode != 0:
                 return
         raise RemoteHostError(f"the remote dockerd of {self.name} did not stop within {timeout:.0f}s")
 
@@ -552,7 +558,6 @@ class RemoteHost:
         """Start the remote dockerd again (after :meth:`stop_engine`), and wait until it answers on both sockets."""
         # (its log folder is a path of this machine, hidden over there: the first dockerd had it as fd 3)
         log = "/run/envpin-dockerd-again.log"
-        self.run(["rm", "-f", "/run/docker.pid"], as_user=False)
         self.run(["sh", "-c", f"setsid {self._dockerd_command()} >{log} 2>&1 </dev/null &"], as_user=False)
         try:
             self._wait_ready(timeout)
