@@ -47,11 +47,11 @@ import docker.errors
 from envpin import names
 from envpin.host import dialect, ssh_tunnel
 from envpin_provisioner.errors import ConfigError, KernelStartFailed
+from envpin_provisioner.kernel import channels
 from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import package_volume
 
-_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 _OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n$")
 
 
@@ -171,7 +171,7 @@ def forward_channels(launch: kernel_launch.KernelLaunch, remote: RemoteKernel) -
     """Forward each of the kernel's local socket names to its name in ``R/sock``.  Blocking; idempotent."""
     info = launch.connection_info
     master = remote.master
-    for ch in _CHANNELS:
+    for ch in channels.CHANNELS:
         local = f"{info['ip']}-{info[f'{ch}_port']}"
         master.forward(local, posixpath.join(remote.socket_dir, f"k-{info[f'{ch}_port']}"))
         if local not in remote.forwarded:
