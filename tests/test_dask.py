@@ -140,7 +140,7 @@ def test_cluster_runs_scheduler_and_workers_in_the_image_on_loopback_scales_and_
         pids = set().union(*(_pids(c) for c in _cluster_containers(docker_client, cluster)))
         addresses = _listening(pids)
         assert addresses and all(a.startswith("127.0.0.1:") for a in addresses), addresses
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")  # its own certificate: tests/security
         link = cluster.dashboard_link
         assert link.startswith("http://127.0.0.1:"), link
         with urllib.request.urlopen(link, timeout=10) as page:
@@ -165,7 +165,7 @@ def test_a_cluster_of_another_python_is_refused_at_connect_before_any_task(pinne
         took = time.monotonic() - started
         text = str(refused.value)
         assert took < 10, took
-        assert "the scheduler and worker tcp://127.0.0.1:" in text and "run Python 3.13.5 with cloudpickle" in text
+        assert "the scheduler and worker tls://127.0.0.1:" in text and "run Python 3.13.5 with cloudpickle" in text
         assert f"pinned to '{DASK}' (Python 3.11.2 with cloudpickle" in text and "measured:" in text
         assert "nothing was submitted" in text
         # No task reached a worker: the worker process never restarted (a task of a 3.11 client kills a 3.13 one).
@@ -203,7 +203,9 @@ def test_a_mismatched_worker_that_joins_later_gets_no_work_from_this_client(pinn
     try:
         client = Client(cluster)
         assert client.submit(where, pure=False).result(timeout=60)["marker"] == "dask-py311"
-        other = dask_cluster._Plan(DASK313, "host", None, None, 60, cluster.containers.cluster_name)
+        other = dask_cluster._Plan(
+            DASK313, "host", None, None, 60, cluster.containers.cluster_name, security=cluster.security
+        )
         cluster.worker_spec["late-313"] = {
             "cls": dask_cluster._Worker,
             "options": {"plan": other, "nanny": True, "options": {"nthreads": 1}},
@@ -306,6 +308,18 @@ async def test_a_containerized_kernel_client_connects_to_its_image_and_is_refuse
     name = install_kernelspec(DASK, network_mode="host")
     good = ContainerCluster(1, image=DASK)
     bad = ContainerCluster(1, image=DASK313)
+
+    def certificate(cluster, tag: str) -> str:
+        """The cluster's certificate as files in the notebook folder, and the kernel's Security of them: each
+        cluster accepts only clients that present its own (tests/security/test_dask_hostile.py)."""
+        paths = {}
+        for field in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+            path = notebook_dir / f".{tag}-{field}.pem"
+            path.write_text(getattr(cluster.security, field))
+            path.chmod(0o600)
+            paths[field] = str(path)
+        return f"Security(require_encryption=True, **{paths!r})"
+
     try:
         async with kernel(name, cwd=notebook_dir) as (km, kc):
             status = await run(kc, f"%load_ext envpin\n%use_image {DASK}")
@@ -313,15 +327,18 @@ async def test_a_containerized_kernel_client_connects_to_its_image_and_is_refuse
             assert "dask: LocalCluster runs in this kernel's image" in status["stdout"]
             code = (
                 "from distributed import Client\n"
+                + "from distributed.security import Security\n"
                 + WHERE
-                + f"client = Client({good.scheduler_address!r})\n"
+                + f"client = Client({good.scheduler_address!r}, security={certificate(good, 'good')})\n"
                 + "result = client.submit(where, pure=False).result(timeout=60)\n"
                 + "client.close()\n"
             )
             ok = await run(kc, code, timeout=120)
             assert ok["status"] == "ok", ok
             result = await run_json(kc, "result")
-            refused = await run(kc, f"Client({bad.scheduler_address!r})", timeout=60)
+            refused = await run(
+                kc, f"Client({bad.scheduler_address!r}, security={certificate(bad, 'bad')})", timeout=60
+            )
             local = await run(
                 kc,
                 "import envpin, warnings\n"

@@ -112,5 +112,5 @@ def test_dask_notebook_runs_a_cluster_in_the_image_and_refuses_another(
     assert f"task ran in Python 3.11.2, image {image_id}, marker dask-py311" in text, text
     assert "workers after scale(3): 3, all in the image: True" in text, text
     assert "dashboard: http://127.0.0.1:" in text
-    assert "refused: The Dask cluster at tcp://127.0.0.1:" in text and "Python 3.13.5" in text
+    assert "refused: The Dask cluster at tls://127.0.0.1:" in text and "Python 3.13.5" in text
     assert not containers(docker_client, role="dask-worker") and not containers(docker_client, role="dask-scheduler")

@@ -521,11 +521,7 @@ class RemoteHost:
         lines += [
             "mount -t tmpfs -o mode=755 envpin-remote-run /run && mkdir -m 755 /run/sshd",
             f"mkdir -m 755 /home/{USER} && chown {USER}:{USER} /home/{USER}",
-            "dockerd --data-root /var/lib/docker --exec-root /run/docker --pidfile /run/docker.pid"
-            " --config-file /etc/docker/daemon.json --group docker"
-            f" -H unix:///run/docker.sock -H tcp://{self.address}:{TLS_PORT} --tlsverify"
-            " --tlscacert /etc/docker/ca.pem --tlscert /etc/docker/server-cert.pem --tlskey /etc/docker/server-key.pem"
-            f" --cgroup-parent {q(self.cgroup_parent)} >&3 2>&3 &",
+            f"{self._dockerd_command()} >&3 2>&3 &",
             "d=$!",
             "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config >&4 2>&4 &",
             "s=$!",
@@ -534,6 +530,40 @@ class RemoteHost:
             "wait",
         ]
         return "\n".join(lines) + "\n"
+
+    def _dockerd_command(self) -> str:
+        return (
+            "dockerd --data-root /var/lib/docker --exec-root /run/docker --pidfile /run/docker.pid"
+            " --config-file /etc/docker/daemon.json --group docker"
+            f" -H unix:///run/docker.sock -H tcp://{self.address}:{TLS_PORT} --tlsverify"
+            " --tlscacert /etc/docker/ca.pem --tlscert /etc/docker/server-cert.pem --tlskey /etc/docker/server-key.pem"
+            f" --cgroup-parent {shlex.quote(self.cgroup_parent)}"
+        )
+
+    def stop_engine(self, timeout: float = 30) -> None:
+        """Stop the remote dockerd (its containers stop with it; sshd stays): "the engine went away"."""
+        done = self.run(["cat", "/run/docker.pid"], as_user=False, capture_output=True, text=True)
+        pid = done.stdout.strip()
+        if not pid.isdigit():
+            raise RemoteHostError(f"the remote dockerd of {self.name} is not running (no pid file)")
+        self.run(["kill", pid], as_user=False)
+        # Its socket goes first, the process later (it stops its containers): wait for the process, or a
+        # dockerd started meanwhile finds the pid file and exits.
+        for _ in _deadline_loop(timeout):
+            if self.run(["kill", "-0", pid], as_user=False, capture_output=True).returncode != 0:
+                return
+        raise RemoteHostError(f"the remote dockerd of {self.name} did not stop within {timeout:.0f}s")
+
+    def start_engine(self, timeout: float = 60) -> None:
+        """Start the remote dockerd again (after :meth:`stop_engine`), and wait until it answers on both sockets."""
+        # (its log folder is a path of this machine, hidden over there: the first dockerd had it as fd 3)
+        log = "/run/envpin-dockerd-again.log"
+        self.run(["sh", "-c", f"setsid {self._dockerd_command()} >{log} 2>&1 </dev/null &"], as_user=False)
+        try:
+            self._wait_ready(timeout)
+        except RemoteHostError as exc:
+            done = self.run(["tail", "-n", "15", log], as_user=False, capture_output=True, text=True)
+            raise RemoteHostError(f"{exc}\nthe restarted dockerd said:\n{done.stdout}") from None
 
     def _launch(self) -> None:
         self.data_root.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,7 @@ STATEFUL_MODULES = (
     "envpin.host.dialect",
     "envpin.host.labels",
     "envpin.host.docker_client",
+    "envpin.host.ssh_tunnel",
     "envpin.notebook.handoff",
 )
 

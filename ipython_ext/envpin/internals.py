@@ -5,7 +5,8 @@ needs: the Docker SDK (a container in Podman's ``keep-id`` user namespace, a
 pull that can be cancelled, the engine's socket path), ipykernel (the
 successor kernel answering a moved cell), IPython (an envpin error shown as
 one paragraph), ytsaurus-client, flytekit and Ray (stamping every job they
-submit).  Any release of those may move such a thing.  This module is the
+submit), distributed and dask-gateway (the check at ``Client`` connect, the
+image of a gateway's cluster, ``envpin.DaskCluster``).  Any release of those may move such a thing.  This module is the
 only place that names them:
 
 * each library is a :class:`Library` section below: the versions envpin
@@ -872,7 +873,203 @@ RAY = Library(
 )
 
 
+# ---- distributed (kernel side: adapters/dask_adapter, dask_check, dask_cluster) ----------------------------
+
+#: The scheduler's HTTP routes envpin.DaskCluster serves: Dask's defaults without ``distributed.http.proxy`` (with
+#: jupyter-server-proxy in the image it forwards requests to any host and port the scheduler reaches).
+DASK_DASHBOARD_ROUTES = (
+    "distributed.http.scheduler.prometheus",
+    "distributed.http.scheduler.info",
+    "distributed.http.scheduler.json",
+    "distributed.http.health",
+    "distributed.http.statics",
+)
+#: Dask's configuration keys envpin.DaskCluster sets in its containers (as ``DASK_...`` variables): mutual TLS.
+DASK_TLS_KEYS = (
+    "distributed.comm.require-encryption",
+    "distributed.comm.tls.ca-file",
+    *(f"distributed.comm.tls.{role}.{part}" for role in ("scheduler", "worker", "client") for part in ("cert", "key")),
+)
+
+
+def _dask_config_has(config: Any) -> bool:
+    """Every key envpin sets is one Dask defines (an unknown one is silently ignored), and the routes exist."""
+    missing = object()
+    keys = (*DASK_TLS_KEYS, "distributed.scheduler.http.routes")
+    if any(config.get(key, missing) is missing for key in keys):
+        return False
+    return set(DASK_DASHBOARD_ROUTES) <= set(config.get("distributed.scheduler.http.routes"))
+
+
+def _temporary_security_fields(temporary: Any) -> bool:
+    """``Security.temporary()`` gives PEM text in the fields envpin copies into the containers."""
+    security = temporary()
+    return all(
+        "-----BEGIN" in str(getattr(security, f, "")) for f in ("tls_ca_file", "tls_worker_cert", "tls_worker_key")
+    )
+
+
+DISTRIBUTED = Library(
+    "distributed",
+    "distributed",
+    ("2025.1.0", "2026.8.0"),
+    EntryPoint(
+        "client_start",
+        "distributed.client",
+        "Client._start",
+        "the check at connect: Client(...) refuses a cluster that cannot load this session's pickles before it "
+        "returns (wrapped; its coroutine awaits the connection first)",
+        parameters=("self", "timeout"),
+    ),
+    EntryPoint(
+        "client_graph_to_futures",
+        "distributed.client",
+        "Client._graph_to_futures",
+        "the gate before every submission (submit, map, compute, persist, get go through it): a worker that "
+        "joined later and cannot load the pickles is refused before the graph is sent",
+    ),
+    EntryPoint(
+        "client_handle_event",
+        "distributed.client",
+        "Client._handle_event",
+        "the scheduler's add-worker / remove-worker events, which start the check of a late joiner",
+        parameters=("self", "topic", "event"),
+    ),
+    EntryPoint(
+        "client_close",
+        "distributed.client",
+        "Client._close",
+        "envpin's event subscription is dropped before the stream closes, and a refused client is closed",
+    ),
+    EntryPoint(
+        "client_send_to_scheduler",
+        "distributed.client",
+        "Client._send_to_scheduler",
+        "subscribing to (and leaving) the scheduler's 'all' event topic, as Client.subscribe_topic does",
+        parameters=("self", "msg"),
+    ),
+    EntryPoint(
+        "client_event_handlers",
+        "distributed.client",
+        "Client._event_handlers",
+        "whether the user subscribed to the same topic (then their handler runs, and the topic stays)",
+        instance=True,
+    ),
+    EntryPoint(
+        "client_scheduler_identity",
+        "distributed.client",
+        "Client._scheduler_identity",
+        "the workers the scheduler last reported, checked before a submission (else only the announced ones)",
+        required=False,
+        instance=True,
+    ),
+    EntryPoint(
+        "scheduler_broadcast",
+        "distributed.scheduler",
+        "Scheduler.broadcast",
+        "asks every worker (or the new ones) for their versions: the 'versions' op, answered in msgpack",
+        parameters=("self", "msg", "workers", "on_error"),
+    ),
+    EntryPoint(
+        "versions",
+        "distributed.node",
+        "ServerNode.versions",
+        "the scheduler's and workers' 'versions' handler: Python, cloudpickle, dask, distributed (no pickle)",
+        parameters=("self", "packages"),
+    ),
+    EntryPoint(
+        "local_cluster_init",
+        "distributed.deploy.local",
+        "LocalCluster.__init__",
+        "the notice that a LocalCluster of a host kernel runs on the host, not in the pinned image",
+    ),
+    EntryPoint(
+        "spec_cluster_init",
+        "distributed.deploy.spec",
+        "SpecCluster.__init__",
+        "envpin.DaskCluster is a SpecCluster of container processes, with its own certificate",
+        parameters=(
+            "self",
+            "workers",
+            "scheduler",
+            "worker",
+            "asynchronous",
+            "loop",
+            "security",
+            "name",
+            "shutdown_on_close",
+        ),
+    ),  # fmt: skip
+    EntryPoint(
+        "new_worker_name",
+        "distributed.deploy.spec",
+        "SpecCluster._new_worker_name",
+        "envpin.DaskCluster overrides it so scale(n)'s workers are named after the cluster's containers",
+        parameters=("self", "worker_number"),
+    ),
+    EntryPoint(
+        "process_interface",
+        "distributed.deploy.spec",
+        "ProcessInterface",
+        "the scheduler's and each worker's container (start, close, address)",
+    ),
+    EntryPoint(
+        "temporary_security",
+        "distributed.security",
+        "Security.temporary",
+        "each envpin.DaskCluster's own TLS key and certificate, copied into its containers",
+        check=_temporary_security_fields,
+        expects="giving PEM text in tls_ca_file, tls_worker_cert and tls_worker_key",
+    ),
+    EntryPoint(
+        "config",
+        "distributed.config",
+        "dask.config",
+        "the TLS and dashboard settings envpin.DaskCluster gives its containers as DASK_* variables",
+        check=_dask_config_has,
+        expects=f"defining {', '.join(DASK_TLS_KEYS)} and the dashboard routes {', '.join(DASK_DASHBOARD_ROUTES)}",
+    ),
+    EntryPoint(
+        "dask_spec",
+        "distributed.cli.dask_spec",
+        "main",
+        "the program each container runs (python -m distributed.cli.dask_spec --spec JSON); its scheduler logs "
+        "'Scheduler at:', its workers 'Start worker at:' and 'Registered to:', which envpin waits for",
+    ),
+)
+
+
+# ---- dask-gateway (kernel side: adapters/dask_adapter) ------------------------------------------------------
+
+DASK_GATEWAY = Library(
+    "dask-gateway",
+    "dask_gateway",
+    ("2025.4.0", "2026.3.0"),
+    EntryPoint(
+        "gateway_submit",
+        "dask_gateway.client",
+        "Gateway._submit",
+        "every cluster request (new_cluster, submit, GatewayCluster) gets the pinned image as its cluster option",
+        parameters=("self", "cluster_options"),
+    ),
+    EntryPoint(
+        "gateway_cluster_options",
+        "dask_gateway.client",
+        "Gateway._cluster_options",
+        "the deployment's cluster options and their defaults (does it offer 'image', 'environment'?)",
+        parameters=("self", "use_local_defaults"),
+    ),
+    EntryPoint(
+        "gateway_config_cluster_options",
+        "dask_gateway.client",
+        "Gateway._config_cluster_options",
+        "the options the user configured (gateway.cluster.options): an image named there is the user's choice",
+    ),
+)
+
+
 #: Every section, by the name pip knows the library by.
 LIBRARIES: dict[str, Library] = {
-    lib.distribution: lib for lib in (DOCKER, IPYKERNEL, IPYTHON, YTSAURUS, FLYTEKIT, FLYTE, RAY)
+    lib.distribution: lib
+    for lib in (DOCKER, IPYKERNEL, IPYTHON, YTSAURUS, FLYTEKIT, FLYTE, RAY, DISTRIBUTED, DASK_GATEWAY)
 }

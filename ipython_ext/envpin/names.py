@@ -89,6 +89,8 @@ CONTAINER_HOME = "/tmp/envpin-home"
 CONTAINER_JOB_SOCKETS = "/run/envpin-jobs"
 #: The connection file of a kernel on the tcp transport (copied in, not mounted).
 CONTAINER_TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
+#: The TLS certificate and key of an ``envpin.DaskCluster``'s container (copied in before it starts, not mounted).
+CONTAINER_DASK_TLS = "/tmp/envpin-dask-tls"
 #: Files whose presence says "this process runs in a container" (Docker's, Podman's).
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
 

@@ -25,6 +25,8 @@ STATEFUL_MODULES = (
     "envpin_provisioner.kernel.ownership",
     "envpin_provisioner.kernel.quota",
     "envpin_provisioner.pins.follow",
+    "envpin_provisioner.remote.package_volume",
+    "envpin_provisioner.remote.tls_kernel",
     "envpin_provisioner.warm.standbys",
 )
 

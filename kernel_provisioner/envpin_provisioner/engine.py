@@ -78,16 +78,16 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def shared() -> Engine:
-    """This process's :class:`Engine` for the address the environment names (connected and pinged once).
+def shared(address: str | None = None) -> Engine:
+    """This process's :class:`Engine` for ``address`` (a kernelspec's ``engine``; default: the environment's).
 
-    Blocking the first time: call it through :func:`call` in async code.
+    Connected and pinged once.  Blocking the first time: call it through :func:`call` in async code.
     """
-    address = docker_client.engine_address()
+    address = docker_client.engine_address(address)
     with _engines_lock:
         engine = _engines.get(address)
         if engine is None:
-            engine = _engines[address] = Engine(address, docker_client.shared())
+            engine = _engines[address] = Engine(address, docker_client.shared(address))
         return engine
 
 
@@ -107,7 +107,19 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except requests.exceptions.ConnectionError as exc:
-        raise docker_client.explain_engine_failure(exc) from exc
+        raise docker_client.explain_engine_failure(exc, _address_in(fn, args)) from exc
+
+
+def _address_in(fn: Callable[..., Any], args: tuple[Any, ...]) -> str | None:
+    """The engine a call talked to, from its client or container (a kernelspec's engine, not the environment's)."""
+    import docker.models.resource
+
+    for obj in (getattr(fn, "__self__", None), *args):
+        if isinstance(obj, docker.models.resource.Model):
+            obj = obj.client
+        if isinstance(obj, docker.DockerClient):
+            return docker_client.address_of(obj)
+    return None
 
 
 _log = logging.getLogger("envpin")

@@ -62,6 +62,30 @@ class ByteSize(TraitType):
         return value
 
 
+class EngineAddress(Unicode):
+    """An engine address: '', unix:///path, ssh://[user@]host[:port][/socket] or tcp://host:port."""
+
+    info_text = "'' or an engine address: unix:///path, ssh://[USER@]HOST[:PORT] or tcp://HOST:PORT"
+
+    def validate(self, obj: Any, value: Any) -> str:
+        value = super().validate(obj, value)
+        if not value:
+            return value
+        if value.startswith("ssh://"):
+            from envpin.errors import EnvpinError
+            from envpin.host import ssh_tunnel
+
+            try:
+                ssh_tunnel.parse(value)
+            except EnvpinError:
+                self.error(obj, value)
+            return value
+        if value.startswith("unix:///") or (value.startswith("tcp://") and len(value) > len("tcp://")):
+            return value
+        self.error(obj, value)
+        return value
+
+
 class ShmSize(Unicode):
     """``shm_size``: 'auto', '' (Docker's default) or a size."""
 
@@ -147,6 +171,39 @@ class ProvisionerOptions(Configurable):
     @default("transport")
     def _transport_default(self) -> str:
         return _env("transport", "auto")
+
+    engine = EngineAddress(
+        config=True,
+        help="""The Docker engine this kernel runs on: '' (default: DOCKER_HOST, else the current Docker
+        context, else the local socket), 'unix:///path', 'ssh://[USER@]HOST[:PORT]' (one OpenSSH connection
+        per host, ~/.ssh/config applies; a Podman socket path may follow), or 'tcp://HOST:2376' (TLS with
+        DOCKER_CERT_PATH). On another machine nothing of this one is mounted: see docs/guide/remote.md.""",
+    )
+
+    @default("engine")
+    def _engine_default(self) -> str:
+        return _env("engine", "")
+
+    remote_root = Unicode(
+        config=True,
+        help="""With an engine on another machine: the folder there that stands for the server's root folder
+        (local_root). The kernel's working folder is the notebook folder's place below it, created there
+        if missing. '' (default): a scratch folder per kernel on that machine, removed at shutdown.""",
+    )
+
+    @default("remote_root")
+    def _remote_root_default(self) -> str:
+        return _env("remote_root", "")
+
+    local_root = Unicode(
+        config=True,
+        help="""The server folder that remote_root stands for (default: the Jupyter server's working
+        folder). A notebook outside it gets a scratch folder on the remote machine.""",
+    )
+
+    @default("local_root")
+    def _local_root_default(self) -> str:
+        return _env("local_root", "")
 
     mounts = List(
         Checked(MOUNT, "'HOST_PATH:CONTAINER_PATH' or 'HOST_PATH:CONTAINER_PATH:ro' (the container path absolute)"),

@@ -35,7 +35,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from envpin import names, safe_files
 from envpin.errors import for_dialog
-from envpin.host import docker_client
+from envpin.host import docker_client, ssh_tunnel
 from envpin.host.images import ResolvedImage
 from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError, EnvpinError, shown_in_dialogs
@@ -49,6 +49,7 @@ from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
 from envpin_provisioner.pins import follow
+from envpin_provisioner.remote import ssh_kernel, tls_kernel
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
@@ -81,6 +82,10 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     #: The kernel's socket files as it bound them (ipc): a name replaced since is not the kernel's any more.
     _sockets: dict[str, tuple[int, int]] | None = None
     _pull_budget: PullBudget | None = None
+    #: With an ssh:// engine: this kernel's side of the remote host (``remote.ssh_kernel``).
+    _remote: ssh_kernel.RemoteKernel | None = None
+    #: With an ssh:// engine: the address whose SSH connection this kernel holds (``ssh_tunnel.hold``).
+    _ssh_held: str | None = None
     #: The container whose death the log has explained (Jupyter says only "appears to have died").
     _told_dead: str | None = None
     #: whether the running container was a warm one (the shared pool's or a standby) rather than a cold start
@@ -107,19 +112,54 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
     # ---- helpers -----------------------------------------------------------------------
 
     async def _docker(self) -> Any:
-        """The server's shared Docker client (connected on first use, off the event loop)."""
+        """The server's shared Docker client (connected on first use, off the event loop).
+
+        Over SSH this kernel holds the host's SSH connection from here until its shutdown (or its failed
+        first start): the last kernel of a host to let go ends the ssh process (``ssh_tunnel.Master.release``).
+        """
+        if self.over_ssh and self._ssh_held is None:
+            address = docker_client.engine_address(self.engine or None)
+            await engine.call(ssh_tunnel.hold, address)
+            self._ssh_held = address
         if self._engine is None:
-            self._engine = await engine.call(engine.shared)
+            self._engine = await engine.call(engine.shared, self.engine or None)
         return self._engine.client
+
+    async def _let_go_of_remote(self) -> None:
+        """This kernel's folder and forwards on the remote host go, and its hold on the SSH connection.  Never raises."""
+        if self._remote is not None:
+            remote, self._remote = self._remote, None
+            await engine.call_through(ssh_kernel.teardown, remote)
+        if self._ssh_held is not None:
+            address, self._ssh_held = self._ssh_held, None
+            await engine.call_through(ssh_tunnel.release, address)
 
     @property
     def _moving(self) -> bool:
         return self._mover is not None and self._mover.moving
 
+    @property
+    def over_ssh(self) -> bool:
+        """The engine is another machine's, reached through SSH: nothing of this machine is mounted there."""
+        return docker_client.engine_address(self.engine or None).startswith("ssh://")
+
+    @property
+    def over_tls(self) -> bool:
+        """The engine is another machine's, reached over TCP+TLS: channels ride the engine's TLS (``tls_kernel``)."""
+        from envpin.host import engine_urls
+
+        return engine_urls.wants_tls(docker_client.engine_address(self.engine or None))
+
+    @property
+    def on_other_machine(self) -> bool:
+        """ssh:// or TLS: no bind mount of this machine, no warm pool or standbys, no control folder."""
+        return self.over_ssh or self.over_tls
+
     def _transport(self) -> str:
         if self.transport != "auto":
             return self.transport
-        return "ipc" if docker_client.is_local_engine() else "tcp"
+        # Over SSH the server side is ipc too: its socket names are forwards of the kernel's (remote.ssh_kernel).
+        return "ipc" if docker_client.is_local_engine(self.engine or None) or self.on_other_machine else "tcp"
 
     @property
     def _control_dir(self) -> str | None:
@@ -156,14 +196,17 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             engine_memory=self._engine.memory_total() if self._engine and self.shm_size == "auto" else None,
             control_dir=self._control_dir if self.transport_supports_control else None,
             moved=moved,
-            private_channels=True,
+            private_channels=not self.on_other_machine,
+            remote=self.on_other_machine,
             channel_root=self._channel_dir,
         )
 
     @property
     def transport_supports_control(self) -> bool:
         """The control folder lives in the channel directory, which only ipc mounts into the container."""
-        return bool(self.parent is not None and getattr(self.parent, "transport", "") == "ipc")
+        return bool(
+            self.parent is not None and getattr(self.parent, "transport", "") == "ipc" and not self.on_other_machine
+        )
 
     def _remove_other_containers(self, client: Any, keep: Container) -> None:
         """Remove this kernel's containers other than ``keep``.  Blocking.
@@ -196,14 +239,22 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             client = await self._docker()
             container = await self._warm.hand_over(launch)
             warm = container is not None
-            if container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
+            if container is None and self._remote is not None:  # another machine's engine, over SSH
+                container = await engine.create_owned(
+                    ssh_kernel.start, client, launch, self._remote, self.log, dispose=kernel_container.remove
+                )
+            elif container is None and self.over_tls:  # another machine's engine, over TCP+TLS
+                container = await engine.create_owned(
+                    tls_kernel.start, client, launch, self.log, dispose=tls_kernel.remove
+                )
+            elif container is None:  # a cancelled start (a shutdown meanwhile) still removes what it created
                 container = await engine.create_owned(
                     kernel_container.start, client, launch, self.log, dispose=kernel_container.remove
                 )
             try:
                 await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
-            except BaseException:  # a failed or cancelled start leaves no container behind
-                await engine.call_through(kernel_container.remove, container)
+            except BaseException:  # a failed or cancelled start leaves no container behind (nor a TLS kernel's relay)
+                await engine.call_through(tls_kernel.remove, container)
                 raise
             ready = True
         finally:  # the pool's refill and the rename wait until the start is over, whatever its outcome
@@ -272,6 +323,15 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         again (a move recorded one) and the image re-resolved, so a moved tag is
         noticed.  Pulls happen here, before the launch timeout starts counting.
         """
+        first = self._launch is None
+        try:
+            return await self._prepare_launch(**kwargs)
+        except BaseException:  # a first start that failed here leaves nothing on a remote host either
+            if first:
+                await self._let_go_of_remote()
+            raise
+
+    async def _prepare_launch(self, **kwargs: Any) -> dict[str, Any]:
         client = await self._prepare_engine()
         env = kwargs.get("env") or {}
         await self._pin_notebook(env, kwargs.get("cwd"))
@@ -291,6 +351,22 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         transport = self._transport()
         kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
         await self._set_up_channels(transport, env)
+        if self.over_tls and self.remote_root:
+            raise ConfigError(
+                f"remote_root='{self.remote_root}' needs an engine reached over SSH: over TCP+TLS envpin reaches "
+                "only the engine, not that machine's folders, and the kernel works in its container's own folder. "
+                "Use engine='ssh://USER@HOST' for a working folder on that machine, or leave remote_root empty."
+            )
+        if self.over_ssh and self._remote is None:
+            assert self._folder is not None  # pinned above
+            self._remote = await engine.call(
+                ssh_kernel.prepare,
+                docker_client.engine_address(self.engine or None),
+                self.remote_root,
+                self.local_root,
+                self._folder.path,
+                [m.split(":")[0] for m in self.mounts],
+            )
         if transport == "tcp" and self.network_mode != "none":
             await self._require_encryption(client, self._choice, kwargs)
         kwargs = await super().pre_launch(**kwargs)
@@ -327,7 +403,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         if km is None or self._channel_dir is not None:
             return
         assert self._choice is not None  # chosen by pre_launch first
-        if transport == "ipc" and self.pool_size:
+        if transport == "ipc" and self.pool_size and not self.on_other_machine:
             warm = await self._warm.take_pooled(self._choice, env)
             if warm is not None and warm.channel_dir:  # its channel folder becomes this kernel's
                 handed_over = os.path.join(warm.handoff_dir, channels.CONNECTION_FILE)
@@ -386,7 +462,12 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         restarting = self._launch is not None
         if restarting:  # the old container is gone: drop whatever the kernel left at its socket names
             await engine.call(channels.clear_sockets, launch)
-        container = await self.start_container(launch)
+        try:
+            container = await self.start_container(launch)
+        except BaseException:  # a first start that failed: nothing of it stays on the remote host
+            if not restarting:
+                await self._let_go_of_remote()
+            raise
         # Two restarts can overlap (the server's auto-restarter and a user's): one kernel, one container.
         previous, self._container, self._launch = self._container, container, launch
         if previous is not None and previous.id != container.id:
@@ -503,7 +584,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 self._sockets = None
                 await engine.call(channels.clear_sockets, self._launch)
             try:
-                await engine.call(kernel_container.remove, container)
+                await engine.call(tls_kernel.remove, container)  # a TLS kernel's relay, then the container
                 self.log.info("envpin: removed kernel container %s", container.short_id)
             except engine.ENGINE_ERRORS as exc:  # the engine is unreachable: do not break the shutdown or restart
                 self.log.warning(
@@ -512,6 +593,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 )  # fmt: skip
         if not restart:
             await self._warm.discard()
+        if not restart:
+            await self._let_go_of_remote()
         if not restart and self._channel_dir:
             if self._control is not None:
                 self._control.close()

@@ -326,3 +326,38 @@ def test_status_says_which_cluster_runs_in_the_image(pinned):
     text = pinned.describe()
     assert "envpin.DaskCluster() runs scheduler and workers in containers of the image" in text
     assert "KubeCluster, Dask Gateway, dask-jobqueue (podman), coiled" in text
+
+
+def test_the_cluster_key_travels_as_files_only_its_user_reads_and_the_environment_names_only_paths():
+    """envpin.DaskCluster's certificate: a tar for put_archive (folder 0500, files 0400, the container's user),
+    and Dask variables that require TLS and point at the files; the key itself is in no variable."""
+    import io
+    import tarfile
+
+    from envpin import names
+    from envpin.adapters import dask_cluster
+
+    security = dask_cluster.temporary_security()
+    archive = tarfile.open(fileobj=io.BytesIO(dask_cluster.tls_archive(security, 1234, 5678)))
+    members = {m.name: (m.mode, m.uid, m.gid, m.isdir()) for m in archive.getmembers()}
+    folder = names.CONTAINER_DASK_TLS.rsplit("/", 1)[1]
+    assert members == {
+        folder: (0o500, 1234, 5678, True),
+        **{f"{folder}/{f}": (0o400, 1234, 5678, False) for f in ("ca.pem", "cert.pem", "key.pem")},
+    }
+    key = archive.extractfile(f"{folder}/key.pem").read().decode()
+    assert key == security.tls_worker_key and "PRIVATE KEY" in key
+    env = dask_cluster.tls_environment()
+    assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+    assert env["DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY"] == f"{names.CONTAINER_DASK_TLS}/key.pem"
+    assert all(v.startswith(names.CONTAINER_DASK_TLS) for k, v in env.items() if k.endswith(("CERT", "KEY", "FILE")))
+    assert not any("BEGIN" in v for v in env.values())
+    assert "distributed.http.proxy" not in env["DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"]
+    # Dask reads the variables as its configuration (the names are Dask's own keys: envpin.internals checks them).
+    import dask.config
+
+    config = dask.config.collect_env(env)
+    assert config["distributed"]["comm"]["require_encryption"] is True
+    assert config["distributed"]["scheduler"]["http"]["routes"] == list(dask_cluster.DASK_DASHBOARD_ROUTES)
+    # Each cluster its own key.
+    assert dask_cluster.temporary_security().tls_worker_key != key

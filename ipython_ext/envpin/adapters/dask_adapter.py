@@ -59,6 +59,7 @@ from envpin import names
 from envpin.adapters import _imports, dask_check
 from envpin.adapters.base import LibraryAdapter
 from envpin.errors import ClusterMismatch, EnvpinError
+from envpin.internals import DASK_GATEWAY, DISTRIBUTED
 from envpin.session import stamping, state
 from envpin.session.stamping import ImageConflict, ImageConflictWarning, Stamp
 
@@ -165,9 +166,6 @@ class DaskAdapter(LibraryAdapter):
     # -- distributed: the check at connect, the gate before submissions ----------------------
 
     def install(self, distributed, stamp: Stamp) -> None:
-        from distributed.client import Client
-        from distributed.deploy.local import LocalCluster
-
         adapter = self
 
         def make_start(original):
@@ -177,7 +175,7 @@ class DaskAdapter(LibraryAdapter):
                     try:
                         await adapter.check_at_connect(client)
                     except ClusterMismatch:
-                        await client._close()
+                        await DISTRIBUTED.attr(client, "client_close")()
                         raise
                 return result
 
@@ -197,7 +195,7 @@ class DaskAdapter(LibraryAdapter):
                 watch = getattr(client, "_envpin_watch", None)
                 if watch is not None and topic == "all":
                     watch.on_event(event)
-                    if topic not in client._event_handlers:
+                    if topic not in DISTRIBUTED.attr(client, "client_event_handlers"):
                         return  # envpin's own subscription: distributed would unsubscribe a topic without a handler
                 return await original(client, topic, event)
 
@@ -213,8 +211,10 @@ class DaskAdapter(LibraryAdapter):
                     # envpin's subscription first: the scheduler would announce this client's leaving to it,
                     # over the stream that is closing ("Closed comm ... while trying to write", a CRITICAL log).
                     client._envpin_subscribed = False
-                    if "all" not in client._event_handlers:
-                        client._send_to_scheduler({"op": "unsubscribe-topic", "topic": "all", "client": client.id})
+                    if "all" not in DISTRIBUTED.attr(client, "client_event_handlers"):
+                        DISTRIBUTED.attr(client, "client_send_to_scheduler")(
+                            {"op": "unsubscribe-topic", "topic": "all", "client": client.id}
+                        )
                 return await original(client, *args, **kwargs)
 
             return _close
@@ -226,11 +226,11 @@ class DaskAdapter(LibraryAdapter):
 
             return __init__
 
-        self.patches.wrap(Client, "_start", make_start)
-        self.patches.wrap(Client, "_graph_to_futures", make_graph_to_futures)
-        self.patches.wrap(Client, "_handle_event", make_handle_event)
-        self.patches.wrap(Client, "_close", make_close)
-        self.patches.wrap(LocalCluster, "__init__", make_local_init)
+        self.patches.wrap(*DISTRIBUTED.site("client_start"), make_start)
+        self.patches.wrap(*DISTRIBUTED.site("client_graph_to_futures"), make_graph_to_futures)
+        self.patches.wrap(*DISTRIBUTED.site("client_handle_event"), make_handle_event)
+        self.patches.wrap(*DISTRIBUTED.site("client_close"), make_close)
+        self.patches.wrap(*DISTRIBUTED.site("local_cluster_init"), make_local_init)
 
     def _notice_local_cluster(self) -> None:
         stamp = self.stamp
@@ -277,7 +277,9 @@ class DaskAdapter(LibraryAdapter):
         pinned = await self.pinned_environment(stamp)
         watch = _Watch(client, stamp, pinned, where)
         # Subscribe to arrivals before asking who is there: a worker joining in between is announced.
-        client._send_to_scheduler({"op": "subscribe-topic", "topic": "all", "client": client.id})
+        DISTRIBUTED.attr(client, "client_send_to_scheduler")(
+            {"op": "subscribe-topic", "topic": "all", "client": client.id}
+        )
         client._envpin_subscribed = True
         try:
             scheduler = await asyncio.wait_for(client.scheduler.versions(packages=[]), VERSIONS_TIMEOUT)
@@ -345,12 +347,13 @@ class DaskAdapter(LibraryAdapter):
 
             return _submit
 
-        self.patches.wrap(module.Gateway, "_submit", make_submit)
+        self.patches.wrap(*DASK_GATEWAY.site("gateway_submit"), make_submit)
 
     async def _gateway_options(self, gateway: Any, stamp: Stamp, chosen: Any, kwargs: dict) -> dict:
         """The option overrides that put the gateway's workers in the pinned image (the user's choices kept)."""
-        offered = await gateway._cluster_options(use_local_defaults=False)  # the deployment's fields and defaults
-        configured = gateway._config_cluster_options()
+        # the deployment's fields and defaults
+        offered = await DASK_GATEWAY.attr(gateway, "gateway_cluster_options")(use_local_defaults=False)
+        configured = DASK_GATEWAY.attr(gateway, "gateway_config_cluster_options")()
         fields = set(offered)
 
         def value(key: str) -> Any:
@@ -545,7 +548,7 @@ class _Watch:
     def before_submit(self) -> None:
         """Before a graph is sent: check the workers not checked yet (waiting for them), refuse if one is bad."""
         client = self.client
-        info = getattr(client, "_scheduler_identity", None)
+        info = DISTRIBUTED.attr(client, "client_scheduler_identity", None)
         with self.lock:
             known = set()
             if info is not None and info is not self._identity:

@@ -19,6 +19,24 @@ from its log ("Scheduler at:"); a worker is started once it logs
 "Registered to:", so ``DaskCluster(n_workers=2)`` returns with two workers
 ready, as ``LocalCluster`` does.
 
+**Who may connect: the holder of the cluster's key.**  Dask ships tasks as
+pickles and the scheduler unpickles submitted graphs: whoever reaches the
+scheduler runs code in the workers.  Loopback alone does not close that (any
+local user, any container on the host network, another kernel can reach
+127.0.0.1), so every cluster gets its own TLS key and self-signed
+certificate (``distributed.security.Security.temporary()``, made in this
+process), required on every connection, both ways (Dask's mutual TLS):
+scheduler, nannies and workers present it and accept only it, and so does
+the client (``Client(cluster)`` takes ``cluster.security``).  A connection
+without that certificate fails in the TLS handshake, before Dask reads a
+message.  The key reaches each container as a file copied into it before it
+starts (``put_archive`` to ``names.CONTAINER_DASK_TLS``, readable by the
+container's user alone): never in a command line, an environment variable,
+a label or a host folder.  The scheduler's dashboard (plain HTTP, read-only
+pages: Dask has no TLS client authentication for it a browser could use)
+listens on loopback only, without Dask's ``proxy`` route; ``dashboard=False``
+turns it off.  Workers serve no dashboard.
+
 **Network.**  By default (``network="host"``) every process listens on
 127.0.0.1 only: scheduler, workers, nannies and dashboards share this
 machine's loopback and nothing else, like a ``LocalCluster``; the client on
@@ -37,8 +55,11 @@ are processes of the kernel's container, hence of the image.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import tarfile
 import threading
+import time
 import uuid
 import warnings
 from typing import Any
@@ -51,6 +72,7 @@ from envpin.entry import boot
 from envpin.errors import EnvpinError
 from envpin.host import dialect, docker_client, images
 from envpin.host.container_spec import base_options
+from envpin.internals import DASK_DASHBOARD_ROUTES, DISTRIBUTED
 from envpin.jobs.worker_hosts import worker_user
 from envpin.session import stamping, state
 
@@ -60,6 +82,8 @@ ROLE_WORKER = "dask-worker"
 SCHEDULER_READY = "Scheduler at:"
 WORKER_READY = "Registered to:"
 WORKER_ADDRESS = "Start worker at:"
+#: Processes a container may run (the nanny, the worker, its threads): a fork bomb in a task stops there.
+DEFAULT_PIDS_LIMIT = 1024
 
 
 class ClusterStartFailed(EnvpinError):
@@ -68,6 +92,56 @@ class ClusterStartFailed(EnvpinError):
     Fix: install ``distributed`` in the image (and ``bokeh`` for the dashboard), or raise ``start_timeout``
     on a slow engine.
     """
+
+
+def temporary_security() -> Any:
+    """A new key and self-signed certificate for one cluster, for every role (Dask's ``Security.temporary``)."""
+    try:
+        return DISTRIBUTED.get("temporary_security")()
+    except ImportError as exc:
+        raise EnvpinError(
+            "envpin.DaskCluster secures each cluster with its own TLS certificate (so that only this process can "
+            "send its workers code), and making one needs the cryptography package, which is not installed here: "
+            "pip install cryptography (or pip install 'envpin[dask]')."
+        ) from exc
+
+
+def tls_environment() -> dict[str, str]:
+    """Dask's configuration, as variables, that makes a container's processes require the cluster's certificate.
+
+    Only paths: the certificate and key are files copied into the container (:func:`tls_archive`).
+    """
+    folder = names.CONTAINER_DASK_TLS
+    env = {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": f"{folder}/ca.pem",
+        "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": repr(list(DASK_DASHBOARD_ROUTES)),
+    }
+    for role in ("SCHEDULER", "WORKER", "CLIENT"):
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = f"{folder}/cert.pem"
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = f"{folder}/key.pem"
+    return env
+
+
+def tls_archive(security: Any, uid: int, gid: int) -> bytes:
+    """``names.CONTAINER_DASK_TLS`` as a tar for ``put_archive``: a folder and files only ``uid`` can read."""
+    files = {
+        "ca.pem": security.tls_ca_file,
+        "cert.pem": security.tls_worker_cert,
+        "key.pem": security.tls_worker_key,
+    }
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        folder = tarfile.TarInfo(names.CONTAINER_DASK_TLS.rsplit("/", 1)[1])
+        folder.type, folder.mode, folder.uid, folder.gid, folder.mtime = tarfile.DIRTYPE, 0o500, uid, gid, now
+        tar.addfile(folder)
+        for name, text in files.items():
+            data = str(text).encode()
+            info = tarfile.TarInfo(f"{folder.name}/{name}")
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o400, uid, gid, now
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 class DaskClusterInImage(UserWarning):
@@ -85,6 +159,11 @@ class _Plan:
         env: dict[str, str] | None,
         start_timeout: float,
         cluster_name: str,
+        *,
+        security: Any,
+        mem_limit: str | int | None = None,
+        cpu_limit: float | None = None,
+        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
     ) -> None:
         self.client = images.client()
         if network == "host" and not docker_client.is_local_client(self.client):
@@ -102,6 +181,15 @@ class _Plan:
         self.env = dict(env or {})
         self.start_timeout = start_timeout
         self.cluster_name = cluster_name
+        self.security = security
+        self.tls = tls_archive(security, uid, gid)
+        self.limits: dict[str, Any] = {}
+        if mem_limit:
+            self.limits.update(mem_limit=mem_limit, memswap_limit=mem_limit)
+        if cpu_limit:
+            self.limits["nano_cpus"] = int(float(cpu_limit) * 1e9)
+        if pids_limit:
+            self.limits["pids_limit"] = int(pids_limit)
 
     @property
     def listen_host(self) -> str | None:
@@ -120,8 +208,10 @@ class _Plan:
         )
         options["environment"][names.IMAGE_NAME] = self.image.name
         options["environment"].update(self.env)
+        options["environment"].update(tls_environment())  # last: env= cannot turn TLS off
         options["working_dir"] = names.CONTAINER_HOME
-        return dialect.create(
+        options.update(self.limits)
+        container = dialect.create(
             self.client,
             name=f"{self.cluster_name}-{suffix}",
             entrypoint=boot.entrypoint("python3"),
@@ -130,6 +220,12 @@ class _Plan:
             cap_drop=["ALL"],
             **options,
         )
+        try:
+            container.put_archive(names.CONTAINER_DASK_TLS.rsplit("/", 1)[0], self.tls)
+        except BaseException:
+            images.remove(container)
+            raise
+        return container
 
 
 class _Container(ProcessInterface):
@@ -208,18 +304,21 @@ class _Scheduler(_Container):
     role = ROLE_SCHEDULER
     ready = SCHEDULER_READY
 
-    def __init__(self, plan: _Plan, options: dict[str, Any]) -> None:
+    def __init__(self, plan: _Plan, options: dict[str, Any], dashboard: bool = True) -> None:
         super().__init__(plan, "scheduler")
         self.options = options
+        self.dashboard = dashboard
 
     def argv(self) -> list[str]:
         host = self.plan.listen_host
-        opts: dict[str, Any] = {"port": 0, "dashboard": True, **self.options}
+        opts: dict[str, Any] = {"port": 0, "dashboard": self.dashboard, **self.options, "protocol": "tls"}
         if host:
             opts.setdefault("host", host)
             opts.setdefault("dashboard_address", f"{host}:0")
         else:
             opts.setdefault("dashboard_address", ":0")
+        if not self.dashboard:
+            opts["dashboard_address"] = None
         return ["--spec", json.dumps({"cls": "distributed.Scheduler", "opts": opts})]
 
     def seen(self, line: str) -> None:
@@ -239,6 +338,7 @@ class _Worker(_Container):
 
     def argv(self) -> list[str]:
         host = self.plan.listen_host
+        # The protocol (tls) follows the scheduler's address; Dask's worker dashboard stays off.
         opts: dict[str, Any] = {"name": str(self.name), **self.options}
         if host:
             opts.setdefault("host", host)
@@ -260,7 +360,15 @@ class ContainerCluster(SpecCluster):
     only) or a network's name; ``env``: extra variables in every container;
     ``user``: who the processes run as (uid or ``uid:gid``; default the
     caller, ``nobody`` for root); ``scheduler_options`` / ``worker_options``:
-    keyword arguments of ``distributed.Scheduler`` / ``Nanny``.
+    keyword arguments of ``distributed.Scheduler`` / ``Nanny``;
+    ``dashboard``: the scheduler's dashboard (on loopback) or none;
+    ``mem_limit`` / ``cpu_limit`` / ``pids_limit``: the engine's bounds on
+    each container (scheduler and every worker; with ``memory_limit="auto"``
+    Dask reads ``mem_limit`` from the container's cgroup).
+
+    ``security`` is the cluster's TLS key and certificate (see the module
+    doc): ``Client(cluster)`` uses it; a client given only the address needs
+    ``Client(address, security=cluster.security)``.
     """
 
     def __init__(
@@ -277,17 +385,36 @@ class ContainerCluster(SpecCluster):
         scheduler_options: dict[str, Any] | None = None,
         worker_options: dict[str, Any] | None = None,
         start_timeout: float = 60,
+        dashboard: bool = True,
+        mem_limit: str | int | None = None,
+        cpu_limit: float | None = None,
+        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
         name: str | None = None,
         asynchronous: bool = False,
         loop: Any = None,
         shutdown_on_close: bool = True,
     ) -> None:
         cluster_name = name or f"envpin-dask-{uuid.uuid4().hex[:8]}"
+        security = temporary_security()
         # Not "plan": SpecCluster has a property of that name (the workers it plans).
-        self.containers = _Plan(image, network, user, env, start_timeout, cluster_name)
+        self.containers = _Plan(
+            image,
+            network,
+            user,
+            env,
+            start_timeout,
+            cluster_name,
+            security=security,
+            mem_limit=mem_limit,
+            cpu_limit=cpu_limit,
+            pids_limit=pids_limit,
+        )
         options = {"nthreads": nthreads, "memory_limit": memory_limit, **(worker_options or {})}
         worker = {"cls": _Worker, "options": {"plan": self.containers, "nanny": nanny, "options": options}}
-        scheduler = {"cls": _Scheduler, "options": {"plan": self.containers, "options": dict(scheduler_options or {})}}
+        scheduler = {
+            "cls": _Scheduler,
+            "options": {"plan": self.containers, "options": dict(scheduler_options or {}), "dashboard": dashboard},
+        }
         super().__init__(
             workers={f"{cluster_name}-{i}": worker for i in range(n_workers)},
             scheduler=scheduler,
@@ -296,6 +423,7 @@ class ContainerCluster(SpecCluster):
             loop=loop,
             name=cluster_name,
             shutdown_on_close=shutdown_on_close,
+            security=security,
         )
 
     @property
@@ -307,6 +435,17 @@ class ContainerCluster(SpecCluster):
         return f"{self.containers.cluster_name}-{worker_number}"
 
 
+def _can_make_certificates() -> bool:
+    """Whether a ``LocalCluster`` here can have its own TLS certificate (``security=True`` needs cryptography).
+
+    A kernel on its own network (the default, ``bridge``) has a loopback nobody else reaches; one on the host's
+    network (``network_mode="host"``) shares this machine's, where the certificate is what keeps others out.
+    """
+    import importlib.util
+
+    return importlib.util.find_spec("cryptography") is not None
+
+
 def DaskCluster(n_workers: int = 1, *, image: str | None = None, **options: Any) -> SpecCluster:
     """A Dask cluster that runs the pinned image (or ``image``): ``Client(envpin.DaskCluster(2))``.
 
@@ -314,7 +453,9 @@ def DaskCluster(n_workers: int = 1, *, image: str | None = None, **options: Any)
     and workers as containers of the image on this machine's engine).  In a
     kernel that already runs in the image: a ``LocalCluster`` (its worker
     processes are in the image), with a notice; the container-only options
-    (``network``, ``user``, ``start_timeout``) do not apply there.
+    (``network``, ``user``, ``start_timeout``, the limits: the kernel's
+    container bounds it already) do not apply there, and it has its own TLS
+    certificate when the image has ``cryptography``.
     """
     stamp = stamping.current_stamp()
     wanted = image or (stamp.job_image if stamp is not None else None)
@@ -330,14 +471,16 @@ def DaskCluster(n_workers: int = 1, *, image: str | None = None, **options: Any)
             DaskClusterInImage,
             stacklevel=2,
         )
-        for only in ("network", "user", "start_timeout"):
+        for only in ("network", "user", "start_timeout", "mem_limit", "cpu_limit", "pids_limit"):
             options.pop(only, None)
+        dashboard = options.pop("dashboard", True)
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=options.pop("nthreads", 1),
             processes=options.pop("nanny", True),
             host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
+            dashboard_address="127.0.0.1:0" if dashboard else None,
+            security=options.pop("security", True if _can_make_certificates() else None),
             **options,
         )
     return ContainerCluster(n_workers, image=wanted, **options)

@@ -44,14 +44,24 @@ class EngineUnavailable(EnvpinError):
     """
 
 
-def engine_address() -> str:
-    """The engine this process talks to, as the Docker SDK and CLI pick it: ``DOCKER_HOST``, else the local socket."""
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+def engine_address(address: str | None = None) -> str:
+    """The engine to talk to: ``address`` when given (a kernelspec's ``engine``), else as the Docker CLI picks it.
+
+    ``DOCKER_HOST``, else the current Docker context (``DOCKER_CONTEXT``, or
+    ``currentContext`` in ``~/.docker/config.json``), else the local socket.
+    """
+    if address:
+        return address
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    from envpin.host import engine_urls as addresses
+
+    return addresses.context_host() or "unix:///var/run/docker.sock"
 
 
-def is_local_engine() -> bool:
+def is_local_engine(address: str | None = None) -> bool:
     """True when the engine shares this machine's filesystem (a unix socket): bind mounts mean something."""
-    return engine_address().startswith(("unix://", "npipe://"))
+    return engine_address(address).startswith(("unix://", "npipe://"))
 
 
 def address_of(client: Any) -> str:
@@ -61,11 +71,18 @@ def address_of(client: Any) -> str:
     ``base_url``, so the socket path is read from its adapter), else the URL.
     """
     socket_path = DOCKER.attr(DOCKER.attr(client.api, "api_custom_adapter", None), "unix_socket_path", None)
-    return f"unix://{socket_path}" if socket_path else str(DOCKER.attr(client.api, "api_base_url", "?"))
+    if socket_path:
+        from envpin.host import ssh_tunnel
+
+        return ssh_tunnel.url_of_socket(socket_path) or f"unix://{socket_path}"
+    return str(DOCKER.attr(client.api, "api_base_url", "?"))
 
 
 def is_local_client(client: Any) -> bool:
-    """True when ``client`` talks to an engine on this machine (a unix socket): its processes are in our /proc."""
+    """True when ``client`` talks to an engine on this machine (a unix socket): its processes are in our /proc.
+
+    A socket that is an SSH forward of a remote engine (``ssh_tunnel``) is not local.
+    """
     return address_of(client).startswith("unix://")
 
 
@@ -79,9 +96,17 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = nxt
 
 
-def explain_engine_failure(exc: BaseException) -> EngineUnavailable:
+def explain_engine_failure(exc: BaseException, address: str | None = None) -> EngineUnavailable:
     """The one-paragraph error for an engine that cannot be reached (refused, missing, forbidden, silent)."""
-    address = engine_address()
+    address = engine_address(address)
+    if isinstance(exc, EnvpinError) and not isinstance(exc, EngineUnavailable):  # the SSH tunnel's own words
+        return EngineUnavailable(str(exc))
+    if not address.startswith(("unix://", "npipe://")) and "timed out" not in str(exc).lower():
+        return EngineUnavailable(
+            f"The Docker engine at {address} does not answer ({_root_cause(exc)}), so envpin cannot reach the "
+            "kernel's container there. Check that the remote host is up and its engine running (ssh HOST docker "
+            "info, or docker -H ADDRESS info), then restart the kernel; envpin doctor --engine ADDRESS shows more."
+        )
     text = f"{exc} {_root_cause(exc)}".lower()
     if isinstance(_root_cause(exc), PermissionError) or "permission denied" in text:
         return EngineUnavailable(
@@ -123,35 +148,98 @@ def engine_errors() -> tuple[type[BaseException], ...]:
     return (docker.errors.DockerException, requests.exceptions.RequestException, EngineUnavailable)
 
 
-def connect(timeout: float = API_TIMEOUT) -> Any:
-    """A new client for the engine the environment names, checked with a ping.  Blocking."""
+def connect(timeout: float = API_TIMEOUT, address: str | None = None) -> Any:
+    """A new client for ``address`` (default: the engine the environment names), checked with a ping.  Blocking.
+
+    ``ssh://`` goes through this process's SSH master (``envpin.host.ssh_tunnel``), ``tcp://`` with TLS
+    through ``tls_client`` (which keeps ``REQUESTS_CA_BUNDLE`` out of it).
+    """
     docker = sdk()
+
+    chosen = engine_address(address)
     try:
-        client = docker.from_env(timeout=timeout)
-    except docker.errors.DockerException as exc:
-        raise explain_engine_failure(exc) from exc
+        client = client_for(chosen, timeout)
+    except (docker.errors.DockerException, EnvpinError) as exc:
+        raise explain_engine_failure(exc, chosen) from exc
     try:
         DOCKER.assign(client.api, "api_timeout", PING_TIMEOUT)  # the SDK reads it at each request
         client.ping()
     except engine_errors() as exc:  # refused, missing socket, permission, timeout: "not reachable"
         client.close()
-        raise explain_engine_failure(exc) from exc
+        raise explain_engine_failure(exc, chosen) from exc
     finally:
         DOCKER.assign(client.api, "api_timeout", timeout)
     return client
+
+
+#: The API version a TLS client starts with, before it negotiates (no request may precede trust_env=False).
+_BOOT_API_VERSION = "1.41"
+
+
+def tls_client(address: str, timeout: float) -> Any:
+    """A TLS client of ``address`` that trusts the engine's CA only (never ``REQUESTS_CA_BUNDLE``)."""
+    import docker
+    import docker.tls
+
+    from envpin.host import engine_urls
+
+    cert_dir = engine_urls.context_tls_dir() or os.environ.get("DOCKER_CERT_PATH") or engine_urls.docker_config_dir()
+    files = {n: os.path.join(cert_dir, f"{n}.pem") for n in ("ca", "cert", "key")}
+    missing = [p for p in files.values() if not os.path.isfile(p)]
+    if missing:
+        raise EnvpinError(
+            f"The TLS engine at {address} needs ca.pem, cert.pem and key.pem in {cert_dir} "
+            f"(DOCKER_CERT_PATH); missing: {', '.join(missing)}."
+        )
+    tls = docker.tls.TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
+    base_url = address.replace("tcp://", "https://", 1)
+
+    def made(version: str) -> Any:
+        client = docker.DockerClient(base_url=base_url, tls=tls, version=version, timeout=timeout)
+        client.api.trust_env = False  # before the first request: the engine's CA, not REQUESTS_CA_BUNDLE's
+        return client
+
+    # The SDK's own negotiation ("auto") is a request made inside the constructor, before trust_env can be
+    # switched off; so ask /version with a fixed old version, then make the client with the engine's.
+    probe = made(_BOOT_API_VERSION)
+    try:
+        version = str(probe.version().get("ApiVersion") or _BOOT_API_VERSION)
+    finally:
+        probe.close()
+    return made(version)
+
+
+def client_for(address: str, timeout: float) -> Any:
+    """A Docker SDK client of ``address`` (not pinged).  Blocking (an SSH connection may be made)."""
+    import docker
+
+    from envpin.host import engine_urls
+
+    if address.startswith("ssh://"):
+        from envpin.host import ssh_tunnel
+
+        master = ssh_tunnel.master_for(address)
+        return docker.DockerClient(base_url=f"unix://{master.engine_socket}", version="auto", timeout=timeout)
+    if engine_urls.wants_tls(address):
+        return tls_client(address, timeout)
+    if address.startswith(("unix://", "npipe://", "tcp://", "http://")):
+        return docker.DockerClient(base_url=address, version="auto", timeout=timeout)
+    raise EnvpinError(
+        f"'{address}' is not an engine address envpin knows: use unix:///path, ssh://[USER@]HOST or tcp://HOST:2376."
+    )
 
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def shared() -> Any:
-    """This process's client for the engine the environment names (connected and pinged once).  Blocking."""
-    address = engine_address()
+def shared(address: str | None = None) -> Any:
+    """This process's client for ``address`` (default: the environment's engine), connected and pinged once.  Blocking."""
+    address = engine_address(address)
     with _clients_lock:
         client = _clients.get(address)
         if client is None:
-            client = _clients[address] = connect()
+            client = _clients[address] = connect(address=address)
         return client
 
 

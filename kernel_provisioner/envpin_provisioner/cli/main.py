@@ -107,7 +107,7 @@ def _gc(args) -> int:
     from envpin_provisioner import engine
     from envpin_provisioner.kernel import ownership
 
-    client = engine.shared().client
+    client = engine.shared(args.engine or None).client
     report: list[str] = []
     removed = ownership.collect_garbage(client, other_hosts=args.other_hosts, dry_run=args.dry_run, report=report)
     verb = "would remove" if args.dry_run else "removed"
@@ -120,6 +120,8 @@ def _gc(args) -> int:
 def _doctor(args) -> int:
     from envpin_provisioner.cli import doctor
 
+    if args.engine:  # every check of this run talks to that engine, as if the server's environment named it
+        os.environ["DOCKER_HOST"] = args.engine
     return doctor.main()
 
 
@@ -180,9 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="remove this user's envpin containers whose owning process is gone")
     gc.add_argument("--other-hosts", action="store_true", help="also remove those owned by other hosts")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--engine", help="the engine to clean (ssh://USER@HOST, tcp://HOST:2376, unix:///PATH)")
     gc.set_defaults(func=_gc)
 
     doc = sub.add_parser("doctor", help="check the engine, the envpin kernelspecs and their images")
+    doc.add_argument("--engine", help="the engine to check (ssh://USER@HOST, tcp://HOST:2376, unix:///PATH)")
     doc.set_defaults(func=_doctor)
 
     run = sub.add_parser(

@@ -115,8 +115,12 @@ def container_env(
     return out
 
 
-def extra_mounts(specs: Iterable[str]) -> list[Mount]:
-    """The ``mounts`` option ('HOST_PATH:CONTAINER_PATH[:ro]' each) as bind mounts; ConfigError for a bad one."""
+def extra_mounts(specs: Iterable[str], remote: bool = False) -> list[Mount]:
+    """The ``mounts`` option ('HOST_PATH:CONTAINER_PATH[:ro]' each) as bind mounts; ConfigError for a bad one.
+
+    ``remote``: the engine is another machine's, so the sources are its paths, taken as written and checked
+    there (``remote.ssh_kernel.prepare``), not here.
+    """
     out = []
     for spec in specs:
         parts = spec.split(":")
@@ -124,8 +128,8 @@ def extra_mounts(specs: Iterable[str]) -> list[Mount]:
             raise ConfigError(
                 f"Mount '{spec}' is not 'HOST_PATH:CONTAINER_PATH[:ro]'; fix the mounts option of this kernel."
             )
-        src = os.path.abspath(os.path.expanduser(parts[0]))
-        if not os.path.exists(src):
+        src = parts[0] if remote else os.path.abspath(os.path.expanduser(parts[0]))
+        if not remote and not os.path.exists(src):
             raise ConfigError(f"Mount source '{src}' (from mounts option '{spec}') does not exist.")
         out.append(Mount(target=parts[1], source=src, type="bind", read_only=len(parts) == 3 and parts[2] == "ro"))
     return out
@@ -185,12 +189,14 @@ def build(
     moved: bool = False,
     private_channels: bool = False,
     channel_root: str | None = None,
+    remote: bool = False,
 ) -> KernelLaunch:
     """The launch of a kernel in ``choice``: everything but the image and the channels comes from ``options``.
 
     ``env``: the environment the start was asked with (filtered through
     ``env_passthrough``); ``folder``: the notebook folder, pinned;
-    ``engine_memory``: the engine's memory, for ``shm_size='auto'``.
+    ``engine_memory``: the engine's memory, for ``shm_size='auto'``; ``remote``: the engine is another
+    machine's (the ``mounts`` sources are that machine's paths).
     """
     extra_env, kernel_args = session_env(
         choice, moved=moved, control_dir=control_dir, mount_envpin=options.mount_envpin
@@ -206,7 +212,7 @@ def build(
         env=container_env(env, options.env_passthrough, kernelspec_env, options.environment),
         user=options.user,
         network_mode=options.network_mode,
-        extra_mounts=extra_mounts(options.mounts),
+        extra_mounts=extra_mounts(options.mounts, remote),
         mem_limit=options.mem_limit,
         shm_size=shm_size_for(options.shm_size, options.mem_limit, engine_memory),
         cpu_limit=options.cpu_limit or None,

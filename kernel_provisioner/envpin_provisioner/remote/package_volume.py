@@ -1,0 +1,127 @@
+"""envpin's kernel-side package on an engine of another machine: a read-only volume, filled once per version.
+
+A local engine gets the package by a read-only bind mount of this machine's
+folder.  Another machine has no such folder (the bind fails: "bind source
+path does not exist"), and a server path must never be the source of a
+mount there anyway.  So the package is copied, once per engine and package
+content, into a named volume ``envpin-pkg-<sha256 of the files>``: every
+kernel of that version mounts it read-only, a new envpin version gets a new
+volume, and nothing about the server's paths crosses to the remote host.
+
+Filling goes through a created, never started, container of the kernel's
+own image (no other image needs to be on that engine) with ``put_archive``;
+a marker file written last says the copy is whole, so a fill cut short is
+redone by the next kernel instead of being trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import threading
+from typing import Any
+
+import docker.errors
+
+from envpin import names
+from envpin.host import dialect, docker_client, labels
+
+#: Label on the volume and its carrier: envpin made it, for this package content.
+LABEL_PACKAGE = "envpin.package"
+#: The file written last into a filled volume.
+COMPLETE = ".envpin-complete"
+_CARRIER_TARGET = "/envpin-package"
+
+_digest: str | None = None
+_tar: bytes | None = None
+_ready: set[tuple[str, str]] = set()  # (engine address, volume name) filled and checked by this process
+_lock = threading.Lock()
+
+
+def _files() -> list[tuple[str, str]]:
+    out = []
+    for folder, dirs, files in os.walk(names.PACKAGE_DIR):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = os.path.join(folder, name)
+            out.append((os.path.relpath(path, names.PACKAGE_DIR), path))
+    return out
+
+
+def _package() -> tuple[str, bytes]:
+    """(content digest, tar of the package with the marker last); computed once per process."""
+    global _digest, _tar
+    if _digest is None or _tar is None:
+        digest = hashlib.sha256()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for rel, path in _files():
+                with open(path, "rb") as f:
+                    data = f.read()
+                digest.update(rel.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+                info = tarfile.TarInfo(rel)
+                info.size, info.mode, info.uid, info.gid = len(data), 0o644, 0, 0
+                tar.addfile(info, io.BytesIO(data))
+            marker = tarfile.TarInfo(COMPLETE)
+            marker.mode = 0o644
+            tar.addfile(marker, io.BytesIO(b""))
+        _digest, _tar = digest.hexdigest(), buf.getvalue()
+    return _digest, _tar
+
+
+def reset() -> None:
+    """Forget the package's digest and which engines have its volume (``envpin_provisioner.STATEFUL_MODULES``)."""
+    global _digest, _tar
+    with _lock:
+        _digest = _tar = None
+        _ready.clear()
+
+
+def volume_name() -> str:
+    return f"envpin-pkg-{_package()[0][:16]}"
+
+
+def ensure(client: Any, image_id: str) -> str:
+    """The name of a filled package volume on ``client``'s engine (made and filled when missing).  Blocking."""
+    name = volume_name()
+    key = (docker_client.address_of(client), name)
+    with _lock:
+        if key in _ready:
+            return name
+    digest, data = _package()
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        try:
+            client.volumes.create(name=name, labels={LABEL_PACKAGE: digest, names.LABEL_ROLE: "package"})
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # made meanwhile by another server: fine
+                raise
+    carrier = dialect.create(
+        client,
+        image=image_id,
+        command=["true"],
+        entrypoint=[],
+        mounts=[{"Target": _CARRIER_TARGET, "Source": name, "Type": "volume", "ReadOnly": False}],
+        labels=labels.signed({names.LABEL_ROLE: "package", **labels.owner_labels()}),
+        network_disabled=True,
+    )
+    try:
+        try:
+            carrier.get_archive(f"{_CARRIER_TARGET}/{COMPLETE}")
+        except docker.errors.NotFound:
+            carrier.put_archive(_CARRIER_TARGET, data)
+    finally:
+        carrier.remove(force=True)
+    with _lock:
+        _ready.add(key)
+    return name
+
+
+def mount(name: str) -> dict[str, Any]:
+    """The read-only mount of the package volume where a local kernel gets its bind mount."""
+    return {"Target": f"{names.CONTAINER_PYTHONPATH}/envpin", "Source": name, "Type": "volume", "ReadOnly": True}

@@ -1,0 +1,226 @@
+"""One kernel on the engine of another machine reached over SSH: its folders there, its channels, its container.
+
+What crosses the network, all of it inside the one SSH connection of that
+host (``envpin.host.ssh_tunnel``):
+
+* the Docker API (the remote engine's socket forwarded to a private local one);
+* the kernel's five ZMQ channels: the kernel binds ``ipc`` sockets in a 0700
+  folder of the remote user (``R/sock``), and each is forwarded to the same
+  name in the kernel's local 0700 channel folder, which is where the Jupyter
+  server connects.  No port listens on either machine; only ``-L`` forwards
+  exist, so nothing over there can open a connection to this machine;
+* the connection file (the key) travels once, in a ``put_archive`` into the
+  created container, mode 0600 for the kernel's user: never a command line,
+  an environment variable, a label or a file on the remote host's disk
+  outside the container.
+
+The remote host's side of a kernel is one ``mktemp -d`` folder ``R`` of the
+SSH user there: ``R/sock`` for the channels and, without ``remote_root``,
+``R/work``, the kernel's scratch working folder.  All of ``R`` goes at
+shutdown.  The kernel runs as the SSH user's uid:gid there (its files in
+``remote_root`` are that user's, as if they had been made over SSH).
+
+Nothing of this machine is mounted: envpin's package comes from a volume on
+that engine (``package_volume``), the working folder is a folder of that
+machine (``remote_root`` or the scratch folder), and the ``mounts`` option
+names paths there, each checked to exist before the container is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import shlex
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors
+
+from envpin import names
+from envpin.host import dialect, ssh_tunnel
+from envpin_provisioner.errors import ConfigError, KernelStartFailed
+from envpin_provisioner.kernel import channels
+from envpin_provisioner.kernel import container as kernel_container
+from envpin_provisioner.kernel import launch as kernel_launch
+from envpin_provisioner.remote import package_volume
+
+_OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n$")
+
+
+@dataclass
+class RemoteKernel:
+    """The remote side of one kernel: its folder there, uid:gid there, forwards, working folder."""
+
+    url: str
+    folder: str  #: R: made by mktemp -d on the remote host
+    uid: int
+    gid: int
+    workdir: str  #: the kernel's working folder on the remote host (and at the same path in the container)
+    scratch: bool  #: workdir is R/work (removed with R)
+    forwarded: list[str] = field(default_factory=list)
+
+    @property
+    def socket_dir(self) -> str:
+        return posixpath.join(self.folder, "sock")
+
+    @property
+    def master(self) -> ssh_tunnel.Master:
+        return ssh_tunnel.master_for(self.url)
+
+
+def _workdir_for(remote_root: str, local_root: str, notebook_folder: str) -> str | None:
+    """The notebook folder's place below ``remote_root``, or None when it is not below ``local_root``."""
+    local_root = os.path.realpath(local_root or os.getcwd())
+    rel = os.path.relpath(os.path.realpath(notebook_folder), local_root)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+        return None
+    return posixpath.normpath(posixpath.join(remote_root, *rel.split(os.sep))) if rel != "." else remote_root
+
+
+def prepare(
+    url: str, remote_root: str, local_root: str, notebook_folder: str, mount_sources: list[str]
+) -> RemoteKernel:
+    """Make the kernel's folder on the remote host (and its working folder), check mount sources there.  Blocking."""
+    master = ssh_tunnel.master_for(url)
+    workdir = _workdir_for(remote_root, local_root, notebook_folder) if remote_root else None
+    if remote_root and not remote_root.startswith("/"):
+        raise ConfigError(f"remote_root='{remote_root}' is not an absolute path on the remote host; fix the option.")
+    checks = "".join(
+        f"if [ ! -e {shlex.quote(src)} ]; then echo {shlex.quote(src)} >&2; exit 3; fi\n" for src in mount_sources
+    )
+    make_work = f"mkdir -p -- {shlex.quote(workdir)}\n" if workdir else 'mkdir -m 0700 -- "$R/work"\n'
+    script = (
+        "set -e\numask 077\n"
+        + checks
+        + 'R=$(mktemp -d "${XDG_RUNTIME_DIR:-/tmp}/envpin-XXXXXXXX")\n'
+        + 'mkdir -m 0700 -- "$R/sock"\n'
+        + make_work
+        + 'printf "%s\\n%s\\n%s\\n" "$R" "$(id -u)" "$(id -g)"\n'
+    )
+    try:
+        out = master.run(script)
+    except ssh_tunnel.TunnelError as exc:
+        if "(3)" in str(exc):
+            missing = str(exc).rsplit(":", 1)[-1].strip()
+            raise ConfigError(
+                f"The mount source {missing} (from this kernel's mounts option) does not exist on "
+                f"{master.target.destination}, where the kernel runs: with an engine on another machine, mounts "
+                "name paths of that machine. Create it there (ssh HOST mkdir -p PATH) or fix the mounts option."
+            ) from None
+        raise
+    match = _OUT_RE.match(out)
+    if not match:
+        raise KernelStartFailed(f"Could not make the kernel's folder on {master.target.destination}: {out[-200:]!r}")
+    folder, uid, gid = match.group(1), int(match.group(2)), int(match.group(3))
+    return RemoteKernel(
+        url=url,
+        folder=folder,
+        uid=uid,
+        gid=gid,
+        workdir=workdir or posixpath.join(folder, "work"),
+        scratch=workdir is None,
+    )
+
+
+def _connection_tar(info: dict[str, Any], socket_prefix: str, uid: int, gid: int) -> bytes:
+    remote_info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+    remote_info.update(transport="ipc", ip=socket_prefix)
+    data = json.dumps(remote_info, indent=1).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        ti = tarfile.TarInfo(os.path.basename(names.CONTAINER_TCP_CONNECTION_FILE))
+        ti.size, ti.mode, ti.uid, ti.gid, ti.mtime = len(data), 0o600, uid, gid, int(time.time())
+        tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def container_options(launch: kernel_launch.KernelLaunch, remote: RemoteKernel, package: str | None) -> dict[str, Any]:
+    """``containers.create`` arguments for ``launch`` on the remote engine: no source path of this machine.  Pure."""
+    shaped = dataclasses.replace(
+        launch,
+        connection_info={**launch.connection_info, "transport": "tcp"},  # no channel bind mounts: put_archive
+        cwd=remote.workdir,
+        folder=None,
+        user=f"{remote.uid}:{remote.gid}",
+        private_channels=False,
+        handoff_dir=None,
+    )
+    options = kernel_launch.container_options(shaped)
+    options.pop("ports", None)  # the channels are ipc sockets, forwarded by SSH: nothing is published
+    mounts = []
+    for m in options["mounts"]:
+        if m.get("Source") == names.PACKAGE_DIR:
+            if package:
+                mounts.append(package_volume.mount(package))
+            continue
+        mounts.append(m)
+    mounts.append({"Target": remote.socket_dir, "Source": remote.socket_dir, "Type": "bind", "ReadOnly": False})
+    options["mounts"] = mounts
+    return options
+
+
+def forward_channels(launch: kernel_launch.KernelLaunch, remote: RemoteKernel) -> None:
+    """Forward each of the kernel's local socket names to its name in ``R/sock``.  Blocking; idempotent."""
+    info = launch.connection_info
+    master = remote.master
+    for ch in channels.CHANNELS:
+        local = f"{info['ip']}-{info[f'{ch}_port']}"
+        master.forward(local, posixpath.join(remote.socket_dir, f"k-{info[f'{ch}_port']}"))
+        if local not in remote.forwarded:
+            remote.forwarded.append(local)
+
+
+def start(
+    client: Any, launch: kernel_launch.KernelLaunch, remote: RemoteKernel, log: logging.Logger | logging.LoggerAdapter
+):
+    """Create and start the kernel container on the remote engine; remove it again if starting fails.  Blocking."""
+    package = package_volume.ensure(client, launch.image.id) if launch.mount_envpin else None
+    forward_channels(launch, remote)
+    options = container_options(launch, remote, package)
+    try:
+        container = dialect.create(client, **options)
+    except docker.errors.APIError as exc:
+        raise KernelStartFailed(
+            f"The Docker engine at {remote.url} refused to create a kernel container from image "
+            f"'{launch.image.reference}': {exc.explanation or exc}. Check the kernel's options (mounts, network, "
+            "limits, extra options): with an engine on another machine, paths name that machine's folders."
+        ) from exc
+    try:
+        container.put_archive(
+            os.path.dirname(names.CONTAINER_TCP_CONNECTION_FILE),
+            _connection_tar(launch.connection_info, posixpath.join(remote.socket_dir, "k"), remote.uid, remote.gid),
+        )
+        container.start()
+    except BaseException:
+        kernel_container.remove(container)
+        raise
+    log.info(
+        "envpin: kernel %s started in container %s of image %s on %s",
+        launch.kernel_id, container.short_id, launch.image.reference, remote.url,
+    )  # fmt: skip
+    return container
+
+
+def teardown(remote: RemoteKernel) -> None:
+    """Cancel the kernel's forwards and remove its folder on the remote host (scratch working folder included).
+
+    Blocking; never raises for a host that is gone (its folder is in its runtime or temporary folder).
+    """
+    master = ssh_tunnel.known(remote.url)
+    if master is None:
+        return
+    for local in remote.forwarded:
+        master.cancel(local)
+    remote.forwarded.clear()
+    try:
+        master.run(f"rm -rf -- {shlex.quote(remote.folder)}", timeout=20)
+    except (ssh_tunnel.TunnelError, OSError, subprocess.TimeoutExpired) as exc:  # the host does not answer
+        logging.getLogger("envpin").warning("envpin: could not remove %s on %s: %s", remote.folder, remote.url, exc)
