@@ -9,6 +9,7 @@ only the Dask test images have, holding the image's own word.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -161,7 +162,11 @@ def test_a_cluster_of_another_python_is_refused_at_connect_before_any_task(pinne
     try:
         started = time.monotonic()
         with pytest.raises(ClusterMismatch) as refused:
-            Client(cluster)
+            try:
+                Client(cluster)
+            except OSError as exc:  # CommClosedError is one: say what the containers said
+                logs = {c.name: c.logs().decode()[-3000:] for c in _cluster_containers(docker_client, cluster)}
+                pytest.fail(f"{exc!r}; the cluster's logs: {json.dumps(logs, indent=1)}")
         took = time.monotonic() - started
         text = str(refused.value)
         assert took < 10, took
