@@ -81,3 +81,34 @@ def test_a_wrong_value_is_left_for_the_person_to_choose(jupyter_env):
     advised = refused.value.fix.split(", or reinstall it: ", 1)[1]
     assert "--config launch_timeout=VALUE" in advised and "soon" not in advised
     assert "--display-name" not in advised  # the default display name is not repeated
+
+
+def test_the_dialog_shows_the_command_on_lines_a_shell_reads_as_one_command(jupyter_env):
+    """The dialog wraps its text at DIALOG_WIDTH: a command wrapped like prose, copied into a terminal, runs its
+    first line alone (here ``envpin kernelspec install``, the default kernelspec).  Its lines end with `` \\``."""
+    import subprocess
+
+    from envpin.errors import DIALOG_WIDTH, dialog_text
+    from envpin_provisioner.cli import kernelspec
+    from envpin_provisioner.errors import ConfigError
+
+    folder = kernelspec.install("envpin-test/py311:latest", name="typo", display_name="Typo kernel", user=True)
+    path = Path(folder) / "kernel.json"
+    spec = json.loads(path.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"].update(netwrok_mode="none", launch_timeout=90, shm_size="1g")
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ConfigError) as refused:
+        _start_check("typo")
+    advised = refused.value.fix.split(", or reinstall it: ", 1)[1]
+    lines = dialog_text(refused.value).splitlines()
+    assert lines[0].startswith("Fix: rename 'netwrok_mode' to 'network_mode' in")
+    short = lambda line: len(line) <= DIALOG_WIDTH or " " not in line.strip(" \\")  # noqa: E731  (a long path: alone)
+    assert all(short(line) for line in lines), lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("envpin kernelspec install"))
+    end = lines.index("", start)
+    assert end - start > 1, lines  # long enough to need a second line: the case that broke
+    pasted = "\n".join(lines[start:end])  # what a person selects in the dialog
+    words = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + pasted[len("envpin ") :]], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert ["envpin", *words] == shlex.split(advised)  # one command, every word as advised ('Typo kernel' one word)
