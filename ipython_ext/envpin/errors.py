@@ -13,6 +13,7 @@ dialog's edge (seen: the fix of an option typo was never visible).
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 
 
@@ -113,10 +114,39 @@ def dialog_text(exc: BaseException, width: int = DIALOG_WIDTH) -> str:
         for line in block.split("\n"):
             if line.startswith("  | "):
                 out.append(line)
+                continue
+            # A fix that ends with a command to run ("...: envpin kernelspec install ...", no full stop)
+            # gets it on lines of its own, continued with " \\": copied from the dialog into a shell, a
+            # wrapped command would run its first line alone.
+            prose, sep, command = line.partition(": envpin ")
+            if not sep or command.endswith("."):
+                prose, command = line, ""
             else:
-                out.extend(textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [""])
+                prose, command = prose + ":", "envpin " + command
+            out.extend(textwrap.wrap(prose, width, break_long_words=False, break_on_hyphens=False) or [""])
+            if command:
+                out.extend(_command_lines(command, width))
     out.extend(detail.strip().split("\n") if detail else ())  # "Its last output:", then the container's lines
     return "\n".join(out)
+
+
+def _command_lines(command: str, width: int) -> list[str]:
+    """``command`` in lines of at most ``width`` columns where it can, broken between shell words only.
+
+    Each line but the last ends with `` \\`` (a shell continues it), and a quoted word
+    (``'Typo kernel'``) is never split: a backslash-newline inside quotes is not a continuation.
+    """
+    try:
+        words = shlex.split(command, posix=False)  # quotes kept: the words as they are written
+    except ValueError:  # unbalanced quotes: one line, as it is
+        return [command]
+    lines = [words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) + 2 <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return [line + " \\" for line in lines[:-1]] + lines[-1:]
 
 
 def for_dialog(exc: BaseException) -> BaseException:

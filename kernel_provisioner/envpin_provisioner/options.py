@@ -444,6 +444,9 @@ def check_options(
     traits = cls.class_traits(config=True)
     problems, fixes = [], []
     unmatched = False
+    renames: dict[str, str] = {}  # for the reinstall command: misspelt -> right name, unknown, wrong value
+    drop: set[str] = set()
+    choose: set[str] = set()
     for key, value in kwargs.items():
         if key in base:
             continue
@@ -451,10 +454,12 @@ def check_options(
             close = difflib.get_close_matches(key, traits, n=1)
             if close:
                 problems.append(f"unknown option '{key}' (did you mean '{close[0]}'?)")
+                renames[key] = close[0]
                 fixes.append(f"rename '{key}' to '{close[0]}'" if where != "install" else f"--config {close[0]}=...")
             else:
                 problems.append(f"unknown option '{key}'")
                 fixes.append(f"remove '{key}'" if where != "install" else f"drop --config {key}=...")
+                drop.add(key)
                 unmatched = True
             continue
         try:
@@ -462,6 +467,7 @@ def check_options(
         except TraitError:
             expected = traits[key].info()
             problems.append(f"option '{key}' has the wrong type or value {value!r} ({expected} expected)")
+            choose.add(key)
             fixes.append(f"give '{key}' {expected}" if where != "install" else f"--config {key}=<{expected}>")
     if not problems:
         return
@@ -480,9 +486,15 @@ def check_options(
     image = kwargs.get("image") or "the default image"
     folder = getattr(kernel_spec, "resource_dir", None)
     file = f"{folder}/kernel.json" if folder else "its kernel.json (envpin kernelspec list shows where)"
+    from envpin_provisioner.cli import reinstall  # the CLI's module, imported only for this message
+
+    settings = {k: v for k, v in kwargs.items() if k not in base}
+    again = reinstall.command(kernel_spec, settings, renames, drop, choose)
+    # The command ends the message, with no full stop that a copy would take along into the last value.
+    again = f", or reinstall it: {again}" if again else " (or reinstall it with envpin kernelspec install)."
     raise ConfigError(
         f"The kernelspec '{name}' (image {image}) has bad envpin settings in {source}: {'; '.join(problems)}.{known}",
-        fix=f"Fix: {'; '.join(fixes)} in {file} (or reinstall the kernelspec: envpin kernelspec install).",
+        fix=f"Fix: {'; '.join(fixes)} in {file}{again}",
     )
 
 
