@@ -49,7 +49,7 @@ nitpicky = True
 # Standard library and third-party classes named in signatures: no intersphinx offline, so they are
 # named, not linked.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(concurrent|collections|typing|os|pathlib|types|docker|traitlets|IPython)\..*"),
+    (r"py:.*", r"(concurrent|collections|typing|os|pathlib|types|docker|traitlets|IPython|distributed)\..*"),
     (r"py:.*", r"(Any|Callable|Iterable|Iterator|Mapping|Sequence|Future|Executor|optional)"),
 ]
 

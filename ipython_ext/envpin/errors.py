@@ -93,8 +93,8 @@ DIALOG_WIDTH = 96
 def dialog_text(exc: BaseException, width: int = DIALOG_WIDTH) -> str:
     """``exc``'s message for a dialog: its fix first, then the rest, in lines of at most ``width`` columns.
 
-    Lines the message already has (a container's last output, marked
-    ``  | ``, after "Its last output:") are kept as they are, below
+    Lines the message already has (a container's last output, each line
+    starting with two spaces, ``|`` and a space, after "Its last output:") are kept as they are, below
     everything else; the rest is wrapped.
     """
     fix = getattr(exc, "fix", None)
