@@ -43,7 +43,9 @@ environment).  Over SSH each measured remote start is the host's only
 kernel, so it opens the SSH connection too (``remote``); ``remote-held``
 is the same start while the connection is already open (a second kernel on
 that host).  Warm pools are local-engine only (``pool_size`` is ignored on
-a remote engine), so there is no pooled remote figure.
+a remote engine), so there is no pooled remote figure.  With ``--breakdown``
+it prints each kind's steps too (the SSH connection, forwards and remote
+commands, the package volume check, each Engine API request).
 
     python benchmarks/kernel_start.py --engine remote-ssh --runs 3
 """
@@ -239,8 +241,6 @@ async def main() -> None:
         {"engine": ("local", f"the engine to compare with the local one: {ENGINES}")},
     )
     if args.engine != "local":
-        if args.breakdown:
-            sys.exit("--breakdown measures the local engine only: leave out --engine, or --breakdown")
         await other_engine(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -342,13 +342,20 @@ def engine_url(engine: str, image: str) -> Iterator[str]:
         print(f"remote host {BENCH_HOST} stopped; nothing of it is left")
 
 
-async def held_start(url: str, spec: str, cwd: str, seen: dict) -> float:
-    """``one_start`` while this process already holds the SSH connection to ``url``'s host (held untimed)."""
+@contextlib.asynccontextmanager
+async def connection_held(url: str, held: bool):
+    """While ``held``: this process holds the SSH connection to ``url``'s host (opened untimed, before the start).
+
+    A start inside then finds the connection open, as a second kernel on that host does.
+    """
+    if not held:
+        yield
+        return
     from envpin.host import ssh_tunnel
 
     await asyncio.to_thread(ssh_tunnel.hold, url)
     try:
-        return await one_start(spec, cwd, seen)
+        yield
     finally:
         await asyncio.to_thread(ssh_tunnel.release, url)
 
@@ -371,14 +378,27 @@ async def other_engine(args) -> None:
         # Warm every path once (imports, page cache, the remote package volume's first fill), untimed.
         for spec in dict.fromkeys(kinds.values()):
             await one_start(spec, cwd)
+        if args.breakdown:
+            import _timeline
+
+            _timeline.instrument()
+            _timeline.instrument_remote()
+            _timeline._wrap_async(sys.modules[__name__], "first_reply", "kernel_info: sent until its first reply")
         times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        steps: dict[str, list] = {kind: [] for kind in kinds}
         for _ in range(args.runs):
             for kind, spec in kinds.items():
-                seen: dict = {}
-                if kind == "remote-held":
-                    times[kind].append(await held_start(url, spec, cwd, seen))
-                else:
-                    times[kind].append(await one_start(spec, cwd, seen))
+                async with connection_held(url, kind == "remote-held"):
+                    if args.breakdown:
+                        _timeline.timeline.begin()
+                    times[kind].append(await one_start(spec, cwd))
+                if args.breakdown:
+                    steps[kind].append([s for s in _timeline.timeline.spans if not s.background])
+
+    for kind in kinds if args.breakdown else ():
+        print(f"\n== {kind}: p50 {pct(times[kind], 0.5) * 1000:.0f} ms; median start and total time of each step, ms")
+        for label, start, duration, calls in _timeline.summarize(steps[kind]):
+            print(f"  {start * 1000:7.1f} +{duration * 1000:7.1f}  {label}" + (f"  (x{calls})" if calls > 1 else ""))
 
     print("-- request -> first kernel_info reply")
     for kind, values in times.items():
