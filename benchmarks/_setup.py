@@ -11,9 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 DEFAULT_IMAGE = "envpin-test/py311:latest"
 
 
-def parse_and_prepare(extra: dict[str, int], flags: dict[str, str] | None = None) -> argparse.Namespace:
-    """Parse ``--image``, integer options ``extra`` (name -> default) and on/off ``flags`` (name -> help);
-    start the engine, build the image."""
+def parse_and_prepare(
+    extra: dict[str, int], flags: dict[str, str] | None = None, options: dict[str, tuple[str, str]] | None = None
+) -> argparse.Namespace:
+    """Parse ``--image``, integer options ``extra`` (name -> default), on/off ``flags`` (name -> help) and
+    text ``options`` (name -> (default, help)); start the engine, build the image."""
     from tools.docker_engine import ensure_engine
     from tools.images import build
 
@@ -23,6 +25,8 @@ def parse_and_prepare(extra: dict[str, int], flags: dict[str, str] | None = None
         parser.add_argument(f"--{name}", type=int, default=value)
     for name, text in (flags or {}).items():
         parser.add_argument(f"--{name}", action="store_true", help=text)
+    for name, (default, text) in (options or {}).items():
+        parser.add_argument(f"--{name}", default=default, help=text)
     args = parser.parse_args()
     ensure_engine()
     build(args.image)

@@ -29,16 +29,37 @@ request, container create and start, the kernel process from Docker's
 kernel's costliest imports (``-X importtime``, one extra start of each
 kind), and the floors: ``python -c pass`` in a container of the image for
 each network mode, and locally.
+
+``--engine`` compares instead a cold start on another machine's engine with
+a cold start on the local engine, same image, same run, interleaved with the
+local ipykernel (issue 28's target: remote cold <= 1.5x local-engine cold
+over SSH).  ``remote-ssh`` / ``remote-tls`` make that machine here
+(``tools.remote_host.RemoteHost``: its own dockerd and sshd in a network
+namespace, the image copied into it), reached over SSH / TCP+TLS, and stop
+it at the end, leaving nothing (checked: a leftover fails the run);
+``ssh://USER@HOST`` or ``tcp://HOST:2376`` name a real one (it must have
+the image; TLS takes ``DOCKER_TLS_VERIFY`` / ``DOCKER_CERT_PATH`` from the
+environment).  Over SSH each measured remote start is the host's only
+kernel, so it opens the SSH connection too (``remote``); ``remote-held``
+is the same start while the connection is already open (a second kernel on
+that host).  Warm pools are local-engine only (``pool_size`` is ignored on
+a remote engine), so there is no pooled remote figure.  With ``--breakdown``
+it prints each kind's steps too (the SSH connection, forwards and remote
+commands, the package volume check, each Engine API request).
+
+    python benchmarks/kernel_start.py --engine remote-ssh --runs 3
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 from _setup import parse_and_prepare
 
@@ -208,8 +229,20 @@ async def breakdown(args, cwd: str, pools) -> None:
     )
 
 
+ENGINES = "local (default), remote-ssh, remote-tls (a remote host made here), ssh://USER@HOST, tcp://HOST:2376"
+#: The remote host --engine remote-ssh / remote-tls makes (tools.remote_host names its netns, veth, folders after it).
+BENCH_HOST = "rhbench"
+
+
 async def main() -> None:
-    args = parse_and_prepare({"runs": 15}, {"breakdown": "where each start's time goes, step by step"})
+    args = parse_and_prepare(
+        {"runs": 15},
+        {"breakdown": "where each start's time goes, step by step"},
+        {"engine": ("local", f"the engine to compare with the local one: {ENGINES}")},
+    )
+    if args.engine != "local":
+        await other_engine(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["JUPYTER_DATA_DIR"] = tmp
         os.environ["JUPYTER_PATH"] = tmp
@@ -266,6 +299,120 @@ async def main() -> None:
         print(
             f"mean container overhead: {(statistics.mean(table['container']) - statistics.mean(table['local'])) * 1000:.0f} ms"
         )
+
+
+@contextlib.contextmanager
+def engine_url(engine: str, image: str) -> Iterator[str]:
+    """The ``engine`` kernelspec option for ``--engine``; for ``remote-ssh`` / ``remote-tls`` a remote host made here.
+
+    That host is started with ``image`` copied into it and stopped on the way
+    out whatever happened, its environment variables undone; what it left on
+    this machine (``RemoteHost.leftovers``) fails the run.
+    """
+    if engine not in ("remote-ssh", "remote-tls"):
+        if not engine.startswith(("ssh://", "tcp://")):
+            sys.exit(f"--engine {engine}: use one of {ENGINES}")
+        yield engine
+        return
+    from tools.remote_host import RemoteHost
+
+    if os.geteuid() != 0:
+        sys.exit(f"--engine {engine} makes a remote host here, which needs root (namespaces, a second dockerd)")
+    host = RemoteHost(BENCH_HOST, images=[image])
+    saved = dict(os.environ)
+    try:
+        host.start()
+        if engine == "remote-ssh":
+            # OpenSSH reads the host's client config through its bin/ssh, first on PATH (as the tests do)
+            os.environ["PATH"] = f"{host.ssh_bin.parent}:{os.environ['PATH']}"
+            yield host.ssh_url
+        else:
+            os.environ.update({"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(host.cert_path)})
+            yield host.tcp_url
+    finally:
+        import envpin_provisioner
+
+        envpin_provisioner.reset_caches()  # this process's engine clients and SSH masters, before their host goes
+        host.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        left = host.leftovers()
+        if left:
+            raise RuntimeError(f"remote host {BENCH_HOST} left behind: {'; '.join(left)}")
+        print(f"remote host {BENCH_HOST} stopped; nothing of it is left")
+
+
+@contextlib.asynccontextmanager
+async def connection_held(url: str, held: bool):
+    """While ``held``: this process holds the SSH connection to ``url``'s host (opened untimed, before the start).
+
+    A start inside then finds the connection open, as a second kernel on that host does.
+    """
+    if not held:
+        yield
+        return
+    from envpin.host import ssh_tunnel
+
+    await asyncio.to_thread(ssh_tunnel.hold, url)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(ssh_tunnel.release, url)
+
+
+async def other_engine(args) -> None:
+    """Cold starts on another machine's engine against the local engine's and a local ipykernel, interleaved."""
+    with tempfile.TemporaryDirectory() as tmp, engine_url(args.engine, args.image) as url:
+        os.environ["JUPYTER_DATA_DIR"] = tmp
+        os.environ["JUPYTER_PATH"] = tmp
+        from envpin_provisioner.cli import kernelspec
+
+        kernelspec.install(args.image, name="bench-container", user=True)
+        kernelspec.install(args.image, name="bench-remote", user=True, config={"engine": url})
+        print(f"image {args.image}: local engine against {url}")
+        kinds = {"local": "python3", "container": "bench-container", "remote": "bench-remote"}
+        over_ssh = url.startswith("ssh://")
+        if over_ssh:
+            kinds["remote-held"] = "bench-remote"
+        cwd = tmp
+        # Warm every path once (imports, page cache, the remote package volume's first fill), untimed.
+        for spec in dict.fromkeys(kinds.values()):
+            await one_start(spec, cwd)
+        if args.breakdown:
+            import _timeline
+
+            _timeline.instrument()
+            _timeline.instrument_remote()
+            _timeline._wrap_async(sys.modules[__name__], "first_reply", "kernel_info: sent until its first reply")
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        steps: dict[str, list] = {kind: [] for kind in kinds}
+        for _ in range(args.runs):
+            for kind, spec in kinds.items():
+                async with connection_held(url, kind == "remote-held"):
+                    if args.breakdown:
+                        _timeline.timeline.begin()
+                    times[kind].append(await one_start(spec, cwd))
+                if args.breakdown:
+                    steps[kind].append([s for s in _timeline.timeline.spans if not s.background])
+
+    for kind in kinds if args.breakdown else ():
+        print(f"\n== {kind}: p50 {pct(times[kind], 0.5) * 1000:.0f} ms; median start and total time of each step, ms")
+        for label, start, duration, calls in _timeline.summarize(steps[kind]):
+            print(f"  {start * 1000:7.1f} +{duration * 1000:7.1f}  {label}" + (f"  (x{calls})" if calls > 1 else ""))
+
+    print("-- request -> first kernel_info reply")
+    for kind, values in times.items():
+        print(
+            f"{kind:11s} p50 {pct(values, 0.5) * 1000:7.0f} ms   p90 {pct(values, 0.9) * 1000:7.0f} ms   (n={len(values)})"
+        )
+    for kind in [k for k in ("remote", "remote-held") if k in times]:
+        r50 = pct(times[kind], 0.5) / pct(times["container"], 0.5)
+        r90 = pct(times[kind], 0.9) / pct(times["container"], 0.9)
+        target = "   (target p50 <= 1.5x over SSH)" if kind == "remote" and over_ssh else ""
+        print(f"ratio {kind}/container: p50 {r50:.2f}x   p90 {r90:.2f}x{target}")
+    for kind in ("container", "remote"):
+        print(f"ratio {kind}/local: p50 {pct(times[kind], 0.5) / pct(times['local'], 0.5):.2f}x")
+    print("pooled: not applicable (warm pools are local-engine only; pool_size is ignored on a remote engine)")
 
 
 if __name__ == "__main__":
