@@ -222,7 +222,7 @@ def test_a_mismatched_worker_that_joins_later_gets_no_work_from_this_client(pinn
             client.submit(where, pure=False)
         text = str(refused.value)
         assert "joined after Client(...) connected; nothing of this submission was sent" in text
-        assert f"worker {late} run Python 3.13.5" in text, text
+        assert f"worker {late} runs Python 3.13.5" in text, text
         assert not client.futures  # the graph was never sent
 
         # Once it is gone, work goes on, in the image.

@@ -949,6 +949,14 @@ DISTRIBUTED = Library(
         parameters=("self", "msg"),
     ),
     EntryPoint(
+        "client_start_arg",
+        "distributed.client",
+        "Client._start_arg",
+        "the address Client(...) was given: after a connect the scheduler dropped, envpin asks that address for "
+        "its versions to say whether the cluster could load this session's pickles at all",
+        instance=True,
+    ),
+    EntryPoint(
         "client_event_handlers",
         "distributed.client",
         "Client._event_handlers",

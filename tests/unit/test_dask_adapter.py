@@ -361,3 +361,36 @@ def test_the_cluster_key_travels_as_files_only_its_user_reads_and_the_environmen
     assert config["distributed"]["scheduler"]["http"]["routes"] == list(dask_cluster.DASK_DASHBOARD_ROUTES)
     # Each cluster its own key.
     assert dask_cluster.temporary_security().tls_worker_key != key
+
+
+def test_a_connect_the_scheduler_dropped_is_explained_by_the_clusters_versions(pinned, monkeypatch):
+    """A scheduler of another Python may drop the client's stream while registering it (tests/test_dask.py saw a
+    3.13 scheduler do so to a 3.11 client, one start in three): envpin then asks that address its versions and
+    refuses as the check at connect would; a cluster that matches, or answers nothing, leaves the error as it was.
+    A real scheduler in this process, without workers (no engine in this tier)."""
+    import asyncio
+    import types
+
+    from distributed import Scheduler
+    from distributed.comm.core import CommClosedError
+
+    dropped = CommClosedError("in <TLS Client->Scheduler>: Stream is closed")
+
+    async def go():
+        async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as scheduler:
+            client = types.SimpleNamespace(cluster=None, _start_arg=scheduler.address, connection_args={})
+            pinned._pinned[IMAGE_ID] = dask_check.Environment("3.13.5", version("cloudpickle"))
+            with pytest.raises(ClusterMismatch) as refused:
+                await pinned.explain_failed_connect(client, dropped)
+            text = str(refused.value)
+            assert f"the scheduler runs Python {platform.python_version()}" in text, text
+            assert "did not connect (CommClosedError: in <TLS Client->Scheduler>: Stream is closed)" in text, text
+            pinned._pinned[IMAGE_ID] = dask_check.Environment(platform.python_version(), version("cloudpickle"))
+            assert await pinned.explain_failed_connect(client, dropped) is None
+        address = scheduler.address  # closed now: nothing answers there
+        pinned._pinned[IMAGE_ID] = dask_check.Environment("3.13.5", version("cloudpickle"))
+        monkeypatch.setattr(dask_adapter, "VERSIONS_TIMEOUT", 1)
+        gone = types.SimpleNamespace(cluster=None, _start_arg=address, connection_args={})
+        assert await asyncio.wait_for(pinned.explain_failed_connect(gone, dropped), 30) is None
+
+    asyncio.run(go())

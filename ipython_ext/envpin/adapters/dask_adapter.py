@@ -170,7 +170,12 @@ class DaskAdapter(LibraryAdapter):
 
         def make_start(original):
             async def _start(client, *args, **kwargs):
-                result = await original(client, *args, **kwargs)
+                try:
+                    result = await original(client, *args, **kwargs)
+                except OSError as exc:  # CommClosedError among them
+                    if adapter.stamp is not None:
+                        await adapter.explain_failed_connect(client, exc)
+                    raise
                 if adapter.stamp is not None and getattr(client, "status", None) == "running":
                     try:
                         await adapter.check_at_connect(client)
@@ -299,6 +304,41 @@ class DaskAdapter(LibraryAdapter):
         watch.judge(processes, "Client(...) was closed; nothing was submitted.", connect=True)
         watch.mark_checked(list((workers or {}).keys()))
         client._envpin_watch = watch
+
+    async def explain_failed_connect(self, client: Any, exc: BaseException) -> None:
+        """Raise ClusterMismatch when a connect that failed was to a cluster that cannot load our pickles anyway.
+
+        A scheduler of another Python may drop the client's stream during the
+        handshake: a 3.13 scheduler, registering a 3.11 client, was seen to
+        close it at once about one start in three (distributed 2026.8), so
+        ``Client(...)`` raised CommClosedError before envpin's check could run.
+        What the user needs to read then is why that cluster is no good for
+        this session, so envpin asks the scheduler its versions over a fresh
+        connection (bounded) and refuses as the check at connect would.  When
+        the cluster answers nothing, or matches, the original error stands.
+        """
+        stamp = self.stamp
+        cluster = getattr(client, "cluster", None)  # the client's rpc to the scheduler is gone by now
+        address = getattr(cluster, "scheduler_address", None) or DISTRIBUTED.attr(client, "client_start_arg", None)
+        if stamp is None or not isinstance(address, str) or not address:
+            return
+        from distributed.core import rpc
+
+        where = str(address)
+        try:
+            pinned = await self.pinned_environment(stamp)
+            connection_args = getattr(client, "connection_args", None) or {}
+            async with rpc(address, timeout=VERSIONS_TIMEOUT, connection_args=connection_args) as scheduler:
+                versions = await asyncio.wait_for(scheduler.versions(packages=[]), VERSIONS_TIMEOUT)
+                workers = await asyncio.wait_for(
+                    scheduler.broadcast(msg={"op": "versions", "packages": []}, on_error="ignore"),
+                    VERSIONS_TIMEOUT,
+                )
+        except (OSError, asyncio.TimeoutError, EnvpinError):
+            return
+        processes = {"the scheduler": versions, **{f"worker {a}": v for a, v in (workers or {}).items()}}
+        doing = f"Client(...) did not connect ({type(exc).__name__}: {exc}); nothing was submitted."
+        _Watch(client, stamp, pinned, where).judge(processes, doing, connect=True)
 
     # -- cluster managers: the image where the user named none -------------------------------
 

@@ -140,10 +140,15 @@ def _named(processes: tuple[str, ...]) -> str:
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
+def _run(processes: tuple[str, ...]) -> str:
+    """The verb for :func:`_named`: "the scheduler runs", "the scheduler and worker X run"."""
+    return "runs" if len(processes) == 1 else "run"
+
+
 def refusal(where: str, image: str, pinned: Environment, findings: list[Finding], doing: str) -> ClusterMismatch:
     """The one-paragraph error for the refused findings (``doing``: what happened to the client's work)."""
     refused = [f for f in findings if f.refused]
-    sides = "; ".join(f"{_named(f.processes)} run {f.there.describe()} ({f.evidence})" for f in refused)
+    sides = "; ".join(f"{_named(f.processes)} {_run(f.processes)} {f.there.describe()} ({f.evidence})" for f in refused)
     return ClusterMismatch(
         f"The Dask cluster at {where} cannot load this session's pickles: {sides}, but this session is pinned to "
         f"'{image}' ({pinned.describe()}), whose tasks Dask would ship there as cloudpickles, so they would fail "
@@ -172,7 +177,7 @@ def warn_unmeasured(where: str, image: str, pinned: Environment, findings: list[
         _warned.add(key)
         warnings.warn(
             policy.UnmeasuredPairWarning(
-                f"envpin: {_named(f.processes)} of the Dask cluster at {where} run {f.there.describe()}, and this "
+                f"envpin: {_named(f.processes)} of the Dask cluster at {where} {_run(f.processes)} {f.there.describe()}, and this "
                 f"session is pinned to '{image}' ({pinned.describe()}): {f.evidence}; proceeding (compatible mode; "
                 "ENVPIN_ENVELOPE=strict refuses). If tasks fail to load, run the cluster in the pinned image."
             ),
