@@ -212,7 +212,8 @@ async def test_a_mount_missing_on_the_remote_host_is_refused(remote, admin, remo
 async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, remote_spec, notebook_dir):
     """A dropped SSH link comes back by itself; dockerd stopped: one paragraph within seconds, never a hang.
 
-    Then ``envpin gc --engine`` (another process, as a user would run it) collects the dead session's container.
+    The engine back, shutting the kernel down removes what the stopped engine left (its exited container);
+    ``envpin gc --engine`` for a server that died is test_gc_collects_a_killed_servers_kernel_and_its_folder.
     """
     from jupyter_client.manager import AsyncKernelManager
 
@@ -257,3 +258,62 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, remote_spe
         assert [c.name for c in client.containers.list(all=True)] == []
     finally:
         client.close()
+
+
+def _ssh_children(pid: int) -> list[tuple[int, str]]:
+    """(pid, control socket) of the ``ssh -M`` processes whose parent is ``pid``."""
+    found = []
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{child}/stat").read()
+            argv = open(f"/proc/{child}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"-M" in argv and b"-S" in argv:
+            found.append((int(child), argv[argv.index(b"-S") + 1].decode()))
+    return found
+
+
+def test_gc_collects_a_killed_servers_kernel_and_its_folder(remote, admin, remote_spec, server):
+    """A Jupyter server killed with its remote kernel running: ``envpin gc --engine ssh://...`` (another process,
+    as a user would run it) removes the container on that engine and the kernel's folder on that host."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from envpin_provisioner.remote import ssh_kernel
+
+    name = remote_spec()
+    srv = server()
+    kid = srv.start_kernel(name, "a.ipynb")
+    assert srv.execute(kid, "print(1)")[0] == "ok"
+    (orphan,) = containers(admin, kernel=kid, running=True)
+    folder = ssh_kernel.folder_of(orphan)
+    assert folder is not None and _leftover_folders(remote) == [folder]
+    masters = _ssh_children(srv.proc.pid)  # the server's SSH connection: a SIGKILL does not end it
+    assert len(masters) == 1, masters
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    try:
+        assert containers(admin, kernel=kid, running=True)  # the kernel cannot know its server died
+        out = subprocess.run(
+            [sys.executable, "-m", "envpin_provisioner", "gc", "--engine", remote.ssh_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert orphan.short_id in out.stdout and f"kernel {kid}" in out.stdout, out.stdout
+        assert f"removed 1 kernel folder(s) on {remote.ssh_url}: {folder}" in out.stdout, out.stdout
+        assert containers(admin, kernel=kid) == []
+        assert _leftover_folders(remote) == []
+    finally:
+        for pid, control in masters:  # what a killed server leaves on this machine (docs/guide/remote.md, Limits)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            shutil.rmtree(os.path.dirname(control), ignore_errors=True)

@@ -107,13 +107,28 @@ def _gc(args) -> int:
     from envpin_provisioner import engine
     from envpin_provisioner.kernel import ownership
 
-    client = engine.shared(args.engine or None).client
+    shared = engine.shared(args.engine or None)
     report: list[str] = []
-    removed = ownership.collect_garbage(client, other_hosts=args.other_hosts, dry_run=args.dry_run, report=report)
+    folders: list[str] = []  # over SSH: the collected kernels' folders on that host
+    on_remove = None
+    if shared.address.startswith("ssh://"):
+        from envpin_provisioner.remote import ssh_kernel
+
+        def on_remove(container) -> None:
+            folder = ssh_kernel.folder_of(container)
+            if folder:
+                folders.append(folder)
+
+    removed = ownership.collect_garbage(
+        shared.client, other_hosts=args.other_hosts, dry_run=args.dry_run, report=report, on_remove=on_remove
+    )
     verb = "would remove" if args.dry_run else "removed"
     print(f"envpin gc: {verb} {len(removed)} orphaned container(s)" + (":" if removed else ""))
     for line in report:
         print(f"  {line}")
+    if folders:
+        gone = ssh_kernel.remove_folders(shared.address, folders)
+        print(f"envpin gc: removed {len(gone)} kernel folder(s) on {shared.address}: {' '.join(gone)}")
     return 0
 
 

@@ -30,6 +30,7 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,12 @@ def envpin_containers(client: docker.DockerClient, label: str = names.LABEL_ROLE
 
 
 def collect_garbage(
-    client: docker.DockerClient, *, other_hosts: bool = False, dry_run: bool = False, report: list | None = None
+    client: docker.DockerClient,
+    *,
+    other_hosts: bool = False,
+    dry_run: bool = False,
+    report: list | None = None,
+    on_remove: Callable[[Any], None] | None = None,
 ) -> list[str]:
     """Remove envpin containers whose owner is gone, and exited kernel containers; return their short ids.
 
@@ -139,7 +145,9 @@ def collect_garbage(
     With ``other_hosts`` also those owned by processes on other hosts (whose
     liveness cannot be checked from here): only for a single-user engine.
     ``report``: a list that gets one line per container, saying what it is
-    and why it goes (what ``envpin gc --dry-run`` shows).
+    and why it goes (what ``envpin gc --dry-run`` shows).  ``on_remove``: called
+    with each container about to go (not in a dry run), for what it leaves
+    outside the engine (a remote kernel's folder on its host).
     """
     removed = []
     for container in envpin_containers(client):
@@ -157,6 +165,8 @@ def collect_garbage(
             report.append(_describe(container, state, finished))
         if dry_run:
             continue
+        if on_remove is not None:
+            on_remove(container)
         images.remove(container)
         log.info(
             "envpin: removed orphaned or finished %s container %s (kernel %s, owner pid %s)",

@@ -53,6 +53,8 @@ from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import package_volume
 
 _OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n$")
+#: A kernel's folder R as :func:`prepare` makes it (``mktemp -d .../envpin-XXXXXXXX``): all gc removes there.
+_FOLDER_RE = re.compile(r"^/[^\n\0]*/envpin-[A-Za-z0-9]{8}$")
 
 
 @dataclass
@@ -224,3 +226,33 @@ def teardown(remote: RemoteKernel) -> None:
         master.run(f"rm -rf -- {shlex.quote(remote.folder)}", timeout=20)
     except (ssh_tunnel.TunnelError, OSError, subprocess.TimeoutExpired) as exc:  # the host does not answer
         logging.getLogger("envpin").warning("envpin: could not remove %s on %s: %s", remote.folder, remote.url, exc)
+
+
+def folder_of(container: Any) -> str | None:
+    """R of a kernel container :func:`start` made: the folder holding its ``R/sock`` bind mount (same path inside).
+
+    Read from the engine's record of the container's mounts, which the kernel
+    cannot change; and only a name :func:`prepare`'s ``mktemp`` could have
+    made is taken, so gc never removes a folder that is not a kernel's.
+    """
+    for mount in container.attrs.get("Mounts") or []:
+        source, target = mount.get("Source"), mount.get("Destination")
+        if mount.get("Type") != "bind" or not isinstance(source, str) or source != target:
+            continue
+        folder, leaf = posixpath.split(source)
+        if leaf == "sock" and _FOLDER_RE.match(folder) and posixpath.normpath(folder) == folder:
+            return folder
+    return None
+
+
+def remove_folders(url: str, folders: list[str]) -> list[str]:
+    """Remove the kernel folders ``folders`` on the host of ``url`` (what a killed server left); return the removed.
+
+    Blocking.  For ``envpin gc --engine ssh://...``: the containers are gone,
+    their folders (channel sockets, scratch working folder) go with them.
+    """
+    safe = [f for f in folders if _FOLDER_RE.match(f) and posixpath.normpath(f) == f]
+    if not safe:
+        return []
+    ssh_tunnel.master_for(url).run("rm -rf -- " + " ".join(shlex.quote(f) for f in safe), timeout=30)
+    return safe
