@@ -17,15 +17,7 @@ import envpin
 from envpin.jobs import envelope
 from envpin.jobs.executor import ModuleNotInImage, WorkerDied
 from testutils import PY311, PY313, containers, wait_for
-from testutils.kernels import kernel, run, run_json
-
-JOB_PROBE = (
-    "lambda: {'python': __import__('platform').python_version(),"
-    " 'image_id': __import__('os').environ.get('ENVPIN_IMAGE_ID'),"
-    " 'dockerenv': __import__('os').path.exists('/.dockerenv'),"
-    " 'hostname': __import__('socket').gethostname()}"
-)
-
+from testutils.kernels import JOB_PROBE, kernel, run, run_json
 
 def image_python(client, image) -> str:
     return (

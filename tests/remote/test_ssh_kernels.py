@@ -18,7 +18,7 @@ import time
 import pytest
 
 from testutils import PY311, containers, wait_for
-from testutils.kernels import PROBE, execute_until_running, kernel, run, run_json
+from testutils.kernels import JOB_PROBE, PROBE, execute_until_running, kernel, run, run_json
 from testutils.remote_host import RemoteHost, exposed_listeners, listener_owners, tcp_listeners
 
 pytestmark = [
@@ -155,6 +155,10 @@ async def test_kernel_runs_on_the_remote_engine_only(
         # %load_ext envpin works: its package comes from the volume.
         res = await run(kc, "%load_ext envpin")
         assert res["status"] == "ok", res
+        # A job runs in the image, over there: a worker process of the kernel's own container (no engine access).
+        job = await run_json(kc, f"__import__('envpin').submit({JOB_PROBE}).result(timeout=60)", timeout=90)
+        assert job["python"].startswith("3.11.") and job["dockerenv"] is True, job
+        assert job["image_id"] == container.attrs["Image"] and job["hostname"] == probe["hostname"], job
         # Channels and engine go through SSH: no new listener on a non-loopback address on either side.
         new = exposed_listeners() - before_listeners
         assert not new, f"new listeners on this machine: {listener_owners(new)}"

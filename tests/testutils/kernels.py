@@ -46,6 +46,14 @@ PROBE = (
     " 'hostname': __import__('socket').gethostname()}"
 )
 
+#: A job (a lambda's source) that says where it runs: envpin.submit(JOB_PROBE) in a kernel, eval'd on a host.
+JOB_PROBE = (
+    "lambda: {'python': __import__('platform').python_version(),"
+    " 'image_id': __import__('os').environ.get('ENVPIN_IMAGE_ID'),"
+    " 'dockerenv': __import__('os').path.exists('/.dockerenv'),"
+    " 'hostname': __import__('socket').gethostname()}"
+)
+
 
 @asynccontextmanager
 async def kernel(name: str, cwd=None, env=None, **start_kw):
