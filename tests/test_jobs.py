@@ -19,6 +19,7 @@ from envpin.jobs.executor import ModuleNotInImage, WorkerDied
 from testutils import PY311, PY313, containers, wait_for
 from testutils.kernels import JOB_PROBE, kernel, run, run_json
 
+
 def image_python(client, image) -> str:
     return (
         client.containers.run(
