@@ -39,6 +39,9 @@ PINNED = "ENVPIN_PINNED"
 PIN_NOTES = "ENVPIN_PIN_NOTES"
 #: The kernel's control folder (inside its container), where ``%use_image`` asks the server to move it.
 CONTROL_DIR = "ENVPIN_CONTROL_DIR"
+#: The engine of another machine the kernel runs on (``ssh://USER@HOST``, ``https://HOST:2376``), set by the
+#: server: there it has no control folder, so ``%use_image`` says how to get another image instead of moving.
+REMOTE_ENGINE = "ENVPIN_REMOTE_ENGINE"
 #: Set for a successor kernel that must take over a running ``%use_image`` cell.
 HANDOFF_EXPECTED = "ENVPIN_HANDOFF_EXPECTED"
 #: Set by ``envpin.use_image()`` in the process it re-runs in the image (no second re-run).

@@ -100,8 +100,9 @@ def test_a_tls_kernels_container_mounts_nothing_of_either_machine_and_publishes_
     launch = KernelLaunch(
         image=image, kernel_id="kid", connection_info=info, connection_file=str(tmp_path / "c.json"), cwd="/notebooks"
     )
-    options = tls_kernel.container_options(launch, "envpin-pkg-0123")
+    options = tls_kernel.container_options(launch, "envpin-pkg-0123", "tcp://gpu-box:2376")
     assert "ports" not in options
+    assert options["environment"][names.REMOTE_ENGINE] == "tcp://gpu-box:2376"  # %use_image says where it runs
     assert options["working_dir"] == tls_kernel.WORK_DIR
     assert options["mounts"] == [
         {

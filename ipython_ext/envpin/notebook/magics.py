@@ -204,6 +204,15 @@ class EnvpinMagics(Magics):
             _pin_with_flags(pin, args)
             display(Status(pin, f"envpin: pinned to {args.image}"))
             return
+        remote = os.environ.get(names.REMOTE_ENGINE)
+        if remote:
+            raise EnvpinError(
+                f"This kernel runs in {here} on the engine at {remote}, and %use_image cannot move a kernel on "
+                f"another machine's engine yet (moves are local-engine only in this version), so it stays in {here}. "
+                f"To work in '{args.image}' there, install a kernelspec for it and pick that kernel: envpin "
+                f"kernelspec install --image {args.image} --name NAME --config engine={remote} (add this "
+                "kernelspec's other options); jobs from this kernel run in its own image."
+            )
         raise EnvpinError(
             f"This kernel runs in a container of {here} that the envpin provisioner does not manage (started "
             "by envpin run, by a client that ignores kernel provisioners such as VS Code, or by another tool), "

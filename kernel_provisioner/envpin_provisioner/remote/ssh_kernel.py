@@ -156,6 +156,7 @@ def container_options(launch: kernel_launch.KernelLaunch, remote: RemoteKernel, 
         handoff_dir=None,
     )
     options = kernel_launch.container_options(shaped)
+    options["environment"][names.REMOTE_ENGINE] = remote.url
     options.pop("ports", None)  # the channels are ipc sockets, forwarded by SSH: nothing is published
     mounts = []
     for m in options["mounts"]:

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import selectors
 import socket
 import tarfile
@@ -106,8 +107,11 @@ def _in_container_info(info: dict[str, Any]) -> bytes:
     return json.dumps(shaped, indent=1).encode()
 
 
-def container_options(launch: kernel_launch.KernelLaunch, package: str | None) -> dict[str, Any]:
-    """``containers.create`` arguments on a TLS engine: no mount of a path of either machine, no port.  Pure."""
+def container_options(launch: kernel_launch.KernelLaunch, package: str | None, engine: str = "") -> dict[str, Any]:
+    """``containers.create`` arguments on a TLS engine: no mount of a path of either machine, no port.  Pure.
+
+    ``engine``: that engine's address, which the kernel is told (``names.REMOTE_ENGINE``).
+    """
     shaped = dataclasses.replace(
         launch,
         connection_info={**launch.connection_info, "transport": "tcp"},  # no channel bind mounts: put_archive
@@ -117,6 +121,8 @@ def container_options(launch: kernel_launch.KernelLaunch, package: str | None) -
         handoff_dir=None,
     )
     options = kernel_launch.container_options(shaped)
+    if engine:
+        options["environment"][names.REMOTE_ENGINE] = engine
     options.pop("ports", None)  # nothing is published: the channels are carried by execs
     mounts = []
     for m in options["mounts"]:
@@ -269,7 +275,8 @@ _relays_lock = threading.Lock()
 def start(client: Any, launch: kernel_launch.KernelLaunch, log: logging.Logger | logging.LoggerAdapter) -> Any:
     """Create and start the kernel container on the TLS engine, then its channel relay.  Blocking."""
     package = package_volume.ensure(client, launch.image.id) if launch.mount_envpin else None
-    options = container_options(launch, package)
+    engine = re.sub(r"^https://", "tcp://", client.api.base_url)  # as DOCKER_HOST names it
+    options = container_options(launch, package, engine)
     try:
         container = dialect.create(client, **options)
     except docker.errors.APIError as exc:
