@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from testutils import PY311, containers, wait_for
+from testutils import DEMO, PY311, ROOT, containers, wait_for
 from testutils.kernels import JOB_PROBE, PROBE, execute_until_running, kernel, run, run_json
 from testutils.remote_host import RemoteHost, exposed_listeners, listener_owners, tcp_listeners
 
@@ -329,3 +329,33 @@ def test_gc_collects_a_killed_servers_kernel_and_its_folder(remote, admin, remot
             except ProcessLookupError:
                 pass
             shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+
+
+@pytest.mark.timeout(300)  # the demo image is copied into the remote host the first time
+def test_the_quickstart_notebook_runs_headless_on_the_remote_engine(
+    remote, admin, install_kernelspec, ssh_path, tmp_path
+):
+    """notebooks/quickstart.ipynb, unchanged, through nbclient with a kernelspec of the demo image on that engine:
+    its %use_image of the kernel's own image pins it, and its jobs run in that image over there."""
+    import shutil
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    volumes_before = {v.name for v in admin.volumes.list()}
+    remote.load_images([DEMO])
+    name = install_kernelspec(DEMO, engine=remote.ssh_url)
+    work = tmp_path / "quickstart"
+    work.mkdir()
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work)
+    nb = nbformat.read(work / "quickstart.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name=name, timeout=120, resources={"metadata": {"path": str(work)}}).execute()
+    text = "\n".join(
+        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
+    )
+    demo_id = admin.images.get(DEMO).id
+    assert "envpin: pinned to ubuntu-22.04-py3" in text, text
+    assert "in a container: True" in text and f"image id      : {demo_id}" in text, text
+    assert "python        : 3.11." in text and "working dir   : /tmp/envpin-" in text, text  # a folder over there
+    assert text.count("job -> (") == 4 and f"'ubuntu-22.04-py3', '{demo_id[:19]}')" in text, text
+    _assert_nothing_left(remote, admin, remote.ssh_url, volumes_before)
