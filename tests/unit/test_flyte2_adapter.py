@@ -4,10 +4,17 @@ Serialized as a run would be (``with_runcontext(mode="remote", dry_run=True, cop
 the task spec and the code bundle Flyte would upload, with no cluster).  What the image holds is told
 to ``code_in_image.remember`` (no engine in this tier).
 
-What is not run here, nor anywhere in the suite: a Flyte 2 task executed from its serialized form
-in its image.  Its pod command (``a0 ... --resolver ... mod M instance T``) is Flyte 2's runtime,
-which reports to the Flyte 2 control plane (the run's actions and their state) that no stand-in
-here provides, and the test images do not carry ``flyte`` (adding it rebuilds images in CI).
+Run from its serialized form: the task template's own pod command (``a0 ... --resolver ... mod M
+instance T``, Flyte 2's runtime) with its env, as a subprocess on the host
+(tests/testutils/flyte2_runner.py), from the image's code (``copy_style="none"``) or the bundle.
+Measured with flyte 2.12.1, a task that calls no other task needs no control plane: ``a0`` creates
+its controller but contacts it only to start a sub-action.
+
+What is not run here, nor anywhere in the suite: that command in a container of its image (no test
+image carries ``flyte`` 2; adding it is a recipe in tools/images.py, rebuilt in CI), and a task that
+awaits another task, whose controller enqueues the sub-action at Flyte 2's control plane
+(``flyteidl2.workflow.QueueService/EnqueueAction``, then ``StateService/Watch``), which no stand-in
+here provides: ``a0`` retries it until killed.
 ``flyte.deploy`` needs a control-plane client even for a dry run: its rule is checked at
 ``_deploy.apply``, up to where the client is asked for.
 """
@@ -188,3 +195,59 @@ def test_in_a_kernel_of_the_pinned_image_local_runs_are_in_the_image_and_the_sta
         warnings.simplefilter("error", LocalRunWarning)
         run = flyte.with_runcontext(mode="local").run(m.double, x=5)
     assert run.outputs()[0] == 10
+
+
+# --------------------------------------------------------------------------------------
+# the serialized task run as its pod runs it (tests/testutils/flyte2_runner.py: `a0` on the host)
+# --------------------------------------------------------------------------------------
+
+WHERE = """
+    import os
+
+    import flyte
+
+    env = flyte.TaskEnvironment(name="{env}")
+
+    @env.task
+    async def where(x: int) -> str:
+        return f"{{2 * x}} {{__file__}} {{os.environ.get('ENVPIN_IMAGE')}}"
+"""
+
+
+def test_the_serialized_task_of_an_image_with_the_code_runs_from_the_images_code(pinned):
+    """copy_style='none': the pod's `a0` has no bundle; it loads the module from the image's code (its
+    PYTHONPATH, a copy of the notebook's module elsewhere) and runs with the template's ENVPIN_ variables."""
+    from tests.testutils.flyte2_runner import run_action
+
+    _, load, tmp_path = pinned
+    code_in_image.remember(IMAGE_ID, "/opt/project", {"flows_h": None})
+    m = load("flows_h", WHERE.format(env="code_env_h"))
+    image_code = tmp_path / "image_project"
+    image_code.mkdir()
+    (image_code / "flows_h.py").write_text((tmp_path / "flows_h.py").read_text())
+    out = tmp_path / "bundle"
+    out.mkdir()
+    run = flyte.with_runcontext(mode="remote", dry_run=True, copy_bundle_to=out).run(m.where, x=3)
+    template = run.task_spec.task_template
+    assert "--tgz" not in list(template.container.args) and not list(out.iterdir())
+    ran = run_action(m.where, template, run.inputs, tmp_path / "pod_h", python_path=image_code)
+    assert ran.args[0] == "a0" and ran.env["ENVPIN_IMAGE_ID"] == IMAGE_ID
+    assert ran.outputs == f"6 {image_code / 'flows_h.py'} {PIN}", ran.log
+
+
+def test_the_serialized_task_with_a_bundle_runs_from_the_bundle(pinned):
+    """skip_bundle=False: the pod's `a0` unpacks the run's bundle (--tgz) into its folder and loads the task from it."""
+    from tests.testutils.flyte2_runner import run_action
+
+    pin, load, tmp_path = pinned
+    pin().skip_bundle = False
+    m = load("flows_i", WHERE.format(env="bundle_env_i"))
+    out = tmp_path / "bundle"
+    out.mkdir()
+    run = flyte.with_runcontext(mode="remote", dry_run=True, copy_bundle_to=out, interactive_mode=False).run(
+        m.where, x=4
+    )
+    template = run.task_spec.task_template
+    assert "--tgz" in list(template.container.args) and len(list(out.iterdir())) == 1
+    ran = run_action(m.where, template, run.inputs, tmp_path / "pod_i")
+    assert ran.outputs == f"8 {tmp_path / 'pod_i' / 'pod' / 'flows_i.py'} {PIN}", ran.log
