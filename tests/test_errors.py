@@ -58,7 +58,8 @@ async def start_fails(name, notebook_dir, exc_type):
     # Short lines (a path longer than a line stays whole: it is not broken where a copy would need it).
     explained = message.split("\nIts last output:")[0]  # the container's own lines follow as they are
     assert all(len(line) <= DIALOG_WIDTH or " " not in line.strip() for line in explained.splitlines()), message
-    flat = " ".join(message.replace("\n  | ", "\n").split())
+    # A closing command is on lines of its own, continued with " \\" (shell-pasteable): one line again here.
+    flat = " ".join(message.replace("\n  | ", "\n").replace(" \\\n", " ").split())
     if info.value.fix:
         assert flat.startswith(" ".join(info.value.fix.split())), "the fix comes first"
     return flat
