@@ -113,11 +113,12 @@ FLYTE2_VERSION = "2.12.1"
 
 def _files_tail(root: str, files: dict[str, str]) -> str:
     """A Dockerfile RUN line writing ``files`` under ``root`` (base64: a Dockerfile line holds them without quoting)."""
-    return "RUN " + " && ".join(
+    lines = (
         f"mkdir -p {root}/{os.path.dirname(name) or '.'} && echo '{base64.b64encode(text.encode()).decode()}' "
         f"| base64 -d > {root}/{name}"
         for name, text in files.items()
-    ) + "\n"
+    )
+    return "RUN " + " && ".join(lines) + "\n"
 
 
 #: A small uv project (its pyproject.toml and package), as a Ray user's images have one.
