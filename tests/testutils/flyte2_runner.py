@@ -90,7 +90,7 @@ def run_action(
         raise ValueError("python_path is for a run on the host: in a container, the image gives PYTHONPATH")
     work = Path(workdir)
     data, pod = work / "data", work / "pod"
-    for folder in (data / "out", data / "base", pod):
+    for folder in (data / "out", data / "base", *([pod] if docker is None else [])):
         folder.mkdir(parents=True, exist_ok=True)
     (data / "inputs.pb").write_bytes(getattr(inputs, "proto_inputs", inputs).SerializeToString())
     at = DATA if docker is not None else str(data)  # the data folder as the action sees it
@@ -142,7 +142,7 @@ def run_action(
 def _in_container(
     docker: Any, image: str, args: list[str], env: dict[str, str], data: Path, timeout: float
 ) -> tuple[int, str, str, str]:
-    """(exit code, log, container id, image id) of ``args`` run in a container of ``image``, as a pod runs it; removed after."""
+    """(exit code, log, container id, image id) of ``args`` in a container of ``image``, as a pod runs them."""
     from requests.exceptions import RequestException
 
     from envpin.host import dialect
@@ -154,10 +154,10 @@ def _in_container(
     try:
         container.start()
         try:
-            code = container.wait(timeout=timeout)["StatusCode"]
+            code, said = container.wait(timeout=timeout)["StatusCode"], ""
         except RequestException:  # the wait timed out: report what it said so far
-            code = -1
-        log = container.logs().decode(errors="replace")
+            code, said = -1, f"(still running after {timeout} s)\n"
+        log = said + container.logs().decode(errors="replace")
     finally:
         container.remove(force=True)
     return code, log, container.id, container.attrs["Image"]
