@@ -16,6 +16,7 @@ stand-in here provides.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import docker.errors
@@ -61,7 +62,8 @@ async def test_a_flyte2_task_from_the_images_code_runs_by_its_pod_command_in_a_c
     # The cluster's side: what the notebook serialized, read back from its protobuf, run as the pod runs it.
     template = TaskTemplate.FromString((tmp_path / "template.pb").read_bytes())
     inputs = Inputs.FromString((tmp_path / "inputs.pb").read_bytes())
-    ran = run_action(None, template, inputs, tmp_path / "action", docker=docker_client)
+    # (a thread: the runner converts with asyncio.run, and waits on the engine)
+    ran = await asyncio.to_thread(run_action, None, template, inputs, tmp_path / "action", docker=docker_client)
     where = json.loads(ran.outputs)
     pairs = list(zip(ran.args, serialized["args"], strict=True))  # as run, as serialized
     assert [a for a, s in pairs if a != s] == [a for a, s in pairs if "{{" in s]  # only the placeholders filled
