@@ -356,7 +356,8 @@ async def test_flyte2_environments_serialize_with_the_pin_and_no_bundle_when_the
     """A host kernel pinned to an image that holds the project (its package ``flows_in_image`` is in
     /opt/project there, as in this checkout): Flyte 2's run, serialized by the real SDK, names the pin,
     carries the variables and no bundle; a module the image lacks is refused by asking the image; local
-    mode here (outside the image) is warned about. Not run: the task itself (see tests/unit/test_flyte2_adapter.py)."""
+    mode here (outside the image) is warned about. Not run here: the task itself (its pod command runs in a
+    container of an image with ``flyte`` 2 in tests/test_flyte2_e2e.py)."""
     pytest.importorskip("flyte")
     for package, module in (("flows_in_image", "tasks"), ("notinimage", "tasks")):
         (tmp_path / package).mkdir()

@@ -91,6 +91,36 @@ _FLOWS_IN_IMAGE = base64.b64encode(
     b"    return word.upper() + ' from the image ' + os.environ.get('ENVPIN_IMAGE', '?')\n"
 ).decode()
 
+#: The Flyte 2 project baked into envpin-test/flyte2-code (/opt/project), one text for the image and the tests
+#: that import the same module on the host: its task says where it ran (the interpreter, the image id its pod
+#: was given, a container marker, the file it was loaded from).
+FLYTE2_PROJECT = {
+    "flows2_in_image/__init__.py": "",
+    "flows2_in_image/tasks.py": (
+        "import json\nimport os\nimport sys\n\nimport flyte\n\n"
+        'env = flyte.TaskEnvironment(name="flows2_in_image_env")\n\n\n'
+        "@env.task\nasync def double(x: int) -> str:\n"
+        "    return json.dumps({\n"
+        '        "double": 2 * x, "python": sys.executable, "prefix": sys.prefix,\n'
+        '        "image_id": os.environ.get("ENVPIN_IMAGE_ID"), "file": __file__,\n'
+        '        "container": [p for p in ("/.dockerenv", "/run/.containerenv") if os.path.exists(p)],\n'
+        "    })\n"
+    ),
+}
+#: Flyte 2's SDK, the one release the Flyte 2 adapter is measured with.
+FLYTE2_VERSION = "2.12.1"
+
+
+def _files_tail(root: str, files: dict[str, str]) -> str:
+    """A Dockerfile RUN line writing ``files`` under ``root`` (base64: a Dockerfile line holds them without quoting)."""
+    lines = (
+        f"mkdir -p {root}/{os.path.dirname(name) or '.'} && echo '{base64.b64encode(text.encode()).decode()}' "
+        f"| base64 -d > {root}/{name}"
+        for name, text in files.items()
+    )
+    return "RUN " + " && ".join(lines) + "\n"
+
+
 #: A small uv project (its pyproject.toml and package), as a Ray user's images have one.
 _UV_PROJECT = {
     "pyproject.toml": (
@@ -187,6 +217,15 @@ RECIPES: dict[str, ImageRecipe] = {
                 f"&& echo {_FLOWS_IN_IMAGE} | base64 -d > /opt/project/flows_in_image/tasks.py\n"
                 "ENV ENVPIN_CODE_IN_IMAGE=/opt/project PYTHONPATH=/opt/project\n"
             ),
+        ),
+        ImageRecipe(
+            "envpin-test/flyte2-code:latest",
+            "bookworm",
+            ("cloudpickle", f"flyte=={FLYTE2_VERSION}"),
+            notes="Python 3.11 with Flyte 2 (flyte) and a Flyte 2 project in /opt/project, marked with "
+            "ENVPIN_CODE_IN_IMAGE: the image a Flyte 2 pod runs (no ipykernel: not a notebook image)",
+            tail=_files_tail("/opt/project", FLYTE2_PROJECT)
+            + "ENV ENVPIN_CODE_IN_IMAGE=/opt/project PYTHONPATH=/opt/project\n",
         ),
         ImageRecipe(
             "envpin-test/ray-b:latest",

@@ -1,6 +1,7 @@
 """Flyte 2 (``flyte``) environments imported after %use_image, serialized as a remote run would be, offline
 (``with_runcontext(mode="remote", dry_run=True, copy_bundle_to=...)``): ``flyte2`` holds the task template's
-image, environment and arguments, the files of the code bundle Flyte would upload, and the warnings."""
+image, environment and arguments, the files of the code bundle Flyte would upload, and the warnings; the run as
+a cluster would receive it (its task template and inputs, protobuf) is written to ``template.pb`` and ``inputs.pb``."""
 
 import importlib
 import pathlib
@@ -22,6 +23,9 @@ with warnings.catch_warnings(record=True) as caught:
     else:
         refused = None
 template = run.task_spec.task_template if run is not None else None
+if run is not None:
+    pathlib.Path("template.pb").write_bytes(template.SerializeToString())
+    pathlib.Path("inputs.pb").write_bytes(run.inputs.proto_inputs.SerializeToString())
 flyte2 = {
     "image": template.container.image if template else None,
     "env": {e.key: e.value for e in template.container.env} if template else {},

@@ -8,13 +8,13 @@ Run from its serialized form: the task template's own pod command (``a0 ... --re
 instance T``, Flyte 2's runtime) with its env, as a subprocess on the host
 (tests/testutils/flyte2_runner.py), from the image's code (``copy_style="none"``) or the bundle.
 Measured with flyte 2.12.1, a task that calls no other task needs no control plane: ``a0`` creates
-its controller but contacts it only to start a sub-action.
+its controller but contacts it only to start a sub-action.  The same command in a container of its
+image (``envpin-test/flyte2-code``, which carries ``flyte`` 2 and the code) is the engine tier's
+tests/test_flyte2_e2e.py.
 
-What is not run here, nor anywhere in the suite: that command in a container of its image (no test
-image carries ``flyte`` 2; adding it is a recipe in tools/images.py, rebuilt in CI), and a task that
-awaits another task, whose controller enqueues the sub-action at Flyte 2's control plane
-(``flyteidl2.workflow.QueueService/EnqueueAction``, then ``StateService/Watch``), which no stand-in
-here provides: ``a0`` retries it until killed.
+What is not run here, nor anywhere in the suite: a task that awaits another task, whose controller
+enqueues the sub-action at Flyte 2's control plane (``flyteidl2.workflow.QueueService/EnqueueAction``,
+then ``StateService/Watch``), which no stand-in here provides: ``a0`` retries it until killed.
 ``flyte.deploy`` needs a control-plane client even for a dry run: its rule is checked at
 ``_deploy.apply``, up to where the client is asked for.
 """
@@ -198,7 +198,8 @@ def test_in_a_kernel_of_the_pinned_image_local_runs_are_in_the_image_and_the_sta
 
 
 # --------------------------------------------------------------------------------------
-# the serialized task run as its pod runs it (tests/testutils/flyte2_runner.py: `a0` on the host)
+# the serialized task run as its pod runs it (tests/testutils/flyte2_runner.py: `a0` on the host; in a container
+# of the image: tests/test_flyte2_e2e.py)
 # --------------------------------------------------------------------------------------
 
 WHERE = """
@@ -216,7 +217,8 @@ WHERE = """
 
 def test_the_serialized_task_of_an_image_with_the_code_runs_from_the_images_code(pinned):
     """copy_style='none': the pod's `a0` has no bundle; it loads the module from the image's code (its
-    PYTHONPATH, a copy of the notebook's module elsewhere) and runs with the template's ENVPIN_ variables."""
+    PYTHONPATH, a copy of the notebook's module elsewhere) and runs with the template's ENVPIN_ variables.
+    The outputs are converted with the interface read from the serialized template, as a cluster's client does."""
     from tests.testutils.flyte2_runner import run_action
 
     _, load, tmp_path = pinned
@@ -230,7 +232,8 @@ def test_the_serialized_task_of_an_image_with_the_code_runs_from_the_images_code
     run = flyte.with_runcontext(mode="remote", dry_run=True, copy_bundle_to=out).run(m.where, x=3)
     template = run.task_spec.task_template
     assert "--tgz" not in list(template.container.args) and not list(out.iterdir())
-    ran = run_action(m.where, template, run.inputs, tmp_path / "pod_h", python_path=image_code)
+    sent = type(template).FromString(template.SerializeToString())  # as the cluster receives it: no Python task
+    ran = run_action(None, sent, run.inputs.proto_inputs, tmp_path / "pod_h", python_path=image_code)
     assert ran.args[0] == "a0" and ran.env["ENVPIN_IMAGE_ID"] == IMAGE_ID
     assert ran.outputs == f"6 {image_code / 'flows_h.py'} {PIN}", ran.log
 
