@@ -166,13 +166,15 @@ class DaskAdapter(LibraryAdapter):
     # -- distributed: the check at connect, the gate before submissions ----------------------
 
     def install(self, distributed, stamp: Stamp) -> None:
+        from distributed.comm.core import CommClosedError
+
         adapter = self
 
         def make_start(original):
             async def _start(client, *args, **kwargs):
                 try:
                     result = await original(client, *args, **kwargs)
-                except OSError as exc:  # CommClosedError among them
+                except CommClosedError as exc:  # dropped by the scheduler (not: unreachable, asked no more)
                     if adapter.stamp is not None:
                         await adapter.explain_failed_connect(client, exc)
                     raise
