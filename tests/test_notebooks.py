@@ -8,18 +8,13 @@ import nbformat
 from nbclient import NotebookClient
 
 from testutils import ROOT, containers
+from testutils.notebooks import run_copy
 
 
 def test_quickstart_runs_in_the_demo_image(install_kernelspec, tmp_path, docker_client):
     name = install_kernelspec(None, name="containerized-python")  # the generic kernel: default image
+    text = run_copy("quickstart.ipynb", tmp_path, name, timeout=120)
     work = tmp_path / "quickstart"
-    work.mkdir()
-    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work)
-    nb = nbformat.read(work / "quickstart.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name=name, timeout=120, resources={"metadata": {"path": str(work)}}).execute()
-    text = "\n".join(
-        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
-    )
     demo_id = docker_client.images.get("ubuntu-22.04-py3").id
     assert "envpin: pinned to ubuntu-22.04-py3" in text
     assert "in a container: True" in text
@@ -49,16 +44,9 @@ def test_environment_mismatch_notebook_shows_the_refusal(jupyter_env, tmp_path, 
 
 def _run_host_notebook(name: str, tmp_path, monkeypatch) -> str:
     """Execute notebooks/NAME in the host's python3 kernel (where the engine clients are); its outputs as text."""
-    work = tmp_path / name.replace(".ipynb", "")
-    work.mkdir()
-    shutil.copy(ROOT / "notebooks" / name, work)
     monkeypatch.setenv("ENVPIN_TESTS", str(ROOT / "tests"))  # where the YTsaurus notebook finds the fake proxy
     monkeypatch.delenv("YT_PROXY", raising=False)
-    nb = nbformat.read(work / name, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=240, resources={"metadata": {"path": str(work)}}).execute()
-    return "\n".join(
-        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
-    )
+    return run_copy(name, tmp_path, "python3", timeout=240)
 
 
 def test_ytsaurus_notebook_shows_jobs_that_ran_in_the_image(install_kernelspec, tmp_path, docker_client):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from testutils import DEMO, PY311, ROOT, containers, wait_for
+from testutils import DEMO, PY311, containers, wait_for
 from testutils.kernels import JOB_PROBE, PROBE, execute_until_running, kernel, run, run_json
 from testutils.remote_host import RemoteHost, exposed_listeners, listener_owners, tcp_listeners
 
@@ -337,22 +337,12 @@ def test_the_quickstart_notebook_runs_headless_on_the_remote_engine(
 ):
     """notebooks/quickstart.ipynb, unchanged, through nbclient with a kernelspec of the demo image on that engine:
     its %use_image of the kernel's own image pins it, and its jobs run in that image over there."""
-    import shutil
-
-    import nbformat
-    from nbclient import NotebookClient
+    from testutils.notebooks import run_copy
 
     volumes_before = {v.name for v in admin.volumes.list()}
     remote.load_images([DEMO])
     name = install_kernelspec(DEMO, engine=remote.ssh_url)
-    work = tmp_path / "quickstart"
-    work.mkdir()
-    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", work)
-    nb = nbformat.read(work / "quickstart.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name=name, timeout=120, resources={"metadata": {"path": str(work)}}).execute()
-    text = "\n".join(
-        o.get("text") or o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", [])
-    )
+    text = run_copy("quickstart.ipynb", tmp_path, name, timeout=120)
     demo_id = admin.images.get(DEMO).id
     assert "envpin: pinned to ubuntu-22.04-py3" in text, text
     assert "in a container: True" in text and f"image id      : {demo_id}" in text, text
