@@ -204,7 +204,8 @@ def test_stop_leaves_nothing(docker_client):
         host.stop()
     assert host.leftovers() == []
     assert _processes_with(marker) == []
-    assert {c.id for c in docker_client.containers.list(all=True)} == local_before
+    # Nothing new on this machine's engine (a container an earlier test's clean-up removes meanwhile may go).
+    assert {c.id for c in docker_client.containers.list(all=True)} - local_before == set()
     assert docker_client.ping()
 
 
