@@ -49,7 +49,7 @@ from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
 from envpin_provisioner.pins import follow
-from envpin_provisioner.remote import ssh_kernel, tls_kernel
+from envpin_provisioner.remote import remote_pool, ssh_kernel, tls_kernel
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
@@ -98,6 +98,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             raise for_dialog(exc) from None
         super().__init__(**kwargs)
         self._warm = WarmKernels(self)
+        self._remote_warm = remote_pool.RemoteWarmKernels(self)  # the pool on another machine's engine
         follow.attach(self.parent, self.log)  # pins follow renames made in this server (no-op outside one)
 
     @property
@@ -237,7 +238,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         ready = False
         try:
             client = await self._docker()
-            container = await self._warm.hand_over(launch)
+            container = await self._warm.hand_over(launch) or await self._remote_warm.hand_over(launch)
             warm = container is not None
             if container is None and self._remote is not None:  # another machine's engine, over SSH
                 container = await engine.create_owned(
@@ -259,6 +260,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             ready = True
         finally:  # the pool's refill and the rename wait until the start is over, whatever its outcome
             self._warm.start_done(ready)
+            self._remote_warm.start_done(ready)
         self._started_warm = warm
         return container
 
@@ -351,6 +353,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         transport = self._transport()
         kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
         await self._set_up_channels(transport, env)
+        if self.on_other_machine and self._launch is None and self.pool_size:  # over SSH: its folder R is the kernel's
+            await self._remote_warm.take(self._choice, env)
         if self.over_tls and self.remote_root:
             raise ConfigError(
                 f"remote_root='{self.remote_root}' needs an engine reached over SSH: over TCP+TLS envpin reaches "
@@ -593,6 +597,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 )  # fmt: skip
         if not restart:
             await self._warm.discard()
+            await self._remote_warm.discard()
         if not restart:
             await self._let_go_of_remote()
         if not restart and self._channel_dir:

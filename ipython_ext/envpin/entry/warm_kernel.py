@@ -17,7 +17,20 @@ closes, the hand-over::
      "env": {"JPY_SESSION_NAME": "...", ...},    # optional: the kernel's variables, as a cold start has them
      "unset": ["NAME", ...]}                     # optional: variables a cold start would not have
 
-An empty read (the readiness probe closing) means: wait again.  Then the
+An empty read (the readiness probe closing) means: wait again.
+
+On an engine of another machine (``envpin_provisioner.remote.remote_pool``) no
+folder of the server's can be mounted, so ``warm_kernel --poll DIR`` waits
+otherwise: it makes ``DIR`` (0700, its own user, inside its own container's
+filesystem: nothing else can write there), writes ``DIR/waiting`` once
+ipykernel is imported (the server's readiness probe reads it through the
+engine), then looks for ``DIR/go`` every :data:`POLL_INTERVAL` seconds.  The
+server puts one archive into the container (``put_archive``): the connection
+file, ``message.json`` (the hand-over above) and ``go``, in that order, so
+``go`` exists only once the others are whole.  The key never passes a command
+line, a variable, a label or a file outside the container.
+
+Then the
 process is, from here on, exactly what ``python -m ipykernel_launcher`` would
 have been: same interpreter, same ``sys.path``, the notebook's folder as its
 working directory, same PID, so interrupts and signals reach it the same way.
@@ -28,11 +41,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from envpin import names
 
 #: Largest hand-over the server writes; a longer one is refused (it would come from no server of ours).
 MAX_MESSAGE = 1 << 20
+#: ``--poll``: seconds between two looks for ``go`` (a stat each: ~100 a second cost nothing measurable,
+#: and a hand-over waits at most this long to be noticed).
+POLL_INTERVAL = 0.01
+#: ``--poll``: the names in DIR (``envpin_provisioner.remote.remote_pool`` writes the same ones).
+POLL_READY, POLL_MESSAGE, POLL_GO = "waiting", "message.json", "go"
 
 
 #: What a kernel cannot start without: imported first, and a failure ends this process, so an image
@@ -90,10 +109,60 @@ def _wait(handoff_dir: str) -> dict:
         finally:
             os.close(fd)
         if chunks:  # nothing: the server only checked that we wait
-            message = json.loads(b"".join(chunks))
-            if not isinstance(message, dict) or not isinstance(message.get("argv"), list):
-                raise SystemExit(f"envpin.entry.warm_kernel: not a hand-over from envpin: {message!r:.200}")
-            return message
+            return _checked(json.loads(b"".join(chunks)), path)
+
+
+def _checked(message: object, where: str) -> dict:
+    if not isinstance(message, dict) or not isinstance(message.get("argv"), list):
+        raise SystemExit(f"envpin.entry.warm_kernel: not a hand-over from envpin in {where}: {message!r:.200}")
+    return message
+
+
+def _make_poll_dir(folder: str) -> int:
+    """Make ``folder`` (0700, ours; it must not exist: a fresh container has none); its descriptor."""
+    os.mkdir(folder, 0o700)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise SystemExit(f"envpin.entry.warm_kernel: {folder} is not a private folder of this user")
+    return fd
+
+
+def _poll(folder: str, fd: int) -> dict:
+    """``--poll``: announce readiness in ``folder`` (``fd``, made by :func:`_make_poll_dir`), then wait for ``go``.
+
+    Everything is opened relative to the folder's descriptor, without following links: the folder is
+    this container's own, and nothing but the server's archive lands in it.
+    """
+    marker = os.open(POLL_READY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+    os.close(marker)
+    while True:
+        try:
+            os.stat(POLL_GO, dir_fd=fd, follow_symlinks=False)
+            break
+        except FileNotFoundError:
+            time.sleep(POLL_INTERVAL)
+    try:
+        msg_fd = os.open(POLL_MESSAGE, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        raise SystemExit(
+            f"envpin.entry.warm_kernel: {folder}/{POLL_GO} without a readable {POLL_MESSAGE}: {exc}"
+        ) from None
+    with os.fdopen(msg_fd, "rb") as f:
+        data = f.read(MAX_MESSAGE + 1)
+    if len(data) > MAX_MESSAGE:
+        raise SystemExit(f"envpin.entry.warm_kernel: a hand-over larger than {MAX_MESSAGE} bytes in {folder}")
+    try:
+        message = json.loads(data)
+    except ValueError:
+        raise SystemExit(f"envpin.entry.warm_kernel: not a hand-over from envpin in {folder}: {data[:200]!r}") from None
+    for name in (POLL_MESSAGE, POLL_GO, POLL_READY):  # the kernel finds only its connection file there
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+    os.close(fd)
+    return _checked(message, folder)
 
 
 def _become_kernel(message: dict) -> None:
@@ -110,8 +179,13 @@ def _become_kernel(message: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) == 3 and argv[1] == "--poll":  # an engine of another machine: its own folder, polled
+        fd = _make_poll_dir(argv[2])  # before the imports: the folder is ours before anything else runs
+        _preload()
+        _become_kernel(_poll(argv[2], fd))
+        return
     if len(argv) != 2:
-        raise SystemExit("usage: python -m envpin.entry.warm_kernel HANDOFF_DIR")
+        raise SystemExit("usage: python -m envpin.entry.warm_kernel HANDOFF_DIR | --poll DIR")
     # Started through envpin.entry.boot: the working folder (the notebook's, which its kernel can write) is not on
     # sys.path, so what follows imports only the image's and envpin's own modules (IPython adds the
     # working folder itself later, for the notebook's namespace, as in a cold kernel).

@@ -28,6 +28,7 @@ names paths there, each checked to exist before the container is made.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import json
@@ -173,12 +174,12 @@ def container_options(launch: kernel_launch.KernelLaunch, remote: RemoteKernel, 
 def forward_channels(launch: kernel_launch.KernelLaunch, remote: RemoteKernel) -> None:
     """Forward each of the kernel's local socket names to its name in ``R/sock``.  Blocking; idempotent."""
     info = launch.connection_info
-    master = remote.master
-    for ch in channels.CHANNELS:
-        local = f"{info['ip']}-{info[f'{ch}_port']}"
-        master.forward(local, posixpath.join(remote.socket_dir, f"k-{info[f'{ch}_port']}"))
-        if local not in remote.forwarded:
-            remote.forwarded.append(local)
+    pairs = [
+        (f"{info['ip']}-{info[f'{ch}_port']}", posixpath.join(remote.socket_dir, f"k-{info[f'{ch}_port']}"))
+        for ch in channels.CHANNELS
+    ]
+    remote.master.forward_all(pairs)  # one ssh -O forward for all five
+    remote.forwarded.extend(local for local, _ in pairs if local not in remote.forwarded)
 
 
 def start(
@@ -186,7 +187,32 @@ def start(
 ):
     """Create and start the kernel container on the remote engine; remove it again if starting fails.  Blocking."""
     package = package_volume.ensure(client, launch.image.id) if launch.mount_envpin else None
-    forward_channels(launch, remote)
+    # The forwards (an ssh -O round trip) need nothing of the container: made while it is created and started.
+    forwards = _SIDE.submit(forward_channels, launch, remote)
+    try:
+        container = _create_and_start(client, launch, remote, package, log)
+    except BaseException:
+        concurrent.futures.wait([forwards])
+        raise
+    try:
+        forwards.result()
+    except BaseException:  # no channels: the container goes again
+        kernel_container.remove(container)
+        raise
+    return container
+
+
+#: Threads that overlap a start's independent steps (the channel forwards).
+_SIDE = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="envpin-ssh-start")
+
+
+def _create_and_start(
+    client: Any,
+    launch: kernel_launch.KernelLaunch,
+    remote: RemoteKernel,
+    package: str | None,
+    log: logging.Logger | logging.LoggerAdapter,
+):
     options = container_options(launch, remote, package)
     try:
         container = dialect.create(client, **options)

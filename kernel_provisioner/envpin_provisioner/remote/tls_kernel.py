@@ -291,11 +291,7 @@ def start(client: Any, launch: kernel_launch.KernelLaunch, log: logging.Logger |
         (os.path.basename(WORK_DIR), None, 0o700),
         (os.path.basename(names.CONTAINER_TCP_CONNECTION_FILE), _in_container_info(launch.connection_info), 0o600),
     ]
-    info = launch.connection_info
-    sockets = {
-        f"{info['ip']}-{info[f'{ch}_port']}": posixpath.join(CHANNEL_DIR, f"k-{info[f'{ch}_port']}")
-        for ch in channels.CHANNELS
-    }
+    sockets = relay_sockets(launch)
     try:
         container.put_archive("/tmp", _tar(entries, int(uid), int(gid or uid)))
         container.start()
@@ -334,3 +330,30 @@ def reset() -> None:
         _relays.clear()
     for relay in relays:
         relay.close()
+
+
+def private_folders(user: str) -> bytes:
+    """The archive that makes the container's channel and working folders (0700, ``user``'s) before it starts."""
+    uid, _, gid = user.partition(":")
+    entries: list[tuple[str, bytes | None, int]] = [
+        (os.path.basename(CHANNEL_DIR), None, 0o700),
+        (os.path.basename(WORK_DIR), None, 0o700),
+    ]
+    return _tar(entries, int(uid), int(gid or uid))
+
+
+def start_relay(client: Any, container: Any, user: str, launch: kernel_launch.KernelLaunch) -> None:
+    """The channel relay of a kernel started otherwise than by :func:`start` (a remote pool's, ``remote_pool``)."""
+    relay = ChannelRelay(client, container.id, user, launch.python, relay_sockets(launch))
+    relay.start()
+    with _relays_lock:
+        _relays[container.id] = relay
+
+
+def relay_sockets(launch: kernel_launch.KernelLaunch) -> dict[str, str]:
+    """Each channel's local socket path (where the server connects) -> the kernel's socket path in the container."""
+    info = launch.connection_info
+    return {
+        f"{info['ip']}-{info[f'{ch}_port']}": posixpath.join(CHANNEL_DIR, f"k-{info[f'{ch}_port']}")
+        for ch in channels.CHANNELS
+    }

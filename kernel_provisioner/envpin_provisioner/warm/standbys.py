@@ -51,6 +51,7 @@ class WarmableKernel(Protocol):
     log: logging.Logger | logging.LoggerAdapter
     pool_size: int
     pool_root: str
+    engine: str
     mount_envpin: bool
     _folder: Any
     user: str
@@ -133,7 +134,8 @@ class WarmKernels:
         template = self._template(choice, env)
         shape = pool.shape_of(container_options(template))
         where = f"{folder.identity[0]}:{folder.identity[1]}" if folder is not None else ""
-        folder_key = f"{docker_client.engine_address()}|{kernel.user}|{where}"
+        # the kernel's engine: a pool of one engine never serves a kernel of another (remote_pool's keys too)
+        folder_key = f"{docker_client.engine_address(kernel.engine or None)}|{kernel.user}|{where}"
         key = f"{folder_key}|{choice.resolved.id}|{shape}"
         # What a new pool of this key replaces: the same reference and configuration with another image id
         # (the tag moved). Another configuration in the same folder (a second kernelspec) is another group.
