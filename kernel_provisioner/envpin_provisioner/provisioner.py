@@ -136,6 +136,15 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             await engine.call_through(ssh_tunnel.release, address)
 
     @property
+    def ssh_side(self) -> ssh_kernel.RemoteKernel | None:
+        """With an ssh:// engine: this kernel's folder R and forwards there (a remote pool container's, once taken)."""
+        return self._remote
+
+    @ssh_side.setter
+    def ssh_side(self, remote: ssh_kernel.RemoteKernel | None) -> None:
+        self._remote = remote
+
+    @property
     def _moving(self) -> bool:
         return self._mover is not None and self._mover.moving
 

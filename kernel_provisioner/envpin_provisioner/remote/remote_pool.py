@@ -74,7 +74,7 @@ class RemoteKernelSide(Protocol):
     local_root: str
     mounts: Any
     _folder: Any
-    _remote: ssh_kernel.RemoteKernel | None
+    ssh_side: ssh_kernel.RemoteKernel | None
 
     @property
     def over_ssh(self) -> bool: ...
@@ -281,7 +281,7 @@ class RemoteWarmKernels:
     async def take(self, choice: selection.ImageChoice, env: dict[str, str]) -> RemoteWarm | None:
         """A pool container of this configuration on this kernel's engine (None: start cold); refill either way.
 
-        Over SSH the container's folder R becomes the kernel's (``kernel._remote``) at once.
+        Over SSH the container's folder R becomes the kernel's (``kernel.ssh_side``) at once.
         """
         kernel = self.kernel
         if not kernel.pool_size or not kernel.mount_envpin or kernel._folder is None:
@@ -328,7 +328,7 @@ class RemoteWarmKernels:
             return None
         self._taken = taken
         if taken.remote is not None:  # its folder R is the kernel's from now on (torn down with the kernel)
-            kernel._remote, taken.remote = taken.remote, None
+            kernel.ssh_side, taken.remote = taken.remote, None
         if taken.held:  # the kernel holds the connection itself (``_docker``)
             taken.held = False
             await engine.call(ssh_tunnel.release, taken.url)
@@ -341,7 +341,7 @@ class RemoteWarmKernels:
         if warm is None:
             return None
         client = await self.kernel._docker()
-        remote = self.kernel._remote
+        remote = self.kernel.ssh_side
         try:
             if remote is not None:
                 container = await engine.call(_hand_over_ssh, warm, launch, remote)
