@@ -346,19 +346,32 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         client = await self._prepare_engine()
         env = kwargs.get("env") or {}
         await self._pin_notebook(env, kwargs.get("cwd"))
-        with start_pulls.tracked(self.image or "", self.kernel_id) as progress:  # shown by the JupyterLab extension
-            self._choice = await engine.call(
-                selection.choose,
-                client,
-                self.image,
-                self.pull_policy,
-                self._notebook,
-                self._pin_dir,
-                self.log,
-                self.allowed_images,
-                kernelspec=self.kernelspec_name,
-                progress=progress,
-            )
+        # Over SSH (no pool to take a folder from) the kernel's folder there, a round trip of its own, is
+        # made while the image is chosen (Engine API requests): the two need nothing of each other.
+        early = self._remote is None and self.over_ssh and not self.pool_size
+        folder_there = asyncio.ensure_future(self._prepare_remote()) if early else None
+        try:
+            with start_pulls.tracked(self.image or "", self.kernel_id) as progress:  # shown by the JupyterLab extension
+                self._choice = await engine.call(
+                    selection.choose,
+                    client,
+                    self.image,
+                    self.pull_policy,
+                    self._notebook,
+                    self._pin_dir,
+                    self.log,
+                    self.allowed_images,
+                    kernelspec=self.kernelspec_name,
+                    progress=progress,
+                )
+        except BaseException:  # the folder made meanwhile is the kernel's: pre_launch's failure path removes it
+            if folder_there is not None:
+                await asyncio.wait([folder_there])
+                if not folder_there.cancelled() and folder_there.exception() is None:
+                    self._remote = folder_there.result()
+            raise
+        if folder_there is not None:
+            self._remote = await folder_there
         transport = self._transport()
         kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
         await self._set_up_channels(transport, env)
@@ -371,20 +384,24 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
                 "Use engine='ssh://USER@HOST' for a working folder on that machine, or leave remote_root empty."
             )
         if self.over_ssh and self._remote is None:
-            assert self._folder is not None  # pinned above
-            self._remote = await engine.call(
-                ssh_kernel.prepare,
-                docker_client.engine_address(self.engine or None),
-                self.remote_root,
-                self.local_root,
-                self._folder.path,
-                [m.split(":")[0] for m in self.mounts],
-            )
+            self._remote = await self._prepare_remote()
         if transport == "tcp" and self.network_mode != "none":
             await self._require_encryption(client, self._choice, kwargs)
         kwargs = await super().pre_launch(**kwargs)
         self._give_connection_file()
         return kwargs
+
+    async def _prepare_remote(self) -> ssh_kernel.RemoteKernel:
+        """Over SSH: make this kernel's folder R on the remote host (``ssh_kernel.prepare``)."""
+        assert self._folder is not None  # pinned first
+        return await engine.call(
+            ssh_kernel.prepare,
+            docker_client.engine_address(self.engine or None),
+            self.remote_root,
+            self.local_root,
+            self._folder.path,
+            [m.split(":")[0] for m in self.mounts],
+        )
 
     async def _prepare_engine(self) -> Any:
         """The shared client, after this server's first collection of orphans; the engine's memory if 'auto' needs it."""
