@@ -368,6 +368,7 @@ class ProvisionerOptions(Configurable):
         kernel also keeps a standby for its restarts and %use_image moves. Each waiting container holds
         about 60 MB of memory. The shared pool is kept per notebook folder: a warm container mounts exactly
         the folder it was made for, so the first start in a folder is cold and fills the pool for the next.
+        On another machine's engine (ssh://, TCP+TLS) the pool is made on that engine; standbys there are not.
         Default: $ENVPIN_POOL_SIZE, else 0: no pool, nothing runs that nobody asked for.""",
     )
 

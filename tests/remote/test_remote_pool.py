@@ -194,3 +194,61 @@ async def test_a_kernel_that_wrecks_its_hand_over_folder_gets_no_other_kernel_s_
                 assert (await run_json(kc_a, "1 + 1")) == 2  # A is still a working kernel
     __import__("envpin_provisioner.warm.pool", fromlist=["_remove_at_exit"])._remove_at_exit()
     await _assert_nothing_left(remote, admin, docker_client, local_before, kind, url)
+
+
+def test_gc_collects_a_killed_servers_pool_containers_and_their_folders(
+    remote, admin, install_kernelspec, server, monkeypatch
+):
+    """A Jupyter server killed while its remote pool waits: ``envpin gc --engine ssh://...`` (another process)
+    removes the pool's containers on that engine and their folders on that host, with the kernel's."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from testutils import wait_for
+
+    monkeypatch.setenv("PATH", f"{remote.ssh_bin.parent}:{os.environ['PATH']}")
+    name = install_kernelspec(PY311, name="rpool-gc", engine=remote.ssh_url, pool_size=1)
+    srv = server()
+    kid = srv.start_kernel(name, "a.ipynb")
+    assert srv.execute(kid, "print(1)")[0] == "ok"
+    (waiting,) = wait_for(lambda: containers(admin, role="pool", running=True), timeout=60, what="the remote pool")
+    assert len(_leftover_folders(remote)) == 2  # the kernel's folder and the pool container's own
+    masters = _ssh_children(srv.proc.pid)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "envpin_provisioner", "gc", "--engine", remote.ssh_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert waiting.short_id in out.stdout and "removed 2 kernel folder(s)" in out.stdout, out.stdout
+        assert [c.name for c in admin.containers.list(all=True)] == []
+        assert _leftover_folders(remote) == []
+    finally:
+        for pid, control in masters:  # what a killed server leaves on this machine (docs/guide/remote.md, Limits)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+
+
+def _ssh_children(pid: int) -> list[tuple[int, str]]:
+    """(pid, control socket) of the ``ssh -M`` processes whose parent is ``pid`` (as test_ssh_kernels')."""
+    found = []
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{child}/stat").read()
+            argv = open(f"/proc/{child}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"-M" in argv and b"-S" in argv:
+            found.append((int(child), argv[argv.index(b"-S") + 1].decode()))
+    return found
