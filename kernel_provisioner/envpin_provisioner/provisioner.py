@@ -339,6 +339,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             return await self._prepare_launch(**kwargs)
         except BaseException:  # a first start that failed here leaves nothing on a remote host either
             if first:
+                await self._remote_warm.discard()  # a pool container taken for it
                 await self._let_go_of_remote()
             raise
 
@@ -375,14 +376,14 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         transport = self._transport()
         kernel_launch.check_transport(transport, self.network_mode, self._choice.name)
         await self._set_up_channels(transport, env)
-        if self.on_other_machine and self._launch is None and self.pool_size:  # over SSH: its folder R is the kernel's
-            await self._remote_warm.take(self._choice, env)
         if self.over_tls and self.remote_root:
             raise ConfigError(
                 f"remote_root='{self.remote_root}' needs an engine reached over SSH: over TCP+TLS envpin reaches "
                 "only the engine, not that machine's folders, and the kernel works in its container's own folder. "
                 "Use engine='ssh://USER@HOST' for a working folder on that machine, or leave remote_root empty."
             )
+        if self.on_other_machine and self._launch is None and self.pool_size:  # over SSH: its folder R is the kernel's
+            await self._remote_warm.take(self._choice, env)
         if self.over_ssh and self._remote is None:
             self._remote = await self._prepare_remote()
         if transport == "tcp" and self.network_mode != "none":
