@@ -33,6 +33,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -216,9 +217,9 @@ class Master:
                         f"'ssh {' '.join(self.target.ssh_args()[:-2] + [self.target.host])} true' works for this "
                         "user without a prompt (a key in the agent or ~/.ssh/config, the host in known_hosts)."
                     )
-                if os.path.exists(self.engine_socket) and self._check():
+                if os.path.exists(self.engine_socket) and self._listening():
                     break
-                time.sleep(0.05)
+                time.sleep(0.01)  # a kernel's start waits on this: the connection is up within ~0.2 s
             else:
                 proc.kill()
                 proc.wait()
@@ -239,11 +240,21 @@ class Master:
             timeout=timeout,
         )
 
-    def _check(self) -> bool:
+    def _listening(self) -> bool:
+        """The master accepts on its control socket: what ``ssh -O check`` asks, without starting a process.
+
+        ssh binds its ``-L`` forwards, then the control socket, once the connection is authenticated: the
+        engine socket and an accepting control socket together mean the master is up.
+        """
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2)
         try:
-            return self._control_cmd("-O", "check", timeout=5).returncode == 0
-        except subprocess.TimeoutExpired:
+            probe.connect(self.control)
+            return True
+        except OSError:
             return False
+        finally:
+            probe.close()
 
     def alive(self) -> bool:
         with self._lock:
