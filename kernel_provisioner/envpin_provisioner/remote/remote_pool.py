@@ -50,6 +50,7 @@ from envpin.host import dialect, docker_client, ssh_tunnel
 from envpin_provisioner import engine
 from envpin_provisioner.images import selection
 from envpin_provisioner.kernel import channels
+from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import package_volume, ssh_kernel, tls_kernel
 from envpin_provisioner.warm import pool
@@ -218,6 +219,7 @@ _SIDE = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=
 def _hand_over_ssh(
     warm: RemoteWarm, launch: kernel_launch.KernelLaunch, remote: ssh_kernel.RemoteKernel
 ) -> Container | None:
+    """Over SSH: the archive goes in while the five forwards are added (one ``ssh -O forward``).  Blocking."""
     options = ssh_kernel.container_options(launch, remote, None)
     message = handover_message(launch, options["environment"], remote.workdir, warm.env)
     archive = handover_archive(launch.connection_info, posixpath.join(remote.socket_dir, "k"), message, warm.user)
@@ -231,6 +233,7 @@ def _hand_over_ssh(
 
 
 def _hand_over_tls(client: Any, warm: RemoteWarm, launch: kernel_launch.KernelLaunch) -> Container | None:
+    """Over TLS: the archive goes in, then the relay of the kernel's channels starts.  Blocking."""
     options = tls_kernel.container_options(launch, None, warm.url)
     message = handover_message(launch, options["environment"], tls_kernel.WORK_DIR, warm.env)
     prefix = posixpath.join(tls_kernel.CHANNEL_DIR, "k")
@@ -243,8 +246,7 @@ def _hand_over_tls(client: Any, warm: RemoteWarm, launch: kernel_launch.KernelLa
 
 
 def _still_waiting(container: Container) -> bool:
-    from envpin_provisioner.kernel import container as kernel_container
-
+    """The container still runs (its waiting process did not die while it waited): asked beside the hand-over."""
     return kernel_container.state(container)[1] is None
 
 
