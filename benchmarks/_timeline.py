@@ -153,15 +153,18 @@ def instrument() -> None:
 def instrument_remote() -> None:
     """Wrap, besides :func:`instrument`'s, the steps a start on another machine's engine adds (SSH or TLS)."""
     from envpin.host import ssh_tunnel
-    from envpin_provisioner.remote import package_volume, ssh_kernel, tls_kernel
+    from envpin_provisioner.remote import package_volume, remote_pool, ssh_kernel, tls_kernel
 
     _wrap_sync(ssh_tunnel.Master, "_spawn", "SSH: connect (ControlMaster process)")
     _wrap_sync(ssh_tunnel.Master, "run", "SSH: remote command (mktemp, ids, folders)")
     _wrap_sync(ssh_tunnel.Master, "forward", "SSH: channel forward (ssh -O forward)")
+    _wrap_sync(ssh_tunnel.Master, "forward_all", "SSH: a kernel's channel forwards (one ssh -O forward)")
     _wrap_sync(ssh_kernel, "prepare", "remote kernel folder prepared (ssh_kernel.prepare)")
     _wrap_sync(ssh_kernel, "start", "remote create + start (ssh_kernel.start)")
     _wrap_sync(tls_kernel, "start", "remote create + start (tls_kernel.start)")
     _wrap_sync(package_volume, "ensure", "package volume check (package_volume.ensure)")
+    _wrap_sync(remote_pool, "_hand_over_ssh", "remote pool hand-over over SSH (put_archive + forwards)")
+    _wrap_sync(remote_pool, "_hand_over_tls", "remote pool hand-over over TLS (put_archive + relay)")
 
 
 def summarize(runs: list[Timeline | list[Span]]) -> list[tuple[str, float, float, int]]:
