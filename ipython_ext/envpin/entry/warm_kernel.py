@@ -30,6 +30,13 @@ file, ``message.json`` (the hand-over above) and ``go``, in that order, so
 ``go`` exists only once the others are whole.  The key never passes a command
 line, a variable, a label or a file outside the container.
 
+A cold start over SSH (``envpin_provisioner.remote.ssh_kernel``) runs
+``warm_kernel --given DIR``: the container starts at once, imports ipykernel,
+and the same kind of archive (key at ``/tmp/envpin-kernel.json``, then
+``DIR/message.json`` and ``DIR/go``, ``DIR`` made 0700 by the archive) goes in
+meanwhile, off the start's path, instead of into the created container before
+its start.
+
 Then the
 process is, from here on, exactly what ``python -m ipykernel_launcher`` would
 have been: same interpreter, same ``sys.path``, the notebook's folder as its
@@ -50,6 +57,8 @@ MAX_MESSAGE = 1 << 20
 #: ``--poll``: seconds between two looks for ``go`` (a stat each: ~100 a second cost nothing measurable,
 #: and a hand-over waits at most this long to be noticed).
 POLL_INTERVAL = 0.01
+#: ``--given``: seconds a cold start waits for its hand-over (the server sends it right after the start).
+GIVEN_TIMEOUT = 60.0
 #: ``--poll``: the names in DIR (``envpin_provisioner.remote.remote_pool`` writes the same ones).
 POLL_READY, POLL_MESSAGE, POLL_GO = "waiting", "message.json", "go"
 
@@ -128,6 +137,26 @@ def _make_poll_dir(folder: str) -> int:
     return fd
 
 
+def _given(folder: str, timeout: float = GIVEN_TIMEOUT) -> dict:
+    """``--given``: a cold start on another machine's engine; the server's archive brings ``folder`` itself.
+
+    The container was started a moment ago and nothing but envpin's archive has been put into it, so the
+    folder, once there, is the server's word; it must still be a real folder, this user's, 0700.  Bounded:
+    a server that never sends the hand-over leaves a process that ends, not one that waits for good.
+    """
+    deadline = time.monotonic() + timeout
+    go = os.path.join(folder, POLL_GO)
+    while not os.path.lexists(go):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"envpin.entry.warm_kernel: no hand-over in {folder} within {timeout:.0f}s")
+        time.sleep(POLL_INTERVAL)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise SystemExit(f"envpin.entry.warm_kernel: {folder} is not a private folder of this user")
+    return _read_hand_over(folder, fd)
+
+
 def _poll(folder: str, fd: int) -> dict:
     """``--poll``: announce readiness in ``folder`` (``fd``, made by :func:`_make_poll_dir`), then wait for ``go``.
 
@@ -142,6 +171,11 @@ def _poll(folder: str, fd: int) -> dict:
             break
         except FileNotFoundError:
             time.sleep(POLL_INTERVAL)
+    return _read_hand_over(folder, fd)
+
+
+def _read_hand_over(folder: str, fd: int) -> dict:
+    """The hand-over in ``folder`` (``fd``), read without following links; the message and markers go."""
     try:
         msg_fd = os.open(POLL_MESSAGE, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
     except OSError as exc:
@@ -179,13 +213,17 @@ def _become_kernel(message: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) == 3 and argv[1] == "--given":  # a cold start there: imports while the hand-over travels
+        _preload()
+        _become_kernel(_given(argv[2]))
+        return
     if len(argv) == 3 and argv[1] == "--poll":  # an engine of another machine: its own folder, polled
         fd = _make_poll_dir(argv[2])  # before the imports: the folder is ours before anything else runs
         _preload()
         _become_kernel(_poll(argv[2], fd))
         return
     if len(argv) != 2:
-        raise SystemExit("usage: python -m envpin.entry.warm_kernel HANDOFF_DIR | --poll DIR")
+        raise SystemExit("usage: python -m envpin.entry.warm_kernel HANDOFF_DIR | --poll DIR | --given DIR")
     # Started through envpin.entry.boot: the working folder (the notebook's, which its kernel can write) is not on
     # sys.path, so what follows imports only the image's and envpin's own modules (IPython adds the
     # working folder itself later, for the notebook's namespace, as in a cold kernel).

@@ -30,13 +30,10 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
 import posixpath
-import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,13 +50,9 @@ from envpin_provisioner.kernel import channels
 from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import package_volume, ssh_kernel, tls_kernel
+from envpin_provisioner.remote.handover import HANDOFF_DIR, KEY_FILE, handover_archive, handover_message
 from envpin_provisioner.warm import pool
 from envpin_provisioner.warm.standbys import SETTLE
-
-#: In a remote pool container: its private hand-over folder (made by the waiting process, 0700).
-HANDOFF_DIR = "/tmp/envpin-handoff"
-#: The connection file's name there (the kernel's ``-f``).
-KEY_FILE = "kernel.json"
 
 
 class RemoteKernelSide(Protocol):
@@ -120,42 +113,6 @@ def _waiting_options(options: dict[str, Any]) -> dict[str, Any]:
     options["command"] = [names.ENTRY_WARM_KERNEL, "--poll", HANDOFF_DIR]
     options["name"] = f"{kernel_launch.WARM_NAME_PREFIX}remote-{os.urandom(4).hex()}"
     return options
-
-
-def _tar(entries: list[tuple[str, bytes, int]], user: str) -> bytes:
-    uid, _, gid = user.partition(":")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data, mode in entries:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-            info.uid, info.gid = int(uid), int(gid or uid)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def handover_archive(info: dict[str, Any], socket_prefix: str, message: dict[str, Any], user: str) -> bytes:
-    """The one archive a taken container gets: its key, the hand-over, then ``go`` (extracted in that order).  Pure."""
-    key = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
-    key.update(transport="ipc", ip=socket_prefix)
-    return _tar(
-        [
-            (KEY_FILE, json.dumps(key, indent=1).encode(), 0o600),
-            (warm_kernel.POLL_MESSAGE, json.dumps(message).encode(), 0o600),
-            (warm_kernel.POLL_GO, b"", 0o600),
-        ],
-        user,
-    )
-
-
-def handover_message(launch: kernel_launch.KernelLaunch, env: dict[str, str], cwd: str, warm_env: dict[str, str]):
-    """What the waiting process becomes: ipykernel's arguments, as a cold start's command has them.  Pure."""
-    return {
-        "argv": ["-f", posixpath.join(HANDOFF_DIR, KEY_FILE), *launch.kernel_args],
-        "cwd": cwd,
-        "env": env,
-        "unset": sorted(set(warm_env) - set(env)),
-    }
 
 
 # ---- making one (blocking) --------------------------------------------------------------------
@@ -391,4 +348,4 @@ class RemoteWarmKernels:
                 self.kernel.log.warning("envpin: could not remove warm container %s: %s", taken.container.short_id, exc)
 
 
-__all__ = ["HANDOFF_DIR", "RemoteWarm", "RemoteWarmKernels", "handover_archive", "handover_message"]
+__all__ = ["HANDOFF_DIR", "KEY_FILE", "RemoteWarm", "RemoteWarmKernels", "handover_archive", "handover_message"]

@@ -51,7 +51,7 @@ from envpin_provisioner.errors import ConfigError, KernelStartFailed
 from envpin_provisioner.kernel import channels
 from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
-from envpin_provisioner.remote import package_volume
+from envpin_provisioner.remote import handover, package_volume
 
 _OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n$")
 #: A kernel's folder R as :func:`prepare` makes it (``mktemp -d .../envpin-XXXXXXXX``): all gc removes there.
@@ -214,6 +214,8 @@ def _create_and_start(
     log: logging.Logger | logging.LoggerAdapter,
 ):
     options = container_options(launch, remote, package)
+    if launch.mount_envpin:  # the key follows the start, off its path: see _start_then_hand_over
+        options["command"] = [names.ENTRY_WARM_KERNEL, "--given", handover.HANDOFF_DIR]
     try:
         container = dialect.create(client, **options)
     except docker.errors.APIError as exc:
@@ -223,11 +225,14 @@ def _create_and_start(
             "limits, extra options): with an engine on another machine, paths name that machine's folders."
         ) from exc
     try:
-        container.put_archive(
-            os.path.dirname(names.CONTAINER_TCP_CONNECTION_FILE),
-            _connection_tar(launch.connection_info, posixpath.join(remote.socket_dir, "k"), remote.uid, remote.gid),
-        )
-        container.start()
+        if launch.mount_envpin:
+            _start_then_hand_over(container, launch, remote, options["environment"])
+        else:  # ipykernel_launcher reads its key at once: it must be there before the start
+            container.put_archive(
+                os.path.dirname(names.CONTAINER_TCP_CONNECTION_FILE),
+                _connection_tar(launch.connection_info, posixpath.join(remote.socket_dir, "k"), remote.uid, remote.gid),
+            )
+            container.start()
     except BaseException:
         kernel_container.remove(container)
         raise
@@ -236,6 +241,28 @@ def _create_and_start(
         launch.kernel_id, container.short_id, launch.image.reference, remote.url,
     )  # fmt: skip
     return container
+
+
+def _start_then_hand_over(container: Any, launch: kernel_launch.KernelLaunch, remote: RemoteKernel, env: dict) -> None:
+    """Start the container, then put its key and hand-over in while its Python imports ipykernel.  Blocking.
+
+    An archive into a created container (its file system mounted for the copy) took ~80-100 ms before
+    the start could begin; into the running one it overlaps the ~0.3 s the kernel takes to import
+    (``envpin.entry.warm_kernel --given``, which waits for ``go``, bounded).  Same key, same place
+    (``/tmp/envpin-kernel.json``, 0600 for the kernel's user), only inside the container.
+    """
+    container.start()
+    key = names.CONTAINER_TCP_CONNECTION_FILE
+    message = handover.handover_message(launch, env, remote.workdir, env, key=key)
+    archive = handover.handover_archive(
+        launch.connection_info,
+        posixpath.join(remote.socket_dir, "k"),
+        message,
+        f"{remote.uid}:{remote.gid}",
+        key=posixpath.basename(key),
+        folder=posixpath.basename(handover.HANDOFF_DIR),
+    )
+    container.put_archive(posixpath.dirname(handover.HANDOFF_DIR), archive)
 
 
 def teardown(remote: RemoteKernel) -> None:
