@@ -40,6 +40,9 @@ def _extract(archive: bytes, folder: str) -> None:
     """What ``put_archive`` does: the members in their order, written into ``folder``."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         for member in tar.getmembers():
+            if member.isdir():
+                os.mkdir(os.path.join(folder, member.name), member.mode)
+                continue
             data = tar.extractfile(member)
             assert data is not None
             fd = os.open(os.path.join(folder, member.name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, member.mode)
@@ -174,3 +177,47 @@ def test_pool_keys_name_the_engine():
         pool.pools.drain()
     assert [k.split("|")[0] for k in found] == ["ssh://alice@gpu-box", "tcp://gpu-box:2376", "ssh://alice@other-box"]
     assert len(set(found)) == 3
+
+
+def test_a_cold_start_s_archive_brings_its_folder_and_the_key_stays_where_it_was(tmp_path):
+    """``--given`` (a cold start over SSH): the archive goes into the running container's /tmp, folder included."""
+    folder = str(tmp_path / "envpin-handoff")
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(warm_kernel._given(folder, timeout=10)), daemon=True)
+    thread.start()
+    launch = KernelLaunch(IMAGE, "k1", INFO, "/local/kernel.json")
+    key = "/tmp/envpin-kernel.json"
+    message = remote_pool.handover_message(launch, {"A": "1"}, "/work", {"A": "1"}, key=key)
+    assert message["argv"] == ["-f", key] and message["unset"] == []
+    archive = remote_pool.handover_archive(
+        INFO, "/R/sock/k", message, USER, key="envpin-kernel.json", folder="envpin-handoff"
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert [(m.name, m.mode, m.isdir()) for m in tar.getmembers()] == [
+            ("envpin-handoff", 0o700, True),
+            ("envpin-kernel.json", 0o600, False),
+            ("envpin-handoff/message.json", 0o600, False),
+            ("envpin-handoff/go", 0o600, False),
+        ]
+    _extract(archive, str(tmp_path))
+    thread.join(5)
+    assert got == [message]
+    assert os.listdir(folder) == [] and json.load(open(tmp_path / "envpin-kernel.json"))["ip"] == "/R/sock/k"
+
+
+def test_a_cold_start_waits_bounded_and_only_for_a_private_folder(tmp_path):
+    with pytest.raises(SystemExit, match="no hand-over"):
+        warm_kernel._given(str(tmp_path / "never"), timeout=0.05)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    (shared / "message.json").write_text(json.dumps({"argv": []}))
+    (shared / "go").touch()
+    with pytest.raises(SystemExit, match="not a private folder"):
+        warm_kernel._given(str(shared), timeout=1)
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (real / "go").touch()
+    os.symlink(real, tmp_path / "linked")
+    with pytest.raises(OSError):  # a link is never the folder (O_NOFOLLOW)
+        warm_kernel._given(str(tmp_path / "linked"), timeout=1)
