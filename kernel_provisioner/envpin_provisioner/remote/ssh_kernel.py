@@ -10,7 +10,8 @@ host (``envpin.host.ssh_tunnel``):
   server connects.  No port listens on either machine; only ``-L`` forwards
   exist, so nothing over there can open a connection to this machine;
 * the connection file (the key) travels once, in a ``put_archive`` into the
-  created container, mode 0600 for the kernel's user: never a command line,
+  container (right after its start, while it imports ipykernel; ``remote.handover``),
+  mode 0600 for the kernel's user: never a command line,
   an environment variable, a label or a file on the remote host's disk
   outside the container.
 
