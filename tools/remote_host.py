@@ -23,6 +23,11 @@ with nothing from outside:
   for the user ``envpin-remote`` (member of that engine's ``docker`` group),
   who finds the docker CLI on PATH there: docker's SSH transport runs
   ``docker system dial-stdio`` on the remote host;
+* with ``podman=True``, its user's **rootless Podman** as well: subordinate
+  ids in a private ``/etc/subuid``/``subgid``, ``/run/user/UID``, storage in
+  the cache (bound over ``/var/lib/containers``), and ``podman system service``
+  as that user on ``/run/user/UID/podman/podman.sock``, which the client
+  reaches as ``ssh://envpin-remote@ADDR/run/user/UID/podman/podman.sock``;
 * the **client side**: a private folder laid out as a home (``.ssh/config``,
   ``id_ed25519``, ``known_hosts``; ``bin/ssh`` passing that config to OpenSSH,
   which reads the passwd home and ignores ``$HOME``) and ``tls/`` laid out
@@ -117,7 +122,8 @@ class RemoteHost:
     ``name``: 1-8 of ``[a-z0-9]``; names the netns, the veth, the cgroup, the
     folders.  ``index`` (0-255) picks the /30 ``10.231.index.0`` (default: from
     the name).  ``images``: loaded from the local engine into the remote one
-    at start (again only when the local id changed).
+    at start (again only when the local id changed).  ``podman``: the remote
+    user's rootless Podman too (``podman_url``), ``images`` loaded into it as well.
     """
 
     def __init__(
@@ -956,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--name", default="rh0")
     up.add_argument("--index", type=int, default=None, help="the /30 is 10.231.INDEX.0 (default: from the name)")
     up.add_argument("--image", action="append", default=[], help="a local image to load into it (repeatable)")
+    up.add_argument("--podman", action="store_true", help="also the remote user's rootless Podman")
     down = sub.add_parser("down", help="remove a remote host a killed process left behind")
     down.add_argument("--name", default="rh0")
     args = parser.parse_args(argv)
@@ -969,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     def stop_now(signum: int, _frame: object) -> None:
         stopping.append(signum)
 
-    with RemoteHost(args.name, index=args.index, images=args.image) as host:
+    with RemoteHost(args.name, index=args.index, images=args.image, podman=args.podman) as host:
         signal.signal(signal.SIGTERM, stop_now)
         signal.signal(signal.SIGINT, stop_now)
         ssh_env = " ".join(f"{k}={shlex.quote(v)}" for k, v in host.client_env("ssh").items() if k != "PATH")
@@ -978,6 +985,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  over SSH: PATH={host.ssh_bin.parent}:$PATH {ssh_env} docker info")
         print(f"  over TLS: {tls_env} docker info")
         print(f"  ssh:      {host.ssh_bin} {host.hostname}")
+        if host.podman:
+            print(f"  podman:   engine={host.podman_url} (with bin/ssh first on PATH)")
         print(f"  logs:     {host.log_dir}", flush=True)
         while not stopping and host._proc is not None and host._proc.poll() is None:
             time.sleep(0.5)
