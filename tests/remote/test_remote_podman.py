@@ -219,3 +219,42 @@ def test_a_socket_path_nothing_serves_is_one_paragraph_with_the_fix(remote, ssh_
     assert f"Nothing answers at /run/user/{remote.uid}/podman/not-running.sock on {remote.address}" in flat, message
     assert "systemctl --user enable --now podman.socket" in flat and "loginctl enable-linger envpin-remote" in flat
     assert "\n\n" not in message.strip(), message
+
+
+async def test_a_kernel_on_a_silent_socket_fails_to_start_with_that_paragraph(remote, install_kernelspec, ssh_path):
+    """The same paragraph through a kernelspec, as JupyterLab shows it, in seconds; nothing started anywhere."""
+    url = f"{remote.ssh_url}/run/user/{remote.uid}/podman/not-running.sock"
+    name = install_kernelspec(PY311, engine=url)
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"(?s)systemctl\s+--user\s+enable\s+--now\s+podman\.socket"):
+        async with kernel(name):
+            pass
+    assert time.monotonic() - started < 30
+    assert _kernel_folders(remote) == []
+
+
+def test_the_podman_host_is_the_users_rootless_podman_and_hides_this_machine(remote, podman):
+    """What the tests above stand on: rootless, the user's own storage, this machine's folders out of sight."""
+    import subprocess
+
+    info = podman.api.get(podman.api._url("/libpod/info")).json()
+    assert info["host"]["security"]["rootless"] is True, info["host"]["security"]
+    assert info["store"]["graphRoot"] == "/var/lib/containers/storage", info["store"]
+    over_ssh = subprocess.run(
+        [str(remote.ssh_bin), remote.hostname, "echo $XDG_RUNTIME_DIR; id -u; cat /etc/subuid"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    lines = over_ssh.stdout.splitlines()
+    assert lines[:2] == [f"/run/user/{remote.uid}", str(remote.uid)], over_ssh
+    assert "envpin-remote:400000:65536" in lines, over_ssh
+    seen = remote.run(
+        ["sh", "-c", "ls -A /work /home /root /var/lib/containers 2>&1"], capture_output=True, text=True
+    ).stdout
+    assert "main" not in seen and "envpin-podman" not in seen, seen  # the checkout, the local Podman user's home
+    assert sorted(remote.run(["ls", "-A", "/var/lib/containers"], capture_output=True, text=True).stdout.split()) == [
+        "config",
+        "owner",
+        "storage",
+    ]
