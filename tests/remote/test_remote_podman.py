@@ -258,3 +258,61 @@ def test_the_podman_host_is_the_users_rootless_podman_and_hides_this_machine(rem
         "owner",
         "storage",
     ]
+
+
+def test_gc_collects_a_killed_servers_kernel_on_the_remote_podman(remote, podman, podman_spec, server):
+    """A Jupyter server killed with its kernel running on that Podman: ``envpin gc --engine <podman URL>``
+    (another process) removes the container there and the kernel's folder in the user's runtime folder."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from envpin_provisioner.remote import ssh_kernel
+
+    name = podman_spec()
+    srv = server()
+    kid = srv.start_kernel(name, "a.ipynb")
+    assert srv.execute(kid, "print(1)")[0] == "ok"
+    (orphan,) = containers(podman, kernel=kid, running=True)
+    folder = ssh_kernel.folder_of(orphan)
+    assert folder is not None and folder.startswith(f"/run/user/{remote.uid}/envpin-"), orphan.attrs["Mounts"]
+    assert _kernel_folders(remote) == [folder]
+    masters = _ssh_children(srv.proc.pid)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "envpin_provisioner", "gc", "--engine", remote.podman_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert orphan.short_id in out.stdout and f"kernel {kid}" in out.stdout, out.stdout
+        assert f"removed 1 kernel folder(s) on {remote.podman_url}: {folder}" in out.stdout, out.stdout
+        assert containers(podman, kernel=kid) == []
+        assert _kernel_folders(remote) == []
+    finally:
+        for pid, control in masters:  # what a killed server leaves on this machine (docs/guide/remote.md, Limits)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            shutil.rmtree(os.path.dirname(control), ignore_errors=True)
+
+
+def _ssh_children(pid: int) -> list[tuple[int, str]]:
+    """(pid, control socket) of the ``ssh -M`` processes whose parent is ``pid``."""
+    found = []
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{child}/stat").read()
+            argv = open(f"/proc/{child}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"-M" in argv and b"-S" in argv:
+            found.append((int(child), argv[argv.index(b"-S") + 1].decode()))
+    return found
