@@ -316,3 +316,23 @@ def _ssh_children(pid: int) -> list[tuple[int, str]]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"-M" in argv and b"-S" in argv:
             found.append((int(child), argv[argv.index(b"-S") + 1].decode()))
     return found
+
+
+@pytest.mark.timeout(300)  # the demo image is copied into the remote host the first time
+def test_the_quickstart_notebook_runs_headless_on_the_remote_podman(
+    remote, podman, admin, install_kernelspec, ssh_path, tmp_path
+):
+    """notebooks/quickstart.ipynb, unchanged, through nbclient with a kernelspec of the demo image on that Podman."""
+    from testutils import DEMO
+    from testutils.notebooks import run_copy
+
+    volumes_before = {v.name for v in podman.volumes.list()}
+    remote.load_images([DEMO])
+    name = install_kernelspec(DEMO, engine=remote.podman_url)
+    text = run_copy("quickstart.ipynb", tmp_path, name, timeout=120)
+    demo_id = podman.images.get(DEMO).id
+    assert "envpin: pinned to ubuntu-22.04-py3" in text, text
+    assert "in a container: True" in text and f"image id      : {demo_id}" in text, text
+    assert "python        : 3.11." in text and f"working dir   : /run/user/{remote.uid}/envpin-" in text, text
+    assert text.count("job -> (") == 4 and f"'ubuntu-22.04-py3', '{demo_id[:19]}')" in text, text
+    _assert_nothing_left(remote, podman, admin, volumes_before)
