@@ -93,7 +93,7 @@ async def main() -> None:
     for kind in ("cold move", "pooled move"):
         r50 = pct(times[kind], 0.5) / pct(times["local"], 0.5)
         r90 = pct(times[kind], 0.9) / pct(times["local"], 0.9)
-        target = " (target p50 <= 1.0x)" if kind == "pooled move" else ""
+        target = " (target p50 <= 0.6x)" if kind == "pooled move" else " (target p50 <= 1.3x)"
         print(f"ratio {kind}/local start: p50 {r50:.2f}x   p90 {r90:.2f}x{target}")
 
 

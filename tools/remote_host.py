@@ -23,6 +23,11 @@ with nothing from outside:
   for the user ``envpin-remote`` (member of that engine's ``docker`` group),
   who finds the docker CLI on PATH there: docker's SSH transport runs
   ``docker system dial-stdio`` on the remote host;
+* with ``podman=True``, its user's **rootless Podman** as well: subordinate
+  ids in a private ``/etc/subuid``/``subgid``, ``/run/user/UID``, storage in
+  the cache (bound over ``/var/lib/containers``), and ``podman system service``
+  as that user on ``/run/user/UID/podman/podman.sock``, which the client
+  reaches as ``ssh://envpin-remote@ADDR/run/user/UID/podman/podman.sock``;
 * the **client side**: a private folder laid out as a home (``.ssh/config``,
   ``id_ed25519``, ``known_hosts``; ``bin/ssh`` passing that config to OpenSSH,
   which reads the passwd home and ignores ``$HOME``) and ``tls/`` laid out
@@ -73,6 +78,10 @@ TLS_PORT = 2376
 #: This machine's folders the remote host must not see (those that exist are hidden under an empty tmpfs),
 #: plus, at start, the checkout, the running Python's prefix (the venv) and $HOME wherever they are.
 HIDDEN = ("/work", "/root", "/home", "/tmp", "/var/tmp", "/opt", "/srv", "/mnt", "/media", "/dev/shm")
+#: The remote user's subordinate ids (``podman=True``): beside this machine's ranges in its private /etc/subuid.
+SUBID_START, SUBID_COUNT = 400000, 65536
+#: Where the remote user's rootless Podman keeps images (the cache's ``podman/`` is bound over this folder there).
+PODMAN_ROOT = "/var/lib/containers"
 _NAME = re.compile(r"^[a-z0-9]{1,8}$")
 
 
@@ -113,10 +122,13 @@ class RemoteHost:
     ``name``: 1-8 of ``[a-z0-9]``; names the netns, the veth, the cgroup, the
     folders.  ``index`` (0-255) picks the /30 ``10.231.index.0`` (default: from
     the name).  ``images``: loaded from the local engine into the remote one
-    at start (again only when the local id changed).
+    at start (again only when the local id changed).  ``podman``: the remote
+    user's rootless Podman too (``podman_url``), ``images`` loaded into it as well.
     """
 
-    def __init__(self, name: str = "rh0", *, index: int | None = None, images: Iterable[str] = ()) -> None:
+    def __init__(
+        self, name: str = "rh0", *, index: int | None = None, images: Iterable[str] = (), podman: bool = False
+    ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"remote host name {name!r}: use 1-8 characters of a-z and 0-9")
         self.name = name
@@ -124,6 +136,7 @@ class RemoteHost:
         if not 0 <= self.index <= 255:
             raise ValueError(f"index {index} is not 0-255")
         self.images = tuple(images)
+        self.podman = podman  #: also rootless Podman for the remote user, its API socket at ``podman_socket``
         self.netns = f"envpin-rh-{name}"
         self.veth = f"rh-{name}"  # this machine's end; the remote's end is called eth0 inside
         self.address = f"10.231.{self.index}.2"
@@ -136,6 +149,7 @@ class RemoteHost:
         self.log_dir = self.run_dir / "log"
         self.cache_dir = CACHE_ROOT / name
         self.data_root = self.cache_dir / "docker"
+        self.podman_root = self.cache_dir / "podman"  #: bound over PODMAN_ROOT there; storage/ is the user's
         self._remote = self.run_dir / "remote"  # the remote's own files, copied in at start
         self._proc: subprocess.Popen | None = None
         self._init_pid: int | None = None  # the namespace's PID 1 (tini), as this machine numbers it
@@ -198,7 +212,7 @@ class RemoteHost:
 
         ``admin``: its unix socket inside the namespace, through
         ``/proc/PID/root`` (for setup and inspection; not how a user reaches
-        it).  ``tls``: ``tcp://...:2376`` with ``tls_config()`` and
+        it); ``podman``: the same for the remote user's rootless Podman.  ``tls``: ``tcp://...:2376`` with ``tls_config()`` and
         ``trust_env`` off (see the comment there).  ``ssh`` /
         ``ssh-paramiko``: ``ssh://envpin-remote@...`` shelling out to OpenSSH /
         through paramiko; both need the environment of ``client_env("ssh")``
@@ -209,6 +223,10 @@ class RemoteHost:
 
         if transport == "admin":
             return docker.DockerClient(base_url=f"unix://{self.admin_socket}", timeout=timeout)
+        if transport == "podman":
+            if not self.podman:
+                raise RemoteHostError(f"remote host {self.name} was made without podman=True")
+            return docker.DockerClient(base_url=f"unix://{self.podman_admin_socket}", timeout=timeout)
         if transport == "tls":
             # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set on these machines) replace the session's CA
             # (docker/docker-py#2433): the engine's CA would be ignored, so trust_env goes off before the first
@@ -226,7 +244,7 @@ class RemoteHost:
             return client
         if transport in ("ssh", "ssh-paramiko"):
             return docker.DockerClient(base_url=self.ssh_url, use_ssh_client=transport == "ssh", timeout=timeout)
-        raise ValueError(f"transport {transport!r}: use 'admin', 'tls', 'ssh' or 'ssh-paramiko'")
+        raise ValueError(f"transport {transport!r}: use 'admin', 'podman', 'tls', 'ssh' or 'ssh-paramiko'")
 
     @property
     def pid(self) -> int:
@@ -238,6 +256,27 @@ class RemoteHost:
     @property
     def admin_socket(self) -> str:
         return f"/proc/{self.pid}/root/run/docker.sock"
+
+    @property
+    def uid(self) -> int:
+        """The remote user's uid (and gid) there."""
+        if self._uid is None:
+            raise RemoteHostError(f"remote host {self.name} is not running")
+        return self._uid
+
+    @property
+    def podman_socket(self) -> str:
+        """The remote user's rootless Podman API socket, as that host names it (``podman=True``)."""
+        return f"/run/user/{self.uid}/podman/podman.sock"
+
+    @property
+    def podman_url(self) -> str:
+        """``ssh://envpin-remote@10.231.N.2/run/user/UID/podman/podman.sock``: Podman's own URL form."""
+        return f"{self.ssh_url}{self.podman_socket}"
+
+    @property
+    def podman_admin_socket(self) -> str:
+        return f"/proc/{self.pid}/root{self.podman_socket}"
 
     def run(self, argv: Sequence[str], *, as_user: bool = True, timeout: float = 60, **kw: Any):
         """Run ``argv`` on the remote host (its namespaces; as ``envpin-remote`` unless ``as_user=False``).
@@ -266,7 +305,10 @@ class RemoteHost:
         """Make the host, start its engine and sshd, wait until both answer, load ``images``."""
         if os.geteuid() != 0:
             raise RemoteHostError("a remote host needs root (network and mount namespaces, a second dockerd)")
-        for package, command in (("openssh-server", "sshd"), ("tini", "tini"), ("openssl", "openssl")):
+        wanted = [("openssh-server", "sshd"), ("tini", "tini"), ("openssl", "openssl")]
+        if self.podman:
+            wanted += [("podman", "podman"), ("uidmap", "newuidmap"), ("slirp4netns", "slirp4netns")]
+        for package, command in wanted:
             self._install(package, command)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.cache_dir, os.O_RDONLY)
@@ -370,17 +412,54 @@ class RemoteHost:
         )
         self.ssh_bin.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {shlex.quote(str(self.ssh_config))} "$@"\n')
         self.ssh_bin.chmod(0o755)
+        self._write_accounts()  # the uid first: sshd's config names the user's runtime folder
         (remote / "sshd_config").write_text(
             f"ListenAddress {self.address}:{SSH_PORT}\n"
             "HostKey /etc/ssh/ssh_host_ed25519_key\nPidFile /run/sshd.pid\n"
             "AuthenticationMethods publickey\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin no\n"
-            f"AllowUsers {USER}\nAuthorizedKeysFile /etc/ssh/authorized_keys/%u\nStrictModes yes\n"
+            + (
+                f"SetEnv XDG_RUNTIME_DIR=/run/user/{self._uid}\n" if self.podman else ""
+            )  # pam_systemd's, on a real host
+            + f"AllowUsers {USER}\nAuthorizedKeysFile /etc/ssh/authorized_keys/%u\nStrictModes yes\n"
             "AllowTcpForwarding yes\nAllowStreamLocalForwarding yes\nStreamLocalBindUnlink yes\n"
             "X11Forwarding no\nPrintMotd no\nLogLevel VERBOSE\n"
         )
         self._make_certificates()
-        self._write_accounts()
+        if self.podman:
+            self._write_podman_files()
+
+    def _write_podman_files(self) -> None:
+        """Subordinate ids for the remote user, its Podman config, and its storage in the cache (kept for images).
+
+        The storage is made for one uid and one subordinate range: when the
+        accounts came out differently (another machine's passwd), it starts
+        empty rather than with layers owned by ids that mean nothing now.
+        """
+        uid, etc = self.uid, self._remote / "etc"
+        mine = f"{USER}:{SUBID_START}:{SUBID_COUNT}"
+        for name in ("subuid", "subgid"):
+            here = Path("/etc", name)
+            lines = [
+                ln for ln in (here.read_text().splitlines() if here.exists() else []) if not ln.startswith(f"{USER}:")
+            ]
+            (etc / name).write_text("\n".join([*lines, mine]) + "\n")
+        config = self.podman_root / "config"  # (copied to the user's ~/.config/containers there)
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{PODMAN_ROOT}/storage"\nrunroot = "/run/user/{uid}/containers"\n'
+        )
+        # No systemd in there (as on a host without a user session): cgroupfs, and events in a file.
+        (config / "containers.conf").write_text('[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+        Path(PODMAN_ROOT).mkdir(mode=0o700, exist_ok=True)  # Podman's own folder (the mount point there)
+        stamp, want = self.podman_root / "owner", f"{uid} {mine}\n"
+        if stamp.exists() and stamp.read_text() != want:
+            shutil.rmtree(self.podman_root / "storage", ignore_errors=True)
+        (self.podman_root / "storage").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.podman_root, 0o755)
+        os.chown(self.podman_root / "storage", uid, uid)
+        os.chmod(self.podman_root / "storage", 0o700)
+        stamp.write_text(want)
 
     def _make_certificates(self) -> None:
         """A CA, a server certificate for the address (SAN IP), a client certificate; ECDSA P-256, two days."""
@@ -502,10 +581,12 @@ class RemoteHost:
         r = q(str(self._remote))
         lines = [
             "set -eu",
-            f"exec 3>>{q(str(self.log_dir / 'dockerd.log'))} 4>>{q(str(self.log_dir / 'sshd.log'))}",
+            f"exec 3>>{q(str(self.log_dir / 'dockerd.log'))} 4>>{q(str(self.log_dir / 'sshd.log'))}"
+            f" 5>>{q(str(self.log_dir / 'podman.log'))}",
             f"hostname {q(self.hostname)}",
             f"mount --bind {q(str(self.data_root))} /var/lib/docker",
             *(f"mount --bind {r}/etc/{f} /etc/{f}" for f in ("passwd", "group", "shadow")),
+            *self._podman_binds(),
             "mount -t tmpfs -o mode=755 envpin-remote-etc /etc/ssh",
             f"cp {r}/sshd_config {r}/ssh_host_ed25519_key {r}/ssh_host_ed25519_key.pub /etc/ssh/",
             "chmod 600 /etc/ssh/ssh_host_ed25519_key && mkdir -m 755 /etc/ssh/authorized_keys",
@@ -525,11 +606,40 @@ class RemoteHost:
             "d=$!",
             "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config >&4 2>&4 &",
             "s=$!",
-            # SIGTERM from stop(): sshd and dockerd first (dockerd stops its containerd), then PID 1 exits
-            'trap \'kill -TERM "$s" "$d" 2>/dev/null; wait "$d"; exit 0\' TERM INT',
+            *self._podman_start(),
+            # SIGTERM from stop(): sshd, podman and dockerd first (dockerd stops its containerd), then PID 1 exits
+            'trap \'kill -TERM "$s" "$d" ${p:-} 2>/dev/null; wait "$d"; exit 0\' TERM INT',
             "wait",
         ]
         return "\n".join(lines) + "\n"
+
+    def _podman_binds(self) -> list[str]:
+        """Before this machine's folders are hidden: the user's subordinate ids, and its storage from the cache."""
+        if not self.podman:
+            return []
+        r = shlex.quote(str(self._remote))
+        return [
+            f"mount --bind {r}/etc/subuid /etc/subuid",
+            f"mount --bind {r}/etc/subgid /etc/subgid",
+            f"mount --bind {shlex.quote(str(self.podman_root))} {PODMAN_ROOT}",  # hides this machine's as well
+        ]
+
+    def _podman_start(self) -> list[str]:
+        """After: the user's runtime folder and config, then ``podman system service`` as that user (log: podman.log)."""
+        if not self.podman:
+            return []
+        uid, home = self.uid, f"/home/{USER}"
+        runtime = f"/run/user/{uid}"
+        env = f"HOME={home} USER={USER} LOGNAME={USER} PATH=/usr/local/bin:/usr/bin:/bin XDG_RUNTIME_DIR={runtime} LANG=C.UTF-8"
+        return [
+            f"mkdir -p {runtime}/podman && chown -R {uid}:{uid} /run/user/{uid} && chmod 700 {runtime}",
+            f"mkdir -p {home}/.config && cp -r {PODMAN_ROOT}/config {home}/.config/containers",
+            f"chown -R {uid}:{uid} {home}/.config",
+            f"cd {home} && setpriv --reuid={uid} --regid={uid} --init-groups -- env -i {env}"
+            f" podman system service --time=0 unix://{self.podman_socket} >&5 2>&5 &",
+            "p=$!",
+            "cd /",
+        ]
 
     def _dockerd_command(self) -> str:
         return (
@@ -630,6 +740,8 @@ class RemoteHost:
             (f"dockerd over TLS on {self.tcp_url}", "dockerd.log", pings("tls")),
             (f"sshd on {self.address}:{SSH_PORT}", "sshd.log", self._ssh_answers),
         )
+        if self.podman:
+            steps += ((f"rootless podman on {self.podman_socket}", "podman.log", pings("podman")),)
         for what, log, probe in steps:
             last: BaseException | None = None
             while True:
@@ -660,15 +772,16 @@ class RemoteHost:
         return done.returncode == 0 and bool(done.stdout.strip())
 
     def _fresh_engine(self) -> None:
-        """The data root is kept for its images: remove what an earlier run left in it (containers, volumes)."""
-        client = self.docker_client("admin", timeout=60)
-        try:
-            for c in client.containers.list(all=True):
-                c.remove(force=True)
-            client.volumes.prune()
-            client.networks.prune()
-        finally:
-            client.close()
+        """The data roots are kept for their images: remove what an earlier run left in them (containers, volumes)."""
+        for transport in ("admin", "podman") if self.podman else ("admin",):
+            client = self.docker_client(transport, timeout=60)
+            try:
+                for c in client.containers.list(all=True):
+                    c.remove(force=True)
+                client.volumes.prune()
+                client.networks.prune()
+            finally:
+                client.close()
 
     def load_images(self, images: Iterable[str]) -> None:
         """Copy ``images`` from the local engine (``DOCKER_HOST`` as set) into this one, unless already there.
@@ -680,22 +793,26 @@ class RemoteHost:
         import docker.errors
 
         local = docker.from_env(timeout=300)
-        remote = self.docker_client("admin", timeout=300)
         try:
-            for ref in images:
-                want = local.images.get(ref).id
+            for transport in ("admin", "podman") if self.podman else ("admin",):
+                remote = self.docker_client(transport, timeout=300)
                 try:
-                    if remote.images.get(ref).id == want:
-                        continue
-                except docker.errors.ImageNotFound:
-                    pass
-                _say(f"loading {ref} into remote host {self.name} ...")
-                remote.images.load(local.api.get_image(ref))
-                if remote.images.get(ref).id != want:
-                    raise RemoteHostError(f"{ref} was loaded into remote host {self.name} but its id differs")
+                    for ref in images:
+                        want = local.images.get(ref).id
+                        try:
+                            if remote.images.get(ref).id == want:
+                                continue
+                        except docker.errors.ImageNotFound:
+                            pass
+                        engine = "rootless podman" if transport == "podman" else "dockerd"
+                        _say(f"loading {ref} into remote host {self.name}'s {engine} ...")
+                        remote.images.load(local.api.get_image(ref))
+                        if remote.images.get(ref).id != want:
+                            raise RemoteHostError(f"{ref} was loaded into remote host {self.name} but its id differs")
+                finally:
+                    remote.close()
         finally:
             local.close()
-            remote.close()
 
     # ---- stop --------------------------------------------------------------------------------------
 
@@ -845,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--name", default="rh0")
     up.add_argument("--index", type=int, default=None, help="the /30 is 10.231.INDEX.0 (default: from the name)")
     up.add_argument("--image", action="append", default=[], help="a local image to load into it (repeatable)")
+    up.add_argument("--podman", action="store_true", help="also the remote user's rootless Podman")
     down = sub.add_parser("down", help="remove a remote host a killed process left behind")
     down.add_argument("--name", default="rh0")
     args = parser.parse_args(argv)
@@ -858,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     def stop_now(signum: int, _frame: object) -> None:
         stopping.append(signum)
 
-    with RemoteHost(args.name, index=args.index, images=args.image) as host:
+    with RemoteHost(args.name, index=args.index, images=args.image, podman=args.podman) as host:
         signal.signal(signal.SIGTERM, stop_now)
         signal.signal(signal.SIGINT, stop_now)
         ssh_env = " ".join(f"{k}={shlex.quote(v)}" for k, v in host.client_env("ssh").items() if k != "PATH")
@@ -867,6 +985,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  over SSH: PATH={host.ssh_bin.parent}:$PATH {ssh_env} docker info")
         print(f"  over TLS: {tls_env} docker info")
         print(f"  ssh:      {host.ssh_bin} {host.hostname}")
+        if host.podman:
+            print(f"  podman:   engine={host.podman_url} (with bin/ssh first on PATH)")
         print(f"  logs:     {host.log_dir}", flush=True)
         while not stopping and host._proc is not None and host._proc.poll() is None:
             time.sleep(0.5)

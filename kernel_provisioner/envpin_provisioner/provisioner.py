@@ -41,7 +41,7 @@ from envpin_provisioner import engine
 from envpin_provisioner.errors import ConfigError, EnvpinError, shown_in_dialogs
 from envpin_provisioner.images import pulling, selection, start_pulls
 from envpin_provisioner.images.pull_budget import PullBudget
-from envpin_provisioner.kernel import channels, folder, ownership, readiness
+from envpin_provisioner.kernel import channels, client_sockets, folder, ownership, readiness
 from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.kernel.launch import KernelLaunch
@@ -449,6 +449,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         self._control = ControlChannel(os.path.join(channel_dir, channels.CONTROL_DIR), self.log, self._kernel_owner())
         km.connection_file = connection_file
         km.transport = transport
+        client_sockets.reconnect_quickly(km)  # a move's successor is found in milliseconds, not 100-200
         km.ip = os.path.join(channel_dir, channels.SOCKET_DIR, "k") if transport == "ipc" else "127.0.0.1"
 
     async def _require_encryption(self, client: Any, choice: selection.ImageChoice, kwargs: dict[str, Any]) -> None:

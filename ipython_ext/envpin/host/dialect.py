@@ -13,6 +13,14 @@ them, so the rest of the code writes one set of options:
   the user's uid to itself, which is what envpin means by "the kernel runs as
   you".  The SDK refuses any ``userns_mode`` but ``host``, so the option goes
   into the host config the SDK builds, under the SDK's own create call.
+  The same rule serves a remote rootless Podman reached over SSH
+  (``ssh://user@host/run/user/UID/podman/podman.sock``): the kernel runs as
+  the SSH user's uid:gid there, which keep-id keeps, so its files in its
+  folder ``R`` are that user's and it can bind its channel sockets in the
+  0700 ``R/sock`` (as container root it would be that user too, but every
+  file it made as another uid would belong to a subordinate id).  envpin's
+  package volume is filled by a container without ``user`` (root = the SSH
+  user), and ``put_archive`` maps the tar's uid:gid through the same mapping.
 * **A private HOME.**  Podman refuses tmpfs options ``uid=``/``gid=``; its own
   ``U`` option chowns the tmpfs to the container's user instead.
 * **An init process.**  ``init=True`` asks for catatonit, which Debian's

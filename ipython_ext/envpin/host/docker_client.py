@@ -101,6 +101,12 @@ def explain_engine_failure(exc: BaseException, address: str | None = None) -> En
     address = engine_address(address)
     if isinstance(exc, EnvpinError) and not isinstance(exc, EngineUnavailable):  # the SSH tunnel's own words
         return EngineUnavailable(str(exc))
+    if address.startswith("ssh://") and "timed out" not in str(exc).lower():
+        from envpin.host import ssh_tunnel
+
+        silent = ssh_tunnel.silent_socket_message(address, _root_cause(exc))
+        if silent:
+            return EngineUnavailable(silent)
     if not address.startswith(("unix://", "npipe://")) and "timed out" not in str(exc).lower():
         return EngineUnavailable(
             f"The Docker engine at {address} does not answer ({_root_cause(exc)}), so envpin cannot reach the "

@@ -118,6 +118,32 @@ def parse(url: str) -> SshTarget:
     return SshTarget(user, host, port, path)
 
 
+def silent_socket_message(url: str, cause: object) -> str | None:
+    """The error for an ``ssh://`` URL naming a socket path that nothing serves; None for Docker's default path.
+
+    The SSH connection stands and the forward is accepted (OpenSSH checks the
+    remote path only on connect): what does not answer is the service behind
+    the path, on a Podman host most often the user's ``podman.socket`` unit,
+    which does not run without a login unless lingering is on.
+    """
+    try:
+        target = parse(url)
+    except EnvpinError:
+        return None
+    if target.remote_socket == DEFAULT_REMOTE_SOCKET:
+        return None
+    login = f"{target.user}@{target.host}" if target.user else target.host
+    user = target.user or "that user"
+    return (
+        f"Nothing answers at {target.remote_socket} on {target.host} ({cause}), so envpin cannot reach the engine "
+        f"at {url}. For rootless Podman that socket is served by the user's podman.socket unit: as {user} there, "
+        f"run systemctl --user enable --now podman.socket, and sudo loginctl enable-linger {user} so that it runs "
+        f"without a login session (or keep podman system service --time=0 unix://{target.remote_socket} running); "
+        f"ssh {login} podman info --format '{{{{.Host.RemoteSocket.Path}}}}' prints the path to use. "
+        "For a Docker engine, leave the path out: ssh://USER@HOST."
+    )
+
+
 def _private_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if not base or not os.access(base, os.W_OK):

@@ -59,24 +59,33 @@ def hand_over_and_exit(shell: Any, folder: Path, image: str = "the new image") -
             "execution_count": _current_cell_number(shell),
         },
     )
-    # ipykernel's flush returns once its I/O thread has handed the output to the iopub socket; what is
-    # left is ZMQ's own I/O thread writing it out, which takes well under a millisecond: 0.05 s is ample.
     sys.stdout.flush()
     sys.stderr.flush()
     if _answer_queued_then_exit(kernel, parent, image):
         raise HandedOver(image)
-    time.sleep(0.05)
+    time.sleep(OUTPUT_DRAIN)
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
 
 
 class HandedOver(Exception):
     """Ends the moving cell in the old kernel: its successor answers it; nothing is shown from here."""
 
+    def _render_traceback_(self) -> list[str]:
+        """Nothing to show, and nothing to format: IPython 9 formats every cell's exception for its history
+        (``_format_exception_for_storage``, through this hook when there is one), and formatting this one
+        with ultratb took 150-200 ms of a move, with the old kernel still holding the clients."""
+        return []
+
 
 #: The last message the old kernel's shell takes: every request queued before it has been answered.
 _LAST = b"envpin: moved"
 #: Seconds the old kernel may spend answering what is queued (the provisioner kills it after 15).
 DRAIN_LIMIT = 5.0
+#: Seconds the old kernel waits between its last output and its exit.  ipykernel's flush returns once its
+#: I/O thread has handed the output to the iopub socket; what is left is ZMQ's own I/O thread writing it
+#: to the unix socket, which takes well under a millisecond.  The sockets cannot be closed to flush them
+#: (closing a bound ipc socket unlinks its name, which the successor now owns), hence a wait.
+OUTPUT_DRAIN = 0.02
 
 
 def not_run_note(image: str) -> str:
@@ -170,7 +179,7 @@ def _end() -> None:
     """End this process once what it sent is out (replies pass the shell thread, output the iopub thread)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    time.sleep(0.2 if _answered else 0.05)  # see hand_over_and_exit for 0.05
+    time.sleep(0.2 if _answered else OUTPUT_DRAIN)
     os._exit(0)  # no cleanup: closing the sockets would unlink paths the new kernel now owns
 
 
@@ -278,7 +287,7 @@ def _send_reply(kernel: Any, data: dict[str, Any], loop: Any, deadline: float) -
         IPYKERNEL.attr(kernel, "session").send(sock, "execute_reply", content, parent=parent, ident=ident)
     except zmq.ZMQError:
         if time.monotonic() < deadline:
-            loop.call_later(0.02, _send_reply, kernel, data, loop, deadline)
+            loop.call_later(0.005, _send_reply, kernel, data, loop, deadline)  # the client is back within ms
         return
     finally:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
@@ -293,9 +302,12 @@ def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     ignore the repeats (they match a cell that is already finished).
     """
     # The subscribers reconnect about when the shell client did; the note goes out once (a repeat would show
-    # twice) and must come before "idle", so it waits for them. 0.05 s was too short now and then (seen in
-    # CI: JupyterLab missed the note); the idle repeats below cover a late subscriber.
-    time.sleep(0.1)
+    # twice) and must come before "idle", so it waits for them.  The Jupyter server's sockets (and its
+    # clients') reconnect 10-20 ms after the old kernel's exit (envpin_provisioner.kernel.client_sockets), so
+    # its iopub listeners are back well within this wait.  With libzmq's default (100-200 ms, a random
+    # spread) 0.05 s was too short now and then (seen in CI: JupyterLab missed the note); a client of another
+    # program may still miss the note, and the idle repeats below cover a late subscriber.
+    time.sleep(0.03)
     if note:
         IPYKERNEL.attr(kernel, "session").send(
             IPYKERNEL.attr(kernel, "iopub_socket"), "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
