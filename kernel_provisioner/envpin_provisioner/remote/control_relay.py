@@ -136,8 +136,10 @@ BACKLOG = 4
 OUTBOX = 64
 #: Seconds an answer waits for a watcher (one restarting) before it is dropped; the kernel then says so itself.
 DELIVERY_WAIT = 30.0
-#: Seconds between a watcher's restarts: doubled from the first to the last after each quick end.
-BACKOFF = (0.25, 30.0)
+#: Seconds between a watcher's restarts: doubled from the first to the last after each quick end.  The last
+#: stays well under the 10 s a kernel waits for a first answer (``control.ask``): a request written while the
+#: watcher was down is still answered in time.
+BACKOFF = (0.25, 4.0)
 #: A watcher that ran this long ended for a reason of its own: the next restart starts the backoff over.
 STABLE = 60.0
 #: Seconds an exec may take to be created and started.
@@ -242,6 +244,12 @@ class _Watcher:
                     time.sleep(0.1)
 
     def _run(self) -> None:
+        try:
+            self._restarting()
+        finally:  # its container is gone (or the channel closed): the answer thread ends too
+            self.stop()
+
+    def _restarting(self) -> None:
         delay = BACKOFF[0]
         while not self._stopped.is_set():
             started = time.monotonic()
