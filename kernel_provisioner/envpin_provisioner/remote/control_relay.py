@@ -51,6 +51,7 @@ import socket
 import tarfile
 import threading
 import time
+import uuid
 from typing import Any
 
 import docker.errors
@@ -62,12 +63,22 @@ from envpin_provisioner.moves.control_requests import ControlChannel
 #: The watcher, run in the kernel's container by the image's Python (``-I``: nothing from the working folder or
 #: PYTHON* variables), stdlib only.  argv: the control folder, the largest request.  It speaks only after the
 #: server's first line, so the engine's HTTP answer to the exec is out before its first byte (see tls_kernel.RELAY).
-#: stdout: ``R <base64 request>`` or ``E <base64 reason>`` lines.  stdin: JSON lines ``{"name", "data"}`` (write
+#: Its first line is a token it writes to ``.relay``: the newest watcher of a folder is its only one (an older
+#: one whose connection the server dropped, but whose stdin the engine kept open, sees another token and ends).
+#: stdout: ``R <base64 request>`` or ``E <base64 reason>`` lines, and ``K`` every HEARTBEAT seconds: an engine
+#: need not end an exec's stream when its process dies while its stdin is open (measured over TLS: it does not),
+#: so a watcher that stays silent for HEARTBEAT_TIMEOUT seconds counts as dead.  stdin: JSON lines ``{"name", "data"}`` (write
 #: that file atomically) or ``{"name"}`` (remove it).  Its stdin's end is its end.
 WATCHER = r"""
 import base64,json,os,stat,sys,threading,time
 d=sys.argv[1];M=int(sys.argv[2]);i=sys.stdin.buffer;o=sys.stdout.buffer
-if not i.readline(): sys.exit(0)
+g=i.readline().strip()
+if not g: sys.exit(0)
+G=os.path.join(d,".relay")
+def mine():
+ try:
+  with open(G,"rb") as f: return f.read(64)==g
+ except OSError: return False
 lock=threading.Lock()
 def send(k,b):
  with lock:
@@ -119,12 +130,24 @@ def put():
   except Exception as e:
    send(b"E",("cannot write an answer: %s"%e).encode()[:300])
  os._exit(0)
+t=os.path.join(d,".relay.%d"%os.getpid())
+with open(t,"wb") as f: f.write(g)
+os.replace(t,G)
 threading.Thread(target=put,daemon=True).start()
+k=0.0
 while True:
+ if not mine(): os._exit(0)
  r=take("request.json")
  if r is not None: send(b"R",r)
+ if time.monotonic()-k>BEAT:
+  send(b"K",b"");k=time.monotonic()
  time.sleep(0.05)
 """
+
+#: Seconds between the watcher's "alive" lines, and of silence after which the server counts it dead.
+HEARTBEAT = 0.5
+HEARTBEAT_TIMEOUT = 3.0
+WATCHER = WATCHER.replace("BEAT", repr(HEARTBEAT))
 
 #: Longest line a watcher may send: a request of ``control.MAX_FILE_BYTES`` in base64, and its kind.
 MAX_LINE = (control.MAX_FILE_BYTES + 2) // 3 * 4 + 16
@@ -139,7 +162,7 @@ DELIVERY_WAIT = 30.0
 #: Seconds between a watcher's restarts: doubled from the first to the last after each quick end.  The last
 #: stays well under the 10 s a kernel waits for a first answer (``control.ask``): a request written while the
 #: watcher was down is still answered in time.
-BACKOFF = (0.25, 4.0)
+BACKOFF = (0.25, 2.0)
 #: A watcher that ran this long ended for a reason of its own: the next restart starts the backoff over.
 STABLE = 60.0
 #: Seconds an exec may take to be created and started.
@@ -308,7 +331,8 @@ class _Watcher:
         if self._stopped.is_set():
             mine.close()
             return
-        mine.sendall(b"envpin\n")  # the watcher's cue (see WATCHER)
+        mine.sendall(uuid.uuid4().hex.encode() + b"\n")  # the watcher's cue and token (see WATCHER)
+        mine.settimeout(HEARTBEAT_TIMEOUT)  # silent that long: dead, or stopped (TimeoutError ends the session)
         self._conn = mine
         self._connected.set()
         buf = b""
@@ -427,6 +451,8 @@ class RemoteControlChannel(ControlChannel):
         with self._lock:
             if watcher is not self._current:
                 return  # an old kernel's, after a move: nobody listens to it
+            if kind == b"K":
+                return
             if kind == b"R":
                 if len(self._requests) < BACKLOG:
                     self._requests.append(data)
