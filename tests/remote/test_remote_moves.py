@@ -164,7 +164,9 @@ async def test_run_all_behind_a_remote_move_answers_every_cell(transport, remote
         assert len(containers(admin, kernel=km.kernel_id)) == 1
 
 
-async def test_a_move_of_a_kernel_holding_state_is_refused_without_restart(remote, admin, spec, notebook_dir):
+async def test_a_move_of_a_kernel_holding_state_is_refused_without_restart_then_moves_after_a_restart(
+    remote, admin, spec, notebook_dir
+):
     name = spec("ssh")
     async with kernel(name, cwd=notebook_dir) as (km, kc):
         (before,) = containers(admin, kernel=km.kernel_id)
@@ -176,6 +178,15 @@ async def test_a_move_of_a_kernel_holding_state_is_refused_without_restart(remot
         assert (await run_json(kc, PROBE))["python"] == [3, 11]  # it stayed, with its state
         assert (await run_json(kc, "x")) == 1
         assert [c.id for c in containers(admin, kernel=km.kernel_id)] == [before.id]
+        # After a restart (a new container: the relay follows it) the kernel holds no state and moves.
+        await asyncio.wait_for(km.restart_kernel(), 40)
+        await kc.wait_for_ready(timeout=30)
+        (restarted,) = containers(admin, kernel=km.kernel_id)
+        assert restarted.id != before.id
+        res = await run(kc, f"%load_ext envpin\n%use_image {PY313}", timeout=90)
+        assert res["status"] == "ok" and f"moving this kernel into {PY313}" in res["stdout"], res
+        assert (await run_json(kc, PROBE))["python"] == [3, 13]
+        assert [c.id for c in containers(admin, kernel=km.kernel_id)] != [restarted.id]
 
 
 def _stacks() -> str:
@@ -185,12 +196,6 @@ def _stacks() -> str:
     import traceback
 
     frames = sys._current_frames()
-    text = "".join(
-        f"--- {t.name}\n" + "".join(traceback.format_stack(frames[t.ident]))
-        for t in threading.enumerate()
-        if t.ident in frames
-    )
-    open("/tmp/rmove-stacks.txt", "w").write(text)
     return "".join(
         f"--- {t.name}\n" + "".join(traceback.format_stack(frames[t.ident]))
         for t in threading.enumerate()
