@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from testutils import PY311, PY313, containers
+from testutils import NO_IPYKERNEL, PY311, PY313, containers
 from testutils.kernels import PROBE, kernel, run, run_json
 from testutils.remote_host import RemoteHost, exposed_listeners, listener_owners
 
@@ -39,7 +39,7 @@ def before_listeners():
 
 @pytest.fixture(scope="module")
 def remote(docker_client, before_listeners):
-    with RemoteHost("rhmove", images=[PY311, PY313]) as host:
+    with RemoteHost("rhmove", images=[PY311, PY313, NO_IPYKERNEL]) as host:
         yield host
 
 
@@ -201,6 +201,24 @@ def _stacks() -> str:
         for t in threading.enumerate()
         if t.name.startswith("envpin-control") and t.ident in frames
     )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_failed_remote_move_leaves_the_kernel_where_it_was_with_its_channels(
+    transport, remote, admin, spec, notebook_dir
+):
+    """The new kernel never answers: the old one keeps its state and its channels, and moves later."""
+    name = spec(transport)
+    async with kernel(name, cwd=notebook_dir) as (km, kc):
+        (before,) = containers(admin, kernel=km.kernel_id)
+        await run(kc, "x = 7")
+        res = await run(kc, f"%load_ext envpin\n%use_image {NO_IPYKERNEL} --restart", timeout=40)
+        assert res["status"] == "error" and "has Python but not ipykernel" in " ".join(res["evalue"].split()), res
+        assert (await run_json(kc, "x")) == 7 and (await run_json(kc, PROBE))["python"] == [3, 11]
+        assert [c.id for c in containers(admin, kernel=km.kernel_id)] == [before.id]
+        moved = await run(kc, f"%use_image {PY313} --restart", timeout=90)  # and it still moves
+        assert moved["status"] == "ok" and f"moving this kernel into {PY313}" in moved["stdout"], moved
+        assert (await run_json(kc, PROBE))["python"] == [3, 13]
 
 
 #: Run in the kernel: what a hostile notebook can do to its control folder and to the relay's process.
