@@ -39,8 +39,9 @@ PINNED = "ENVPIN_PINNED"
 PIN_NOTES = "ENVPIN_PIN_NOTES"
 #: The kernel's control folder (inside its container), where ``%use_image`` asks the server to move it.
 CONTROL_DIR = "ENVPIN_CONTROL_DIR"
-#: The engine of another machine the kernel runs on (``ssh://USER@HOST``, ``https://HOST:2376``), set by the
-#: server: there it has no control folder, so ``%use_image`` says how to get another image instead of moving.
+#: The engine of another machine the kernel runs on (``ssh://USER@HOST``, ``tcp://HOST:2376``), set by the
+#: server.  Its control folder is then :data:`CONTAINER_CONTROL_DIR`, relayed by the server (``remote.control_relay``);
+#: a kernel there without one (an older server's) says how to get another image instead of moving.
 REMOTE_ENGINE = "ENVPIN_REMOTE_ENGINE"
 #: Set for a successor kernel that must take over a running ``%use_image`` cell.
 HANDOFF_EXPECTED = "ENVPIN_HANDOFF_EXPECTED"
@@ -92,6 +93,8 @@ CONTAINER_HOME = "/tmp/envpin-home"
 CONTAINER_JOB_SOCKETS = "/run/envpin-jobs"
 #: The connection file of a kernel on the tcp transport (copied in, not mounted).
 CONTAINER_TCP_CONNECTION_FILE = "/tmp/envpin-kernel.json"
+#: A kernel on another machine's engine: its control folder, in its container's own layer (0700, the kernel's user).
+CONTAINER_CONTROL_DIR = "/tmp/envpin-control"
 #: The TLS certificate and key of an ``envpin.DaskCluster``'s container (copied in before it starts, not mounted).
 CONTAINER_DASK_TLS = "/tmp/envpin-dask-tls"
 #: Files whose presence says "this process runs in a container" (Docker's, Podman's).

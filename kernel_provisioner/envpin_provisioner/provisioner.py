@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import subprocess
 from typing import Any
 
 import docker.errors
@@ -49,7 +50,7 @@ from envpin_provisioner.moves.control_requests import ControlChannel
 from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
 from envpin_provisioner.pins import follow
-from envpin_provisioner.remote import remote_pool, ssh_kernel, tls_kernel
+from envpin_provisioner.remote import control_relay, remote_pool, ssh_kernel, tls_kernel
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
@@ -162,7 +163,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
 
     @property
     def on_other_machine(self) -> bool:
-        """ssh:// or TLS: no bind mount of this machine, no warm pool or standbys, no control folder."""
+        """ssh:// or TLS: no bind mount of this machine, no warm pool or standbys; the control folder is relayed."""
         return self.over_ssh or self.over_tls
 
     def _transport(self) -> str:
@@ -204,7 +205,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             kernelspec_env=(self.kernel_spec.env or {}) if self.kernel_spec else (),
             # asked (off the event loop) by pre_launch, only when 'auto' needs it; cached by then
             engine_memory=self._engine.memory_total() if self._engine and self.shm_size == "auto" else None,
-            control_dir=self._control_dir if self.transport_supports_control else None,
+            control_dir=(
+                names.CONTAINER_CONTROL_DIR
+                if self.on_other_machine
+                else self._control_dir
+                if self.transport_supports_control
+                else None
+            ),
             moved=moved,
             private_channels=not self.on_other_machine,
             remote=self.on_other_machine,
@@ -217,6 +224,32 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         return bool(
             self.parent is not None and getattr(self.parent, "transport", "") == "ipc" and not self.on_other_machine
         )
+
+    @property
+    def serves_moves(self) -> bool:
+        """``%use_image`` can move this kernel: its control folder is shared (local ipc) or relayed (remote)."""
+        return self.transport_supports_control or self.on_other_machine
+
+    async def engine_client(self) -> Any:
+        """The Docker client of this kernel's engine (a move resolves and pulls there)."""
+        return await self._docker()
+
+    async def abandon(self, container: Container) -> None:
+        """A move's new container goes, and the kernel that stays gets its channel names back.  Never raises.
+
+        Locally the old kernel's sockets kept their names until the new one
+        bound; on another machine's engine they were handed on: over SSH set
+        aside (``ssh_kernel.set_aside``), over TLS taken by the new relay.
+        """
+        await engine.call_through(tls_kernel.remove, container)
+        try:
+            if self._remote is not None:
+                await engine.call_through(ssh_kernel.put_back, self._remote)
+            elif self.over_tls and self._container is not None:
+                await engine.call_through(tls_kernel.reclaim, self._container.id)
+        except (OSError, ssh_tunnel.TunnelError, subprocess.TimeoutExpired) as exc:
+            self.log.warning("envpin: kernel %s could not take its channels back after a failed move: %s",
+                             self.kernel_id, exc)  # fmt: skip
 
     def _remove_other_containers(self, client: Any, keep: Container) -> None:
         """Remove this kernel's containers other than ``keep``.  Blocking.
@@ -245,6 +278,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         container is created (a cold start).
         """
         ready = False
+        moving_remote = replacing is not None and self.on_other_machine
+        if moving_remote:
+            # Readiness must hear the new kernel, not the old one on the same names: over SSH the old names go
+            # aside first; over TLS the new relay binds the local names to the new container only.
+            if self._remote is not None:
+                await engine.call(ssh_kernel.set_aside, self._remote)
+            replacing = None
         try:
             client = await self._docker()
             container = await self._warm.hand_over(launch) or await self._remote_warm.hand_over(launch)
@@ -264,9 +304,16 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             try:
                 await engine.call(readiness.wait_ready, container, launch, self.launch_timeout, self.log, replacing)
             except BaseException:  # a failed or cancelled start leaves no container behind (nor a TLS kernel's relay)
-                await engine.call_through(tls_kernel.remove, container)
+                if moving_remote:
+                    await self.abandon(container)
+                else:
+                    await engine.call_through(tls_kernel.remove, container)
                 raise
             ready = True
+        except BaseException:
+            if moving_remote and not ready and self._remote is not None:  # the new container never came
+                await engine.call_through(ssh_kernel.put_back, self._remote)
+            raise
         finally:  # the pool's refill and the rename wait until the start is over, whatever its outcome
             self._warm.start_done(ready)
             self._remote_warm.start_done(ready)
@@ -318,6 +365,8 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         previous, self._container, self._launch, self._choice = self._container, container, launch, choice
         self._sockets = channels.socket_inodes(launch) if launch.private_channels else None
         self._warm.keep_standbys(launch, moved_from)
+        if self._control is not None:
+            self._control.follow(container)  # a relayed folder listens to the new container now
         return previous
 
     # ---- jupyter_client hooks ----------------------------------------------------------
@@ -511,11 +560,13 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
         self.cwd = self._folder.path
         self._sockets = await engine.call(channels.socket_inodes, launch) if launch.private_channels else None
         self._warm.keep_standbys(launch)
-        if (
-            self.transport_supports_control
-            and self._control is not None
-            and (self._watcher is None or self._watcher.done())
-        ):
+        if self.on_other_machine:  # the control folder is in the container, relayed (remote.control_relay)
+            if not isinstance(self._control, control_relay.RemoteControlChannel):
+                if self._control is not None:
+                    self._control.close()  # the local folder _use_channels opened: unused on another machine
+                self._control = control_relay.RemoteControlChannel(self.python, self.log, f"kernel {self.kernel_id}")
+            self._control.follow(container)
+        if self.serves_moves and self._control is not None and (self._watcher is None or self._watcher.done()):
             self._mover = MoveServer(self, self._control, kwargs.get("env") or {})
             self._watcher = asyncio.ensure_future(self._mover.serve())
         return self.connection_info

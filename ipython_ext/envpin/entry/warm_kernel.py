@@ -214,6 +214,12 @@ def _become_kernel(message: dict) -> None:
     for name in message.get("unset") or ():
         os.environ.pop(str(name), None)
     os.environ.update({str(k): str(v) for k, v in (message.get("env") or {}).items()})
+    control = os.environ.get(names.CONTROL_DIR)
+    if control == names.CONTAINER_CONTROL_DIR and not os.path.isdir(control):
+        # On another machine's engine the control folder is in the container's own layer, relayed by the
+        # server (envpin_provisioner.remote.control_relay): a pooled container makes it when it becomes a
+        # kernel (a cold start's hand-over archive brings it), private to the kernel's user.
+        os.mkdir(control, 0o700)
     cwd = message.get("cwd")
     if cwd:
         os.chdir(cwd)

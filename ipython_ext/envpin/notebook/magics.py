@@ -207,9 +207,10 @@ class EnvpinMagics(Magics):
         remote = os.environ.get(names.REMOTE_ENGINE)
         if remote:
             raise EnvpinError(
-                f"This kernel runs in {here} on the engine at {remote}, and %use_image cannot move a kernel on "
-                f"another machine's engine yet (moves are local-engine only in this version), so it stays in {here}. "
-                f"To work in '{args.image}' there, install a kernelspec for it and pick that kernel: envpin "
+                f"This kernel runs in {here} on the engine at {remote} without a control folder (its Jupyter server "
+                "started it with an older envpin, or re-attached to it after a restart), so %use_image cannot move "
+                f"it and it stays in {here}. Restart the kernel to get one, or, to work in '{args.image}' there, "
+                "install a kernelspec for it and pick that kernel: envpin "
                 f"kernelspec install --image {args.image} --name NAME --config engine={remote} (add this "
                 "kernelspec's other options); jobs from this kernel run in its own image."
             )

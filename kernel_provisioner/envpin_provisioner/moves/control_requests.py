@@ -135,18 +135,26 @@ class ControlChannel:
 
     def take_request(self) -> ControlRequest | None:
         """The next valid request, or None.  A bad one is answered (when it has an id) and dropped."""
+        raw = self._take_raw()
+        if raw is None:
+            return None
+        return self.parse(raw)
+
+    def _take_raw(self) -> bytes | None:
+        """The bytes of the request file, taken away; None when there is none (or it was refused)."""
         if self._fd is None:
             return None
         try:
-            raw = safe_files.take(self._fd, control.REQUEST, MAX_REQUEST_BYTES)
+            return safe_files.take(self._fd, control.REQUEST, MAX_REQUEST_BYTES)
         except safe_files.UnsafeFile as exc:
             self._bad(f"refused {control.REQUEST}: {exc.strerror}")
             return None
         except OSError as exc:  # e.g. a folder planted at the name: rename refuses it
             self._bad(f"cannot take {control.REQUEST}: {exc.strerror}")
             return None
-        if raw is None:
-            return None
+
+    def parse(self, raw: bytes) -> ControlRequest | None:
+        """``raw`` as a valid request, or None: a bad one is answered (when it has an id) and dropped."""
         try:
             request = ControlRequest.parse(raw)
         except BadRequest as exc:
@@ -159,21 +167,37 @@ class ControlChannel:
 
     def respond(self, request_id: str, **answer: Any) -> None:
         """Write an answer for ``request_id`` (a validated id); never raises for a hostile folder."""
-        if self._fd is None or not control.REQUEST_ID.match(request_id):
+        if not control.REQUEST_ID.match(request_id):
             return
         name = control.response_name(request_id)
-        try:
-            safe_files.write_atomic(
-                self._fd, name, json.dumps({"id": request_id, **answer}).encode(), mode=0o600, owner=self.owner
-            )
-        except OSError as exc:  # a folder planted at the name, a full disk: the kernel's loss only
-            self._bad(f"cannot answer request {request_id}: {exc.strerror}")
+        if not self._write_answer(name, json.dumps({"id": request_id, **answer}).encode()):
             return
         self._answers[name] = None
         self._answers.move_to_end(name)
         while len(self._answers) > MAX_PENDING_ANSWERS:
             old, _ = self._answers.popitem(last=False)
-            safe_files.remove(self._fd, old)
+            self._remove_answer(old)
+
+    def _write_answer(self, name: str, data: bytes) -> bool:
+        """Put one answer file in the folder; False when it could not be written.  Never raises."""
+        if self._fd is None:
+            return False
+        try:
+            safe_files.write_atomic(self._fd, name, data, mode=0o600, owner=self.owner)
+        except OSError as exc:  # a folder planted at the name, a full disk: the kernel's loss only
+            self._bad(f"cannot answer request {name}: {exc.strerror}")
+            return False
+        return True
+
+    def _remove_answer(self, name: str) -> None:
+        if self._fd is not None:
+            safe_files.remove(self._fd, name)
+
+    def follow(self, container: Any) -> None:
+        """``container`` is now the kernel's (a start, a restart, a move).  Here nothing: the folder is shared."""
+
+    def carry_handoff(self, old: Any) -> None:
+        """After a move: bring the old kernel's ``handoff.json`` to the new one.  Here nothing: they share the folder."""
 
     def _bad(self, message: str) -> None:
         self._bad_in_a_row += 1

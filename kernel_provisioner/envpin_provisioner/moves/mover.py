@@ -48,6 +48,7 @@ from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel.launch import KernelLaunch
 from envpin_provisioner.moves.activity import Activity
 from envpin_provisioner.moves.control_requests import ControlChannel, ControlRequest
+from envpin_provisioner.remote import tls_kernel
 
 if TYPE_CHECKING:
     import docker.models.containers
@@ -88,6 +89,12 @@ class MovableKernel(Protocol):
         """Make ``container`` the kernel's; return the previous one."""
 
     def set_choice(self, choice: selection.ImageChoice) -> None: ...
+
+    async def engine_client(self) -> Any:
+        """The Docker client of the kernel's engine (another machine's, for a remote kernel)."""
+
+    async def abandon(self, container: docker.models.containers.Container) -> None:
+        """Remove a move's new container and give the kernel that stays its channels back."""
 
 
 class MoveServer:
@@ -138,7 +145,7 @@ class MoveServer:
         reference = await engine.call(
             selection.checked_reference, name, kernel.allowed_images, "%use_image in this kernel"
         )
-        client = (await engine.call(engine.shared)).client
+        client = await self.kernel.engine_client()
         pulls = kernel.pull_budget.record()
         try:
             used = await self._answer(request, current, reference, client, pulls)
@@ -225,7 +232,7 @@ class MoveServer:
             try:
                 await engine.call(record_pin)  # before the hand-over: a restart must find it
             except BaseException:
-                await engine.call_through(kernel_container.remove, new)
+                await self.kernel.abandon(new)
                 raise
             self.channel.respond(request.id, status="moving", **answer)
             old = kernel.swap(new, launch, choice)
@@ -233,8 +240,11 @@ class MoveServer:
             if old is not None:
                 try:
                     await engine.call(wait_exit, old, self.HANDOVER_TIMEOUT)
+                    # A relayed control folder (another machine's engine) brings handoff.json across; locally
+                    # the two containers share the folder and this does nothing.
+                    await engine.call(self.channel.carry_handoff, old)
                 finally:  # a shutdown meanwhile cancels this task: the old container still goes
-                    await engine.call_through(kernel_container.remove, old)
+                    await engine.call_through(tls_kernel.remove, old)  # (and a TLS kernel's channel relay)
             kernel.log.info(
                 "envpin: kernel %s moved into %s (%s)", kernel.kernel_id, choice.name, choice.resolved.immutable
             )

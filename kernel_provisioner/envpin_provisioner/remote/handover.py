@@ -18,6 +18,7 @@ import tarfile
 import time
 from typing import Any
 
+from envpin import names
 from envpin.entry import warm_kernel
 from envpin_provisioner.kernel import launch as kernel_launch
 
@@ -50,12 +51,15 @@ def handover_archive(
 ) -> bytes:
     """The one archive a kernel's container gets: its key, the hand-over, then ``go`` (extracted in that order).  Pure.
 
-    A pool container's goes into :data:`HANDOFF_DIR` (``folder`` empty: its waiting process made it); a
-    cold start's (``ssh_kernel``) into ``/tmp``, making ``folder`` (0700) with the message and ``go``.
+    A pool container's goes into :data:`HANDOFF_DIR` (``folder`` empty: its waiting process made it, and
+    makes the control folder when it becomes a kernel); a cold start's (``ssh_kernel``) into ``/tmp``,
+    making ``folder`` (0700) with the message and ``go``, and the kernel's control folder.
     """
     shaped = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
     shaped.update(transport="ipc", ip=socket_prefix)
     entries: list[tuple[str, bytes | None, int]] = [(folder, None, 0o700)] if folder else []
+    if folder:  # a cold start's archive goes into /tmp: the kernel's control folder (remote.control_relay) too
+        entries.append((posixpath.basename(names.CONTAINER_CONTROL_DIR), None, 0o700))
     entries += [
         (key, json.dumps(shaped, indent=1).encode(), 0o600),
         (posixpath.join(folder, warm_kernel.POLL_MESSAGE), json.dumps(message).encode(), 0o600),

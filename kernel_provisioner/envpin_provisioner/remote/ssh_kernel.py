@@ -143,6 +143,16 @@ def _connection_tar(info: dict[str, Any], socket_prefix: str, uid: int, gid: int
         ti = tarfile.TarInfo(os.path.basename(names.CONTAINER_TCP_CONNECTION_FILE))
         ti.size, ti.mode, ti.uid, ti.gid, ti.mtime = len(data), 0o600, uid, gid, int(time.time())
         tar.addfile(ti, io.BytesIO(data))
+        # The kernel's control folder, in the container's own layer (remote.control_relay): never on that disk.
+        folder = tarfile.TarInfo(os.path.basename(names.CONTAINER_CONTROL_DIR))
+        folder.type, folder.mode, folder.uid, folder.gid, folder.mtime = (
+            tarfile.DIRTYPE,
+            0o700,
+            uid,
+            gid,
+            int(time.time()),
+        )
+        tar.addfile(folder)
     return buf.getvalue()
 
 
@@ -264,6 +274,30 @@ def _start_then_hand_over(container: Any, launch: kernel_launch.KernelLaunch, re
         folder=posixpath.basename(handover.HANDOFF_DIR),
     )
     container.put_archive(posixpath.dirname(handover.HANDOFF_DIR), archive)
+
+
+def set_aside(remote: RemoteKernel) -> None:
+    """Before a move: the running kernel's socket names in ``R/sock`` go aside (``.old-k-*``).  Blocking.
+
+    The new kernel binds the same names, and each forward connects to a name
+    when a connection is made: with the old kernel's sockets still there, the
+    readiness probe could be answered by the old kernel.  Aside, they keep
+    every established connection (a renamed unix socket stays connected); a
+    new connection waits for the new kernel's bind.  :func:`put_back` undoes
+    it when the new kernel does not start; otherwise they go with ``R``.
+    """
+    remote.master.run(
+        f'cd -- {shlex.quote(remote.socket_dir)} && for s in k-*; do [ -S "$s" ] && mv -f -- "$s" ".old-$s"; done; true',
+        timeout=20,
+    )
+
+
+def put_back(remote: RemoteKernel) -> None:
+    """A move failed: the old kernel's socket names (:func:`set_aside`) are its again.  Blocking."""
+    remote.master.run(
+        f'cd -- {shlex.quote(remote.socket_dir)} && for s in .old-k-*; do [ -S "$s" ] && mv -f -- "$s" "${{s#.old-}}"; done; true',
+        timeout=20,
+    )
 
 
 def teardown(remote: RemoteKernel) -> None:

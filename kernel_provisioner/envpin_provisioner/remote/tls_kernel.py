@@ -153,6 +153,8 @@ class ChannelRelay:
         self._python = python
         self._sockets = sockets  # local socket path -> the kernel's socket path in the container
         self._listeners: list[socket.socket] = []
+        #: The local socket files as this relay bound them: after a move the next relay binds the same names.
+        self._bound: dict[str, tuple[int, int]] = {}
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -169,6 +171,8 @@ class ChannelRelay:
                     pass
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listener.bind(local)
+                st = os.lstat(local)
+                self._bound[local] = (st.st_ino, st.st_ctime_ns)
                 listener.listen(16)
                 self._listeners.append(listener)
                 threading.Thread(
@@ -261,9 +265,11 @@ class ChannelRelay:
             except OSError:
                 pass
             s.close()
-        for local in self._sockets:
+        for local, bound in self._bound.items():
             try:
-                os.unlink(local)
+                st = os.lstat(local)
+                if (st.st_ino, st.st_ctime_ns) == bound:  # not a name the next kernel's relay took over (a move)
+                    os.unlink(local)
             except FileNotFoundError:
                 pass
 
@@ -289,6 +295,7 @@ def start(client: Any, launch: kernel_launch.KernelLaunch, log: logging.Logger |
     entries: list[tuple[str, bytes | None, int]] = [
         (os.path.basename(CHANNEL_DIR), None, 0o700),
         (os.path.basename(WORK_DIR), None, 0o700),
+        (os.path.basename(names.CONTAINER_CONTROL_DIR), None, 0o700),  # %use_image (remote.control_relay)
         (os.path.basename(names.CONTAINER_TCP_CONNECTION_FILE), _in_container_info(launch.connection_info), 0o600),
     ]
     sockets = relay_sockets(launch)
@@ -315,6 +322,18 @@ def stop(container_id: str) -> None:
         relay = _relays.pop(container_id, None)
     if relay is not None:
         relay.close()
+
+
+def reclaim(container_id: str) -> None:
+    """A move failed: the relay of ``container_id`` (the kernel that stays) binds its local names again.  Blocking.
+
+    The new kernel's relay had taken them over (its own listeners are gone
+    with it); established connections were never affected.
+    """
+    with _relays_lock:
+        relay = _relays.get(container_id)
+    if relay is not None and not relay._closed:
+        relay.start()
 
 
 def remove(container: Any) -> None:
