@@ -195,6 +195,7 @@ def test_a_cold_start_s_archive_brings_its_folder_and_the_key_stays_where_it_was
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert [(m.name, m.mode, m.isdir()) for m in tar.getmembers()] == [
             ("envpin-handoff", 0o700, True),
+            ("envpin-control", 0o700, True),  # the kernel's control folder (remote.control_relay)
             ("envpin-kernel.json", 0o600, False),
             ("envpin-handoff/message.json", 0o600, False),
             ("envpin-handoff/go", 0o600, False),
