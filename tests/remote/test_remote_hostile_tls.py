@@ -90,3 +90,31 @@ async def test_a_kernel_that_freezes_its_relays_cannot_hang_the_server(remote, t
     assert containers(admin, role="kernel") == []
     wait_for(lambda: _relay_threads() == 0, 20, "the relay threads of the frozen kernel to end")
     admin.close()
+
+
+async def test_a_frozen_tls_engine_is_reported_in_seconds(remote, tls_spec, notebook_dir):
+    """The engine's process stopped (SIGSTOP: its TCP port still accepts, nothing answers): no hang, one paragraph.
+
+    Was: the HTTP library's ``ReadTimeout(...)`` itself (``engine.call`` explained only refused connections).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    name = tls_spec()
+    km = AsyncKernelManager(kernel_name=name)
+    await asyncio.wait_for(km.start_kernel(cwd=str(notebook_dir), env=dict(os.environ)), 60)
+    pid = remote.run(["cat", "/run/docker.pid"], as_user=False, capture_output=True, text=True).stdout.strip()
+    try:
+        remote.run(["kill", "-STOP", pid], as_user=False)
+        started = time.monotonic()
+        with pytest.raises(Exception) as failed:
+            await asyncio.wait_for(km.restart_kernel(), 90)
+        took = time.monotonic() - started
+        message = str(failed.value)
+        flat = " ".join(message.split())
+        # Bounded by the API timeout (docker_client.API_TIMEOUT, 30 s), and said in one paragraph naming the engine.
+        assert took < 45, (took, message)
+        assert remote.tcp_url in flat and "answer" in flat and "\n\n" not in message.strip(), repr(failed.value)
+    finally:
+        remote.run(["kill", "-CONT", pid], as_user=False)
+        if km.has_kernel:
+            await asyncio.wait_for(km.shutdown_kernel(now=True), 60)
