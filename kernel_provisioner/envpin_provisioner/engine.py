@@ -101,12 +101,13 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run the blocking Docker call ``fn(*args, **kwargs)`` in a worker thread, off the event loop.
 
     The shared client outlives the engine's restarts: a call that finds no
-    engine at all (refused, socket gone) raises :class:`EngineUnavailable`
+    engine at all (refused, socket gone), or one that accepts but never
+    answers (a frozen engine: the read times out), raises :class:`EngineUnavailable`
     with the plain-words explanation, not the HTTP library's error.
     """
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
-    except requests.exceptions.ConnectionError as exc:
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:  # Timeout: an engine frozen
         raise docker_client.explain_engine_failure(exc, _address_in(fn, args)) from exc
 
 

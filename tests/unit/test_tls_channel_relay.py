@@ -110,6 +110,7 @@ def test_a_tls_kernels_container_mounts_nothing_of_either_machine_and_publishes_
             "Source": "envpin-pkg-0123",
             "Type": "volume",
             "ReadOnly": True,
+            "VolumeOptions": {"NoCopy": True},  # nothing of the image is copied into it
         }
     ]
     assert "secret-key" not in repr(options)

@@ -21,6 +21,7 @@ dug out here, once, and said with what to do.  ``DOCKER_HOST`` (and the other
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
@@ -98,7 +99,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def explain_engine_failure(exc: BaseException, address: str | None = None) -> EngineUnavailable:
     """The one-paragraph error for an engine that cannot be reached (refused, missing, forbidden, silent)."""
-    address = engine_address(address)
+    address = re.sub(r"^https://", "tcp://", engine_address(address))  # a TLS client's base URL, as DOCKER_HOST has it
     if isinstance(exc, EnvpinError) and not isinstance(exc, EngineUnavailable):  # the SSH tunnel's own words
         return EngineUnavailable(str(exc))
     if address.startswith("ssh://") and "timed out" not in str(exc).lower():
@@ -107,7 +108,7 @@ def explain_engine_failure(exc: BaseException, address: str | None = None) -> En
         silent = ssh_tunnel.silent_socket_message(address, _root_cause(exc))
         if silent:
             return EngineUnavailable(silent)
-    if not address.startswith(("unix://", "npipe://")) and "timed out" not in str(exc).lower():
+    if not address.startswith(("unix://", "npipe://")):  # another machine's: refused, or frozen (timed out)
         return EngineUnavailable(
             f"The Docker engine at {address} does not answer ({_root_cause(exc)}), so envpin cannot reach the "
             "kernel's container there. Check that the remote host is up and its engine running (ssh HOST docker "

@@ -33,6 +33,10 @@ LABEL_PACKAGE = "envpin.package"
 #: The file written last into a filled volume.
 COMPLETE = ".envpin-complete"
 _CARRIER_TARGET = "/envpin-package"
+#: Every mount of the volume: the engine copies nothing of an image into it.  Without it, the first
+#: mount of the empty volume copies the image's files at the mount point in ("copy-up"): an image with
+#: files at /envpin-package, ``.envpin-complete`` among them, became every later kernel's envpin there.
+_NO_COPY = {"VolumeOptions": {"NoCopy": True}}
 
 _digest: str | None = None
 _tar: bytes | None = None
@@ -106,7 +110,7 @@ def ensure(client: Any, image_id: str) -> str:
         image=image_id,
         command=["true"],
         entrypoint=[],
-        mounts=[{"Target": _CARRIER_TARGET, "Source": name, "Type": "volume", "ReadOnly": False}],
+        mounts=[{"Target": _CARRIER_TARGET, "Source": name, "Type": "volume", "ReadOnly": False, **_NO_COPY}],
         labels=labels.signed({names.LABEL_ROLE: "package", **labels.owner_labels()}),
         network_disabled=True,
     )
@@ -124,4 +128,10 @@ def ensure(client: Any, image_id: str) -> str:
 
 def mount(name: str) -> dict[str, Any]:
     """The read-only mount of the package volume where a local kernel gets its bind mount."""
-    return {"Target": f"{names.CONTAINER_PYTHONPATH}/envpin", "Source": name, "Type": "volume", "ReadOnly": True}
+    return {
+        "Target": f"{names.CONTAINER_PYTHONPATH}/envpin",
+        "Source": name,
+        "Type": "volume",
+        "ReadOnly": True,
+        **_NO_COPY,
+    }

@@ -89,6 +89,34 @@ def _workdir_for(remote_root: str, local_root: str, notebook_folder: str) -> str
     return posixpath.normpath(posixpath.join(remote_root, *rel.split(os.sep))) if rel != "." else remote_root
 
 
+def _make_workdir(remote_root: str, workdir: str) -> str:
+    """Shell lines making ``workdir`` below ``remote_root`` one folder at a time; exit 4 on a link (a kernel's).
+
+    ``remote_root`` is the user's and may itself be a link; every part below
+    it is in some kernel's working folder, so a link there may be a kernel's
+    (``os.symlink('/run', 'project')``): ``mkdir -p`` would make folders
+    through it and the engine would mount wherever it points (the remote
+    host's ``/run``, its engine's socket included) as a later kernel's working
+    folder.  Checked part by part, then the physical path is compared as a whole.
+    """
+    root = posixpath.normpath(remote_root)
+    rel = posixpath.relpath(workdir, root)
+    parts = [] if rel == "." else rel.split("/")
+    lines = [f"mkdir -p -- {shlex.quote(root)}\nW={shlex.quote(root)}\n"]
+    for part in parts:
+        lines.append(
+            f'W="$W"/{shlex.quote(part)}\n'
+            'if [ -L "$W" ]; then printf "%s\\n" "$W" >&2; exit 4; fi\n'
+            'if [ ! -d "$W" ]; then mkdir -- "$W"; fi\n'
+        )
+    expected = '"${P%/}"/' + shlex.quote(rel) if parts else '"$P"'
+    lines.append(
+        f"P=$(cd -P -- {shlex.quote(root)} && pwd -P)\n"
+        f'if [ "$(cd -P -- "$W" && pwd -P)" != {expected} ]; then printf "%s\\n" "$W" >&2; exit 4; fi\n'
+    )
+    return "".join(lines)
+
+
 def prepare(
     url: str, remote_root: str, local_root: str, notebook_folder: str, mount_sources: list[str]
 ) -> RemoteKernel:
@@ -100,7 +128,7 @@ def prepare(
     checks = "".join(
         f"if [ ! -e {shlex.quote(src)} ]; then echo {shlex.quote(src)} >&2; exit 3; fi\n" for src in mount_sources
     )
-    make_work = f"mkdir -p -- {shlex.quote(workdir)}\n" if workdir else 'mkdir -m 0700 -- "$R/work"\n'
+    make_work = _make_workdir(remote_root, workdir) if workdir else 'mkdir -m 0700 -- "$R/work"\n'
     script = (
         "set -e\numask 077\n"
         + checks
@@ -112,6 +140,13 @@ def prepare(
     try:
         out = master.run(script)
     except ssh_tunnel.TunnelError as exc:
+        if "(4)" in str(exc) and workdir:
+            raise ConfigError(
+                f"The kernel's working folder {workdir} on {master.target.destination} is not a folder below "
+                f"remote_root='{remote_root}': a part of its path is a link (a kernel can make one in its working "
+                "folder), and envpin never mounts a folder a link chose. Remove the link there "
+                f"(ssh HOST ls -l {shlex.quote(workdir)}) or open the notebook from another folder."
+            ) from None
         if "(3)" in str(exc):
             missing = str(exc).rsplit(":", 1)[-1].strip()
             raise ConfigError(

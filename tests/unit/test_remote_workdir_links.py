@@ -1,0 +1,54 @@
+"""``ssh_kernel._make_workdir``: the script that makes a kernel's working folder below ``remote_root``.
+
+Run here with ``sh`` on real folders (the remote host runs the same lines):
+a link anywhere below ``remote_root`` (a kernel can make one in its working
+folder) ends it with exit 4 and makes nothing through the link; ``remote_root``
+itself may be a link (the user chose it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from envpin_provisioner.remote.ssh_kernel import _make_workdir
+
+
+def _run(root: str, workdir: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", "set -e\numask 077\n" + _make_workdir(root, workdir)], capture_output=True)
+
+
+def test_folders_are_made_below_the_root(tmp_path):
+    root = tmp_path / "root"
+    assert _run(str(root), f"{root}/a b/c").returncode == 0
+    assert (root / "a b" / "c").is_dir()
+    assert _run(str(root), str(root)).returncode == 0
+
+
+def test_the_root_itself_may_be_a_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "root")
+    assert _run(f"{tmp_path}/root/", f"{tmp_path}/root/x").returncode == 0
+    assert (tmp_path / "real" / "x").is_dir()
+
+
+@pytest.mark.parametrize("link", ["a", "a/b"])
+def test_a_link_below_the_root_is_refused_and_nothing_is_made_through_it(tmp_path, link):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    if link == "a":
+        os.rmdir(root / "a")
+    os.symlink(outside, root / link)
+    done = _run(str(root), f"{root}/a/b/c")
+    assert done.returncode == 4, done
+    assert os.listdir(outside) == []
+
+
+def test_a_link_to_a_folder_inside_the_root_is_refused_too(tmp_path):
+    root = tmp_path / "root"
+    (root / "other").mkdir(parents=True)
+    os.symlink(root / "other", root / "nb")
+    assert _run(str(root), f"{root}/nb").returncode == 4
