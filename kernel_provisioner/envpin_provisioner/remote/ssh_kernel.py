@@ -311,6 +311,13 @@ def _start_then_hand_over(container: Any, launch: kernel_launch.KernelLaunch, re
     container.put_archive(posixpath.dirname(handover.HANDOFF_DIR), archive)
 
 
+#: Before a move (:func:`set_aside`) and after a failed one (:func:`put_back`), run in ``R/sock``: the
+#: kernel can write that folder, so a name that is a link is left alone, and ``mv -T`` replaces a link
+#: planted at the destination instead of moving into the folder it names (GNU coreutils).
+SET_ASIDE = 'for s in k-*; do if [ -S "$s" ] && [ ! -L "$s" ]; then mv -fT -- "$s" ".old-$s"; fi; done; true'
+PUT_BACK = 'for s in .old-k-*; do if [ -S "$s" ] && [ ! -L "$s" ]; then mv -fT -- "$s" "${s#.old-}"; fi; done; true'
+
+
 def set_aside(remote: RemoteKernel) -> None:
     """Before a move: the running kernel's socket names in ``R/sock`` go aside (``.old-k-*``).  Blocking.
 
@@ -321,18 +328,12 @@ def set_aside(remote: RemoteKernel) -> None:
     new connection waits for the new kernel's bind.  :func:`put_back` undoes
     it when the new kernel does not start; otherwise they go with ``R``.
     """
-    remote.master.run(
-        f'cd -- {shlex.quote(remote.socket_dir)} && for s in k-*; do [ -S "$s" ] && mv -f -- "$s" ".old-$s"; done; true',
-        timeout=20,
-    )
+    remote.master.run(f"cd -- {shlex.quote(remote.socket_dir)} && {SET_ASIDE}", timeout=20)
 
 
 def put_back(remote: RemoteKernel) -> None:
     """A move failed: the old kernel's socket names (:func:`set_aside`) are its again.  Blocking."""
-    remote.master.run(
-        f'cd -- {shlex.quote(remote.socket_dir)} && for s in .old-k-*; do [ -S "$s" ] && mv -f -- "$s" "${{s#.old-}}"; done; true',
-        timeout=20,
-    )
+    remote.master.run(f"cd -- {shlex.quote(remote.socket_dir)} && {PUT_BACK}", timeout=20)
 
 
 def teardown(remote: RemoteKernel) -> None:
