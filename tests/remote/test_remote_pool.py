@@ -134,6 +134,13 @@ async def test_a_pooled_kernel_on_the_remote_engine_is_the_cold_one_and_the_pool
             # Only its connection file stays in the hand-over folder (the message and markers are gone).
             assert await run_json(kc2, "sorted(__import__('os').listdir('/tmp/envpin-handoff'))") == ["kernel.json"]
             assert (await run(kc2, "%load_ext envpin"))["status"] == "ok"
+            # %use_image reaches the server: the control folder a pooled container makes when it becomes the
+            # kernel is relayed as a cold kernel's (without it, the magic waits 10 s and says nobody answered).
+            control = "__import__('os').path.isdir(__import__('os').environ['ENVPIN_CONTROL_DIR'])"
+            assert await run_json(kc2, control) is True
+            pinned = await run(kc2, f"%use_image {PY311}", timeout=60)
+            assert pinned["status"] == "ok" and f"pinned to {PY311}" in pinned["stdout"], pinned
+            assert (notebook_dir / ".envpin.json").exists()  # the server answered: it wrote the pin, here
             # The pool refills with a new container; the taken one is never handed out again.
             (refill,) = await async_wait_for(lambda: _ready_remote(pools, url), timeout=60, what="the refill")
             assert refill.container.id != taken.id
