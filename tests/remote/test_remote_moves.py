@@ -96,6 +96,7 @@ async def test_use_image_moves_the_kernel_on_the_remote_engine(
         moved = await run(kc, f"%load_ext envpin\n%use_image {PY313} --restart", timeout=90)
         assert moved["status"] == "ok", moved
         assert f"moving this kernel into {PY313}" in moved["stdout"], moved
+        assert f"this kernel now runs in {PY313}" in moved["stdout"], moved  # the successor's note reached us
         after = await run_json(kc, PROBE + " | {'version': __import__('sys').version}")
         assert after["dockerenv"] is True and after["python"] == [3, 13], after
         assert after["version"].startswith("3.13"), after

@@ -294,6 +294,24 @@ def _send_reply(kernel: Any, data: dict[str, Any], loop: Any, deadline: float) -
     threading.Thread(target=_publish_idle, args=(kernel, parent, data.get("note", "")), daemon=True).start()
 
 
+def _subscribers_back_within() -> float:
+    """Seconds the successor gives the clients' iopub sockets to come back before it sends the moved cell's note.
+
+    They reconnect about when the shell client did; the note goes out once (a
+    repeat would show twice) and must come before "idle", so it waits for them.
+    The Jupyter server's sockets (and its clients') reconnect 10-20 ms after the
+    old kernel's exit (``envpin_provisioner.kernel.client_sockets``), locally
+    and through SSH forwards alike, so they are back within 0.03 s.  On a TLS
+    engine each connection is relayed by a ``docker exec`` started for it
+    (``envpin_provisioner.remote.tls_kernel``), a round trip of the engine's
+    API: 0.5 s (seen in JupyterLab: 0.03 s lost the note there).  With libzmq's
+    default reconnect (100-200 ms, a random spread) even 0.05 s was too short
+    now and then, so a client of another program may miss the note; the idle
+    repeats cover a late subscriber.
+    """
+    return 0.5 if os.environ.get(names.REMOTE_ENGINE, "").startswith("tcp://") else 0.03
+
+
 def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     """Tell iopub listeners the moved cell is done.
 
@@ -301,13 +319,7 @@ def _publish_idle(kernel: Any, parent: dict, note: str) -> None:
     cannot tell when they have, so "idle" is repeated a few times: clients
     ignore the repeats (they match a cell that is already finished).
     """
-    # The subscribers reconnect about when the shell client did; the note goes out once (a repeat would show
-    # twice) and must come before "idle", so it waits for them.  The Jupyter server's sockets (and its
-    # clients') reconnect 10-20 ms after the old kernel's exit (envpin_provisioner.kernel.client_sockets), so
-    # its iopub listeners are back well within this wait.  With libzmq's default (100-200 ms, a random
-    # spread) 0.05 s was too short now and then (seen in CI: JupyterLab missed the note); a client of another
-    # program may still miss the note, and the idle repeats below cover a late subscriber.
-    time.sleep(0.03)
+    time.sleep(_subscribers_back_within())
     if note:
         IPYKERNEL.attr(kernel, "session").send(
             IPYKERNEL.attr(kernel, "iopub_socket"), "stream", {"name": "stdout", "text": note + "\n"}, parent=parent,
