@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -99,7 +100,11 @@ def engine_only_when_asked(request, monkeypatch):
     docker_client = request.getfixturevalue(ENGINE_FIXTURE)
     before = {c.id for c in envpin_containers(docker_client)}
     yield
-    left = [c for c in envpin_containers(docker_client) if c.id not in before]
+    # A warm container whose creation was under way when its kernel or pool went is removed once the engine
+    # returns it (engine.create_owned): give that a bounded moment before calling anything left behind.
+    deadline = time.monotonic() + 20
+    while (left := [c for c in envpin_containers(docker_client) if c.id not in before]) and time.monotonic() < deadline:
+        time.sleep(0.5)
     for c in left:
         c.remove(force=True)
     if left and not getattr(request.node, "_envpin_failed", False):
