@@ -25,7 +25,6 @@ so a local pool never serves a remote kernel, nor one engine's another's.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import functools
@@ -52,7 +51,7 @@ from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import package_volume, ssh_kernel, tls_kernel
 from envpin_provisioner.remote.handover import HANDOFF_DIR, KEY_FILE, handover_archive, handover_message
 from envpin_provisioner.warm import pool
-from envpin_provisioner.warm.standbys import SETTLE
+from envpin_provisioner.warm.standbys import TakesWarm
 
 
 class RemoteKernelSide(Protocol):
@@ -210,7 +209,7 @@ def _still_waiting(container: Container) -> bool:
 # ---- one kernel's side ----------------------------------------------------------------------------
 
 
-class RemoteWarmKernels:
+class RemoteWarmKernels(TakesWarm):
     """One kernel's use of the remote pool: take one at its first start, hand it over, refill, let go."""
 
     def __init__(self, kernel: RemoteKernelSide) -> None:
@@ -315,22 +314,6 @@ class RemoteWarmKernels:
             return None
         self._to_rename = container
         return container
-
-    def start_done(self, ready: bool) -> None:
-        """The start is over: the taken container's rename now, the pool's refill :data:`SETTLE` s later."""
-        container, self._to_rename = self._to_rename, None
-        if container is not None and ready:
-            asyncio.ensure_future(self._rename(container))
-        refill, self._refill = self._refill, None
-        if refill is not None:
-            pool.pools.refill_later(SETTLE, refill)
-
-    async def _rename(self, container: Container) -> None:
-        name = f"envpin-{self.kernel.kernel_id}-{container.short_id}"
-        try:
-            await engine.call(container.rename, name)
-        except engine.ENGINE_ERRORS as exc:  # removed meanwhile, or the engine went away: only the name is lost
-            self.kernel.log.warning("envpin: could not name container %s %s: %s", container.short_id, name, exc)
 
     async def discard(self) -> None:
         """The kernel goes for good: a taken container it never used goes too; its folder lets go of the pool."""

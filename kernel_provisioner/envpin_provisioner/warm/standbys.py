@@ -77,7 +77,40 @@ def reset() -> None:
     WarmKernels._warned_pool_root = False
 
 
-class WarmKernels:
+class TakesWarm:
+    """What a start that took a warm container leaves for later, for the local pools and the remote one alike.
+
+    The owner sets ``_to_rename`` (the container it handed over) and ``_refill``
+    (the shared pool's refill) during the start, and calls :meth:`start_done` after it.
+    """
+
+    kernel: Any
+    _to_rename: Container | None = None
+    _refill: Callable[[], None] | None = None
+
+    def start_done(self, ready: bool) -> None:
+        """The start is over (``ready``: the kernel answered): what it left for later may begin.
+
+        The taken container's rename at once (one Engine API request); the
+        shared pool's refill after :data:`SETTLE` seconds.
+        """
+        container, self._to_rename = self._to_rename, None
+        if container is not None and ready:
+            asyncio.ensure_future(self._rename(container))
+        refill, self._refill = self._refill, None
+        if refill is not None:
+            pool.pools.refill_later(SETTLE, refill)
+
+    async def _rename(self, container: Container) -> None:
+        """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
+        name = f"envpin-{self.kernel.kernel_id}-{container.short_id}"
+        try:
+            await engine.call(container.rename, name)
+        except engine.ENGINE_ERRORS as exc:  # removed meanwhile, or the engine went away: only the name is lost
+            self.kernel.log.warning("envpin: could not name container %s %s: %s", container.short_id, name, exc)
+
+
+class WarmKernels(TakesWarm):
     _warned_pool_root = False  #: the deprecated pool_root option is reported once per server
 
     def __init__(self, kernel: WarmableKernel) -> None:
@@ -220,27 +253,6 @@ class WarmKernels:
             return None
         self._to_rename = warm.container  # once it answers (start_done): off the start's path
         return warm.container
-
-    def start_done(self, ready: bool) -> None:
-        """The start is over (``ready``: the kernel answered): what it left for later may begin.
-
-        The taken container's rename at once (one Engine API request); the
-        shared pool's refill after :data:`SETTLE` seconds.
-        """
-        container, self._to_rename = self._to_rename, None
-        if container is not None and ready:
-            asyncio.ensure_future(self._rename(container))
-        refill, self._refill = self._refill, None
-        if refill is not None:
-            pool.pools.refill_later(SETTLE, refill)
-
-    async def _rename(self, container: Container) -> None:
-        """Name a taken warm container after its kernel: labels cannot change, the name says whose it is."""
-        name = f"envpin-{self.kernel.kernel_id}-{container.short_id}"
-        try:
-            await engine.call(container.rename, name)
-        except engine.ENGINE_ERRORS as exc:  # removed meanwhile, or the engine went away: only the name is lost
-            self.kernel.log.warning("envpin: could not name container %s %s: %s", container.short_id, name, exc)
 
     # ---- standbys, for restarts and moves ----------------------------------------------------
 
