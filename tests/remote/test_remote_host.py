@@ -29,11 +29,6 @@ SSH_TRANSPORTS = ("ssh", "ssh-paramiko")
 
 
 @pytest.fixture(scope="module")
-def before_listeners():
-    return exposed_listeners()
-
-
-@pytest.fixture(scope="module")
 def remote(docker_client, before_listeners):
     with RemoteHost("rhtest", images=[PY311]) as host:
         yield host

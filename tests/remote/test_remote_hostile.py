@@ -41,13 +41,6 @@ def remote(docker_client):
 
 
 @pytest.fixture
-def admin(remote):
-    client = remote.docker_client("admin")
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def remote_spec(remote, install_kernelspec, monkeypatch):
     monkeypatch.setenv("PATH", f"{remote.ssh_bin.parent}:{os.environ['PATH']}")
     yield lambda **config: install_kernelspec(PY311, engine=remote.ssh_url, **config)

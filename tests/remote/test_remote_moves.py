@@ -33,21 +33,9 @@ TRANSPORTS = ["ssh", "tls"]
 
 
 @pytest.fixture(scope="module")
-def before_listeners():
-    return exposed_listeners()
-
-
-@pytest.fixture(scope="module")
 def remote(docker_client, before_listeners):
     with RemoteHost("rhmove", images=[PY311, PY313, NO_IPYKERNEL]) as host:
         yield host
-
-
-@pytest.fixture
-def admin(remote):
-    client = remote.docker_client("admin")
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -47,11 +47,6 @@ JOB_PROBE = (
 
 
 @pytest.fixture(scope="module")
-def before_listeners():
-    return exposed_listeners()
-
-
-@pytest.fixture(scope="module")
 def remote(docker_client, before_listeners):
     with RemoteHost("rhpod", podman=True, images=[PY311]) as host:
         yield host
@@ -62,13 +57,6 @@ def remote(docker_client, before_listeners):
 def podman(remote):
     """The remote user's Podman, seen from inside the host (its socket through /proc/PID/root): for checks only."""
     client = remote.docker_client("podman")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def admin(remote):
-    client = remote.docker_client("admin")
     yield client
     client.close()
 

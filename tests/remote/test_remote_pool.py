@@ -32,13 +32,6 @@ def remote(docker_client):
 
 
 @pytest.fixture
-def admin(remote):
-    client = remote.docker_client("admin")
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def pools():
     """Each test starts and ends with no warm container of this process (the server's exit hook empties them)."""
     from envpin_provisioner.warm import pool

@@ -28,21 +28,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def before_listeners():
-    return exposed_listeners()
-
-
-@pytest.fixture(scope="module")
 def remote(docker_client, before_listeners):
     with RemoteHost("rhssh", images=[PY311]) as host:
         yield host
-
-
-@pytest.fixture
-def admin(remote):
-    client = remote.docker_client("admin")
-    yield client
-    client.close()
 
 
 @pytest.fixture
