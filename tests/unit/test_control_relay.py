@@ -190,3 +190,26 @@ def test_only_the_current_watchers_requests_count_and_the_backlog_is_bounded():
     channel.received(current, b"Z " + base64.b64encode(b"x"))  # type: ignore[arg-type]
     assert channel.take_request() is None
     assert channel._bad_in_a_row == 2
+
+
+def test_an_engine_that_stops_answering_does_not_end_the_relay_thread_with_a_traceback():
+    """The engine refusing connections is "try again after the backoff", not an exception out of the thread.
+
+    Was: ``_running`` caught only docker's own errors, and requests' ``ConnectionError`` (what docker-py raises
+    when the engine's socket refuses) ended the relay thread with a traceback (CI: a remote engine stopped).
+    """
+    import docker.errors
+    import requests.exceptions
+
+    class Container:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def reload(self) -> None:
+            raise self.error
+
+    watcher = object.__new__(control_relay._Watcher)
+    watcher.container = Container(requests.exceptions.ConnectionError("refused"))  # type: ignore[assignment]
+    assert watcher._running() is True
+    watcher.container = Container(docker.errors.NotFound("gone"))  # type: ignore[assignment]
+    assert watcher._running() is False

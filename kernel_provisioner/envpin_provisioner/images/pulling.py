@@ -23,6 +23,7 @@ from envpin.host import docker_client, images
 from envpin.host.images import ResolvedImage
 from envpin.images import references
 from envpin.internals import DOCKER
+from envpin_provisioner import engine
 from envpin_provisioner.errors import EnvpinError, ImageUnavailable, InvalidImageReference
 
 
@@ -252,7 +253,7 @@ def supports_curve(client: docker.DockerClient, image: ResolvedImage, python: st
         code = "import ipykernel.kernelapp as k; print(hasattr(k.IPKernelApp, 'curve_secretkey'))"
         try:
             supported = images.run_python(client, image, code, python=python).strip().endswith("True")
-        except (docker.errors.DockerException, EnvpinError):
+        except (*engine.ENGINE_ERRORS, EnvpinError):  # the engine failed meanwhile: counted as no
             supported = False
         remember_curve_support(client, image.id, supported)
     return _curve_support[key]

@@ -58,6 +58,7 @@ import docker.errors
 
 from envpin import names, printable
 from envpin.notebook import control
+from envpin_provisioner import engine
 from envpin_provisioner.moves.control_requests import ControlChannel
 
 #: The watcher, run in the kernel's container by the image's Python (``-I``: nothing from the working folder or
@@ -213,6 +214,7 @@ class _Watcher:
         self.container = container
         self._outbox: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=OUTBOX)
         self._conn: socket.socket | None = None
+        self._remote: Any = None  # the current session's exec socket (the pump thread alone reads and writes it)
         self._connected = threading.Event()
         self._stopped = threading.Event()
         self.restarts = 0
@@ -239,6 +241,12 @@ class _Watcher:
             except OSError:
                 pass
             conn.close()
+        remote = self._remote
+        if remote is not None:  # a stopped (SIGSTOP) watcher may hold the pump in a send: this wakes it
+            try:
+                remote.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def stopped(self) -> bool:
@@ -297,7 +305,7 @@ class _Watcher:
             self.container.reload()
         except docker.errors.NotFound:
             return False
-        except docker.errors.DockerException:
+        except engine.ENGINE_ERRORS:
             return True  # the engine does not answer now: try again after the backoff
         return self.container.status == "running"
 
@@ -313,6 +321,7 @@ class _Watcher:
         )["Id"]  # fmt: skip
         remote = _plain_socket(api.exec_start(exec_id, socket=True))
         remote.settimeout(None)
+        self._remote = remote
         mine, theirs = socket.socketpair()
 
         def pump() -> None:

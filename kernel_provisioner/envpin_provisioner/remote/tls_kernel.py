@@ -142,8 +142,12 @@ class ChannelRelay:
 
     Threads: one accepting per channel, one per connection (it alone reads
     and writes that connection's TLS socket: an SSL object is not shared
-    between threads).  :meth:`close` stops accepting, ends every connection
-    (their execs end with their stdin) and removes the socket files.
+    between threads).  :meth:`close` stops accepting, shuts down both sockets
+    of every connection and removes the socket files.  Both, because the
+    kernel can stop its relay process (SIGSTOP): then the exec's stdin is
+    full, the connection's thread blocks in a send to the engine, and only
+    shutting that socket down wakes it (closing the local side alone left
+    the thread, and the engine's exec, behind).
     """
 
     def __init__(self, client: Any, container_id: str, user: str, python: str, sockets: dict[str, str]) -> None:
@@ -155,7 +159,8 @@ class ChannelRelay:
         self._listeners: list[socket.socket] = []
         #: The local socket files as this relay bound them: after a move the next relay binds the same names.
         self._bound: dict[str, tuple[int, int]] = {}
-        self._open: set[socket.socket] = set()
+        #: Each open connection's local socket -> its exec's socket on the engine (None while the exec starts).
+        self._open: dict[socket.socket, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._log = logging.getLogger("envpin")
@@ -191,7 +196,7 @@ class ChannelRelay:
                 if self._closed:
                     conn.close()
                     return
-                self._open.add(conn)
+                self._open[conn] = None
             threading.Thread(target=self._carry, args=(conn, inside), name="envpin-tls-relay", daemon=True).start()
 
     def _exec_socket(self, inside: str) -> Any:
@@ -207,12 +212,16 @@ class ChannelRelay:
         try:
             remote = self._exec_socket(inside)
             remote.settimeout(None)
+            with self._lock:
+                if self._closed:  # closed while the exec started: close() could not reach this socket
+                    return
+                self._open[conn] = remote
             self._pump(conn, remote)
         except (OSError, docker.errors.DockerException) as exc:  # the engine or the kernel went away
             self._log.debug("envpin: a channel connection to %s ended: %s", self._container_id[:12], exc)
         finally:
             with self._lock:
-                self._open.discard(conn)
+                self._open.pop(conn, None)
             for s in (conn, remote):
                 if s is not None:
                     try:
@@ -258,13 +267,17 @@ class ChannelRelay:
         with self._lock:
             self._closed = True
             listeners, self._listeners = self._listeners, []
-            conns = list(self._open)
-        for s in [*listeners, *conns]:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            conns = list(self._open.items())
+        for s in listeners:
             s.close()
+        for conn, remote in conns:
+            # Shut down, not close: the connection's thread may be inside a call on either socket; it closes them.
+            for s in (conn, remote):
+                if s is not None:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
         for local, bound in self._bound.items():
             try:
                 st = os.lstat(local)
