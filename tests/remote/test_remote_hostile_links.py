@@ -11,7 +11,9 @@ engine follows a link in a bind mount's source, so ``prepare`` refuses one.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
 import pytest
 
@@ -69,3 +71,48 @@ async def test_a_link_a_kernel_planted_is_never_a_later_kernels_working_folder(
         assert done.stdout.split() == []
     finally:
         remote.run(["rm", "-rf", ROOT, OUTSIDE])
+
+
+async def test_a_folder_swapped_for_a_link_after_the_first_start_is_never_mounted(remote, admin, remote_spec, tmp_path):
+    """The check at the first start is not enough: restarts and moves mount the same path again, later.
+
+    Kernel A (working in ``remote_root``) renames kernel B's working folder
+    and puts a link in its place while B runs; B's restart must not mount the
+    link's target (the engine would follow it): its container sees another
+    inode than the one pinned at B's first start, and is removed before its key
+    goes in.  Was: only ``prepare`` checked, once.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    root = tmp_path / "root"
+    (root / "project").mkdir(parents=True)
+    remote.run(["mkdir", "-p", ROOT, OUTSIDE])
+    remote.run(["touch", f"{OUTSIDE}/outside-marker"])
+    name = remote_spec(remote_root=ROOT, local_root=str(root))
+    km_b = AsyncKernelManager(kernel_name=name)
+    try:
+        await asyncio.wait_for(km_b.start_kernel(cwd=str(root / "project"), env=dict(os.environ)), 60)
+        kc_b = km_b.client()
+        kc_b.start_channels()
+        try:
+            await kc_b.wait_for_ready(timeout=60)
+            assert await run_json(kc_b, "__import__('os').getcwd()") == f"{ROOT}/project"
+        finally:
+            kc_b.stop_channels()
+        async with kernel(name, cwd=root) as (_km_a, kc_a):  # kernel A swaps B's folder for a link
+            swap = f"(lambda os: os.rename('project', 'project.real') or os.symlink({OUTSIDE!r}, 'project'))"
+            await run_json(kc_a, swap + "(__import__('os'))")
+        started = time.monotonic()
+        with pytest.raises(Exception, match=r"(?s)working folder.*is no longer the\s+folder envpin checked.*a\s+link"):
+            await asyncio.wait_for(km_b.restart_kernel(), 60)
+        assert time.monotonic() - started < 30
+        assert containers(admin, kernel=km_b.kernel_id) == []  # removed before its key went in
+        # A restart's container would have got the marker's folder as its working folder: it never ran code.
+        done = remote.run(["ls", "-A", OUTSIDE], capture_output=True, text=True)
+        assert done.stdout.split() == ["outside-marker"]
+    finally:
+        if km_b.has_kernel:
+            await km_b.shutdown_kernel(now=True)
+        await km_b.cleanup_resources()
+        remote.run(["rm", "-rf", ROOT, OUTSIDE])
+    assert containers(admin, role="kernel") == []

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from envpin_provisioner.remote.ssh_kernel import _make_workdir
+from envpin_provisioner.remote.ssh_kernel import _OUT_RE, _make_workdir
 
 
 def _run(root: str, workdir: str) -> subprocess.CompletedProcess:
@@ -52,3 +52,17 @@ def test_a_link_to_a_folder_inside_the_root_is_refused_too(tmp_path):
     (root / "other").mkdir(parents=True)
     os.symlink(root / "other", root / "nb")
     assert _run(str(root), f"{root}/nb").returncode == 4
+
+
+def test_it_prints_the_inode_of_the_folder_it_checked(tmp_path):
+    """``$I`` is what every container of the kernel must see at its mount (``ssh_kernel.check_workdir``)."""
+    root = tmp_path / "root"
+    done = subprocess.run(
+        ["sh", "-c", "set -e\n" + _make_workdir(str(root), f"{root}/a/b") + 'printf "%s\\n" "$I"'],
+        capture_output=True,
+        text=True,
+    )
+    st = os.stat(root / "a" / "b")
+    assert done.stdout == f"{st.st_dev}:{st.st_ino}\n", done
+    assert _OUT_RE.match(f"/tmp/envpin-abcdefgh\n1000\n1000\n{st.st_dev}:{st.st_ino}\n")
+    assert _OUT_RE.match("/tmp/envpin-abcdefgh\n1000\n1000\n\n")  # the scratch R/work: nothing pinned

@@ -135,6 +135,7 @@ def create_over_ssh(
             url=url, remote=remote, held=True, user=options["user"],
         )  # fmt: skip
         container.start()
+        ssh_kernel.check_workdir(container, remote, template.python)  # mounted once: checked once, before any key
         return warm
     except BaseException:
         if warm is not None:

@@ -54,7 +54,8 @@ from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import handover, package_volume
 
-_OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n$")
+#: What :func:`prepare` prints: R, uid, gid, and the working folder's "device:inode" (empty for R/work).
+_OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n(\d+:\d+)?\n$")
 #: A kernel's folder R as :func:`prepare` makes it (``mktemp -d .../envpin-XXXXXXXX``): all gc removes there.
 _FOLDER_RE = re.compile(r"^/[^\n\0]*/envpin-[A-Za-z0-9]{8}$")
 
@@ -69,6 +70,9 @@ class RemoteKernel:
     gid: int
     workdir: str  #: the kernel's working folder on the remote host (and at the same path in the container)
     scratch: bool  #: workdir is R/work (removed with R)
+    #: Below ``remote_root``: the working folder's "device:inode" as :func:`prepare` checked it, which every
+    #: container of this kernel must see at its mount (:func:`check_workdir`).  None for the scratch R/work.
+    pinned: str | None = None
     forwarded: list[str] = field(default_factory=list)
 
     @property
@@ -97,7 +101,13 @@ def _make_workdir(remote_root: str, workdir: str) -> str:
     (``os.symlink('/run', 'project')``): ``mkdir -p`` would make folders
     through it and the engine would mount wherever it points (the remote
     host's ``/run``, its engine's socket included) as a later kernel's working
-    folder.  Checked part by part, then the physical path is compared as a whole.
+    folder.  Checked part by part, then the physical path is compared as a whole, from
+    inside the folder (``cd -P``: the shell then holds it, so the path ``pwd -P``
+    prints and the inode ``stat`` prints are one folder's).  The engine mounts
+    it later, by path, at every start of the kernel's containers (restarts and
+    moves too), and a kernel can swap a part for a link meanwhile: so the
+    inode is printed too (``$I``) and compared with what each container sees
+    (:func:`check_workdir`).
     """
     root = posixpath.normpath(remote_root)
     rel = posixpath.relpath(workdir, root)
@@ -112,7 +122,10 @@ def _make_workdir(remote_root: str, workdir: str) -> str:
     expected = '"${P%/}"/' + shlex.quote(rel) if parts else '"$P"'
     lines.append(
         f"P=$(cd -P -- {shlex.quote(root)} && pwd -P)\n"
-        f'if [ "$(cd -P -- "$W" && pwd -P)" != {expected} ]; then printf "%s\\n" "$W" >&2; exit 4; fi\n'
+        'cd -P -- "$W"\n'
+        "I=$(stat -c %d:%i .)\n"
+        f'if [ "$(pwd -P)" != {expected} ]; then printf "%s\\n" "$W" >&2; exit 4; fi\n'
+        "cd /\n"
     )
     return "".join(lines)
 
@@ -135,7 +148,7 @@ def prepare(
         + 'R=$(mktemp -d "${XDG_RUNTIME_DIR:-/tmp}/envpin-XXXXXXXX")\n'
         + 'mkdir -m 0700 -- "$R/sock"\n'
         + make_work
-        + 'printf "%s\\n%s\\n%s\\n" "$R" "$(id -u)" "$(id -g)"\n'
+        + 'printf "%s\\n%s\\n%s\\n%s\\n" "$R" "$(id -u)" "$(id -g)" "${I:-}"\n'
     )
     try:
         out = master.run(script)
@@ -166,6 +179,7 @@ def prepare(
         gid=gid,
         workdir=workdir or posixpath.join(folder, "work"),
         scratch=workdir is None,
+        pinned=match.group(4) if workdir else None,
     )
 
 
@@ -279,6 +293,7 @@ def _create_and_start(
                 _connection_tar(launch.connection_info, posixpath.join(remote.socket_dir, "k"), remote.uid, remote.gid),
             )
             container.start()
+            check_workdir(container, remote, launch.python)  # before any client connects (no code has run)
     except BaseException:
         kernel_container.remove(container)
         raise
@@ -298,6 +313,7 @@ def _start_then_hand_over(container: Any, launch: kernel_launch.KernelLaunch, re
     (``/tmp/envpin-kernel.json``, 0600 for the kernel's user), only inside the container.
     """
     container.start()
+    check_workdir(container, remote, launch.python)  # before the key goes in
     key = names.CONTAINER_TCP_CONNECTION_FILE
     message = handover.handover_message(launch, env, remote.workdir, env, key=key)
     archive = handover.handover_archive(
@@ -309,6 +325,43 @@ def _start_then_hand_over(container: Any, launch: kernel_launch.KernelLaunch, re
         folder=posixpath.basename(handover.HANDOFF_DIR),
     )
     container.put_archive(posixpath.dirname(handover.HANDOFF_DIR), archive)
+
+
+#: Run in a kernel's new container: its working folder's "device:inode", as the engine mounted it.
+_STAT_WORKDIR = "import os,sys;s=os.stat(sys.argv[1]);print(f'{s.st_dev}:{s.st_ino}')"
+
+
+def check_workdir(container: Any, remote: RemoteKernel, python: str) -> None:
+    """Refuse a container whose working folder is not the one :func:`prepare` checked.  Blocking.
+
+    The engine mounts ``remote_root``'s folders by path, following links, at
+    each start (the first, restarts, moves, a pool container's); every part of
+    that path but ``remote_root`` is in some kernel's working folder, so a
+    kernel can have swapped one for a link since (``os.rename`` then
+    ``os.symlink('/run', ...)``).  The folder the container sees must be the
+    pinned one, by device and inode (a bind mount shows its source's).  Called
+    before the kernel's key goes in, or before any client connects; the
+    caller removes the container.  Nothing to check for the scratch ``R/work``:
+    no kernel's container mounts ``R``.
+    """
+    if remote.pinned is None:
+        return
+    code, out = container.exec_run(
+        [python, "-I", "-c", _STAT_WORKDIR, remote.workdir],
+        stdout=True,
+        stderr=False,
+        user=f"{remote.uid}:{remote.gid}",
+    )
+    seen = (out or b"").decode(errors="replace").strip()
+    if code == 0 and seen == remote.pinned:
+        return
+    raise ConfigError(
+        f"The kernel's working folder {remote.workdir} on {remote.master.target.destination} is no longer the "
+        f"folder envpin checked when this kernel first started (it saw {seen or 'nothing'}, not {remote.pinned}): "
+        "a part of its path was replaced since, for instance by a link a kernel made, and envpin never mounts a "
+        "folder a link chose. The new container was removed. Put the folder back (ssh HOST ls -ld "
+        f"{shlex.quote(remote.workdir)}), or shut this kernel down and start a new one."
+    )
 
 
 #: Before a move (:func:`set_aside`) and after a failed one (:func:`put_back`), run in ``R/sock``: the
