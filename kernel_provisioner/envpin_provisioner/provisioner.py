@@ -450,7 +450,7 @@ class EnvpinProvisioner(ProvisionerOptions, LocalProvisioner):  # type: ignore[m
             self.remote_root,
             self.local_root,
             self._folder.path,
-            [m.split(":")[0] for m in self.mounts],
+            list(self.mounts),
         )
 
     async def _prepare_engine(self) -> Any:

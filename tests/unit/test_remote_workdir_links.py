@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from envpin_provisioner.remote.ssh_kernel import _OUT_RE, _make_workdir
+from envpin_provisioner.remote.ssh_kernel import _OUT_RE, _below, _make_workdir, _pin_mount_source
 
 
 def _run(root: str, workdir: str) -> subprocess.CompletedProcess:
@@ -66,3 +66,33 @@ def test_it_prints_the_inode_of_the_folder_it_checked(tmp_path):
     assert done.stdout == f"{st.st_dev}:{st.st_ino}\n", done
     assert _OUT_RE.match(f"/tmp/envpin-abcdefgh\n1000\n1000\n{st.st_dev}:{st.st_ino}\n")
     assert _OUT_RE.match("/tmp/envpin-abcdefgh\n1000\n1000\n\n")  # the scratch R/work: nothing pinned
+
+
+def _pin(root: str, source: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", "set -e\n" + _pin_mount_source(root, source)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("link", [None, "data", "deep", "deep/data"])
+def test_a_mount_source_below_the_root_is_pinned_unless_a_link_is_in_its_path(tmp_path, link):
+    """A kernel working in ``remote_root`` can swap a ``mounts`` source below it for a link (review 'hostile30')."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "deep" / "data").mkdir(parents=True)
+    (root / "data").mkdir()
+    outside.mkdir()
+    (outside / "data").mkdir()
+    if link is not None:
+        os.rename(root / link, root / f"{link}.real")
+        os.symlink(outside if link == "deep" else outside / "data", root / link)
+    source = f"{root}/deep/data" if link != "data" else f"{root}/data"
+    done = _pin(str(root), source)
+    if link is None:
+        st = os.stat(root / "deep" / "data")
+        assert (done.returncode, done.stdout) == (0, f"{st.st_dev}:{st.st_ino}\n"), done
+        assert _OUT_RE.match(f"/tmp/envpin-abcdefgh\n1000\n1000\n1:2\n{st.st_dev}:{st.st_ino}\n3:4\n")
+    else:
+        assert done.returncode == 5 and done.stdout == "", done
+
+
+def test_only_mount_sources_below_the_root_are_held_to_it():
+    assert _below("/r", "/r/x") and _below("/r/", "/r") and _below("/", "/x")
+    assert not _below("/r", "/rx") and not _below("/r", "/other")

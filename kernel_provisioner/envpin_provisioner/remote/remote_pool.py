@@ -263,7 +263,7 @@ class RemoteWarmKernels(TakesWarm):
             kernel.remote_root,
             kernel.local_root,
             kernel._folder.path,
-            [m.split(":")[0] for m in kernel.mounts],
+            list(kernel.mounts),
         )
         log = kernel.log
 

@@ -54,8 +54,9 @@ from envpin_provisioner.kernel import container as kernel_container
 from envpin_provisioner.kernel import launch as kernel_launch
 from envpin_provisioner.remote import handover, package_volume
 
-#: What :func:`prepare` prints: R, uid, gid, and the working folder's "device:inode" (empty for R/work).
-_OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n(\d+:\d+)?\n$")
+#: What :func:`prepare` prints: R, uid, gid, the working folder's "device:inode" (empty for R/work), then one
+#: "device:inode" line per ``mounts`` source below ``remote_root`` (:func:`_pin_mount_source`).
+_OUT_RE = re.compile(r"^(/[^\n\0]+)\n(\d+)\n(\d+)\n(\d+:\d+)?\n((?:\d+:\d+\n)*)$")
 #: A kernel's folder R as :func:`prepare` makes it (``mktemp -d .../envpin-XXXXXXXX``): all gc removes there.
 _FOLDER_RE = re.compile(r"^/[^\n\0]*/envpin-[A-Za-z0-9]{8}$")
 
@@ -73,6 +74,9 @@ class RemoteKernel:
     #: Below ``remote_root``: the working folder's "device:inode" as :func:`prepare` checked it, which every
     #: container of this kernel must see at its mount (:func:`check_workdir`).  None for the scratch R/work.
     pinned: str | None = None
+    #: (target in the container, "device:inode") of each ``mounts`` source below ``remote_root``: a kernel
+    #: working in ``remote_root`` can swap such a source for a link, so it is pinned and checked like ``pinned``.
+    pinned_mounts: list[tuple[str, str]] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
 
     @property
@@ -130,17 +134,57 @@ def _make_workdir(remote_root: str, workdir: str) -> str:
     return "".join(lines)
 
 
-def prepare(
-    url: str, remote_root: str, local_root: str, notebook_folder: str, mount_sources: list[str]
-) -> RemoteKernel:
-    """Make the kernel's folder on the remote host (and its working folder), check mount sources there.  Blocking."""
+def _below(remote_root: str, path: str) -> bool:
+    """``path`` (as written) is ``remote_root`` or below it: a name some kernel's working folder holds.  Pure."""
+    root, path = posixpath.normpath(remote_root), posixpath.normpath(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _pin_mount_source(remote_root: str, source: str) -> str:
+    """Shell lines refusing (exit 5) a ``mounts`` source below ``remote_root`` with a link in its path; print its inode.
+
+    As :func:`_make_workdir`, part by part, then the parent's physical path as
+    a whole (a kernel working in ``remote_root`` can rename and link any name
+    below it); the source's "device:inode" is printed for every container to
+    compare (:func:`check_workdir`), since the engine mounts by path, later.
+    """
+    root, source = posixpath.normpath(remote_root), posixpath.normpath(source)
+    rel = posixpath.relpath(source, root)
+    parts = [] if rel == "." else rel.split("/")
+    refuse = f"then echo {shlex.quote(source)} >&2; exit 5; fi\n"
+    lines = [f"W={shlex.quote(root)}\n"]
+    for part in parts:
+        lines.append(f'W="$W"/{shlex.quote(part)}\nif [ -L "$W" ]; {refuse}')
+    parent = posixpath.dirname(rel) if parts else ""
+    expected = '"${Q%/}"' + ("/" + shlex.quote(parent) if parent else "") if parts else None
+    if expected is not None:
+        lines.append(
+            f"Q=$(cd -P -- {shlex.quote(root)} && pwd -P)\n"
+            f'if [ "$(cd -P -- "$(dirname -- "$W")" && pwd -P)" != {expected} ]; {refuse}'
+        )
+    lines.append('stat -c %d:%i -- "$W"\n')
+    return "".join(lines)
+
+
+def prepare(url: str, remote_root: str, local_root: str, notebook_folder: str, mount_specs: list[str]) -> RemoteKernel:
+    """Make the kernel's folder on the remote host (and its working folder), check mount sources there.  Blocking.
+
+    ``mount_specs``: the ``mounts`` option ('HOST_PATH:CONTAINER_PATH[:ro]' each, checked by ``kernel.launch``).
+    """
     master = ssh_tunnel.master_for(url)
     workdir = _workdir_for(remote_root, local_root, notebook_folder) if remote_root else None
     if remote_root and not remote_root.startswith("/"):
         raise ConfigError(f"remote_root='{remote_root}' is not an absolute path on the remote host; fix the option.")
+    mount_sources = [spec.split(":")[0] for spec in mount_specs]
     checks = "".join(
         f"if [ ! -e {shlex.quote(src)} ]; then echo {shlex.quote(src)} >&2; exit 3; fi\n" for src in mount_sources
     )
+    below = [
+        (spec.split(":")[1], src)
+        for spec, src in zip(mount_specs, mount_sources, strict=True)
+        if remote_root and ":" in spec and _below(remote_root, src)
+    ]
+    pin_mounts = "".join(_pin_mount_source(remote_root, src) for _target, src in below)
     make_work = _make_workdir(remote_root, workdir) if workdir else 'mkdir -m 0700 -- "$R/work"\n'
     script = (
         "set -e\numask 077\n"
@@ -149,6 +193,7 @@ def prepare(
         + 'mkdir -m 0700 -- "$R/sock"\n'
         + make_work
         + 'printf "%s\\n%s\\n%s\\n%s\\n" "$R" "$(id -u)" "$(id -g)" "${I:-}"\n'
+        + pin_mounts
     )
     try:
         out = master.run(script)
@@ -159,6 +204,14 @@ def prepare(
                 f"remote_root='{remote_root}': a part of its path is a link (a kernel can make one in its working "
                 "folder), and envpin never mounts a folder a link chose. Remove the link there "
                 f"(ssh HOST ls -l {shlex.quote(workdir)}) or open the notebook from another folder."
+            ) from None
+        if "(5)" in str(exc):
+            source = str(exc).rsplit(":", 1)[-1].strip()
+            raise ConfigError(
+                f"The mount source {source} (from this kernel's mounts option) on {master.target.destination} is "
+                f"below remote_root='{remote_root}', and a part of its path is a link (a kernel working there can "
+                "make one): envpin never mounts a folder a link chose. Remove the link there "
+                f"(ssh HOST ls -l {shlex.quote(source)}) or mount a folder outside remote_root."
             ) from None
         if "(3)" in str(exc):
             missing = str(exc).rsplit(":", 1)[-1].strip()
@@ -180,6 +233,7 @@ def prepare(
         workdir=workdir or posixpath.join(folder, "work"),
         scratch=workdir is None,
         pinned=match.group(4) if workdir else None,
+        pinned_mounts=list(zip([t for t, _s in below], match.group(5).split(), strict=True)),
     )
 
 
@@ -328,7 +382,7 @@ def _start_then_hand_over(container: Any, launch: kernel_launch.KernelLaunch, re
 
 
 #: Run in a kernel's new container: its working folder's "device:inode", as the engine mounted it.
-_STAT_WORKDIR = "import os,sys;s=os.stat(sys.argv[1]);print(f'{s.st_dev}:{s.st_ino}')"
+_STAT_WORKDIR = "import os,sys\nfor p in sys.argv[1:]:s=os.stat(p);print(f'{s.st_dev}:{s.st_ino}')"
 
 
 def check_workdir(container: Any, remote: RemoteKernel, python: str) -> None:
@@ -344,20 +398,35 @@ def check_workdir(container: Any, remote: RemoteKernel, python: str) -> None:
     caller removes the container.  Nothing to check for the scratch ``R/work``:
     no kernel's container mounts ``R``.
     """
-    if remote.pinned is None:
+    pinned = ([(remote.workdir, remote.pinned)] if remote.pinned is not None else []) + remote.pinned_mounts
+    if not pinned:
         return
     code, out = container.exec_run(
-        [python, "-I", "-c", _STAT_WORKDIR, remote.workdir],
+        [python, "-I", "-c", _STAT_WORKDIR, *(target for target, _ in pinned)],
         stdout=True,
         stderr=False,
         user=f"{remote.uid}:{remote.gid}",
     )
-    seen = (out or b"").decode(errors="replace").strip()
-    if code == 0 and seen == remote.pinned:
-        return
+    seen = (out or b"").decode(errors="replace").split()
+    if code == 0 and len(seen) == len(pinned):
+        wrong = [(target, got, want) for (target, want), got in zip(pinned, seen, strict=True) if got != want]
+        if not wrong:
+            return
+    else:
+        wrong = [(pinned[0][0], " ".join(seen), pinned[0][1])]
+    target, got, want = wrong[0]
+    if target != remote.workdir:
+        raise ConfigError(
+            f"The mount at {target} (a mounts source below remote_root on {remote.master.target.destination}) is "
+            f"no longer the folder envpin checked when this kernel first started (it saw {got or 'nothing'}, not "
+            f"{want}): a part of its path was replaced since, for instance by a link a kernel made, and envpin "
+            "never mounts a folder a link chose. The new container was removed. Put the folder back, or shut "
+            "this kernel down and start a new one."
+        )
+    seen_text = got
     raise ConfigError(
         f"The kernel's working folder {remote.workdir} on {remote.master.target.destination} is no longer the "
-        f"folder envpin checked when this kernel first started (it saw {seen or 'nothing'}, not {remote.pinned}): "
+        f"folder envpin checked when this kernel first started (it saw {seen_text or 'nothing'}, not {want}): "
         "a part of its path was replaced since, for instance by a link a kernel made, and envpin never mounts a "
         "folder a link chose. The new container was removed. Put the folder back (ssh HOST ls -ld "
         f"{shlex.quote(remote.workdir)}), or shut this kernel down and start a new one."
