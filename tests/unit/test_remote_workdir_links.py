@@ -96,3 +96,14 @@ def test_a_mount_source_below_the_root_is_pinned_unless_a_link_is_in_its_path(tm
 def test_only_mount_sources_below_the_root_are_held_to_it():
     assert _below("/r", "/r/x") and _below("/r/", "/r") and _below("/", "/x")
     assert not _below("/r", "/rx") and not _below("/r", "/other")
+
+
+def test_a_mount_source_that_is_the_root_pins_what_the_root_names(tmp_path):
+    """``remote_root`` may be the user's link: the container sees its target's inode, so that one is pinned."""
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "root")
+    st = os.stat(tmp_path / "real")
+    assert _pin(f"{tmp_path}/root", f"{tmp_path}/root").stdout == f"{st.st_dev}:{st.st_ino}\n"
+    (tmp_path / "real" / "a b").mkdir()
+    st = os.stat(tmp_path / "real" / "a b")
+    assert _pin(f"{tmp_path}/root", f"{tmp_path}/root/a b").stdout == f"{st.st_dev}:{st.st_ino}\n"

@@ -150,19 +150,24 @@ def _pin_mount_source(remote_root: str, source: str) -> str:
     """
     root, source = posixpath.normpath(remote_root), posixpath.normpath(source)
     rel = posixpath.relpath(source, root)
-    parts = [] if rel == "." else rel.split("/")
+    if rel == ".":  # remote_root itself (the user's; it may be a link): what it names now
+        return f"(cd -P -- {shlex.quote(root)} && stat -c %d:%i .)\n"
+    parts = rel.split("/")
     refuse = f"then echo {shlex.quote(source)} >&2; exit 5; fi\n"
     lines = [f"W={shlex.quote(root)}\n"]
     for part in parts:
         lines.append(f'W="$W"/{shlex.quote(part)}\nif [ -L "$W" ]; {refuse}')
-    parent = posixpath.dirname(rel) if parts else ""
-    expected = '"${Q%/}"' + ("/" + shlex.quote(parent) if parent else "") if parts else None
-    if expected is not None:
-        lines.append(
-            f"Q=$(cd -P -- {shlex.quote(root)} && pwd -P)\n"
-            f'if [ "$(cd -P -- "$(dirname -- "$W")" && pwd -P)" != {expected} ]; {refuse}'
-        )
-    lines.append('stat -c %d:%i -- "$W"\n')
+    parent = posixpath.dirname(rel)
+    expected = '"${Q%/}"' + ("/" + shlex.quote(parent) if parent else "")
+    # From inside the parent (the shell holds it): the leaf's inode (a link's own, never its target's) and
+    # the parent's physical path are one folder's, whatever is renamed meanwhile.
+    lines.append(
+        f"Q=$(cd -P -- {shlex.quote(root)} && pwd -P)\n"
+        'cd -P -- "$(dirname -- "$W")"\n'
+        f"M=$(stat -c %d:%i -- ./{shlex.quote(parts[-1])})\n"
+        f'if [ "$(pwd -P)" != {expected} ]; {refuse}'
+        'cd /\nprintf "%s\\n" "$M"\n'
+    )
     return "".join(lines)
 
 
