@@ -40,15 +40,6 @@ def remote(docker_client):
         yield host
 
 
-@pytest.fixture
-def remote_spec(remote, install_kernelspec, monkeypatch):
-    monkeypatch.setenv("PATH", f"{remote.ssh_bin.parent}:{os.environ['PATH']}")
-    yield lambda **config: install_kernelspec(PY311, engine=remote.ssh_url, **config)
-    import envpin_provisioner
-
-    envpin_provisioner.reset_caches()
-
-
 def _socket_folder(container) -> str:
     """The kernel's socket folder on the remote host: its one bind mount that is not its working folder."""
     binds = [m["Source"] for m in container.attrs["Mounts"] if m["Type"] == "bind" and m["Source"].endswith("/sock")]

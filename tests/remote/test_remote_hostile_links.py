@@ -36,15 +36,6 @@ def remote(docker_client):
         yield host
 
 
-@pytest.fixture
-def remote_spec(remote, install_kernelspec, monkeypatch):
-    monkeypatch.setenv("PATH", f"{remote.ssh_bin.parent}:{os.environ['PATH']}")
-    yield lambda **config: install_kernelspec(PY311, engine=remote.ssh_url, **config)
-    import envpin_provisioner
-
-    envpin_provisioner.reset_caches()
-
-
 @pytest.mark.parametrize("planted", ["project", "deep"])
 async def test_a_link_a_kernel_planted_is_never_a_later_kernels_working_folder(
     remote, admin, remote_spec, tmp_path, planted

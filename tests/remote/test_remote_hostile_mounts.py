@@ -38,15 +38,6 @@ def remote(docker_client):
         yield host
 
 
-@pytest.fixture
-def remote_spec(remote, install_kernelspec, monkeypatch):
-    monkeypatch.setenv("PATH", f"{remote.ssh_bin.parent}:{os.environ['PATH']}")
-    yield lambda **config: install_kernelspec(PY311, engine=remote.ssh_url, **config)
-    import envpin_provisioner
-
-    envpin_provisioner.reset_caches()
-
-
 async def test_a_mount_source_a_kernel_swapped_for_a_link_is_never_mounted(remote, admin, remote_spec, tmp_path):
     root = tmp_path / "root"
     (root / "project").mkdir(parents=True)

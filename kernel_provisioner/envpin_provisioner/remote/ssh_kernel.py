@@ -417,24 +417,19 @@ def check_workdir(container: Any, remote: RemoteKernel, python: str) -> None:
         wrong = [(target, got, want) for (target, want), got in zip(pinned, seen, strict=True) if got != want]
         if not wrong:
             return
-    else:
-        wrong = [(pinned[0][0], " ".join(seen), pinned[0][1])]
-    target, got, want = wrong[0]
-    if target != remote.workdir:
-        raise ConfigError(
-            f"The mount at {target} (a mounts source below remote_root on {remote.master.target.destination}) is "
-            f"no longer the folder envpin checked when this kernel first started (it saw {got or 'nothing'}, not "
-            f"{want}): a part of its path was replaced since, for instance by a link a kernel made, and envpin "
-            "never mounts a folder a link chose. The new container was removed. Put the folder back, or shut "
-            "this kernel down and start a new one."
-        )
-    seen_text = got
+        target, got, want = wrong[0]
+    else:  # the exec failed (a mount point that is gone): reported against the first pinned folder
+        (target, want), got = pinned[0], " ".join(seen)
+    what, fix = (
+        (f"The kernel's working folder {target}", f" (ssh HOST ls -ld {shlex.quote(target)})")
+        if target == remote.workdir
+        else (f"The mount at {target} (a mounts source below remote_root)", "")
+    )
     raise ConfigError(
-        f"The kernel's working folder {remote.workdir} on {remote.master.target.destination} is no longer the "
-        f"folder envpin checked when this kernel first started (it saw {seen_text or 'nothing'}, not {want}): "
-        "a part of its path was replaced since, for instance by a link a kernel made, and envpin never mounts a "
-        "folder a link chose. The new container was removed. Put the folder back (ssh HOST ls -ld "
-        f"{shlex.quote(remote.workdir)}), or shut this kernel down and start a new one."
+        f"{what} on {remote.master.target.destination} is no longer the folder envpin checked when this kernel "
+        f"first started (it saw {got or 'nothing'}, not {want}): a part of its path was replaced since, for "
+        "instance by a link a kernel made, and envpin never mounts a folder a link chose. The new container was "
+        f"removed. Put the folder back{fix}, or shut this kernel down and start a new one."
     )
 
 
