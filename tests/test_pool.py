@@ -64,11 +64,11 @@ def pooled_spec(install_kernelspec):
 
 
 @pytest.fixture(autouse=True)
-def empty_pools():
-    """Each test starts and ends with no warm container of this process."""
+async def empty_pools():
+    """Each test starts and ends with no warm container of this process (fills under way included: on the test's
+    loop, before it closes)."""
     yield
-    for warm in pools.drain():
-        warm.discard()
+    await pools.close()
 
 
 async def test_a_pooled_kernel_is_the_cold_kernel_and_each_warm_container_serves_once(
@@ -212,7 +212,7 @@ async def test_a_moved_tag_drains_the_old_pool(docker_client, pooled_spec, noteb
         async with kernel(name, cwd=notebook_dir) as (_, kc):
             assert (await run_json(kc, PROBE))["python"] == [3, 13]  # cold: the old pool's image is not the tag's
         (new,) = await async_wait_for(
-            lambda: [c for c in warm_waiting(docker_client) if c.id != old.id], timeout=60, what="a pool of the new id"
+            lambda: [c for c in warm_ready(docker_client) if c.id != old.id], timeout=60, what="a pool of the new id"
         )
         await async_wait_for(
             lambda: old.id not in {c.id for c in containers(docker_client)}, timeout=30, what="the old pool drained"

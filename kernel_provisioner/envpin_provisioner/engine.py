@@ -18,6 +18,7 @@ side's host entry points.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -105,8 +106,13 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     answers (a frozen engine: the read times out), raises :class:`EngineUnavailable`
     with the plain-words explanation, not the HTTP library's error.
     """
+    return await _in_thread(functools.partial(fn, *args, **kwargs), fn, args)
+
+
+async def _in_thread(run: Callable[[], T], fn: Callable[..., Any], args: tuple[Any, ...]) -> T:
+    """``run()`` in a worker thread; an engine that cannot be reached is explained with the address ``fn`` used."""
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await asyncio.to_thread(run)
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:  # Timeout: an engine frozen
         raise docker_client.explain_engine_failure(exc, _address_in(fn, args)) from exc
 
@@ -144,6 +150,37 @@ async def call_through(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.shield(task)
 
 
+class _Claim:
+    """Who owns what a creation in a worker thread returns: its caller, or (once the caller gave up) the thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._made: list[Any] = []  #: what was made and handed towards the caller (empty: nothing yet)
+
+    def deliver(self, made: Any) -> bool:
+        """The creation returned ``made``: True if its caller still waits for it, False if the caller gave up."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._made.append(made)
+            return True
+
+    def abandon(self) -> list[Any]:
+        """The caller gives up: what was already made and is now nobody's (``[]`` when the thread still runs)."""
+        with self._lock:
+            self._abandoned = True
+            return self._made
+
+
+def _dispose_quietly(dispose: Callable[[Any], object], made: Any) -> None:
+    """Dispose of an abandoned creation; in a background thread, so a failure is logged, never raised."""
+    try:
+        dispose(made)
+    except Exception as exc:  # noqa: BLE001  nobody awaits this: a failure can only be logged (envpin gc removes it)
+        _log.warning("envpin: could not remove %r, made for a start that was cancelled: %s", made, exc)
+
+
 async def create_owned(fn: Callable[..., T], *args: Any, dispose: Callable[[T], object], **kwargs: Any) -> T:
     """:func:`call` for a blocking creation whose result someone must own: a container, a folder.
 
@@ -151,19 +188,28 @@ async def create_owned(fn: Callable[..., T], *args: Any, dispose: Callable[[T], 
     down 0.1 s after it started, while its standby was being created) would
     never learn what was made, and it would stay behind.  Here the creation
     runs to its end regardless, and when nobody awaits it any more its
-    result is handed to ``dispose`` (in a worker thread).
+    result is handed to ``dispose``.
+
+    The disposal happens in threads, never through the event loop: a loop
+    that stops right after the cancellation (a server exiting, a test's loop
+    closing) runs no callback, and what was made would stay behind.  Either
+    the creating thread disposes of it (the caller gave up first) or the
+    cancelled caller does, in a thread of its own (the creation had already
+    returned); :class:`_Claim` decides which, under its lock.
     """
-    task = asyncio.ensure_future(call(fn, *args, **kwargs))
+    claim = _Claim()
+
+    def create() -> T:
+        made = fn(*args, **kwargs)
+        if not claim.deliver(made):
+            _dispose_quietly(dispose, made)
+        return made
+
+    task = asyncio.ensure_future(_in_thread(create, fn, args))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        loop = asyncio.get_running_loop()
-
-        def created(done: asyncio.Future) -> None:
-            if done.cancelled() or done.exception() is not None:
-                return  # nothing was made (a failed creation cleans up after itself)
-            later = loop.run_in_executor(None, dispose, done.result())
-            later.add_done_callback(_consume)
-
-        task.add_done_callback(created)
+        task.add_done_callback(_consume)  # a creation that fails now has nobody to tell but the log
+        for made in claim.abandon():
+            threading.Thread(target=_dispose_quietly, args=(dispose, made), name="envpin-dispose", daemon=True).start()
         raise

@@ -333,8 +333,7 @@ class Server:
                 await self.shutdown(kernel)
             except Exception as exc:  # every kernel gets its shutdown; the first failure is raised
                 errors.append(exc)
-        gone = pools.drain()
-        await asyncio.to_thread(lambda: [warm.discard() for warm in gone])
+        await pools.close()
         if errors:
             raise errors[0]
 
@@ -688,8 +687,7 @@ async def test_a_flooded_channel_folder_neither_stalls_nor_breaks_the_shutdown(
     while os.path.lexists(channel) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     stall = await ticker.stop()
-    gone = pools.drain()
-    await asyncio.to_thread(lambda: [warm.discard() for warm in gone])
+    await pools.close()
     await assert_nothing_left(docker_client, before)
     print(
         f"finding 4: shutdown took {took:.2f} s, "
@@ -732,8 +730,7 @@ async def test_a_kernel_shut_down_as_it_starts_leaves_no_container(realm, specs,
             pass
         left = remaining()
     finally:
-        gone = pools.drain()
-        await asyncio.to_thread(lambda: [warm.discard() for warm in gone])
+        await pools.close()
     print(f"finding 5: shut down {len(delays)} kernels at {delays} s after their start; left behind: {left}")
     assert not left, f"containers of a kernel shut down as it started remain (by delay in s): {left}"
     await assert_nothing_left(docker_client, before)

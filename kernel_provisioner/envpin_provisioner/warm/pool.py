@@ -353,6 +353,20 @@ class Pools:
             task.cancel()
         return gone
 
+    async def close(self, timeout: float = 30.0) -> None:
+        """:meth:`drain`, then wait (at most ``timeout`` s) for the fills it cancelled, and remove what it took.
+
+        For an owner that stops its event loop next (a test, an embedding
+        application): :meth:`drain` only asks the fills to stop, and a fill
+        cancelled while its container warms up removes it from its own task,
+        which a stopped loop never runs.
+        """
+        filling = [task for task in self._filling.values() if not task.done()]
+        gone = self.drain()
+        if filling:
+            await asyncio.wait(filling, timeout=timeout)
+        await engine.call_through(_discard_all, gone)
+
 
 def _discard_all(warms: list[Warm]) -> None:
     for warm in warms:
