@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from testutils import PY311, containers, program
+from testutils import PY311, containers, flat, program
 from testutils.kernels import kernel, run
 
 _LISTEN = "0A"
@@ -123,8 +123,9 @@ async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, i
     pulling.remember_curve_support(docker_client, image_id, False)
     try:
         km = AsyncKernelManager(kernel_name=name)
-        with pytest.raises(Exception, match="cannot encrypt its channels"):
+        with pytest.raises(Exception) as refused:
             await km.start_kernel(cwd=str(notebook_dir))
+        assert "cannot encrypt its channels" in flat(refused.value)
         await km.cleanup_resources()
     finally:
         pulling.reset()

@@ -22,7 +22,7 @@ import uuid
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from testutils import PY311, PY313, containers
+from testutils import PY311, PY313, containers, flat
 from testutils.hostile import KERNEL_UID, toolbox
 from testutils.kernels import kernel, run, run_json
 
@@ -131,10 +131,11 @@ async def test_a_kernel_cannot_relink_a_nested_notebook_folder(canaries, install
         canaries.assert_untouched()
         # A move or restart of B would mount the link's target: refused, in one paragraph, no container.
         res = await run(kc_b, f"%use_image {PY313} --restart", timeout=60)
-        assert res["status"] == "error" and "not the folder this kernel started in" in res["evalue"], res
+        assert res["status"] == "error" and "not the folder this kernel started in" in flat(res["evalue"]), res
         assert (await run(kc_b, "import os; os.listdir('.')"))["status"] == "ok"  # B still runs, unharmed
-        with pytest.raises(Exception, match="not the folder this kernel started in"):
+        with pytest.raises(Exception) as refused:
             await km_b.restart_kernel()
+        assert "not the folder this kernel started in" in flat(refused.value)
         assert not [c for c in containers(docker_client, kernel=km_b.kernel_id) if c.status == "running"]
     canaries.assert_untouched()
     assert not containers(docker_client, kernel=km_b.kernel_id)
@@ -243,7 +244,8 @@ async def test_the_mount_is_checked_from_inside_the_running_container(
         os.rename(sub, proj / "sub-moved")
         os.symlink(canaries.root_only, sub)
         monkeypatch.setattr(folder, "check_folder", lambda launch: None)
-        with pytest.raises(Exception, match="another folder was mounted in its place"):
+        with pytest.raises(Exception) as refused:
             await km.restart_kernel()
+        assert "another folder was mounted in its place" in flat(refused.value)
         assert not containers(docker_client, kernel=km.kernel_id)
     canaries.assert_untouched()

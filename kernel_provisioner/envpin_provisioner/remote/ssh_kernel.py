@@ -427,7 +427,7 @@ def check_workdir(container: Any, remote: RemoteKernel, python: str) -> None:
     )
     raise ConfigError(
         f"{what} on {remote.master.target.destination} is no longer the folder envpin checked when this kernel "
-        f"first started (it saw {got or 'nothing'}, not {want}): a part of its path was replaced since, for "
+        f"first started (its device:inode is {got or 'unreadable'}, not {want}): a part of its path was replaced since, for "
         "instance by a link a kernel made, and envpin never mounts a folder a link chose. The new container was "
         f"removed. Put the folder back{fix}, or shut this kernel down and start a new one."
     )
