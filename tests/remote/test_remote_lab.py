@@ -11,8 +11,10 @@ wait for it was cut to 30 ms.  A screenshot is kept in test-artifacts/.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
+import requests
 
 from testutils import PY311, PY313
 from testutils.browser import open_notebook, run_cell, shoot
@@ -27,6 +29,25 @@ WHERE = (
     "import sys, os, socket; print('where', sys.version.split()[0], os.environ['ENVPIN_IMAGE_ID'], "
     "socket.gethostname(), os.path.exists('/.dockerenv'))"
 )
+
+
+def extension_view(srv, wanted: str) -> tuple[dict, set[str]]:
+    """The envpin extension's report of the server's one kernel (once the image's Python is known) and the
+    references its move picker offers (once ``wanted`` is among them), from the REST endpoints the page reads."""
+
+    def get(path: str):
+        answer = requests.get(f"{srv.url}{path}", headers={"Authorization": f"token {srv.token}"}, timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    (kernel_id,) = [k["id"] for k in get("/api/kernels")]
+    deadline = time.monotonic() + 60
+    while True:
+        report = get(f"/envpin/api/kernels/{kernel_id}")
+        listed = {i["reference"] for i in get(f"/envpin/api/kernels/{kernel_id}/images")["images"]}
+        if (report["python"] and wanted in listed) or time.monotonic() > deadline:
+            return report, listed
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +70,27 @@ def tls_client_env(remote, monkeypatch):
 def test_a_move_on_a_tls_engine_shows_its_note_in_jupyterlab(tls_client_env, chromium, lab, install_kernelspec, remote):
     from playwright.sync_api import sync_playwright
 
-    install_kernelspec(PY311, display_name="Py311 on the TLS box", engine=remote.tcp_url)
-    url, root, _ = lab
+    url, root, srv = lab
     admin = remote.docker_client("admin")
+    # The kernel's image exists only on that engine (an id of its own, not a tag of a local image's id):
+    # what the extension says of it can only come from there.
+    remote_only = "envpin-test/only-on-the-box:1"
+    made = admin.containers.create(PY311, command=["true"])
+    made.commit(repository="envpin-test/only-on-the-box", tag="1")
+    made.remove()
+    install_kernelspec(remote_only, display_name="Py311 on the TLS box", engine=remote.tcp_url)
     try:
         with sync_playwright() as p:
             browser, page = open_notebook(p, chromium, url, "Py311 on the TLS box")
             first = run_cell(page, WHERE, "where", 0, timeout=120_000)
             (before,) = admin.containers.list(filters={"label": "envpin.role=kernel"})
             assert "where 3.11" in first and before.attrs["Config"]["Hostname"] in first and "True" in first
+            # What the extension shows comes from the kernel's engine: the image's Python is asked there (it
+            # was "Python ?": the probe bind-mounted a path of this machine), the move picker lists its images.
+            report, listed = extension_view(srv, remote_only)
+            assert (report["python"] or "").startswith("3.11"), report
+            assert remote_only in listed and PY313 in listed, listed
+            page.get_by_text("Python 3.11").first.wait_for(timeout=30_000)  # the status bar
             moved = run_cell(page, f"%load_ext envpin\n%use_image {PY313}", "now runs in", 1, timeout=120_000)
             assert f"moving this kernel into {PY313}" in moved and f"this kernel now runs in {PY313}" in moved
             after = run_cell(page, WHERE, "where", 2, timeout=120_000)
@@ -67,5 +100,6 @@ def test_a_move_on_a_tls_engine_shows_its_note_in_jupyterlab(tls_client_env, chr
             shoot(page, "jupyterlab-remote-tls-move")
             browser.close()
     finally:
+        admin.images.remove(remote_only, force=True)
         admin.close()
     assert PY313 in (root / ".envpin.json").read_text()  # the pin is beside the notebook, on this machine

@@ -18,10 +18,15 @@ from envpin.host.images import ResolvedImage
 from envpin_provisioner import engine
 from envpin_provisioner.lab import report
 
+#: The kernel's engine (its kernelspec's ``engine``): the probe must ask the image there, not the default engine.
+KERNELS_ENGINE = "ssh://alice@gpu-box"
+
 
 def provisioner(image_id: str) -> SimpleNamespace:
     image = ResolvedImage(reference="envpin-test/slow:1", id=image_id, digest=None)
-    return SimpleNamespace(choice=SimpleNamespace(resolved=image), python="python3", log=logging.getLogger("t"))
+    return SimpleNamespace(
+        choice=SimpleNamespace(resolved=image), python="python3", log=logging.getLogger("t"), engine=KERNELS_ENGINE
+    )
 
 
 def test_a_slow_probe_holds_up_no_report_and_runs_once(monkeypatch):
@@ -29,11 +34,11 @@ def test_a_slow_probe_holds_up_no_report_and_runs_once(monkeypatch):
     probes = []
 
     def slow_probe(client, image, code, timeout, python, tail):
-        probes.append((image.id, tail))
+        probes.append((image.id, tail, client.address))
         release.wait(10)
         return "noise\n" * 3 + '{"python": "3.12.1", "cloudpickle": "3.1.1", "dill": "<b>x</b>"}\n'
 
-    monkeypatch.setattr(engine, "shared", lambda: SimpleNamespace(client=object()))
+    monkeypatch.setattr(engine, "shared", lambda address=None: SimpleNamespace(client=SimpleNamespace(address=address)))
     monkeypatch.setattr(report.host_images, "run_python", slow_probe)
 
     async def scenario():
@@ -43,7 +48,9 @@ def test_a_slow_probe_holds_up_no_report_and_runs_once(monkeypatch):
         answers = await asyncio.gather(*(facts.of(p, wait=0.3) for _ in range(20)), facts.of(p))
         took = time.monotonic() - t0
         assert answers == [None] * 21 and took < 2, took  # each waited 0.3 s at most, none for the probe
-        assert facts.probing(p.choice.resolved.id) and len(probes) == 1 and probes[0][1] == 2  # one probe, its tail
+        assert facts.probing(p.choice.resolved.id) and probes == [
+            (p.choice.resolved.id, 2, KERNELS_ENGINE)
+        ]  # one, its tail
         release.set()
         for _ in range(100):
             if not facts.probing(p.choice.resolved.id):
@@ -63,7 +70,7 @@ def test_a_failed_probe_is_not_retried_at_once(monkeypatch):
         calls.append(1)
         return "x" * 100_000  # no JSON line
 
-    monkeypatch.setattr(engine, "shared", lambda: SimpleNamespace(client=object()))
+    monkeypatch.setattr(engine, "shared", lambda address=None: SimpleNamespace(client=object()))
     monkeypatch.setattr(report.host_images, "run_python", broken)
 
     async def scenario():

@@ -98,7 +98,7 @@ def image_fingerprint(name: str) -> dict[str, Any]:
             return cached
     except (OSError, ValueError):
         pass
-    out = images.run_python(client, image, "import envpin.compat.fingerprints as f; f._print()")
+    out = images.run_python(client, image, "import envpin.compat.fingerprints as f; f._print()", with_envpin=True)
     result = _parse_probe(out, name)
     result.update(image=name, image_id=image.immutable)
     try:

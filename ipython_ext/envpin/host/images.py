@@ -126,24 +126,41 @@ def resolve(c, name: str, pull: bool = True, source: str = "this program") -> Re
     return resolved(reference, image, name)
 
 
-def _options(image: ResolvedImage, role: str, cwd: str | None, env: dict[str, str] | None) -> dict[str, Any]:
+def _options(
+    image: ResolvedImage, role: str, cwd: str | None, env: dict[str, str] | None, with_envpin: bool = True
+) -> dict[str, Any]:
     opts = base_options(
-        image_id=image.id, reference=image.name, immutable=image.immutable, role=role, image_env=image.env, cwd=cwd
+        image_id=image.id,
+        reference=image.name,
+        immutable=image.immutable,
+        role=role,
+        image_env=image.env,
+        cwd=cwd,
+        mount_envpin=with_envpin,
     )
     opts["environment"].update(env or {})
     return opts
 
 
 def run_python(
-    c, image: ResolvedImage, code: str, timeout: float = 60, python: str = "python3", tail: int | str = "all"
+    c,
+    image: ResolvedImage,
+    code: str,
+    timeout: float = 60,
+    python: str = "python3",
+    tail: int | str = "all",
+    with_envpin: bool = False,
 ) -> str:
     """Run ``python -c code`` in a short-lived container of ``image`` (labelled, so gc sees it); return its stdout.
 
+    No network, and no mount unless ``with_envpin`` (the code imports envpin): envpin's package is
+    bind-mounted from this machine's path, which a remote engine does not have, so a probe that needs
+    only the image's own Python must work without it on any engine.
     ``tail``: only the last lines of it (the engine splits a long line at 16 KiB), for a caller that must
     not read whatever amount an image chooses to print.
     """
     container = dialect.create(
-        c, entrypoint=[python, "-c", code], network_mode="none", **_options(image, "probe", None, None)
+        c, entrypoint=[python, "-c", code], network_mode="none", **_options(image, "probe", None, None, with_envpin)
     )
     try:
         container.start()

@@ -62,19 +62,21 @@ class LabState:
     def __init__(self) -> None:
         self.facts = report.ImageFacts()
         self.moves = UiMoves()
-        self._images: dict[tuple[str, ...], tuple[float, dict]] = {}
+        self._images: dict[tuple[str, ...], tuple[float, dict]] = {}  #: (engine, *patterns) -> (when, listing)
         self._images_lock = asyncio.Lock()
 
-    async def images(self, patterns: list[str]) -> dict:
-        """The choosable images for ``patterns``, from the engine at most once per ``IMAGES_TTL``.
+    async def images(self, patterns: list[str], address: str = "") -> dict:
+        """The choosable images for ``patterns`` on engine ``address`` (a kernel's; "" for the default one).
 
-        One engine call at a time: requests that arrive together wait for it and share its answer.
+        Listed at most once per ``IMAGES_TTL`` per engine and patterns, one engine call at a time:
+        requests that arrive together wait for it and share its answer.  A kernel moves within its own
+        engine, so a kernel on another machine is offered that machine's images.
         """
-        key = tuple(patterns)
+        key = (address, *patterns)
         async with self._images_lock:
             cached = self._images.get(key)
             if cached is None or time.monotonic() - cached[0] >= self.IMAGES_TTL:
-                client = (await engine.call(engine.shared)).client
+                client = (await engine.call(engine.shared, address or None)).client
                 listed = await asyncio.wait_for(
                     engine.call(report.choosable_images, client, list(patterns)), ENGINE_TIMEOUT
                 )
@@ -164,7 +166,7 @@ class ImagesHandler(_Base):
         if provisioner is None:
             raise web.HTTPError(404, f"Kernel {kernel_id} is not run by envpin.")
         try:
-            listed = await self.lab.images(list(provisioner.allowed_images))
+            listed = await self.lab.images(list(provisioner.allowed_images), provisioner.engine)
         except engine.ENGINE_ERRORS as exc:
             raise web.HTTPError(
                 503, f"The Docker engine did not list its images: {printable.one_line(exc, 300)}"

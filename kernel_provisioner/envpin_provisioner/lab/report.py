@@ -10,8 +10,8 @@ nothing to leak (its notes may name the notebook folder's pin file, the
 user's own file, as the kernel's first output does).
 
 The Python and pickler are the image's, asked of the image itself once (a
-short-lived probe container, like ``envpin.fingerprint(image=...)``'s, without
-network or mounts) and kept by image id for the server's life: an id names one
+short-lived probe container on the kernel's own engine, without network or
+mounts, so it works on a remote engine too) and kept by image id for the server's life: an id names one
 content.  What the probe prints is the image's word, so only values shaped
 like versions are kept.  Probes run one at a time, off the event loop, and a
 failed one is not retried for a minute: a page polling a broken image cannot
@@ -99,7 +99,7 @@ class ImageFacts:
             return None
         task = self._probing.get(image.id)
         if task is None:
-            task = asyncio.ensure_future(self._probe(image, provisioner.python, provisioner.log))
+            task = asyncio.ensure_future(self._probe(image, provisioner.engine, provisioner.python, provisioner.log))
             self._probing[image.id] = task
             task.add_done_callback(functools.partial(self._done, image.id))
         if wait > 0:
@@ -112,10 +112,11 @@ class ImageFacts:
     def _done(self, image_id: str, _task: asyncio.Task) -> None:
         self._probing.pop(image_id, None)
 
-    async def _probe(self, image: ResolvedImage, python: str, log: Any) -> None:
+    async def _probe(self, image: ResolvedImage, address: str, python: str, log: Any) -> None:
+        """Ask the image on the engine its kernel runs on (``address``, the kernelspec's; "" for the default)."""
         async with self._lock:  # one probe container at a time, however many images and pages ask
             try:
-                client = (await engine.call(engine.shared)).client
+                client = (await engine.call(engine.shared, address or None)).client
                 out = await engine.call(host_images.run_python, client, image, PROBE, PROBE_TIMEOUT, python, 2)
                 data = json.loads(out.strip().splitlines()[-1][:MAX_PROBE_LINE])
                 if not isinstance(data, dict):
