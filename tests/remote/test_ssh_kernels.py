@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -155,6 +157,25 @@ async def test_kernel_runs_on_the_remote_engine_only(
         assert not new, f"new listeners on this machine: {listener_owners(new)}"
         assert tcp_listeners(remote.pid) == {(remote.address, 22), (remote.address, 2376)}
     _assert_nothing_left(remote, admin, remote.ssh_url, volumes_before)
+
+
+def test_kernelspec_install_checks_the_image_on_the_engine_it_names(remote, admin, ssh_path, jupyter_env, tmp_path):
+    """README's line, `envpin kernelspec install --image IMG --config engine=ssh://...`, for an image only that
+    machine has: it was checked on this machine's engine and refused ("not on this Docker engine")."""
+    only_there = "envpin-test/only-on-rhssh:1"
+    made = admin.containers.create(PY311, command=["true"])  # an image id of its own, not a tag of a local one
+    made.commit(repository="envpin-test/only-on-rhssh", tag="1")
+    made.remove()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--image", only_there,
+             "--prefix", str(tmp_path / "venv"), "--config", f"engine={remote.ssh_url}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"image {only_there} is on the engine at {remote.ssh_url}" in out.stdout, out.stdout
+    finally:
+        admin.images.remove(only_there, force=True)
 
 
 async def test_interrupt_and_restart(remote, admin, remote_spec, notebook_dir):

@@ -110,12 +110,14 @@ def in_kernel_path(target: str) -> bool:
     return any(os.path.realpath(d) == parent for d in KernelSpecManager().kernel_dirs)
 
 
-def check_image(image: str) -> str:
-    """Whether ``image`` can run here: present on the engine, or pullable; what to tell the user.  Blocking.
+def check_image(image: str, address: str | None = None) -> str:
+    """Whether ``image`` can run: present on the engine, or pullable; what to tell the user.  Blocking.
 
-    Refused (``ImageUnavailable``) when the engine lacks it and no registry
-    has it, with the engine's close local names; ``--no-check`` skips this
-    (installing before the image exists).
+    The engine is the one the kernelspec names (``address``, its ``engine``
+    option: a kernel on another machine runs that machine's images), else
+    the server's default.  Refused (``ImageUnavailable``) when the engine
+    lacks it and no registry has it, with the engine's close local names;
+    ``--no-check`` skips this (installing before the image exists).
     """
     import difflib
 
@@ -126,13 +128,14 @@ def check_image(image: str) -> str:
     from envpin_provisioner.images import pulling
 
     ref = check_reference(image, "install")
+    where = f"the engine at {address}" if address else "the engine"
     try:
-        client = engine.shared().client
+        client = engine.shared(address).client
         if pulling.local_image(client, ref) is not None:
-            return f"image {image} is on the engine"
+            return f"image {image} is on {where}"
         try:
             client.api.inspect_distribution(ref.engine_name)
-            return f"image {image} is not on the engine yet; its registry has it (pulled at the first start)"
+            return f"image {image} is not on {where} yet; its registry has it (pulled at the first start)"
         except docker.errors.APIError as exc:
             reason = printable.one_line(exc.explanation or exc, 300)
         names = sorted({t for i in client.images.list() for t in (i.tags or [])})
@@ -147,7 +150,7 @@ def check_image(image: str) -> str:
     ]
     hint = f" Close names on this engine: {', '.join(close)}." if close else ""
     raise ImageUnavailable(
-        f"Image '{image}' is not on this Docker engine, and it cannot be pulled ({reason}), so a kernel of it "
+        f"Image '{image}' is not on {where}, and it cannot be pulled ({reason}), so a kernel of it "
         f"could not start.{hint}",
         fix="Give --image an image the engine has, pull or build it first (docker pull / docker build -t), "
         "or install anyway with --no-check.",

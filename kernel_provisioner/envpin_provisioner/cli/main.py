@@ -62,7 +62,7 @@ def _kernelspec_install(args) -> int:
             "or give it a name of its own: --name NAME.",
         )
     if args.image and not args.no_check:
-        print(f"envpin: {kernelspec.check_image(args.image)}")
+        print(f"envpin: {kernelspec.check_image(args.image, config.get('engine') or None)}")
     path = kernelspec.install(
         args.image,
         name=name,
@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment (a venv)")
     where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
     inst.add_argument(
-        "--no-check", action="store_true", help="do not check that the engine has the image or can pull it"
+        "--no-check",
+        action="store_true",
+        help="do not check that the engine (the one --config engine=URL names, else the default) has the image or can pull it",
     )
     inst.add_argument(
         "--config",
