@@ -93,6 +93,7 @@ STATEFUL_MODULES = (
     "envpin.host.labels",
     "envpin.host.docker_client",
     "envpin.host.ssh_tunnel",
+    "envpin.host.package_archive",
     "envpin.notebook.handoff",
 )
 

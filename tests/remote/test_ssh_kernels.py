@@ -159,21 +159,35 @@ async def test_kernel_runs_on_the_remote_engine_only(
     _assert_nothing_left(remote, admin, remote.ssh_url, volumes_before)
 
 
-def test_kernelspec_install_checks_the_image_on_the_engine_it_names(remote, admin, ssh_path, jupyter_env, tmp_path):
-    """README's line, `envpin kernelspec install --image IMG --config engine=ssh://...`, for an image only that
-    machine has: it was checked on this machine's engine and refused ("not on this Docker engine")."""
+def test_the_readme_setup_lines_check_the_image_on_the_engine_they_name(remote, admin, ssh_path, jupyter_env):
+    """README's lines, `envpin kernelspec install --image IMG --config engine=ssh://...` and `envpin doctor`, for
+    an image only that machine has: the install checked it on this machine's engine and refused it ("not on this
+    Docker engine"); the doctor probed it there too, with envpin's package bind-mounted from a path of this
+    machine (which the other engine does not have)."""
     only_there = "envpin-test/only-on-rhssh:1"
     made = admin.containers.create(PY311, command=["true"])  # an image id of its own, not a tag of a local one
     made.commit(repository="envpin-test/only-on-rhssh", tag="1")
     made.remove()
+
+    def envpin(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "envpin_provisioner", *args], capture_output=True, text=True, timeout=120
+        )
+
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "envpin_provisioner", "kernelspec", "install", "--image", only_there,
-             "--prefix", str(tmp_path / "venv"), "--config", f"engine={remote.ssh_url}"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = envpin("kernelspec", "install", "--user", "--image", only_there, "--name", "box",
+                     "--config", f"engine={remote.ssh_url}")  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert f"image {only_there} is on the engine at {remote.ssh_url}" in out.stdout, out.stdout
+        # The doctor checks each kernelspec on the engine it names (and that engine once), probing the image there.
+        out = envpin("doctor")
+        lines = out.stdout.splitlines()
+        assert f"ok    engine {remote.ssh_url}: Docker" in out.stdout, out.stdout
+        (box,) = [line for line in lines if line.startswith("ok    kernelspec box")]
+        assert f"on {remote.ssh_url}: Python 3.11" in box, out.stdout
+        # --engine: that engine is the one checked, its kernelspecs among them.
+        out = envpin("doctor", "--engine", remote.ssh_url)
+        assert f"ok    kernelspec box ({only_there}): Python 3.11" in out.stdout, out.stdout
     finally:
         admin.images.remove(only_there, force=True)
 

@@ -82,14 +82,18 @@ def _cache_dir() -> Path:
     return Path(base) / "envpin" / "fingerprints"
 
 
-def image_fingerprint(name: str) -> dict[str, Any]:
-    """The fingerprint of image ``name`` (an alias, reference or id), cached by image id."""
+def image_fingerprint(name: str, client: Any = None) -> dict[str, Any]:
+    """The fingerprint of image ``name`` (an alias, reference or id), cached by image id.
+
+    ``client``: the engine to ask (``envpin doctor``: a kernelspec's own); else this process's default.
+    """
     from envpin.host import images
 
-    client = images.client(
-        in_container_fix=f"Compare on the host: envpin.fingerprint(image={name!r}) in a Python there, or envpin doctor "
-        f"for every kernelspec's image; to run this notebook in that image instead: %use_image {name}."
-    )
+    if client is None:
+        client = images.client(
+            in_container_fix=f"Compare on the host: envpin.fingerprint(image={name!r}) in a Python there, or envpin "
+            f"doctor for every kernelspec's image; to run this notebook in that image instead: %use_image {name}."
+        )
     image = images.resolve(client, name, source="envpin.fingerprint(image=...)")
     cache = _cache_dir() / (image.id.replace(":", "_") + ".json")
     try:

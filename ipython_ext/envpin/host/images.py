@@ -20,7 +20,7 @@ from typing import Any
 
 from envpin import names, printable
 from envpin.errors import EnvpinError
-from envpin.host import dialect, docker_client
+from envpin.host import dialect, docker_client, package_archive
 from envpin.host.container_spec import base_options
 from envpin.images import allowlist, references
 from envpin.internals import DOCKER
@@ -153,16 +153,18 @@ def run_python(
 ) -> str:
     """Run ``python -c code`` in a short-lived container of ``image`` (labelled, so gc sees it); return its stdout.
 
-    No network, and no mount unless ``with_envpin`` (the code imports envpin): envpin's package is
-    bind-mounted from this machine's path, which a remote engine does not have, so a probe that needs
-    only the image's own Python must work without it on any engine.
+    No network and no mount, on any engine: with ``with_envpin`` (the code imports envpin) the package
+    is copied into the created container where a kernel has it (``envpin.host.package_archive``), not
+    bind-mounted from this machine's folder, which an engine on another machine does not have.
     ``tail``: only the last lines of it (the engine splits a long line at 16 KiB), for a caller that must
     not read whatever amount an image chooses to print.
     """
-    container = dialect.create(
-        c, entrypoint=[python, "-c", code], network_mode="none", **_options(image, "probe", None, None, with_envpin)
-    )
+    options = _options(image, "probe", None, None, with_envpin)  # with_envpin: PYTHONPATH names the package
+    options["mounts"] = []
+    container = dialect.create(c, entrypoint=[python, "-c", code], network_mode="none", **options)
     try:
+        if with_envpin:
+            container.put_archive("/", package_archive.archive(prefix=f"{names.CONTAINER_PYTHONPATH}/envpin"))
         container.start()
         result = container.wait(timeout=timeout)
         out = container.logs(stdout=True, stderr=False, tail=tail).decode(errors="replace")

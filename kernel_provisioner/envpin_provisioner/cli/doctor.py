@@ -99,19 +99,31 @@ def check_settings() -> list[Finding]:
     return findings or [Finding("ok", "settings", "the Jupyter config files' and ENVPIN_* option values are valid")]
 
 
-def check() -> list[Finding]:
+def _connect(address: str | None, subject: str, findings: list[Finding]) -> Any:
+    """The client of engine ``address`` (None: the default) with a finding saying so; None when it does not answer."""
+    try:
+        client = engine.shared(address).client
+    except engine.ENGINE_ERRORS as exc:
+        findings.append(Finding("FAIL", subject, str(docker_client.explain_engine_failure(exc, address))))
+        return None
+    except EnvpinError as exc:
+        findings.append(Finding("FAIL", subject, str(exc)))
+        return None
+    findings.append(Finding("ok", subject, dialect.kind(client).describe()))
+    return client
+
+
+def check(only_default_engine: bool = False) -> list[Finding]:
+    """Every finding.  Each kernelspec's image is checked on the engine the kernelspec names (its ``engine``
+    option, another machine's), else on the default one; ``only_default_engine`` (``--engine URL``, which
+    makes URL the default) leaves out the kernelspecs that name another engine."""
     from envpin_provisioner.options import check_options
     from envpin_provisioner.provisioner import EnvpinProvisioner
 
     findings: list[Finding] = []
-    client = None
-    try:
-        client = engine.shared().client
-        findings.append(Finding("ok", "engine", dialect.kind(client).describe()))
-    except engine.ENGINE_ERRORS as exc:
-        findings.append(Finding("FAIL", "engine", str(docker_client.explain_engine_failure(exc))))
-    except EnvpinError as exc:
-        findings.append(Finding("FAIL", "engine", str(exc)))
+    client = _connect(None, "engine", findings)
+    default_address = docker_client.engine_address()
+    named: dict[str, Any] = {}  #: another engine a kernelspec names -> its client (None: it did not answer)
 
     findings += check_settings()  # the settings and kernelspecs are checked with or without an engine
     specs = envpin_kernelspecs()
@@ -136,11 +148,20 @@ def check() -> list[Finding]:
         except EnvpinError as exc:  # it cannot start: the image is not worth probing
             findings.append(Finding("FAIL", subject, f"{exc}"))
             continue
-        if client is None:
+        address = spec["config"].get("engine") or None
+        its_client = client
+        if address and docker_client.engine_address(address) != default_address:
+            if only_default_engine:
+                continue  # it runs elsewhere: envpin doctor --engine ADDRESS checks it there
+            if address not in named:
+                named[address] = _connect(address, f"engine {address}", findings)
+            its_client = named[address]
+            subject += f" on {address}"
+        if its_client is None:
             findings.append(Finding("warn", subject, "options valid; the image is not checked (no engine)"))
             continue
         try:
-            theirs = fingerprints.image_fingerprint(image)
+            theirs = fingerprints.image_fingerprint(image, its_client)
         except (EnvpinError, *engine.ENGINE_ERRORS) as exc:  # an image that cannot even be probed
             findings.append(Finding("FAIL", subject, f"{exc}"))
             continue
@@ -216,8 +237,8 @@ def _warm_pool(client) -> Finding:
     )
 
 
-def main() -> int:
-    findings = check()
+def main(only_default_engine: bool = False) -> int:
+    findings = check(only_default_engine)
     for f in findings:
         print(f)
     failed = sum(f.level == "FAIL" for f in findings)

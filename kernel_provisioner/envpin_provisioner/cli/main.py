@@ -137,7 +137,7 @@ def _doctor(args) -> int:
 
     if args.engine:  # every check of this run talks to that engine, as if the server's environment named it
         os.environ["DOCKER_HOST"] = args.engine
-    return doctor.main()
+    return doctor.main(only_default_engine=bool(args.engine))
 
 
 def _run(args) -> int:
@@ -202,8 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--engine", help="the engine to clean (ssh://USER@HOST, tcp://HOST:2376, unix:///PATH)")
     gc.set_defaults(func=_gc)
 
-    doc = sub.add_parser("doctor", help="check the engine, the envpin kernelspecs and their images")
-    doc.add_argument("--engine", help="the engine to check (ssh://USER@HOST, tcp://HOST:2376, unix:///PATH)")
+    doc = sub.add_parser(
+        "doctor",
+        help="check the engine, the envpin kernelspecs and their images (each on the engine it names)",
+    )
+    doc.add_argument(
+        "--engine",
+        help="check only this engine and the kernelspecs that run on it (ssh://USER@HOST, tcp://HOST:2376, "
+        "unix:///PATH)",
+    )
     doc.set_defaults(func=_doctor)
 
     run = sub.add_parser(

@@ -16,17 +16,13 @@ redone by the next kernel instead of being trusted.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import tarfile
 import threading
 from typing import Any
 
 import docker.errors
 
 from envpin import names
-from envpin.host import dialect, docker_client, labels
+from envpin.host import dialect, docker_client, labels, package_archive
 
 #: Label on the volume and its carrier: envpin made it, for this package content.
 LABEL_PACKAGE = "envpin.package"
@@ -38,55 +34,18 @@ _CARRIER_TARGET = "/envpin-package"
 #: files at /envpin-package, ``.envpin-complete`` among them, became every later kernel's envpin there.
 _NO_COPY = {"VolumeOptions": {"NoCopy": True}}
 
-_digest: str | None = None
-_tar: bytes | None = None
 _ready: set[tuple[str, str]] = set()  # (engine address, volume name) filled and checked by this process
 _lock = threading.Lock()
 
 
-def _files() -> list[tuple[str, str]]:
-    out = []
-    for folder, dirs, files in os.walk(names.PACKAGE_DIR):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith((".pyc", ".pyo")):
-                continue
-            path = os.path.join(folder, name)
-            out.append((os.path.relpath(path, names.PACKAGE_DIR), path))
-    return out
-
-
-def _package() -> tuple[str, bytes]:
-    """(content digest, tar of the package with the marker last); computed once per process."""
-    global _digest, _tar
-    if _digest is None or _tar is None:
-        digest = hashlib.sha256()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for rel, path in _files():
-                with open(path, "rb") as f:
-                    data = f.read()
-                digest.update(rel.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
-                info = tarfile.TarInfo(rel)
-                info.size, info.mode, info.uid, info.gid = len(data), 0o644, 0, 0
-                tar.addfile(info, io.BytesIO(data))
-            marker = tarfile.TarInfo(COMPLETE)
-            marker.mode = 0o644
-            tar.addfile(marker, io.BytesIO(b""))
-        _digest, _tar = digest.hexdigest(), buf.getvalue()
-    return _digest, _tar
-
-
 def reset() -> None:
-    """Forget the package's digest and which engines have its volume (``envpin_provisioner.STATEFUL_MODULES``)."""
-    global _digest, _tar
-    with _lock:
-        _digest = _tar = None
+    """Forget which engines have the package's volume (``envpin_provisioner.STATEFUL_MODULES``)."""
+    with _lock:  # the package's files are read again after envpin.reset_caches (envpin.host.package_archive)
         _ready.clear()
 
 
 def volume_name() -> str:
-    return f"envpin-pkg-{_package()[0][:16]}"
+    return f"envpin-pkg-{package_archive.digest()[:16]}"
 
 
 def ensure(client: Any, image_id: str) -> str:
@@ -96,7 +55,7 @@ def ensure(client: Any, image_id: str) -> str:
     with _lock:
         if key in _ready:
             return name
-    digest, data = _package()
+    digest = package_archive.digest()
     try:
         client.volumes.get(name)
     except docker.errors.NotFound:
@@ -118,7 +77,7 @@ def ensure(client: Any, image_id: str) -> str:
         try:
             carrier.get_archive(f"{_CARRIER_TARGET}/{COMPLETE}")
         except docker.errors.NotFound:
-            carrier.put_archive(_CARRIER_TARGET, data)
+            carrier.put_archive(_CARRIER_TARGET, package_archive.archive(marker=COMPLETE))
     finally:
         carrier.remove(force=True)
     with _lock:
