@@ -188,6 +188,9 @@ def test_the_readme_setup_lines_check_the_image_on_the_engine_they_name(remote, 
         # --engine: that engine is the one checked, its kernelspecs among them.
         out = envpin("doctor", "--engine", remote.ssh_url)
         assert f"ok    kernelspec box ({only_there}): Python 3.11" in out.stdout, out.stdout
+        # gc collects one engine a run; without --engine it names the others the kernelspecs use.
+        out = envpin("gc", "--dry-run")
+        assert f"envpin gc --engine {remote.ssh_url}" in out.stdout, out.stdout
     finally:
         admin.images.remove(only_there, force=True)
 
