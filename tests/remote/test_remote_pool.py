@@ -124,8 +124,9 @@ async def test_a_pooled_kernel_on_the_remote_engine_is_the_cold_one_and_the_pool
             key = km2.session.key.decode()
             assert key not in repr(taken.attrs["Config"]) + repr(taken.attrs["HostConfig"])
             assert key not in repr(env)
-            # Only its connection file stays in the hand-over folder (the message and markers are gone).
-            assert await run_json(kc2, "sorted(__import__('os').listdir('/tmp/envpin-handoff'))") == ["kernel.json"]
+            # Its connection file stays in the hand-over folder, and the empty go (the message and marker are gone).
+            handoff = "sorted(__import__('os').listdir('/tmp/envpin-handoff'))"
+            assert await run_json(kc2, handoff) == ["go", "kernel.json"]
             assert (await run(kc2, "%load_ext envpin"))["status"] == "ok"
             # %use_image reaches the server: the control folder a pooled container makes when it becomes the
             # kernel is relayed as a cold kernel's (without it, the magic waits 10 s and says nobody answered).

@@ -87,7 +87,7 @@ def test_one_archive_hands_over_and_only_the_key_stays(tmp_path):
     _extract(archive, folder)
     thread.join(5)
     assert got == [message]
-    assert os.listdir(folder) == ["kernel.json"]
+    assert sorted(os.listdir(folder)) == ["go", "kernel.json"]  # the key, and the empty go (see below)
     key = json.load(open(os.path.join(folder, "kernel.json")))
     assert key["key"] == "s3cret-key" and key["transport"] == "ipc" and key["ip"] == "/remote/R/sock/k"
     assert key["shell_port"] == 1
@@ -203,7 +203,23 @@ def test_a_cold_start_s_archive_brings_its_folder_and_the_key_stays_where_it_was
     _extract(archive, str(tmp_path))
     thread.join(5)
     assert got == [message]
-    assert os.listdir(folder) == [] and json.load(open(tmp_path / "envpin-kernel.json"))["ip"] == "/R/sock/k"
+    assert os.listdir(folder) == ["go"] and json.load(open(tmp_path / "envpin-kernel.json"))["ip"] == "/R/sock/k"
+
+
+def test_go_stays_for_the_engine_still_setting_its_owner_and_mode(tmp_path):
+    """The engine extracts ``go`` as a file first and sets its owner, mode and times after: the waiter, which
+    starts on seeing it, must not remove it (the engine's lchown then failed, and the server's put_archive)."""
+    folder = str(tmp_path / "handoff")
+    thread, got = _waiter(folder)
+    message = {"argv": ["-f", "/tmp/envpin-handoff/kernel.json"], "cwd": "/work", "env": {}, "unset": []}
+    with open(os.path.join(folder, warm_kernel.POLL_MESSAGE), "w") as f:
+        json.dump(message, f)
+    go = os.path.join(folder, warm_kernel.POLL_GO)
+    open(go, "w").close()  # created: the engine's next steps on it are to come
+    thread.join(5)
+    assert got == [message]
+    os.chown(go, os.getuid(), os.getgid())  # as the engine's lchown, then chmod: the file is still there
+    os.chmod(go, 0o600)
 
 
 def test_a_cold_start_waits_bounded_and_only_for_a_private_folder(tmp_path):

@@ -186,7 +186,7 @@ def _poll(folder: str, fd: int) -> dict:
 
 
 def _read_hand_over(folder: str, fd: int) -> dict:
-    """The hand-over in ``folder`` (``fd``), read without following links; the message and markers go."""
+    """The hand-over in ``folder`` (``fd``), read without following links; the message and the marker go."""
     try:
         msg_fd = os.open(POLL_MESSAGE, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
     except OSError as exc:
@@ -201,7 +201,11 @@ def _read_hand_over(folder: str, fd: int) -> dict:
         message = json.loads(data)
     except ValueError:
         raise SystemExit(f"envpin.entry.warm_kernel: not a hand-over from envpin in {folder}: {data[:200]!r}") from None
-    for name in (POLL_MESSAGE, POLL_GO, POLL_READY):  # the kernel finds only its connection file there
+    # The message and the waiting marker go; ``go`` stays.  The engine extracting the server's archive
+    # creates ``go`` and then sets its owner, mode and times: removed in between, the engine's lchown
+    # fails and the server's put_archive with it (a 500, "lchown .../go: no such file or directory":
+    # a pooled start over SSH failed so in a benchmark run).  Every entry before ``go`` is whole by then.
+    for name in (POLL_MESSAGE, POLL_READY):
         try:
             os.unlink(name, dir_fd=fd)
         except FileNotFoundError:
