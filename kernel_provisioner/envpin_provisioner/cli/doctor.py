@@ -99,6 +99,12 @@ def check_settings() -> list[Finding]:
     return findings or [Finding("ok", "settings", "the Jupyter config files' and ENVPIN_* option values are valid")]
 
 
+def other_engine(spec: dict, default_address: str) -> str | None:
+    """The engine kernelspec ``spec`` names (:func:`envpin_kernelspecs`) when it is not ``default_address``."""
+    address = spec["config"].get("engine")
+    return str(address) if address and docker_client.engine_address(str(address)) != default_address else None
+
+
 def _connect(address: str | None, subject: str, findings: list[Finding]) -> Any:
     """The client of engine ``address`` (None: the default) with a finding saying so; None when it does not answer."""
     try:
@@ -148,9 +154,9 @@ def check(only_default_engine: bool = False) -> list[Finding]:
         except EnvpinError as exc:  # it cannot start: the image is not worth probing
             findings.append(Finding("FAIL", subject, f"{exc}"))
             continue
-        address = spec["config"].get("engine") or None
+        address = other_engine(spec, default_address)
         its_client = client
-        if address and docker_client.engine_address(address) != default_address:
+        if address:
             if only_default_engine:
                 continue  # it runs elsewhere: envpin doctor --engine ADDRESS checks it there
             if address not in named:

@@ -130,17 +130,9 @@ def _gc(args) -> int:
         gone = ssh_kernel.remove_folders(shared.address, folders)
         print(f"envpin gc: removed {len(gone)} kernel folder(s) on {shared.address}: {' '.join(gone)}")
     if not args.engine:
-        from envpin.host import docker_client
-        from envpin_provisioner.cli.doctor import envpin_kernelspecs
+        from envpin_provisioner.cli.doctor import envpin_kernelspecs, other_engine
 
-        others = sorted(
-            {
-                str(spec["config"]["engine"])
-                for spec in envpin_kernelspecs().values()
-                if spec["config"].get("engine")
-                and docker_client.engine_address(str(spec["config"]["engine"])) != shared.address
-            }
-        )
+        others = sorted({o for spec in envpin_kernelspecs().values() if (o := other_engine(spec, shared.address))})
         for other in others:  # collected one engine per run: say where else this machine's kernels run
             print(f"envpin gc: kernelspecs here also run kernels on {other}: envpin gc --engine {other}")
     return 0
