@@ -35,7 +35,8 @@ A cold start over SSH (``envpin_provisioner.remote.ssh_kernel``) runs
 and the same kind of archive (key at ``/tmp/envpin-kernel.json``, then
 ``DIR/message.json`` and ``DIR/go``, ``DIR`` made 0700 by the archive) goes in
 meanwhile, off the start's path, instead of into the created container before
-its start.
+its start.  It imports only what every kernel imports: envpin's own kernel
+side is left to a kernel that loads the extension, as in a local cold start.
 
 Then the
 process is, from here on, exactly what ``python -m ipykernel_launcher`` would
@@ -84,10 +85,14 @@ PRELOAD = (
     "tornado.gen",
     "tornado.queues",
     "tornado.platform.asyncio",
-    # envpin's own kernel side, which a pinned or moved kernel loads at once (--ext envpin): everything
-    # load_ipython_extension imports (tests/unit/test_warm_preload.py checks it).  Its package is a
-    # read-only mount with no bytecode for most images' Pythons, so each module left out here was
-    # compiled after the hand-over, on a move's critical path (35 modules, about 100 ms, measured).
+)
+#: envpin's own kernel side, which a pinned or moved kernel loads at once (--ext envpin): everything
+#: load_ipython_extension imports (tests/unit/test_warm_preload.py checks it).  Its package is a
+#: read-only mount with no bytecode for most images' Pythons, so each module left out here was
+#: compiled after the hand-over, on a move's critical path (35 modules, about 100 ms, measured).
+#: A waiting container (pool, standby) imports them before it is needed; a ``--given`` cold start does
+#: not: there they would come before the kernel, which a kernel without the extension never imports.
+PRELOAD_EXTENSION = (
     "envpin.notebook.magics",
     "envpin.notebook.handoff",
     "envpin.notebook.pin_notes",
@@ -102,13 +107,16 @@ PRELOAD = (
 )
 
 
-def _preload() -> None:
-    """Import what a kernel imports before it can answer: this is the time the pool saves."""
+def _preload(extension: bool = True) -> None:
+    """Import what a kernel imports before it can answer: this is the time the pool saves.
+
+    ``extension``: envpin's kernel side too (:data:`PRELOAD_EXTENSION`), for a container that waits.
+    """
     import importlib
 
     for name in REQUIRED:
         importlib.import_module(name)
-    for name in PRELOAD:
+    for name in PRELOAD + (PRELOAD_EXTENSION if extension else ()):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -235,7 +243,9 @@ def _become_kernel(message: dict) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) == 3 and argv[1] == "--given":  # a cold start there: imports while the hand-over travels
-        _preload()
+        # Only what every kernel imports: this start is waited on, and whether this kernel loads envpin's
+        # extension (~100 ms of compiling, see PRELOAD_EXTENSION) is in the hand-over; the kernel imports it then.
+        _preload(extension=False)
         _become_kernel(_given(argv[2]))
         return
     if len(argv) == 3 and argv[1] == "--poll":  # an engine of another machine: its own folder, polled
