@@ -19,6 +19,7 @@ import textwrap
 import time
 import urllib.request
 
+import docker.errors
 import pytest
 
 from envpin import names
@@ -256,13 +257,15 @@ def test_containers_of_a_killed_client_are_collected_by_envpin_gc(docker_client,
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     name = proc.stdout.strip().splitlines()[-1]
     label = f"{names.LABEL_DASK_CLUSTER}={name}"
-    left = docker_client.containers.list(all=True, filters={"label": label})
+    left = docker_client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
     assert len(left) == 3  # the scheduler and two workers outlive their owner ...
     gc = subprocess.run(
         [sys.executable, "-m", "envpin_provisioner", "gc"], capture_output=True, text=True, timeout=120, env=env
     )
     assert gc.returncode == 0, gc.stderr
-    assert docker_client.containers.list(all=True, filters={"label": label}) == []  # ... until envpin gc
+    assert (
+        docker_client.containers.list(all=True, filters={"label": label}, ignore_removed=True) == []
+    )  # ... until envpin gc
 
 
 def test_jobqueue_workers_run_in_the_image_through_the_nodes_engine(pinned, docker_client):
@@ -273,7 +276,7 @@ def test_jobqueue_workers_run_in_the_image_through_the_nodes_engine(pinned, dock
     from distributed import Client
 
     pinned.node_engine = "docker"
-    before = {c.id for c in docker_client.containers.list(all=True, filters={"ancestor": DASK})}
+    before = {c.id for c in docker_client.containers.list(all=True, filters={"ancestor": DASK}, ignore_removed=True)}
     try:
         with JobQueueLocalCluster(
             cores=1,
@@ -291,16 +294,22 @@ def test_jobqueue_workers_run_in_the_image_through_the_nodes_engine(pinned, dock
         assert result["image_id"] == _facts(DASK)["image_id"]
     finally:
 
-        def gone():
+        def left():
+            # ignore_removed: `docker run --rm` removes a worker's container between the listing and its inspection
             return [
-                c for c in docker_client.containers.list(all=True, filters={"ancestor": DASK}) if c.id not in before
+                c
+                for c in docker_client.containers.list(all=True, filters={"ancestor": DASK}, ignore_removed=True)
+                if c.id not in before
             ]
 
         try:
-            wait_for(lambda: not gone(), timeout=30)
+            wait_for(lambda: not left(), timeout=30, what="the workers' containers to go")
         finally:
-            for c in gone():  # not envpin's containers (the node's engine made them): never left for the next test
-                c.remove(force=True)
+            for c in left():  # not envpin's containers (the node's engine made them): never left for the next test
+                try:
+                    c.remove(force=True)
+                except docker.errors.NotFound:
+                    pass
 
 
 async def test_a_containerized_kernel_client_connects_to_its_image_and_is_refused_another(

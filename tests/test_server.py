@@ -87,7 +87,9 @@ def test_a_container_killed_from_outside_is_restarted_in_the_same_image(server, 
     assert new[0].attrs["Image"] == old.attrs["Image"]
     status, out = srv.execute(kid, "import sys; print(sys.version_info[:2])")
     assert (status, out.strip()) == ("ok", "(3, 13)")
-    assert not docker_client.containers.list(all=True, filters={"id": old.id})  # the dead one was removed
+    assert not docker_client.containers.list(
+        all=True, filters={"id": old.id}, ignore_removed=True
+    )  # the dead one was removed
     requests.delete(srv.api(f"kernels/{kid}"), timeout=60)
 
 

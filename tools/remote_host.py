@@ -776,7 +776,7 @@ class RemoteHost:
         for transport in ("admin", "podman") if self.podman else ("admin",):
             client = self.docker_client(transport, timeout=60)
             try:
-                for c in client.containers.list(all=True):
+                for c in client.containers.list(all=True, ignore_removed=True):
                     c.remove(force=True)
                 client.volumes.prune()
                 client.networks.prune()

@@ -147,7 +147,9 @@ def test_a_container_runs_there_not_here(remote, docker_client, ssh_env):
             assert c.wait(timeout=30)["StatusCode"] == 0
             out = c.logs().decode()
             assert "(3, 11)" in out and out.strip().endswith("False"), out
-            assert not docker_client.containers.list(all=True, filters={"label": f"envpin-remote-test={marker}"})
+            assert not docker_client.containers.list(
+                all=True, filters={"label": f"envpin-remote-test={marker}"}, ignore_removed=True
+            )
         finally:
             c.remove(force=True)
     finally:
@@ -185,7 +187,7 @@ def test_listeners_are_inside_only(remote, before_listeners):
 def test_stop_leaves_nothing(docker_client):
     """A second host with a running container: after stop(), no process, namespace, mount, cgroup or folder."""
     marker = uuid.uuid4().hex
-    local_before = {c.id for c in docker_client.containers.list(all=True)}
+    local_before = {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)}
     host = RemoteHost("rhstop", images=[PY311])
     host.start()
     try:
@@ -200,7 +202,7 @@ def test_stop_leaves_nothing(docker_client):
     assert host.leftovers() == []
     assert _processes_with(marker) == []
     # Nothing new on this machine's engine (a container an earlier test's clean-up removes meanwhile may go).
-    assert {c.id for c in docker_client.containers.list(all=True)} - local_before == set()
+    assert {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)} - local_before == set()
     assert docker_client.ping()
 
 

@@ -70,7 +70,7 @@ def test_an_images_files_never_become_the_package_volume(remote, admin, planting
     from envpin_provisioner.remote import package_volume
 
     name = package_volume.volume_name()
-    for container in admin.containers.list(all=True):
+    for container in admin.containers.list(all=True, ignore_removed=True):
         container.remove(force=True)
     for volume in admin.volumes.list():
         if volume.name == name:

@@ -62,7 +62,7 @@ def _session(notebook_dir) -> dict[str, str]:
 
 def _nothing_left(remote, admin, docker_client, kernel_id: str, volumes_before: set[str]) -> None:
     """No container on either engine, no folder on the remote host's disk, no new volume but envpin's package."""
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []
     assert containers(docker_client, kernel=kernel_id) == []
     done = remote.run(["sh", "-c", "ls -d /tmp/envpin-* 2>/dev/null || true"], capture_output=True, text=True)
     assert done.stdout.split() == []
@@ -317,4 +317,4 @@ async def test_a_hostile_kernel_cannot_stop_the_relay_or_the_server(transport, r
         assert (await run_json(kc, PROBE))["python"] == [3, 13]
         marker = uuid.uuid4().hex
         assert marker in (await run(kc, f"print({marker!r})"))["stdout"]
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []

@@ -105,8 +105,8 @@ def _processes_naming(text: str) -> list[str]:
 def _assert_nothing_left(remote, podman, admin, volumes_before: set[str]) -> None:
     from envpin.host import ssh_tunnel
 
-    assert [c.name for c in podman.containers.list(all=True)] == []
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in podman.containers.list(all=True, ignore_removed=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []
     assert _kernel_folders(remote) == []
     new_volumes = {v.name for v in podman.volumes.list()} - volumes_before
     assert all(name.startswith("envpin-pkg-") for name in new_volumes), new_volumes

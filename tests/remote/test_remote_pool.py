@@ -80,7 +80,7 @@ async def _assert_nothing_left(remote, admin, docker_client, local_before: set[s
     def settled() -> bool:
         master = ssh_tunnel.known(url)
         return (
-            not admin.containers.list(all=True)
+            not admin.containers.list(all=True, ignore_removed=True)
             and not _leftover_folders(remote)
             and (master is None or master.pid is None)
         )
@@ -228,7 +228,7 @@ def test_gc_collects_a_killed_servers_pool_containers_and_their_folders(
         )
         assert out.returncode == 0, out.stderr
         assert waiting.short_id in out.stdout and "removed 2 kernel folder(s)" in out.stdout, out.stdout
-        assert [c.name for c in admin.containers.list(all=True)] == []
+        assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []
         assert _leftover_folders(remote) == []
     finally:
         for pid, control in masters:  # what a killed server leaves on this machine (docs/guide/remote.md, Limits)

@@ -102,7 +102,7 @@ def _assert_nothing_left(remote, admin, url: str, volumes_before: set[str]) -> N
     """No container, folder or new volume over there (the package volume aside); no ssh or forward here."""
     from envpin.host import ssh_tunnel
 
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []
     assert _leftover_folders(remote) == []
     new_volumes = {v.name for v in admin.volumes.list()} - volumes_before
     assert all(name.startswith("envpin-pkg-") for name in new_volumes), new_volumes
@@ -288,7 +288,7 @@ async def test_a_stopped_remote_engine_is_reported_in_seconds(remote, remote_spe
     await asyncio.wait_for(km.shutdown_kernel(now=True), 30)
     client = remote.docker_client("admin")
     try:
-        assert [c.name for c in client.containers.list(all=True)] == []
+        assert [c.name for c in client.containers.list(all=True, ignore_removed=True)] == []
     finally:
         client.close()
 

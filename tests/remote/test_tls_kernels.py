@@ -147,7 +147,7 @@ async def test_kernel_runs_on_the_tls_engine_with_its_channels_inside_tls(
         assert not new, f"new listeners on this machine: {listener_owners(new)}"
         assert tcp_listeners(remote.pid) == {(remote.address, 22), (remote.address, 2376)}
         channel_dir = os.path.dirname(km.connection_file)
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []
     assert not os.path.exists(channel_dir)  # the relay's sockets went with the kernel's channel folder
 
 
@@ -170,7 +170,7 @@ async def test_interrupt_restart_and_shutdown(remote, admin, tls_spec, notebook_
         assert len(found) == 1 and found[0].id != cid
         assert (await run(kc, "x"))["ename"] == "NameError"
         assert (await run_json(kc, "1 + 1")) == 2
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []
 
 
 async def test_remote_root_is_refused_over_tls(remote, admin, tls_spec, notebook_dir):
@@ -180,4 +180,4 @@ async def test_remote_root_is_refused_over_tls(remote, admin, tls_spec, notebook
         async with kernel(name, cwd=notebook_dir):
             pass
     assert time.monotonic() - started < 20
-    assert [c.name for c in admin.containers.list(all=True)] == []
+    assert [c.name for c in admin.containers.list(all=True, ignore_removed=True)] == []

@@ -129,4 +129,8 @@ async def test_tcp_refuses_an_image_whose_kernel_cannot_encrypt(docker_client, i
         await km.cleanup_resources()
     finally:
         pulling.reset()
-    assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("envpin.kernel-id") == km.kernel_id]
+    assert not [
+        c
+        for c in docker_client.containers.list(all=True, ignore_removed=True)
+        if c.labels.get("envpin.kernel-id") == km.kernel_id
+    ]
