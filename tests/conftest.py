@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from testutils import PY311, envpin_containers, no_engine
@@ -106,7 +107,10 @@ def engine_only_when_asked(request, monkeypatch):
     while (left := [c for c in envpin_containers(docker_client) if c.id not in before]) and time.monotonic() < deadline:
         time.sleep(0.5)
     for c in left:
-        c.remove(force=True)
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:  # its disposal finished just now
+            pass
     if left and not getattr(request.node, "_envpin_failed", False):
         pytest.fail(f"envpin containers left behind: {[c.short_id + ' ' + str(c.labels) for c in left]}")
 

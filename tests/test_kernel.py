@@ -122,7 +122,7 @@ async def test_poll_sees_a_container_killed_from_outside(docker_client, install_
         async def dead():
             return not await km.is_alive()
 
-        await async_wait_for(dead, timeout=5, what="is_alive to see the killed container", interval=0.1)
+        await async_wait_for(dead, timeout=30, what="is_alive to see the killed container", interval=0.1)
         assert not await km.is_alive()
     # Jupyter only says "the kernel appears to have died": the server's log says why, once.
     told = [r.getMessage() for r in caplog.records if "killed (SIGKILL" in r.getMessage()]

@@ -133,7 +133,8 @@ def test_use_image_through_jupyter_server_pins_the_notebook(server, install_kern
     pins = json.loads((srv.root / "sub" / ".envpin.json").read_text())["notebooks"]
     assert list(pins) == ["analysis.ipynb"]  # keyed by the notebook jupyter_server names
     assert pins["analysis.ipynb"]["image_id"] == docker_client.images.get(PY311).id
-    assert len(containers(docker_client, kernel=kid)) == 1
+    # The server removes the old container once it has exited, just after the successor answered: wait for it.
+    wait_for(lambda: len(containers(docker_client, kernel=kid)) == 1, 30, "the moved-from container to go")
 
     r = requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120)
     assert r.status_code == 200, r.text

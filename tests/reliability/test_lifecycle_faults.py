@@ -63,10 +63,11 @@ def test_random_walk_through_lifecycles_and_faults(server, install_kernelspec, d
         elif op == "interrupt":
 
             def interrupt():
-                time.sleep(0.5)
                 requests.post(srv.api(f"kernels/{kid}/interrupt"), timeout=30)
 
-            status, _ = srv.execute(kid, "import time; time.sleep(60)", during=interrupt)
+            status, _ = srv.execute(
+                kid, "print('running', flush=True)\nimport time; time.sleep(60)", once_running=interrupt
+            )
             assert (status, srv.last_error) == ("error", "KeyboardInterrupt"), context
         elif op == "restart":
             assert requests.post(srv.api(f"kernels/{kid}/restart"), timeout=120).status_code == 200, context

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from testutils import PY311, containers, wait_for
+from testutils import PY311, async_wait_for, containers, wait_for
 from testutils.kernels import run_json
 from testutils.remote_host import RemoteHost
 
@@ -68,10 +68,14 @@ async def test_a_kernel_that_freezes_its_relays_cannot_hang_the_server(remote, t
         assert (await run_json(kc, "1")) == 1
         assert _relay_threads() >= 4
         kc.execute(FREEZE)  # its reply never comes: the relays that would carry it are stopped
-        await asyncio.sleep(2)
-        top = admin.containers.get(containers(admin, kernel=km.kernel_id)[0].id).top(ps_args="-o pid,stat,args")
-        frozen = [p for p in top["Processes"] if p[1].startswith("T") and "import os,socket,sys" in p[2]]
-        assert len(frozen) >= 4, top  # the test's premise: the relays are stopped
+        (container,) = containers(admin, kernel=km.kernel_id)
+
+        def frozen_relays():
+            top = container.top(ps_args="-o pid,stat,args")
+            return [p for p in top["Processes"] if p[1].startswith("T") and "import os,socket,sys" in p[2]]
+
+        # The test's premise: the relays are stopped (the cell stops them as it runs; no reply says when).
+        await async_wait_for(lambda: len(frozen_relays()) >= 4, 30, "the kernel to stop its relays")
         # The event loop still turns while every relay is frozen: 20 ticks of 50 ms take about a second.
         started = time.monotonic()
         for _ in range(20):

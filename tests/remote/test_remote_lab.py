@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from testutils import PY311, PY313
+from testutils import PY311, PY313, wait_for
 from testutils.browser import open_notebook, run_cell, shoot
 from testutils.remote_host import RemoteHost
 
@@ -83,7 +83,7 @@ def test_a_move_on_a_tls_engine_shows_its_note_in_jupyterlab(tls_client_env, chr
         with sync_playwright() as p:
             browser, page = open_notebook(p, chromium, url, "Py311 on the TLS box")
             first = run_cell(page, WHERE, "where", 0, timeout=120_000)
-            (before,) = admin.containers.list(filters={"label": "envpin.role=kernel"})
+            (before,) = admin.containers.list(filters={"label": "envpin.role=kernel"}, ignore_removed=True)
             assert "where 3.11" in first and before.attrs["Config"]["Hostname"] in first and "True" in first
             # What the extension shows comes from the kernel's engine: the image's Python is asked there (it
             # was "Python ?": the probe bind-mounted a path of this machine), the move picker lists its images.
@@ -94,7 +94,14 @@ def test_a_move_on_a_tls_engine_shows_its_note_in_jupyterlab(tls_client_env, chr
             moved = run_cell(page, f"%load_ext envpin\n%use_image {PY313}", "now runs in", 1, timeout=120_000)
             assert f"moving this kernel into {PY313}" in moved and f"this kernel now runs in {PY313}" in moved
             after = run_cell(page, WHERE, "where", 2, timeout=120_000)
-            (now,) = admin.containers.list(filters={"label": "envpin.role=kernel"})  # the old one is gone
+            running = {"label": "envpin.role=kernel"}  # the old one exited (its removal may still be under way)
+            (now,) = wait_for(
+                lambda: (
+                    found if len(found := admin.containers.list(filters=running, ignore_removed=True)) == 1 else None
+                ),
+                30,
+                "one running kernel container",
+            )
             assert now.id != before.id and now.attrs["Config"]["Hostname"] in after
             assert "where 3.13" in after and admin.images.get(PY313).id in after
             shoot(page, "jupyterlab-remote-tls-move")

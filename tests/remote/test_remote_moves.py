@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from testutils import NO_IPYKERNEL, PY311, PY313, containers
+from testutils import NO_IPYKERNEL, PY311, PY313, async_wait_for, containers
 from testutils.kernels import PROBE, kernel, run, run_json
 from testutils.remote_host import RemoteHost, exposed_listeners, listener_owners
 
@@ -88,7 +88,13 @@ async def test_use_image_moves_the_kernel_on_the_remote_engine(
         after = await run_json(kc, PROBE + " | {'version': __import__('sys').version}")
         assert after["dockerenv"] is True and after["python"] == [3, 13], after
         assert after["version"].startswith("3.13"), after
-        (new,) = containers(admin, kernel=km.kernel_id)  # on the remote engine, and the old one is gone
+        # On the remote engine, and the old one is gone: the provisioner (on this loop) removes it once it exited,
+        # just after the successor answered.
+        (new,) = await async_wait_for(
+            lambda: found if len(found := containers(admin, kernel=km.kernel_id)) == 1 else None,
+            30,
+            "the moved-from container to go",
+        )
         assert new.id != old.id and after["image_id"] == admin.images.get(PY313).id == new.attrs["Image"]
         assert after["hostname"] == new.attrs["Config"]["Hostname"] != before["hostname"]
         assert containers(docker_client, kernel=km.kernel_id) == []  # nothing on this machine's engine
@@ -100,7 +106,7 @@ async def test_use_image_moves_the_kernel_on_the_remote_engine(
         back = await run(kc, f"%use_image {PY311}", timeout=90)
         assert back["status"] == "ok" and f"moving this kernel into {PY311}" in back["stdout"], back
         assert (await run_json(kc, PROBE))["python"] == [3, 11]
-        assert len(containers(admin, kernel=km.kernel_id)) == 1
+        await async_wait_for(lambda: len(containers(admin, kernel=km.kernel_id)) == 1, 30, "the old container to go")
         new_listeners = exposed_listeners() - before_listeners
         assert not new_listeners, f"new listeners on this machine: {listener_owners(new_listeners)}"
     _nothing_left(remote, admin, docker_client, km.kernel_id, volumes_before)
@@ -150,7 +156,7 @@ async def test_run_all_behind_a_remote_move_answers_every_cell(transport, remote
             assert f"not run: the kernel moved into {PY313}" in r["stderr"] and "Run it again" in r["stderr"], r
             assert "where" not in r["stdout"]
         assert (await run(kc, where))["stdout"].strip() == "where (3, 13)"
-        assert len(containers(admin, kernel=km.kernel_id)) == 1
+        await async_wait_for(lambda: len(containers(admin, kernel=km.kernel_id)) == 1, 30, "the old container to go")
 
 
 async def test_a_move_of_a_kernel_holding_state_is_refused_without_restart_then_moves_after_a_restart(

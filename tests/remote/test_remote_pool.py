@@ -102,7 +102,9 @@ async def test_a_pooled_kernel_on_the_remote_engine_is_the_cold_one_and_the_pool
     async with kernel(name, cwd=notebook_dir) as (km1, kc1):  # cold itself: it fills the pool
         cold = await run_json(kc1, PROBE)
         (waiting,) = await async_wait_for(lambda: _ready_remote(pools, url), timeout=60, what="the remote pool")
-        assert waiting.container.id in {c.id for c in admin.containers.list(filters={"label": "envpin.role=pool"})}
+        assert waiting.container.id in {
+            c.id for c in admin.containers.list(filters={"label": "envpin.role=pool"}, ignore_removed=True)
+        }
         assert containers(docker_client, role="pool") == [] or all(
             c.id != waiting.container.id for c in containers(docker_client, role="pool")
         )  # made on the remote engine, not here

@@ -42,7 +42,7 @@ async def test_no_listener_no_key_no_privileges(install_kernelspec, notebook_dir
         assert res["stdout"].strip() == "1", res
         key = km.session.key.decode()
         # Nothing new listens on a non-loopback address on the host ...
-        assert non_loopback(listeners()) == before
+        assert non_loopback(listeners()) - before == set()  # (one of the host's own may close meanwhile)
         (container,) = containers(docker_client, kernel=km.kernel_id, running=True)
         # ... nor anywhere inside the kernel's container (kernel and worker processes).
         # (ipykernel may listen on the container's own loopback, which nothing outside it can reach.)

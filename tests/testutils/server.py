@@ -57,10 +57,11 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{app} exited: {(root.parent / f'server-{self.port}.log').read_text()[-2000:]}")
             try:
-                if requests.get(self.api("status"), timeout=1).ok:
+                if requests.get(self.api("status"), timeout=5).ok:
                     return
-            except requests.ConnectionError:
-                time.sleep(0.2)
+            except requests.RequestException:  # not listening yet, or bound but still starting its extensions
+                pass
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"{app} did not answer within 60 s")
 
@@ -99,8 +100,13 @@ class Server:
             self.log.flush()
         return (self.root.parent / f"server-{self.port}.log").read_text(errors="replace")
 
-    def execute(self, kernel_id, code, timeout=60, during=None):
-        """Run ``code``; ``during()`` is called once the request is sent (e.g. to interrupt it)."""
+    def execute(self, kernel_id, code, timeout=60, once_running=None):
+        """Run ``code``; ``once_running()`` is called at its first output (e.g. to interrupt it).
+
+        The cell must print first (flushed): then it runs.  Not a sleep after sending: jupyter_server may
+        hold a new websocket's first request for a while (its nudge), and an interrupt that reaches an idle
+        kernel is lost.
+        """
         ws = websocket.create_connection(
             f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}", timeout=timeout
         )
@@ -116,8 +122,6 @@ class Server:
                 }
             )
         )  # fmt: skip
-        if during is not None:
-            during()
         out, status, self.last_error = [], None, None
         idle, deadline = False, time.monotonic() + timeout
         # Done at the reply and the request's "idle" (its output may come after the reply: a kernel's first
@@ -128,6 +132,9 @@ class Server:
                 continue
             if msg["msg_type"] == "stream":
                 out.append(msg["content"]["text"])
+                if once_running is not None:
+                    once_running, call = None, once_running
+                    call()
             elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 idle = True
             elif msg["msg_type"] in ("display_data", "update_display_data"):  # a %use_image line and its outcome
