@@ -17,14 +17,14 @@ connection file, CurveZMQ keys); every hook that touches the kernel process
 is replaced by its container equivalent.  What is not a jupyter_client hook
 lives elsewhere: the kernel's container (``kernel``: ``launch``, ``container``,
 ``channels``, ``folder``, ``readiness``), the image choice (``images.selection``),
-the ``%use_image`` conversation (``moves``), warm containers (``warm``).
+the ``%use_image`` conversation (``moves``), warm containers (``warm``), how a starting
+kernel is listed by jupyter_server (``server_listing``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime
 import os
 import signal
 import subprocess
@@ -34,7 +34,6 @@ import docker.errors
 from docker.models.containers import Container
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import TraitError
 
 from envpin import names, safe_files
 from envpin.errors import for_dialog
@@ -53,40 +52,12 @@ from envpin_provisioner.moves.mover import MoveServer
 from envpin_provisioner.options import ProvisionerOptions, byte_count, check_options
 from envpin_provisioner.pins import follow
 from envpin_provisioner.remote import control_relay, remote_pool, ssh_kernel, tls_kernel
+from envpin_provisioner.server_listing import listable_while_starting
 from envpin_provisioner.warm.standbys import WarmKernels
 
 #: Threads that remove channel folders: their own, so a few crowded folders (up to a minute each) never
 #: hold the threads every Docker call of every kernel runs in (asyncio's default executor).
 _REMOVALS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="envpin-removal")
-
-
-def listable_while_starting(kernel_manager: Any) -> None:
-    """Give a jupyter_server kernel manager its activity fields now, before its kernel is listed.
-
-    jupyter_client adds a starting kernel to the server's list as its start
-    completes (``MultiKernelManager._add_kernel_when_ready``), and
-    jupyter_server sets ``last_activity`` and
-    ``execution_state`` only when its own start coroutine resumes after that.
-    A request served in between (JupyterLab polls ``/api/kernels`` and
-    ``/api/sessions``; ``/api/status``) reads ``last_activity`` unset and
-    fails with a 500 (the same gap as jupyter-server/enterprise_gateway#1395;
-    envpin's CI hit it while a kernel started).  The values set here are the
-    ones jupyter_server sets a moment later, and it overwrites them then; a
-    kernel manager that already has them (a restart) or has no such fields
-    (nbclient, papermill) is left as it is.  With ``use_pending_kernels`` the
-    kernel is listed before its provisioner exists: that earlier gap is
-    jupyter_server's to close.
-    """
-    if "last_activity" not in getattr(kernel_manager, "trait_names", lambda: [])():
-        return
-    try:
-        if kernel_manager.last_activity is not None:
-            return
-    except TraitError:  # unset, and None is not a datetime: what jupyter_server's kernel_model trips on
-        pass
-    kernel_manager.last_activity = datetime.datetime.now(datetime.timezone.utc)
-    if getattr(kernel_manager, "execution_state", "") is None:
-        kernel_manager.execution_state = "starting"
 
 
 # (mypy cannot evaluate jupyter_client's metaclass, KernelProvisionerMeta(ABCMeta, type(LoggingConfigurable)),

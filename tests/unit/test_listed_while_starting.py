@@ -1,4 +1,4 @@
-"""A starting envpin kernel is listed by jupyter_server without a 500 (``provisioner.listable_while_starting``).
+"""A starting envpin kernel is listed by jupyter_server without a 500 (``server_listing.listable_while_starting``).
 
 jupyter_client puts a kernel in the server's list as its start completes, and
 jupyter_server stamps ``last_activity`` only when its own start coroutine
@@ -17,7 +17,7 @@ from jupyter_client import KernelManager
 from jupyter_server.services.kernels.kernelmanager import MappingKernelManager, ServerKernelManager
 from traitlets import TraitError
 
-from envpin_provisioner.provisioner import listable_while_starting
+from envpin_provisioner.server_listing import listable_while_starting
 
 
 def listed(km) -> MappingKernelManager:

@@ -243,9 +243,7 @@ def _become_kernel(message: dict) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) == 3 and argv[1] == "--given":  # a cold start there: imports while the hand-over travels
-        # Only what every kernel imports: this start is waited on, and whether this kernel loads envpin's
-        # extension (~100 ms of compiling, see PRELOAD_EXTENSION) is in the hand-over; the kernel imports it then.
-        _preload(extension=False)
+        _preload(extension=False)  # a start someone waits on: see PRELOAD_EXTENSION
         _become_kernel(_given(argv[2]))
         return
     if len(argv) == 3 and argv[1] == "--poll":  # an engine of another machine: its own folder, polled
